@@ -1,0 +1,209 @@
+//! The types every reader and writer of the batch format shares.
+
+use std::fmt;
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Namespace for UUIDv5 ids derived from file content (rows without an `id`, and
+/// CSV / GeoJSON files, which carry no batch id of their own).
+pub const CTDATA_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c52_9d0e_4b7a_8e21_c7d4_05b9_f3e6);
+
+/// One observation in the field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sighting {
+    pub id: Uuid,
+    pub observed_at: DateTime<FixedOffset>,
+    pub latitude: f64,
+    pub longitude: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub altitude: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub species: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub attributes: Map<String, Value>,
+}
+
+/// The four encodings a batch may arrive in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Json,
+    Ndjson,
+    Csv,
+    Geojson,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Ndjson => "ndjson",
+            Format::Csv => "csv",
+            Format::Geojson => "geojson",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the first pass over a file learns: enough to decide "new batch, duplicate or
+/// conflict" before a single row touches the database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    pub format: Format,
+    /// Whether the file was gzip-compressed.
+    pub gzip: bool,
+    /// SHA-256 (lowercase hex) of the *decompressed* content, so a batch sent once plain
+    /// and once gzipped is recognised as the same delivery.
+    pub sha256: String,
+    /// Decompressed size in bytes.
+    pub bytes: u64,
+    /// From the header for JSON / NDJSON; derived (UUIDv5 of the sha256) for CSV / GeoJSON.
+    pub batch_id: Uuid,
+    /// `device_id` from the header; `None` for CSV / GeoJSON.
+    pub device_id: Option<String>,
+    pub created_at: Option<DateTime<FixedOffset>>,
+    /// The row count the file declares (header `count`, NDJSON trailer); `None` for CSV /
+    /// GeoJSON.
+    pub declared_count: Option<u64>,
+}
+
+/// Guards against hostile input.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest decompressed size accepted, in bytes.
+    pub max_bytes: u64,
+    /// Largest decompressed/compressed ratio accepted for gzip input, checked once more
+    /// than [`Limits::ratio_grace_bytes`] have been inflated.
+    pub max_gzip_ratio: u64,
+    pub ratio_grace_bytes: u64,
+    /// How many row errors are listed before the rest are only counted.
+    pub max_listed_errors: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 4 << 30,
+            max_gzip_ratio: 100,
+            ratio_grace_bytes: 1 << 20,
+            max_listed_errors: 50,
+        }
+    }
+}
+
+/// Where in the file a problem is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Location {
+    /// 1-based line number, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// JSON path such as `sightings[12].latitude`, when the format has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// One thing wrong with the input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    #[serde(flatten)]
+    pub at: Location,
+    /// The field (column, key) at fault, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The offending value, shortened to a readable length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// What was wrong and what would have been right, in plain words.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        if let Some(line) = self.at.line {
+            write!(f, "line {line}")?;
+            sep = ", ";
+        }
+        if let Some(path) = &self.at.path {
+            write!(f, "{sep}{path}")?;
+            sep = ", ";
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{sep}field {field}")?;
+            sep = ", ";
+        }
+        if let Some(value) = &self.value {
+            write!(f, "{sep}value {value:?}")?;
+            sep = ", ";
+        }
+        if !sep.is_empty() {
+            f.write_str(": ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a file was refused as a whole. Nothing from a rejected file may be stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    pub kind: RejectKind,
+    /// One-line summary, e.g. "3 invalid rows" or "gzip data is corrupt".
+    pub summary: String,
+    /// The problems, at most [`Limits::max_listed_errors`] of them.
+    pub problems: Vec<Problem>,
+    /// How many problems there were in all (may exceed `problems.len()`).
+    pub total_problems: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectKind {
+    /// Empty file, binary junk, or nothing we recognise.
+    UnknownFormat,
+    /// Not UTF-8 where text is required.
+    Encoding,
+    /// Broken gzip stream.
+    Compression,
+    /// Decompressed size or ratio over the limits.
+    TooLarge,
+    /// Cut short: missing trailer, unterminated JSON, count mismatch.
+    Truncated,
+    /// Syntax errors in the container (JSON, CSV structure).
+    Syntax,
+    /// Header fields missing or wrong (`ctdata_batch`, `batch_id`, `device_id`, …).
+    Header,
+    /// One or more rows failed validation.
+    InvalidRows,
+    /// Reading the file failed (I/O).
+    Io,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary)?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        let more = self.total_problems.saturating_sub(self.problems.len() as u64);
+        if more > 0 {
+            write!(f, "\n  … and {more} more")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Rejection {}
