@@ -198,7 +198,9 @@ impl fmt::Display for Rejection {
         for p in &self.problems {
             write!(f, "\n  {p}")?;
         }
-        let more = self.total_problems.saturating_sub(self.problems.len() as u64);
+        let more = self
+            .total_problems
+            .saturating_sub(self.problems.len() as u64);
         if more > 0 {
             write!(f, "\n  … and {more} more")?;
         }

@@ -1,0 +1,165 @@
+//! The one-shot commands behind the CLI: ingest for a scheduled task, and export.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use tokio::io::AsyncWriteExt;
+
+use crate::config::Settings;
+use crate::db::ExportFilter;
+use crate::dropdir::{write_atomic, DropDir};
+use crate::export::{write_export, ExportFormat, ExportSummary};
+use crate::ingest::{channel, Delivery, Receipt, Status};
+use crate::serve::open;
+
+/// Ingests files in place (they are not moved), or, with no paths, makes one pass over
+/// the drop directory. Returns the receipts; the caller decides the exit code.
+pub async fn ingest(
+    settings: &Settings,
+    paths: &[PathBuf],
+    device: Option<&str>,
+) -> anyhow::Result<Vec<Receipt>> {
+    let ingestor = open(settings).await?;
+    let receipts = if paths.is_empty() {
+        let mut drop_dir = DropDir::new(
+            &settings.ingest.drop_dir,
+            ingestor.clone(),
+            std::time::Duration::ZERO,
+        )?;
+        let report = drop_dir.ingest_once(&AtomicBool::new(false)).await?;
+        anyhow::ensure!(
+            report.errors == 0,
+            "{} file(s) could not be ingested; they stay claimed",
+            report.errors
+        );
+        report.receipts
+    } else {
+        let mut files = Vec::new();
+        for p in paths {
+            collect_files(p, &mut files)?;
+        }
+        let mut receipts = Vec::with_capacity(files.len());
+        for file in files {
+            let delivery = Delivery {
+                file_name: file.display().to_string(),
+                path: file,
+                channel: channel::CLI.into(),
+                device_hint: device.map(str::to_string),
+                claim_name: None,
+                rejected_path: None,
+            };
+            receipts.push(ingestor.ingest(&delivery).await?);
+        }
+        receipts
+    };
+    ingestor.db.close().await;
+    Ok(receipts)
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            if crate::dropdir::is_candidate_name(&e.file_name().to_string_lossy()) {
+                collect_files(&e.path(), out)?;
+            }
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// One line per receipt, for people and for logs.
+pub fn describe(r: &Receipt) -> String {
+    let device = r.device.as_deref().unwrap_or("?");
+    match r.status {
+        Status::Ingested => format!(
+            "ingested  {}: {} sightings from {device} ({} new, {} already stored)",
+            r.file, r.sightings, r.inserted, r.duplicates
+        ),
+        Status::Duplicate => format!(
+            "duplicate {}: batch already ingested, nothing added",
+            r.file
+        ),
+        Status::Rejected => format!("REJECTED  {}", r.reason.as_deref().unwrap_or(&r.file)),
+    }
+}
+
+pub struct ExportArgs {
+    pub format: ExportFormat,
+    pub since: Option<i64>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub device: Option<String>,
+    pub species: Option<String>,
+    pub output: Option<PathBuf>,
+    pub cursor_file: Option<PathBuf>,
+}
+
+/// Exports to a file (written under a temporary name, renamed when complete) or stdout,
+/// and records the next cursor in `cursor_file` when given.
+pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<ExportSummary> {
+    let since = match (args.since, &args.cursor_file) {
+        (Some(since), _) => since,
+        (None, Some(file)) if file.exists() => read_cursor(file)?,
+        _ => 0,
+    };
+    let ingestor = open(settings).await?;
+    let filter = ExportFilter {
+        since,
+        from: args.from,
+        to: args.to,
+        device: args.device,
+        species: args.species,
+    };
+    let summary = match &args.output {
+        Some(path) => {
+            let tmp = path.with_extension(format!("{}.part", args.format.extension()));
+            let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(&tmp).await?);
+            let summary = write_export(&ingestor.db, filter, args.format, &mut file).await?;
+            file.flush().await?;
+            file.into_inner().sync_all().await?;
+            tokio::fs::rename(&tmp, path).await?;
+            summary
+        }
+        None => {
+            let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+            write_export(&ingestor.db, filter, args.format, &mut out).await?
+        }
+    };
+    if let Some(file) = &args.cursor_file {
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        write_atomic(dir, &name, format!("{}\n", summary.next_cursor).as_bytes())?;
+    }
+    ingestor.db.close().await;
+    Ok(summary)
+}
+
+fn read_cursor(file: &Path) -> anyhow::Result<i64> {
+    let text = std::fs::read_to_string(file)?;
+    text.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "{}: expected a cursor number, found {:?}",
+            file.display(),
+            text.trim()
+        )
+    })
+}
+
+/// RFC 3339 (`2026-11-01T06:00:00+02:00`) or a plain date (`2026-11-01`, midnight UTC).
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+        .map_err(|_| format!("{s:?} is not a time: use RFC 3339 (2026-11-01T06:00:00+02:00) or a date (2026-11-01)"))
+}

@@ -1,0 +1,283 @@
+//! All database access. One enum over the two backends; each backend module holds its
+//! own SQL. Every ingest goes through [`Db::load_batch`]: one transaction per batch.
+
+mod pg;
+mod sqlite;
+
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use ctdata_batch::{Location, Problem, ReadSummary, RejectKind, Rejection, Sighting};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// The consolidated database: PostgreSQL in production, SQLite embedded by default.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// A batch that is stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchRecord {
+    #[serde(skip)]
+    pub pk: i64,
+    pub device: String,
+    pub batch_id: Uuid,
+    pub sha256: String,
+    pub format: String,
+    pub channel: String,
+    #[serde(skip)]
+    pub claim_name: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub rows: i64,
+    pub inserted: i64,
+    pub duplicates: i64,
+    pub cursor_first: Option<i64>,
+    pub cursor_last: Option<i64>,
+}
+
+/// What is known about a batch before its rows are loaded.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub device: String,
+    pub batch_id: Uuid,
+    pub sha256: String,
+    pub format: String,
+    pub channel: String,
+    pub file_name: String,
+    pub claim_name: Option<String>,
+    pub created_at: Option<DateTime<FixedOffset>>,
+}
+
+/// A file refused as a whole.
+#[derive(Debug, Clone)]
+pub struct NewRejection {
+    pub file_name: String,
+    pub stored_path: Option<String>,
+    pub claim_name: Option<String>,
+    pub device: Option<String>,
+    pub batch_id: Option<Uuid>,
+    pub sha256: Option<String>,
+    pub channel: String,
+    pub kind: String,
+    pub reason: String,
+    pub problems: serde_json::Value,
+}
+
+pub enum LoadResult {
+    Loaded(BatchRecord),
+    /// Another delivery stored this batch first (seen under the ingest lock).
+    Exists(BatchRecord),
+    Rejected(Rejection),
+}
+
+/// The valid sightings of one file, in chunks, from a parser running on a blocking
+/// thread. `done` says whether the whole file was valid.
+pub struct RowStream {
+    pub rx: mpsc::Receiver<Vec<Sighting>>,
+    pub done: JoinHandle<Result<ReadSummary, Rejection>>,
+}
+
+/// Opens the same rows again: loading falls back to a second, slower pass when the
+/// fast path meets a sighting id that is already stored.
+pub type RowSource<'a> = &'a (dyn Fn() -> RowStream + Send + Sync);
+
+/// Filters shared by the CLI export and the HTTP download endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    pub since: i64,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub device: Option<String>,
+    pub species: Option<String>,
+}
+
+/// One exported sighting with where it came from.
+#[derive(Debug, Clone)]
+pub struct ExportRow {
+    pub cursor: i64,
+    pub device: String,
+    pub batch_id: Uuid,
+    pub received_at: DateTime<Utc>,
+    pub sighting: Sighting,
+}
+
+/// Row counts, for tests and status output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Totals {
+    pub sightings: i64,
+    pub batches: i64,
+    pub deliveries: i64,
+    pub rejections: i64,
+}
+
+impl Db {
+    /// Connects (creating an SQLite file and its folder when missing).
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            pg::connect(url, max_connections).await.map(Db::Postgres)
+        } else if url.starts_with("sqlite:") {
+            sqlite::connect(url, max_connections).await.map(Db::Sqlite)
+        } else {
+            anyhow::bail!(
+                "database.url must start with sqlite:// or postgres://, got {:?}",
+                crate::config::redact_url(url)
+            )
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Db::Postgres(p) => sqlx::migrate!("../migrations/postgres").run(p).await?,
+            Db::Sqlite(p) => sqlx::migrate!("../migrations/sqlite").run(p).await?,
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    pub async fn find_batch(
+        &self,
+        device: &str,
+        batch_id: Uuid,
+    ) -> sqlx::Result<Option<BatchRecord>> {
+        match self {
+            Db::Postgres(p) => pg::find_batch(p, device, batch_id).await,
+            Db::Sqlite(p) => sqlite::find_batch(p, device, batch_id).await,
+        }
+    }
+
+    /// Stores a batch and all its sightings in one transaction, or nothing.
+    #[tracing::instrument(skip_all, err, fields(device = %batch.device, batch_id = %batch.batch_id))]
+    pub async fn load_batch(
+        &self,
+        batch: &NewBatch,
+        rows: RowSource<'_>,
+    ) -> anyhow::Result<LoadResult> {
+        match self {
+            Db::Postgres(p) => pg::load_batch(p, batch, rows).await,
+            Db::Sqlite(p) => sqlite::load_batch(p, batch, rows).await,
+        }
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    pub async fn record_delivery(
+        &self,
+        batch: &BatchRecord,
+        channel: &str,
+        file_name: &str,
+    ) -> sqlx::Result<()> {
+        match self {
+            Db::Postgres(p) => pg::record_delivery(p, batch, channel, file_name).await,
+            Db::Sqlite(p) => sqlite::record_delivery(p, batch, channel, file_name).await,
+        }
+    }
+
+    /// Records a rejection; a second call with the same claim name updates the first.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn record_rejection(&self, r: &NewRejection) -> sqlx::Result<i64> {
+        match self {
+            Db::Postgres(p) => pg::record_rejection(p, r).await,
+            Db::Sqlite(p) => sqlite::record_rejection(p, r).await,
+        }
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    pub async fn max_cursor(&self) -> sqlx::Result<i64> {
+        match self {
+            Db::Postgres(p) => pg::max_cursor(p).await,
+            Db::Sqlite(p) => sqlite::max_cursor(p).await,
+        }
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    pub async fn totals(&self) -> sqlx::Result<Totals> {
+        match self {
+            Db::Postgres(p) => pg::totals(p).await,
+            Db::Sqlite(p) => sqlite::totals(p).await,
+        }
+    }
+
+    /// Streams matching sightings in cursor order, without buffering them.
+    pub fn export(
+        &self,
+        filter: ExportFilter,
+    ) -> futures::stream::BoxStream<'static, sqlx::Result<ExportRow>> {
+        match self {
+            Db::Postgres(p) => pg::export(p.clone(), filter),
+            Db::Sqlite(p) => sqlite::export(p.clone(), filter),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Postgres(p) => p.close().await,
+            Db::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+/// The rejection for a file that uses one sighting id more than once.
+fn duplicate_ids_rejection(dups: Vec<(Uuid, Vec<i64>)>, total: u64) -> Rejection {
+    let problems = dups
+        .into_iter()
+        .map(|(id, rows)| {
+            let rows: Vec<String> = rows.iter().map(|r| (r + 1).to_string()).collect();
+            Problem {
+                at: Location {
+                    line: None,
+                    path: Some(format!("sightings {}", rows.join(", "))),
+                },
+                field: Some("id".into()),
+                value: Some(id.to_string()),
+                message: "duplicate sighting id within one file: every sighting needs its own id"
+                    .into(),
+            }
+        })
+        .collect();
+    Rejection {
+        kind: RejectKind::InvalidRows,
+        summary: format!("{total} sighting id(s) appear more than once in this file"),
+        problems,
+        total_problems: total,
+    }
+}
+
+/// Runs a query on its own task and hands its rows over a short queue, so the stream
+/// owns everything it borrows and memory stays bounded however many rows there are.
+fn spawn_rows<F, Fut>(produce: F) -> futures::stream::BoxStream<'static, sqlx::Result<ExportRow>>
+where
+    F: FnOnce(mpsc::Sender<sqlx::Result<ExportRow>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::StreamExt;
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(produce(tx));
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|row| (row, rx)) },
+    )
+    .boxed()
+}
+
+fn parse_uuid(s: &str) -> sqlx::Result<Uuid> {
+    Uuid::from_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// Rebuilds a device-local timestamp from UTC and the stored offset.
+fn with_offset(utc: DateTime<Utc>, offset_secs: i32) -> DateTime<FixedOffset> {
+    let offset = FixedOffset::east_opt(offset_secs)
+        .unwrap_or(FixedOffset::east_opt(0).expect("zero offset"));
+    utc.with_timezone(&offset)
+}

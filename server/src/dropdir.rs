@@ -1,0 +1,320 @@
+//! The `CTData` drop directory: claim by rename → ingest → archive, crash-safe.
+//!
+//! Layout inside the drop directory (top level only; the names are reserved):
+//! `.processing/<device>/<stamp>-<name>` claimed files, `archive/<date>/<device>/…`
+//! ingested ones, `rejected/<device>/…` refused ones with a `.reason.txt` beside them,
+//! and `receipts/<device>/<name>.receipt.json` for file-based clients to read back.
+//! `<device>` is `_` for files delivered at the top level.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::Utc;
+
+use crate::ingest::{channel, Delivery, Ingestor, Receipt, Status};
+
+pub const PROCESSING: &str = ".processing";
+pub const ARCHIVE: &str = "archive";
+pub const REJECTED: &str = "rejected";
+pub const RECEIPTS: &str = "receipts";
+/// Folder standing for "no device" in the server's own folders.
+const NO_DEVICE: &str = "_";
+
+/// What one pass did.
+#[derive(Debug, Default, Clone)]
+pub struct StepReport {
+    pub receipts: Vec<Receipt>,
+    /// Files seen but not yet settled.
+    pub waiting: usize,
+    /// Files that could not be decided (database unreachable…): kept for the next pass.
+    pub errors: usize,
+}
+
+impl StepReport {
+    pub fn count(&self, status: Status) -> usize {
+        self.receipts.iter().filter(|r| r.status == status).count()
+    }
+}
+
+struct Seen {
+    size: u64,
+    mtime: Option<SystemTime>,
+    since: Instant,
+    /// Arrived by rename: complete the moment it appeared.
+    renamed: bool,
+}
+
+pub struct DropDir {
+    root: PathBuf,
+    ingestor: Ingestor,
+    settle: Duration,
+    seen: HashMap<PathBuf, Seen>,
+}
+
+impl DropDir {
+    pub fn new(root: &Path, ingestor: Ingestor, settle: Duration) -> io::Result<DropDir> {
+        for dir in [PROCESSING, ARCHIVE, REJECTED, RECEIPTS] {
+            fs::create_dir_all(root.join(dir))?;
+        }
+        Ok(DropDir {
+            root: root.to_path_buf(),
+            ingestor,
+            settle,
+            seen: HashMap::new(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A watcher saw `path` renamed into place: it is complete now.
+    pub fn note_renamed(&mut self, path: &Path) {
+        if let Ok(meta) = fs::symlink_metadata(path) {
+            self.seen.insert(path.to_path_buf(), seen_now(&meta, true));
+        }
+    }
+
+    /// How long until a waiting file settles, if any is waiting.
+    pub fn next_settle(&self) -> Option<Duration> {
+        self.seen
+            .values()
+            .map(|s| self.settle.saturating_sub(s.since.elapsed()))
+            .min()
+    }
+
+    /// One pass: claim every settled file, then ingest everything claimed (including
+    /// files claimed before a crash), one file at a time, until `stop` is set.
+    pub async fn ingest_once(&mut self, stop: &AtomicBool) -> anyhow::Result<StepReport> {
+        let mut report = StepReport::default();
+        for path in self.settled_files(&mut report)? {
+            if let Err(e) = self.claim(&path) {
+                tracing::warn!(path = %path.display(), "could not claim: {e}");
+            }
+        }
+        for claimed in self.claimed_files()? {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            match self.process(&claimed).await {
+                Ok(receipt) => report.receipts.push(receipt),
+                Err(e) => {
+                    tracing::error!(file = %claimed.display(), "ingest failed, will retry: {e:#}");
+                    report.errors += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Walks the delivery folders and returns files whose size and mtime held still for
+    /// the settle time (or that were renamed into place).
+    fn settled_files(&mut self, report: &mut StepReport) -> io::Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        walk(&self.root, true, &mut found)?;
+        let mut ready = Vec::new();
+        let mut still = HashMap::with_capacity(found.len());
+        for (path, meta) in found {
+            let mut entry = self
+                .seen
+                .remove(&path)
+                .unwrap_or_else(|| seen_now(&meta, false));
+            if entry.size != meta.len() || entry.mtime != meta.modified().ok() {
+                entry = seen_now(&meta, false);
+            }
+            if entry.renamed || entry.since.elapsed() >= self.settle {
+                ready.push(path);
+            } else {
+                report.waiting += 1;
+                still.insert(path, entry);
+            }
+        }
+        self.seen = still;
+        ready.sort();
+        Ok(ready)
+    }
+
+    /// Atomically takes a file out of the delivery area into `.processing/`.
+    fn claim(&self, path: &Path) -> io::Result<PathBuf> {
+        let rel = path.strip_prefix(&self.root).map_err(io::Error::other)?;
+        let device = match rel.components().count() {
+            1 => NO_DEVICE.to_string(),
+            _ => rel
+                .iter()
+                .next()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let name = rel.file_name().unwrap_or_default().to_string_lossy();
+        let dir = self.root.join(PROCESSING).join(&device);
+        fs::create_dir_all(&dir)?;
+        let dest = dir.join(format!("{}-{name}", stamp()));
+        fs::rename(path, &dest)?;
+        Ok(dest)
+    }
+
+    fn claimed_files(&self) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for dev in fs::read_dir(self.root.join(PROCESSING))? {
+            let dev = dev?;
+            if !dev.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(dev.path())? {
+                let f = f?;
+                if f.file_type()?.is_file() {
+                    out.push(f.path());
+                }
+            }
+        }
+        // Stamps sort by claim time: oldest first.
+        out.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+        Ok(out)
+    }
+
+    async fn process(&self, claimed: &Path) -> anyhow::Result<Receipt> {
+        let claim_name = claimed
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let device_dir = claimed
+            .parent()
+            .and_then(Path::file_name)
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let original = claim_name
+            .split_once('-')
+            .map_or(claim_name.as_str(), |(_, n)| n)
+            .to_string();
+        let rejected_rel = Path::new(REJECTED).join(&device_dir).join(&claim_name);
+        let delivery = Delivery {
+            path: claimed.to_path_buf(),
+            file_name: original.clone(),
+            channel: channel::SHARE.into(),
+            device_hint: (device_dir != NO_DEVICE).then(|| device_dir.clone()),
+            claim_name: Some(format!("{device_dir}/{claim_name}")),
+            rejected_path: Some(rejected_rel.to_string_lossy().into_owned()),
+        };
+        let receipt = self.ingestor.ingest(&delivery).await?;
+        if let Some(device) = &receipt.device {
+            let dir = self.root.join(RECEIPTS).join(device);
+            write_atomic(
+                &dir,
+                &format!("{original}.receipt.json"),
+                &serde_json::to_vec_pretty(&receipt)?,
+            )?;
+        }
+        match receipt.status {
+            Status::Rejected => {
+                let dest = self.root.join(&rejected_rel);
+                let dir = dest.parent().expect("rejected path has a parent");
+                let reason = receipt.reason.as_deref().unwrap_or("rejected");
+                write_atomic(
+                    dir,
+                    &format!("{claim_name}.reason.txt"),
+                    format!("{reason}\n").as_bytes(),
+                )?;
+                move_file(claimed, &dest)?;
+            }
+            Status::Ingested | Status::Duplicate => {
+                let day = Utc::now().format("%Y-%m-%d").to_string();
+                move_file(
+                    claimed,
+                    &self
+                        .root
+                        .join(ARCHIVE)
+                        .join(day)
+                        .join(&device_dir)
+                        .join(&claim_name),
+                )?;
+            }
+        }
+        Ok(receipt)
+    }
+}
+
+fn seen_now(meta: &fs::Metadata, renamed: bool) -> Seen {
+    Seen {
+        size: meta.len(),
+        mtime: meta.modified().ok(),
+        since: Instant::now(),
+        renamed,
+    }
+}
+
+/// Whether a top-level name in the drop directory is one of the server's own folders.
+pub fn is_server_folder(name: &str) -> bool {
+    [PROCESSING, ARCHIVE, REJECTED, RECEIPTS].contains(&name)
+}
+
+/// Whether a name is a finished delivery rather than a transfer in progress or a
+/// hidden file.
+pub fn is_candidate_name(name: &str) -> bool {
+    !(name.starts_with('.')
+        || name.ends_with(".part")
+        || name.ends_with(".tmp")
+        || name.ends_with('~')
+        || name.ends_with(".partial")
+        || name.ends_with(".filepart"))
+}
+
+/// Regular files below `dir`, skipping the server's folders at the top level,
+/// temporary names, and symlinks (which could point anywhere).
+fn walk(dir: &Path, top: bool, out: &mut Vec<(PathBuf, fs::Metadata)>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !top => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_candidate_name(&name) || (top && is_server_folder(&name)) {
+            continue;
+        }
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            walk(&entry.path(), false, out)?;
+        } else if meta.is_file() {
+            out.push((entry.path(), meta));
+        }
+    }
+    Ok(())
+}
+
+/// A claim name prefix that sorts by time and never repeats within a process.
+fn stamp() -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed) % 1_000_000;
+    format!("{}{seq:06}", Utc::now().format("%Y%m%dT%H%M%S%9f"))
+}
+
+/// Write to a temporary name, fsync, rename: readers never see half a file.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(name))
+}
+
+/// Moves a processed file; another process finishing it first is not an error.
+fn move_file(from: &Path, to: &Path) -> io::Result<()> {
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    match fs::rename(from, to) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => Ok(()),
+        other => other,
+    }
+}

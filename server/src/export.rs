@@ -1,0 +1,223 @@
+//! Export encoders (CSV, GeoJSON, NDJSON), row by row so any number of rows streams in
+//! constant memory. The CLI writes them to a file; the HTTP download streams them.
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::db::{Db, ExportFilter, ExportRow};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Geojson,
+    Ndjson,
+}
+
+impl ExportFormat {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+            ExportFormat::Geojson => "application/geo+json",
+            ExportFormat::Ndjson => "application/x-ndjson",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Geojson => "geojson",
+            ExportFormat::Ndjson => "ndjson",
+        }
+    }
+}
+
+impl FromStr for ExportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        <Self as clap::ValueEnum>::from_str(s, true)
+            .map_err(|_| format!("unknown format {s:?}: csv, geojson or ndjson"))
+    }
+}
+
+pub const CSV_COLUMNS: [&str; 14] = [
+    "cursor",
+    "id",
+    "device",
+    "batch_id",
+    "observed_at",
+    "latitude",
+    "longitude",
+    "altitude",
+    "accuracy",
+    "observer",
+    "species",
+    "count",
+    "attributes",
+    "received_at",
+];
+
+/// Turns rows into bytes of one format: a head, one piece per row, a tail.
+pub struct Encoder {
+    format: ExportFormat,
+    rows: u64,
+}
+
+impl Encoder {
+    pub fn new(format: ExportFormat) -> Encoder {
+        Encoder { format, rows: 0 }
+    }
+
+    pub fn head(&self) -> String {
+        match self.format {
+            ExportFormat::Csv => format!("{}\r\n", CSV_COLUMNS.join(",")),
+            ExportFormat::Geojson => "{\"type\":\"FeatureCollection\",\"features\":[\n".into(),
+            ExportFormat::Ndjson => String::new(),
+        }
+    }
+
+    pub fn row(&mut self, r: &ExportRow, out: &mut String) {
+        match self.format {
+            ExportFormat::Csv => csv_row(r, out),
+            ExportFormat::Ndjson => {
+                out.push_str(&Value::Object(properties(r, true)).to_string());
+                out.push('\n');
+            }
+            ExportFormat::Geojson => {
+                if self.rows > 0 {
+                    out.push_str(",\n");
+                }
+                out.push_str(&feature(r).to_string());
+            }
+        }
+        self.rows += 1;
+    }
+
+    pub fn tail(&self) -> &'static str {
+        match self.format {
+            ExportFormat::Geojson => "\n]}\n",
+            _ => "",
+        }
+    }
+}
+
+/// A sighting's fields as a flat JSON object (without coordinates for GeoJSON).
+fn properties(r: &ExportRow, with_position: bool) -> Map<String, Value> {
+    let s = &r.sighting;
+    let mut m = Map::new();
+    m.insert("cursor".into(), r.cursor.into());
+    m.insert("id".into(), s.id.to_string().into());
+    m.insert("device".into(), r.device.clone().into());
+    m.insert("batch_id".into(), r.batch_id.to_string().into());
+    m.insert("observed_at".into(), s.observed_at.to_rfc3339().into());
+    if with_position {
+        m.insert("latitude".into(), s.latitude.into());
+        m.insert("longitude".into(), s.longitude.into());
+        m.insert("altitude".into(), json!(s.altitude));
+    }
+    m.insert("accuracy".into(), json!(s.accuracy));
+    m.insert("observer".into(), json!(s.observer));
+    m.insert("species".into(), json!(s.species));
+    m.insert("count".into(), json!(s.count));
+    m.insert("attributes".into(), Value::Object(s.attributes.clone()));
+    m.insert("received_at".into(), r.received_at.to_rfc3339().into());
+    m
+}
+
+/// An RFC 7946 Feature: [longitude, latitude(, altitude)].
+fn feature(r: &ExportRow) -> Value {
+    let s = &r.sighting;
+    let mut coords = vec![json!(s.longitude), json!(s.latitude)];
+    if let Some(alt) = s.altitude {
+        coords.push(json!(alt));
+    }
+    json!({
+        "type": "Feature",
+        "id": s.id.to_string(),
+        "geometry": {"type": "Point", "coordinates": coords},
+        "properties": properties(r, false),
+    })
+}
+
+fn csv_row(r: &ExportRow, out: &mut String) {
+    let s = &r.sighting;
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    let fields = [
+        r.cursor.to_string(),
+        s.id.to_string(),
+        r.device.clone(),
+        r.batch_id.to_string(),
+        s.observed_at.to_rfc3339(),
+        s.latitude.to_string(),
+        s.longitude.to_string(),
+        opt(s.altitude.map(|v| v.to_string())),
+        opt(s.accuracy.map(|v| v.to_string())),
+        opt(s.observer.clone()),
+        opt(s.species.clone()),
+        opt(s.count.map(|v| v.to_string())),
+        if s.attributes.is_empty() {
+            String::new()
+        } else {
+            Value::Object(s.attributes.clone()).to_string()
+        },
+        r.received_at.to_rfc3339(),
+    ];
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        csv_field(out, f);
+    }
+    out.push_str("\r\n");
+}
+
+/// RFC 4180: quote a field holding a comma, quote or line break; double the quotes.
+fn csv_field(out: &mut String, f: &str) {
+    if f.contains([',', '"', '\r', '\n']) {
+        out.push('"');
+        out.push_str(&f.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        let _ = out.write_str(f);
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportSummary {
+    pub rows: u64,
+    /// Give this as `since` next time to get only newer rows.
+    pub next_cursor: i64,
+}
+
+/// Streams the matching rows into `out`.
+pub async fn write_export<W: AsyncWrite + Unpin>(
+    db: &Db,
+    filter: ExportFilter,
+    format: ExportFormat,
+    out: &mut W,
+) -> anyhow::Result<ExportSummary> {
+    let mut next_cursor = filter.since;
+    let mut enc = Encoder::new(format);
+    let mut buf = enc.head();
+    let mut rows = db.export(filter);
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        next_cursor = row.cursor;
+        enc.row(&row, &mut buf);
+        if buf.len() >= 64 * 1024 {
+            out.write_all(buf.as_bytes()).await?;
+            buf.clear();
+        }
+    }
+    buf.push_str(enc.tail());
+    out.write_all(buf.as_bytes()).await?;
+    out.flush().await?;
+    Ok(ExportSummary {
+        rows: enc.rows,
+        next_cursor,
+    })
+}

@@ -1,0 +1,345 @@
+//! The one ingest function every channel calls: scan → decide new / duplicate /
+//! conflict → load in one transaction, or reject with the precise reason.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use ctdata_batch::{Limits, Problem, RejectKind, Rejection, Scan, Sighting};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::db::{BatchRecord, Db, LoadResult, NewBatch, NewRejection, RowStream};
+
+/// How a batch reached the server.
+pub mod channel {
+    pub const SHARE: &str = "share";
+    pub const CLI: &str = "cli";
+}
+
+/// Sightings per message from the parser thread to the database writer.
+const CHUNK: usize = 1024;
+
+/// One file to ingest and what its surroundings say about it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub path: PathBuf,
+    /// The name the sender gave the file (for reports).
+    pub file_name: String,
+    pub channel: String,
+    /// The device the file's location vouches for (its drop-dir subfolder, FTP login…).
+    pub device_hint: Option<String>,
+    /// Identifies this delivery across a crash and restart (the claimed file's name).
+    pub claim_name: Option<String>,
+    /// Where the caller keeps the file if it is rejected (recorded with the reason).
+    pub rejected_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Stored now (possibly after a restart that interrupted the first attempt).
+    Ingested,
+    /// The same batch, byte for byte, was stored before: nothing added.
+    Duplicate,
+    /// Refused as a whole: nothing from it is stored.
+    Rejected,
+}
+
+/// What happened to one delivery; also written as the receipt file clients read back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Receipt {
+    pub status: Status,
+    pub file: String,
+    pub channel: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Sightings in the file.
+    pub sightings: i64,
+    /// Sightings stored by this batch.
+    pub inserted: i64,
+    /// Sightings whose id was already stored by another batch.
+    pub duplicates: i64,
+    /// The highest cursor of this batch's sightings (`export --since` from before it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<i64>,
+    pub received_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// Shared, cheap to clone: one per server.
+#[derive(Clone)]
+pub struct Ingestor {
+    pub db: Db,
+    limits: Limits,
+    default_device: Arc<str>,
+}
+
+impl Ingestor {
+    pub fn new(db: Db, limits: Limits, default_device: &str) -> Ingestor {
+        Ingestor {
+            db,
+            limits,
+            default_device: default_device.into(),
+        }
+    }
+
+    /// Ingests one file exactly once. `Err` means the server could not decide (the
+    /// database is down, say): the caller keeps the file and tries again later.
+    #[tracing::instrument(skip_all, err, fields(file = %d.file_name, channel = %d.channel))]
+    pub async fn ingest(&self, d: &Delivery) -> anyhow::Result<Receipt> {
+        let path = d.path.clone();
+        let limits = self.limits;
+        let scan = tokio::task::spawn_blocking(move || ctdata_batch::scan(&path, &limits)).await?;
+        let scan = match scan {
+            Ok(scan) => scan,
+            Err(rejection) => return self.reject(d, None, None, rejection).await,
+        };
+        let device = match self.device_for(d, &scan) {
+            Ok(device) => device,
+            Err(rejection) => return self.reject(d, Some(&scan), None, rejection).await,
+        };
+        // A lost race with a concurrent delivery of the same batch is decided on the
+        // second look, which then finds it stored.
+        for _ in 0..2 {
+            if let Some(existing) = self.db.find_batch(&device, scan.batch_id).await? {
+                return self.seen_before(d, &scan, existing).await;
+            }
+            let batch = NewBatch {
+                device: device.clone(),
+                batch_id: scan.batch_id,
+                sha256: scan.sha256.clone(),
+                format: scan.format.as_str().into(),
+                channel: d.channel.clone(),
+                file_name: d.file_name.clone(),
+                claim_name: d.claim_name.clone(),
+                created_at: scan.created_at,
+            };
+            let source = |/* fresh parse each call */| self.rows(&d.path, &scan);
+            match self.db.load_batch(&batch, &source).await? {
+                LoadResult::Loaded(record) => {
+                    tracing::info!(
+                        device,
+                        rows = record.rows,
+                        inserted = record.inserted,
+                        "batch ingested"
+                    );
+                    return Ok(receipt(Status::Ingested, d, &record));
+                }
+                LoadResult::Rejected(rejection) => {
+                    return self.reject(d, Some(&scan), Some(&device), rejection).await;
+                }
+                LoadResult::Exists(_) => continue,
+            }
+        }
+        anyhow::bail!("batch {} kept changing while being stored", scan.batch_id)
+    }
+
+    /// The same device and batch id arrived before: a duplicate, a conflict, or our own
+    /// interrupted attempt at this very file.
+    async fn seen_before(
+        &self,
+        d: &Delivery,
+        scan: &Scan,
+        existing: BatchRecord,
+    ) -> anyhow::Result<Receipt> {
+        if existing.sha256 != scan.sha256 {
+            let rejection = Rejection {
+                kind: RejectKind::Header,
+                summary: format!(
+                    "conflict: batch {} from device {} was already received on {} with different content \
+                     (sha256 {}, this file {}); a corrected batch needs a new batch_id",
+                    existing.batch_id,
+                    existing.device,
+                    existing.received_at.format("%Y-%m-%d %H:%M UTC"),
+                    short(&existing.sha256),
+                    short(&scan.sha256),
+                ),
+                problems: vec![],
+                total_problems: 1,
+            };
+            return self
+                .reject_as(d, Some(scan), Some(&existing.device), rejection, "conflict")
+                .await;
+        }
+        if d.claim_name.is_some() && existing.claim_name == d.claim_name {
+            return Ok(receipt(Status::Ingested, d, &existing));
+        }
+        self.db
+            .record_delivery(&existing, &d.channel, &d.file_name)
+            .await?;
+        tracing::info!(device = existing.device, batch_id = %existing.batch_id, "duplicate delivery, nothing added");
+        Ok(receipt(Status::Duplicate, d, &existing))
+    }
+
+    /// Which device a file belongs to: its header, its location, or the default, and
+    /// header and location must agree.
+    fn device_for(&self, d: &Delivery, scan: &Scan) -> Result<String, Rejection> {
+        if let Some(hint) = &d.device_hint {
+            if !valid_device_name(hint) {
+                return Err(header_rejection(format!(
+                    "the folder name {hint:?} is not a valid device name (letters, digits, '.', '_' and '-', \
+                     starting with a letter or digit, at most 64)"
+                )));
+            }
+        }
+        match (&scan.device_id, &d.device_hint) {
+            (Some(claimed), Some(hint)) if claimed != hint => Err(header_rejection(format!(
+                "the batch says device_id {claimed:?} but it was delivered as device {hint:?}; a device may \
+                 only send its own batches"
+            ))),
+            (Some(claimed), _) => Ok(claimed.clone()),
+            (None, Some(hint)) => Ok(hint.clone()),
+            (None, None) => Ok(self.default_device.to_string()),
+        }
+    }
+
+    /// Starts a parser on a blocking thread that streams valid rows in chunks.
+    fn rows(&self, path: &Path, scan: &Scan) -> RowStream {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Sighting>>(4);
+        let (path, scan, limits) = (path.to_path_buf(), scan.clone(), self.limits);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            let result = ctdata_batch::read(&path, &scan, &limits, |s| {
+                chunk.push(s);
+                if chunk.len() == CHUNK && tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            });
+            if result.is_ok() && !chunk.is_empty() {
+                let _ = tx.blocking_send(chunk);
+            }
+            result
+        });
+        RowStream { rx, done }
+    }
+
+    async fn reject(
+        &self,
+        d: &Delivery,
+        scan: Option<&Scan>,
+        device: Option<&str>,
+        rejection: Rejection,
+    ) -> anyhow::Result<Receipt> {
+        let kind = serde_json::to_value(rejection.kind)?
+            .as_str()
+            .unwrap_or("invalid")
+            .to_string();
+        self.reject_as(d, scan, device, rejection, &kind).await
+    }
+
+    async fn reject_as(
+        &self,
+        d: &Delivery,
+        scan: Option<&Scan>,
+        device: Option<&str>,
+        rejection: Rejection,
+        kind: &str,
+    ) -> anyhow::Result<Receipt> {
+        let device = device
+            .map(str::to_string)
+            .or_else(|| scan.and_then(|s| s.device_id.clone()))
+            .or_else(|| d.device_hint.clone());
+        let reason = format!("{}: {}", d.file_name, rejection);
+        let problems: Vec<&Problem> = rejection.problems.iter().collect();
+        self.db
+            .record_rejection(&NewRejection {
+                file_name: d.file_name.clone(),
+                stored_path: d.rejected_path.clone(),
+                claim_name: d.claim_name.clone(),
+                device: device.clone(),
+                batch_id: scan.map(|s| s.batch_id),
+                sha256: scan.map(|s| s.sha256.clone()),
+                channel: d.channel.clone(),
+                kind: kind.to_string(),
+                reason: reason.clone(),
+                problems: serde_json::to_value(problems)?,
+            })
+            .await?;
+        tracing::warn!(
+            file = d.file_name,
+            kind,
+            "batch rejected: {}",
+            rejection.summary
+        );
+        Ok(Receipt {
+            status: Status::Rejected,
+            file: d.file_name.clone(),
+            channel: d.channel.clone(),
+            device,
+            batch_id: scan.map(|s| s.batch_id),
+            format: scan.map(|s| s.format.as_str().to_string()),
+            sha256: scan.map(|s| s.sha256.clone()),
+            sightings: 0,
+            inserted: 0,
+            duplicates: 0,
+            cursor: None,
+            received_at: Utc::now(),
+            reason: Some(reason),
+            kind: Some(kind.to_string()),
+        })
+    }
+}
+
+fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
+    Receipt {
+        status,
+        file: d.file_name.clone(),
+        channel: d.channel.clone(),
+        device: Some(b.device.clone()),
+        batch_id: Some(b.batch_id),
+        format: Some(b.format.clone()),
+        sha256: Some(b.sha256.clone()),
+        sightings: b.rows,
+        inserted: if status == Status::Duplicate {
+            0
+        } else {
+            b.inserted
+        },
+        duplicates: if status == Status::Duplicate {
+            b.rows
+        } else {
+            b.duplicates
+        },
+        cursor: b.cursor_last,
+        received_at: if status == Status::Duplicate {
+            Utc::now()
+        } else {
+            b.received_at
+        },
+        reason: None,
+        kind: None,
+    }
+}
+
+fn header_rejection(summary: String) -> Rejection {
+    Rejection {
+        kind: RejectKind::Header,
+        summary,
+        problems: vec![],
+        total_problems: 1,
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// Device names double as folder names and FTP logins.
+pub fn valid_device_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}

@@ -1,0 +1,13 @@
+//! CTData server: ingests field batches exactly once into one consolidated database.
+//!
+//! Every path into the database goes through [`ingest::Ingestor::ingest`]; the drop
+//! directory ([`dropdir`]) wraps it with claim → archive, and [`serve::run`] runs the
+//! loop until shutdown.
+
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod dropdir;
+pub mod export;
+pub mod ingest;
+pub mod serve;

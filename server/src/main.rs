@@ -1,0 +1,170 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use ctdata_server::commands::{self, parse_time, ExportArgs};
+use ctdata_server::config::{Settings, EXAMPLE_CONFIG};
+use ctdata_server::export::ExportFormat;
+use ctdata_server::ingest::Status;
+
+/// CTData server: collects field batches from the CTData drop directory into one
+/// consolidated database (embedded SQLite by default, PostgreSQL in production).
+#[derive(Parser)]
+#[command(name = "ctdata-server", version)]
+struct Cli {
+    /// Configuration file (TOML). Default: ./ctdata.toml when it exists. Environment
+    /// variables CTDATA__SECTION__KEY override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Watch the drop directory and ingest every batch that arrives, until SIGTERM or Ctrl-C.
+    Serve,
+    /// Apply database migrations and exit (serve also does this at start).
+    Migrate,
+    /// Ingest now, for a scheduled task. With no PATH: one pass over the drop directory
+    /// (claim, ingest, archive). With PATHs: ingest those files or folders in place.
+    /// Exit code 2 when any file was rejected.
+    Ingest {
+        /// Files or folders to ingest in place.
+        paths: Vec<PathBuf>,
+        /// Device for files that do not name one (CSV, GeoJSON).
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
+    },
+    /// Export sightings in cursor order. The next cursor is printed on stderr (and
+    /// written to --cursor-file); pass it as --since to get only what arrived later.
+    Export {
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Only sightings that arrived after this cursor. Default: the number in
+        /// --cursor-file if it exists, else 0.
+        #[arg(long, value_name = "CURSOR")]
+        since: Option<i64>,
+        /// Only sightings observed at or after this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        from: Option<DateTime<Utc>>,
+        /// Only sightings observed before this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        to: Option<DateTime<Utc>>,
+        /// Only this device's sightings.
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
+        /// Only this species.
+        #[arg(long, value_name = "NAME")]
+        species: Option<String>,
+        /// Write here (complete or not at all) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Read the starting cursor from FILE and store the next one there: repeated
+        /// runs export each sighting once.
+        #[arg(long, value_name = "FILE")]
+        cursor_file: Option<PathBuf>,
+    },
+    /// Print a commented example configuration with every default.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::DefaultConfig = cli.command {
+        print!("{EXAMPLE_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CTDATA_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => {
+            ctdata_server::serve::run(settings, shutdown_signal()).await?;
+        }
+        Command::Migrate => {
+            ctdata_server::serve::open(&settings)
+                .await?
+                .db
+                .close()
+                .await;
+            eprintln!("migrations applied");
+        }
+        Command::Ingest { paths, device } => {
+            let receipts = commands::ingest(&settings, &paths, device.as_deref()).await?;
+            for r in &receipts {
+                println!("{}", commands::describe(r));
+            }
+            let rejected = receipts
+                .iter()
+                .filter(|r| r.status == Status::Rejected)
+                .count();
+            eprintln!("{} file(s): {} rejected", receipts.len(), rejected);
+            if rejected > 0 {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Export {
+            format,
+            since,
+            from,
+            to,
+            device,
+            species,
+            output,
+            cursor_file,
+        } => {
+            let args = ExportArgs {
+                format,
+                since,
+                from,
+                to,
+                device,
+                species,
+                output,
+                cursor_file,
+            };
+            let summary = commands::export(&settings, args).await?;
+            eprintln!(
+                "exported {} sightings; next cursor: {}",
+                summary.rows, summary.next_cursor
+            );
+        }
+        Command::DefaultConfig => unreachable!("handled before the runtime starts"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested: finishing the current file");
+}

@@ -1,0 +1,156 @@
+//! The long-running daemon: watch the drop directory and ingest until told to stop.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::event::{ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::MissedTickBehavior;
+
+use crate::config::Settings;
+use crate::db::Db;
+use crate::dropdir::DropDir;
+use crate::ingest::Ingestor;
+
+/// Connects, migrates and builds the ingestor the settings describe.
+pub async fn open(settings: &Settings) -> anyhow::Result<Ingestor> {
+    let db = Db::connect(&settings.database.url, settings.database.max_connections).await?;
+    db.migrate().await?;
+    Ok(Ingestor::new(
+        db,
+        settings.ingest.limits(),
+        &settings.ingest.default_device,
+    ))
+}
+
+/// Runs the ingest loop until `shutdown` resolves, then finishes the file in hand and
+/// returns.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ingestor = open(&settings).await?;
+    let settle = Duration::from_secs_f64(settings.ingest.settle_secs.max(0.0));
+    let mut drop_dir = DropDir::new(&settings.ingest.drop_dir, ingestor.clone(), settle)?;
+    tracing::info!(
+        drop_dir = %settings.ingest.drop_dir.display(),
+        database = ingestor.db.backend(),
+        "ctdata-server watching the drop directory"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let woken = Arc::new(Notify::new());
+    {
+        let (stop, woken) = (stop.clone(), woken.clone());
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.store(true, Ordering::SeqCst);
+            woken.notify_one();
+        });
+    }
+    let (events, mut changes) = mpsc::unbounded_channel();
+    let _watcher = watch(&settings.ingest.drop_dir, events);
+    let mut rescan = tokio::time::interval(Duration::from_secs_f64(
+        settings.ingest.rescan_secs.max(0.1),
+    ));
+    rescan.set_missed_tick_behavior(MissedTickBehavior::Skip);
+
+    while !stop.load(Ordering::SeqCst) {
+        match drop_dir.ingest_once(&stop).await {
+            Ok(report) if report.errors > 0 => {
+                // Something outside our control failed (the database, the disk): pause
+                // before trying the same files again.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = woken.notified() => {}
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("drop directory scan failed: {e:#}"),
+        }
+        let settle_wait = drop_dir
+            .next_settle()
+            .map(|d| d + Duration::from_millis(20));
+        tokio::select! {
+            _ = woken.notified() => {}
+            _ = rescan.tick() => {}
+            _ = sleep_opt(settle_wait) => {}
+            Some(change) = changes.recv() => {
+                // Take the whole burst of events before scanning once.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let mut next = Some(change);
+                while let Some(change) = next {
+                    if let Change::Renamed(path) = change {
+                        drop_dir.note_renamed(&path);
+                    }
+                    next = changes.try_recv().ok();
+                }
+            }
+        }
+    }
+    tracing::info!("ingest stopped");
+    ingestor.db.close().await;
+    Ok(())
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a change notification tells the loop.
+enum Change {
+    /// Renamed into place: complete now.
+    Renamed(PathBuf),
+    /// Written or created: worth a look once it settles.
+    Touched,
+}
+
+/// Change notifications, where the platform gives them. Without a watcher (some
+/// network filesystems) the periodic rescan still finds everything.
+fn watch(dir: &Path, events: mpsc::UnboundedSender<Change>) -> Option<notify::RecommendedWatcher> {
+    let root = dir.to_path_buf();
+    let handler = move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        let target = match event.kind {
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.first(),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.get(1),
+            _ => None,
+        };
+        let ours = |p: &PathBuf| {
+            p.strip_prefix(&root)
+                .ok()
+                .and_then(|rel| rel.iter().next())
+                .is_some_and(|top| crate::dropdir::is_server_folder(&top.to_string_lossy()))
+        };
+        if event.paths.iter().all(ours) {
+            return;
+        }
+        let change = match target {
+            Some(path) if !ours(path) => Change::Renamed(path.clone()),
+            _ => Change::Touched,
+        };
+        let _ = events.send(change);
+    };
+    let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(dir, RecursiveMode::Recursive)?;
+        Ok(w)
+    });
+    match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "no change notifications for {} ({e}); relying on rescans",
+                dir.display()
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Test harness: a fresh database per test (PostgreSQL or SQLite), the real
+//! `ctdata-server` binary as a child process, fixtures, and polling with deadlines
+//! instead of sleeps.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+
+/// Where the test PostgreSQL server is; a database per test is created on it.
+pub fn pg_admin_url() -> String {
+    std::env::var("CTDATA_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The repository's fixture folder.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of its own for one test, dropped afterwards.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// A fresh database on `backend`, or `None` when PostgreSQL is not reachable outside
+    /// CI. In CI (`CI` set) an unreachable PostgreSQL fails the test: never a silent skip.
+    pub async fn new(backend: Backend) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("ctdata.db").display());
+                Some(TestDb {
+                    url,
+                    backend,
+                    pg_name: None,
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres => Self::postgres().await,
+        }
+    }
+
+    async fn postgres() -> Option<TestDb> {
+        let admin = pg_admin_url();
+        let mut conn = match sqlx::PgConnection::connect(&admin).await {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("CI is set but PostgreSQL at {admin} is unreachable: {e}")
+            }
+            Err(e) => {
+                eprintln!(
+                    "SKIPPED: PostgreSQL at {admin} is unreachable ({e}); set CTDATA_TEST_PG"
+                );
+                return None;
+            }
+        };
+        let name = format!("ctdata_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let url = match admin.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("CTDATA_TEST_PG must end with /DATABASE"),
+        };
+        Some(TestDb {
+            url,
+            backend: Backend::Postgres,
+            pg_name: Some(name),
+            _dir: None,
+        })
+    }
+
+    /// Runs a query that returns one integer.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        match self.backend {
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                let v: i64 = sqlx::query_scalar(sql).fetch_one(&mut c).await.expect(sql);
+                v
+            }
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                let v: i64 = sqlx::query_scalar(sql).fetch_one(&mut c).await.expect(sql);
+                v
+            }
+        }
+    }
+
+    /// Runs a query that returns rows of text columns.
+    pub async fn texts(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        use sqlx::Row;
+        fn collect<R: Row>(rows: Vec<R>) -> Vec<Vec<Option<String>>>
+        where
+            for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            usize: sqlx::ColumnIndex<R>,
+        {
+            rows.iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.try_get::<Option<String>, _>(i).expect("text column"))
+                        .collect()
+                })
+                .collect()
+        }
+        match self.backend {
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                collect(sqlx::query(sql).fetch_all(&mut c).await.expect(sql))
+            }
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                collect(sqlx::query(sql).fetch_all(&mut c).await.expect(sql))
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        let admin = pg_admin_url();
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// For each `async fn NAME(db: TestDb)`, declares the tests `NAME::sqlite` and
+/// `NAME::postgres`, each calling it with a fresh database of that kind.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let db = $crate::TestDb::new($crate::Backend::Sqlite).await.expect("sqlite");
+                    super::$name(db).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(db) = $crate::TestDb::new($crate::Backend::Postgres).await {
+                        super::$name(db).await;
+                    }
+                }
+            }
+        )+
+    };
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The `ctdata-server` binary of this build profile, built on first use.
+pub fn server_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/this-test → target/<profile>/ctdata-server
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "ctdata-server",
+            "--bin",
+            "ctdata-server",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building ctdata-server failed");
+        profile_dir.join("ctdata-server")
+    })
+    .clone()
+}
+
+/// A running `ctdata-server serve`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+/// Everything a server under test needs: a drop directory and a database.
+pub struct ServerEnv {
+    pub dir: tempfile::TempDir,
+    pub db_url: String,
+}
+
+impl ServerEnv {
+    pub fn new(db: &TestDb) -> ServerEnv {
+        ServerEnv {
+            dir: tempfile::tempdir().expect("temp dir"),
+            db_url: db.url.clone(),
+        }
+    }
+
+    pub fn drop_dir(&self) -> PathBuf {
+        self.dir.path().join("CTData")
+    }
+
+    /// `ctdata-server ARGS` with this environment's settings.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(server_bin());
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("CTDATA__DATABASE__URL", &self.db_url)
+            .env("CTDATA__INGEST__DROP_DIR", self.drop_dir())
+            .env("CTDATA__INGEST__SETTLE_SECS", "0.3")
+            .env("CTDATA__INGEST__RESCAN_SECS", "1")
+            .env("CTDATA_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts `serve` and waits until it watches the drop directory.
+    pub async fn serve(&self) -> Server {
+        let log = self
+            .dir
+            .path()
+            .join(format!("server-{}.log", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = self
+            .command(&["serve"])
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("start ctdata-server");
+        let server = Server { child, log };
+        eventually("the server to start", Duration::from_secs(60), || async {
+            server
+                .log_text()
+                .contains("watching the drop directory")
+                .then_some(())
+        })
+        .await;
+        server
+    }
+}
+
+impl Server {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        self.child.wait().expect("wait for server")
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Files a rejected delivery leaves in `rejected/`: the file and its reason.
+pub fn rejected_reasons(drop_dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(devices) = std::fs::read_dir(drop_dir.join("rejected")) else {
+        return out;
+    };
+    for dev in devices.flatten() {
+        for f in std::fs::read_dir(dev.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if let Some(base) = name.strip_suffix(".reason.txt") {
+                let reason = std::fs::read_to_string(f.path()).unwrap_or_default();
+                out.push((base.to_string(), reason));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Number of regular files below `dir`.
+pub fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}

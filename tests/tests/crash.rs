@@ -1,0 +1,129 @@
+//! kill -9 at random moments while the real server ingests a stream of files; after a
+//! final restart every batch is stored exactly once and nothing is left half-done.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{FixedOffset, TimeZone};
+use ctdata_batch::write::{BatchHeader, NdjsonWriter};
+use ctdata_batch::Sighting;
+use ctdata_tests::{both_backends, count_files, eventually, ServerEnv, TestDb};
+use rand::{Rng, SeedableRng};
+
+const FILES: usize = 60;
+const ROWS_PER_FILE: usize = 2_000;
+const CRASHES: usize = 12;
+
+/// Writes `FILES` NDJSON batches from several devices into `dir` (outside the drop
+/// directory) and returns their paths.
+fn make_batches(dir: &Path) -> Vec<PathBuf> {
+    let tz = FixedOffset::east_opt(2 * 3600).unwrap();
+    (0..FILES)
+        .map(|i| {
+            let device = format!("ranger-{:02}", i % 5);
+            let header = BatchHeader {
+                batch_id: uuid::Uuid::new_v4(),
+                device_id: device.clone(),
+                created_at: tz.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap(),
+            };
+            let path = dir.join(format!("{device}-{i:03}.ndjson"));
+            let mut w = NdjsonWriter::new(
+                std::io::BufWriter::new(std::fs::File::create(&path).unwrap()),
+                &header,
+            )
+            .unwrap();
+            for r in 0..ROWS_PER_FILE {
+                w.push(&Sighting {
+                    id: uuid::Uuid::new_v4(),
+                    observed_at: tz.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap()
+                        + chrono::Duration::seconds(r as i64),
+                    latitude: -24.0 + (r as f64) * 1e-4,
+                    longitude: 31.5,
+                    altitude: Some(300.0),
+                    accuracy: Some(5.0),
+                    observer: Some("crash test".into()),
+                    species: Some("Panthera leo".into()),
+                    count: Some(1),
+                    attributes: Default::default(),
+                })
+                .unwrap();
+            }
+            std::io::Write::flush(&mut w.finish().unwrap()).unwrap();
+            path
+        })
+        .collect()
+}
+
+fn deliver(src: &Path, drop_dir: &Path) {
+    let name = src.file_name().unwrap().to_string_lossy().into_owned();
+    let device = &name[..8];
+    let dest_dir = drop_dir.join(device);
+    std::fs::create_dir_all(&dest_dir).unwrap();
+    let part = dest_dir.join(format!("{name}.part"));
+    std::fs::copy(src, &part).unwrap();
+    std::fs::rename(&part, dest_dir.join(&name)).unwrap();
+}
+
+both_backends! {
+    kill_9_at_random_moments_loses_and_duplicates_nothing,
+}
+
+async fn kill_9_at_random_moments_loses_and_duplicates_nothing(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    let source = tempfile::tempdir().unwrap();
+    let batches = make_batches(source.path());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xC7DA7A);
+    let mut next = 0;
+    for round in 0..CRASHES {
+        let server = env.serve().await;
+        // Keep deliveries arriving while the server works, then pull the plug.
+        let burst = rng.gen_range(2..8).min(FILES - next);
+        for src in &batches[next..next + burst] {
+            deliver(src, &env.drop_dir());
+        }
+        next += burst;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..400))).await;
+        server.crash();
+        eprintln!("crash {round}: {next} files delivered");
+    }
+    for src in &batches[next..] {
+        deliver(src, &env.drop_dir());
+    }
+
+    let server = env.serve().await;
+    let archive = env.drop_dir().join("archive");
+    eventually("every batch archived", Duration::from_secs(300), || async {
+        (count_files(&archive) >= FILES).then_some(())
+    })
+    .await;
+    assert!(server.terminate().success());
+
+    let expected = (FILES * ROWS_PER_FILE) as i64;
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, expected);
+    assert_eq!(
+        db.scalar("SELECT count(DISTINCT id) FROM sightings").await,
+        expected
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM batches").await,
+        FILES as i64
+    );
+    assert_eq!(
+        db.scalar("SELECT coalesce(sum(inserted), 0) FROM batches")
+            .await,
+        expected
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM rejections").await, 0);
+    assert_eq!(count_files(&archive), FILES, "each file archived once");
+    assert_eq!(
+        count_files(&env.drop_dir().join(".processing")),
+        0,
+        "nothing left claimed"
+    );
+    // Cursors of each batch are one contiguous run: batches were never interleaved.
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM batches WHERE cursor_last - cursor_first + 1 <> inserted")
+            .await,
+        0
+    );
+}
