@@ -26,8 +26,8 @@ pub(crate) fn valid_device_id(s: &str) -> bool {
     !b.is_empty() && b.len() <= 64 && b[0].is_ascii_alphanumeric() && b[1..].iter().all(tail_ok)
 }
 
-/// Validates a header object. `at` turns a key into a location (line 1 for NDJSON, the
-/// key itself as a path for JSON). Every bad field is listed, not just the first.
+/// Validates a header object. `at` turns a key into a location (line 1 for NDJSON; none
+/// for JSON, where the field name is the whole path). Every bad field is listed.
 pub(crate) fn validate(
     map: &Map<String, Value>,
     at: &dyn Fn(&str) -> Location,

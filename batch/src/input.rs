@@ -31,7 +31,7 @@ impl Read for Counted {
 
 enum Inner {
     Plain(File),
-    Gzip(MultiGzDecoder<Counted>),
+    Gzip(Box<MultiGzDecoder<Counted>>),
 }
 
 /// The decompressed byte stream. Once a limit trips or gzip breaks, the reason is kept
@@ -167,7 +167,7 @@ impl Input {
             ));
         }
         let inner = if gzip {
-            Inner::Gzip(MultiGzDecoder::new(Counted { file, count: 0 }))
+            Inner::Gzip(Box::new(MultiGzDecoder::new(Counted { file, count: 0 })))
         } else {
             Inner::Plain(file)
         };

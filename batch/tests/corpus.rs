@@ -1,10 +1,12 @@
 //! Runs scan + read over every committed fixture: good ones must load, bad ones must be
 //! refused for the specific reason their `.expect` file names.
 
+use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use ctdata_batch::{read, scan, Limits, Rejection};
+use uuid::Uuid;
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -20,15 +22,32 @@ fn fixtures(kind: &str) -> Vec<PathBuf> {
 }
 
 fn load(path: &Path) -> Result<u64, Rejection> {
+    load_ids(path).map(|(_, ids)| ids.len() as u64)
+}
+
+fn load_ids(path: &Path) -> Result<(Uuid, Vec<Uuid>), Rejection> {
     let limits = Limits::default();
     let s = scan(path, &limits)?;
-    let mut n = 0;
-    let summary = read(path, &s, &limits, |_| {
-        n += 1;
+    let mut ids = Vec::new();
+    let summary = read(path, &s, &limits, |row| {
+        ids.push(row.id);
         ControlFlow::Continue(())
     })?;
-    assert_eq!(summary.rows, n);
-    Ok(n)
+    assert_eq!(summary.rows, ids.len() as u64);
+    Ok((s.batch_id, ids))
+}
+
+/// The server's tests load all good fixtures into one database: ids must not collide.
+#[test]
+fn good_fixture_ids_are_unique() {
+    let mut seen = HashSet::new();
+    for f in fixtures("good") {
+        let (batch, ids) = load_ids(&f).unwrap();
+        assert!(seen.insert(batch), "{}: batch id reused", f.display());
+        for id in ids {
+            assert!(seen.insert(id), "{}: id {id} reused", f.display());
+        }
+    }
 }
 
 #[test]

@@ -202,7 +202,7 @@ def bad_cases():
         ("csv-empty-required-cell.csv", csv(csv_row.format(new_id()).replace("-24.41650", "")), "line 2, field latitude: latitude is required"),
         ("ndjson-after-trailer.ndjson", nd(k) + (row() + "\n").encode(), "NDJSON batch has content after its trailer line"),
         ("json-trailing-garbage.json", jdoc(1, k[:1]) + "\n{}\n", "JSON syntax error: trailing characters"),
-        ("ndjson-bad-json-line.ndjson", nd(k, lambda b: b.replace(b'"species"', b'"species', 1)), "line 2 is not a JSON object"),
+        ("ndjson-bad-json-line.ndjson", nd(k, lambda b: b.replace(b'"species"', b'"species', 1)), "line 2: line is not valid JSON"),
         ("created-at-no-offset.json", jdoc(1, k[:1], created_at="2024-05-02 18:05:11"),
          'field created_at, value "2024-05-02 18:05:11": created_at has no UTC offset'),
     ]
