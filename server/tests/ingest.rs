@@ -88,8 +88,22 @@ fn good_files() -> Vec<PathBuf> {
     files
 }
 
-/// Export of what a fixture stores, without the fields that differ per run.
+/// Export of what a fixture stores, without the fields that differ per run, keys
+/// sorted (PostgreSQL's jsonb keeps no key order).
 fn stable_ndjson(export: &str) -> String {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<_> = m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(entries.into_iter().collect())
+            }
+            serde_json::Value::Array(a) => {
+                serde_json::Value::Array(a.into_iter().map(sorted).collect())
+            }
+            other => other,
+        }
+    }
     export
         .lines()
         .map(|line| {
@@ -97,7 +111,7 @@ fn stable_ndjson(export: &str) -> String {
             let o = v.as_object_mut().unwrap();
             o.remove("cursor");
             o.remove("received_at");
-            format!("{}\n", serde_json::to_string_pretty(&v).unwrap())
+            format!("{}\n", serde_json::to_string_pretty(&sorted(v)).unwrap())
         })
         .collect()
 }
