@@ -125,7 +125,7 @@ impl Ingestor {
                 claim_name: d.claim_name.clone(),
                 created_at: scan.created_at,
             };
-            let source = |/* fresh parse each call */| self.rows(&d.path, &scan);
+            let source = || self.rows(&d.path, &scan);
             match self.db.load_batch(&batch, &source).await? {
                 LoadResult::Loaded(record) => {
                     tracing::info!(

@@ -20,13 +20,17 @@ struct Fixture {
 
 impl Fixture {
     async fn new(test_db: &TestDb) -> Fixture {
+        Self::with_settle(test_db, Duration::ZERO).await
+    }
+
+    async fn with_settle(test_db: &TestDb, settle: Duration) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings::default();
         settings.database.url = test_db.url.clone();
         settings.ingest.drop_dir = dir.path().join("CTData");
         let ingestor = ctdata_server::serve::open(&settings).await.unwrap();
         let db = ingestor.db.clone();
-        let drop_dir = DropDir::new(&settings.ingest.drop_dir, ingestor, Duration::ZERO).unwrap();
+        let drop_dir = DropDir::new(&settings.ingest.drop_dir, ingestor, settle).unwrap();
         Fixture {
             _dir: dir,
             drop_dir,
@@ -130,6 +134,7 @@ both_backends! {
     header_and_folder_must_name_the_same_device,
     claimed_files_are_finished_after_a_crash,
     gzip_bomb_is_refused,
+    unsettled_and_temporary_files_wait,
 }
 
 async fn golden_files_of_every_format(db: TestDb) {
@@ -582,4 +587,30 @@ async fn gzip_bomb_is_refused(db: TestDb) {
     assert_eq!(r.status, Status::Rejected);
     assert!(r.reason.as_deref().unwrap().contains("ratio"), "{r:?}");
     assert_eq!(fx.sightings().await, 0);
+}
+
+async fn unsettled_and_temporary_files_wait(db: TestDb) {
+    // A settle time no test run will reach: only a rename can make a file ready.
+    let mut fx = Fixture::with_settle(&db, Duration::from_secs(3600)).await;
+    fx.deliver(&good("csv-basic.csv"), "ranger-07/being-written.csv");
+    for temp in ["x.json.part", ".hidden.json", "y.json.tmp", "z.json~"] {
+        fx.deliver(&good("json-basic.json"), &format!("ranger-07/{temp}"));
+    }
+    let report = fx.pass().await;
+    assert!(report.receipts.is_empty(), "{report:?}");
+    assert_eq!(
+        report.waiting, 1,
+        "only the file written in place is waiting to settle"
+    );
+    assert!(fx.root().join("ranger-07/being-written.csv").exists());
+
+    // Renamed into place: complete at once.
+    let part = fx.root().join("ranger-07/x.json.part");
+    let done = fx.root().join("ranger-07/x.json");
+    std::fs::rename(&part, &done).unwrap();
+    fx.drop_dir.note_renamed(&done);
+    let report = fx.pass().await;
+    assert_eq!(report.receipts.len(), 1);
+    assert_eq!(report.receipts[0].file, "x.json");
+    assert_eq!(report.waiting, 1);
 }

@@ -40,6 +40,7 @@ both_backends! {
     serve_ingests_deliveries_and_export_follows_the_cursor,
     serve_survives_the_bad_corpus,
     ingest_command_for_scheduled_tasks,
+    sigterm_finishes_the_file_in_hand,
 }
 
 async fn serve_ingests_deliveries_and_export_follows_the_cursor(db: TestDb) {
@@ -214,4 +215,53 @@ fn default_config_and_help() {
     for cmd in ["serve", "ingest", "export", "migrate", "default-config"] {
         assert!(help.contains(cmd), "--help lacks {cmd}");
     }
+}
+
+async fn sigterm_finishes_the_file_in_hand(db: TestDb) {
+    use chrono::TimeZone;
+    let env = ServerEnv::new(&db);
+    let big = env.dir.path().join("big.ndjson");
+    let tz = chrono::FixedOffset::east_opt(3600).unwrap();
+    let header = ctdata_batch::write::BatchHeader {
+        batch_id: uuid::Uuid::new_v4(),
+        device_id: "ranger-07".into(),
+        created_at: tz.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap(),
+    };
+    let file = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
+    let mut w = ctdata_batch::write::NdjsonWriter::new(file, &header).unwrap();
+    const ROWS: i64 = 200_000;
+    for i in 0..ROWS {
+        w.push(&ctdata_batch::Sighting {
+            id: uuid::Uuid::new_v4(),
+            observed_at: tz.with_ymd_and_hms(2026, 11, 2, 6, 0, 0).unwrap(),
+            latitude: -19.0 + i as f64 * 1e-6,
+            longitude: 16.3,
+            altitude: None,
+            accuracy: None,
+            observer: None,
+            species: Some("Giraffa camelopardalis".into()),
+            count: Some(1),
+            attributes: Default::default(),
+        })
+        .unwrap();
+    }
+    std::io::Write::flush(&mut w.finish().unwrap()).unwrap();
+
+    let server = env.serve().await;
+    deliver_by_rename(&big, &env.drop_dir().join("ranger-07/big.ndjson"));
+    let processing = env.drop_dir().join(".processing");
+    let archive = env.drop_dir().join("archive");
+    // Stop it while the file is claimed (or, on a fast machine, already done).
+    eventually("the file to be claimed", WAIT, || async {
+        (count_files(&processing) + count_files(&archive) > 0).then_some(())
+    })
+    .await;
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        count_files(&archive),
+        1,
+        "the file in hand is finished before exit"
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, ROWS);
 }

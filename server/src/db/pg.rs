@@ -133,13 +133,12 @@ pub async fn load_batch(
                 }
             }
         };
-    let record_sql = format!(
+    let record_sql =
         "WITH c AS (SELECT min(cursor) AS lo, max(cursor) AS hi FROM sightings WHERE batch = $1) \
          UPDATE batches b SET row_count = $2, inserted = $3, duplicates = $4, cursor_first = c.lo, cursor_last = c.hi \
-         FROM c WHERE b.id = $1 RETURNING b.id"
-    );
+         FROM c WHERE b.id = $1 RETURNING b.id";
     let rows_total = summary.rows as i64;
-    sqlx::query(&record_sql)
+    sqlx::query(record_sql)
         .bind(batch_pk)
         .bind(rows_total)
         .bind(inserted)
