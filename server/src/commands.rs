@@ -89,14 +89,34 @@ pub fn describe(r: &Receipt) -> String {
     }
 }
 
+/// `ctdata-server export`: the doc comments are its `--help`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ExportArgs {
+    /// csv (RFC 4180, UTF-8), geojson (RFC 7946 FeatureCollection) or ndjson.
+    #[arg(long, value_enum)]
     pub format: ExportFormat,
+    /// Only sightings that arrived after this cursor. Default: the number in
+    /// --cursor-file if it exists, else 0.
+    #[arg(long, value_name = "CURSOR")]
     pub since: Option<i64>,
+    /// Only sightings observed at or after this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub from: Option<DateTime<Utc>>,
+    /// Only sightings observed before this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub to: Option<DateTime<Utc>>,
+    /// Only this device's sightings.
+    #[arg(long, value_name = "NAME")]
     pub device: Option<String>,
+    /// Only this species.
+    #[arg(long, value_name = "NAME")]
     pub species: Option<String>,
+    /// Write here (complete or not at all) instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Read the starting cursor from FILE and store the next one there: repeated runs
+    /// export each sighting once.
+    #[arg(long, value_name = "FILE")]
     pub cursor_file: Option<PathBuf>,
 }
 

@@ -1,11 +1,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use ctdata_server::commands::{self, parse_time, ExportArgs};
+use ctdata_server::commands::{self, ExportArgs};
 use ctdata_server::config::{Settings, EXAMPLE_CONFIG};
-use ctdata_server::export::ExportFormat;
 use ctdata_server::ingest::Status;
 
 /// CTData server: collects field batches from the CTData drop directory into one
@@ -39,33 +37,7 @@ enum Command {
     },
     /// Export sightings in cursor order. The next cursor is printed on stderr (and
     /// written to --cursor-file); pass it as --since to get only what arrived later.
-    Export {
-        #[arg(long, value_enum)]
-        format: ExportFormat,
-        /// Only sightings that arrived after this cursor. Default: the number in
-        /// --cursor-file if it exists, else 0.
-        #[arg(long, value_name = "CURSOR")]
-        since: Option<i64>,
-        /// Only sightings observed at or after this time (RFC 3339 or YYYY-MM-DD).
-        #[arg(long, value_name = "TIME", value_parser = parse_time)]
-        from: Option<DateTime<Utc>>,
-        /// Only sightings observed before this time (RFC 3339 or YYYY-MM-DD).
-        #[arg(long, value_name = "TIME", value_parser = parse_time)]
-        to: Option<DateTime<Utc>>,
-        /// Only this device's sightings.
-        #[arg(long, value_name = "NAME")]
-        device: Option<String>,
-        /// Only this species.
-        #[arg(long, value_name = "NAME")]
-        species: Option<String>,
-        /// Write here (complete or not at all) instead of stdout.
-        #[arg(long, short, value_name = "FILE")]
-        output: Option<PathBuf>,
-        /// Read the starting cursor from FILE and store the next one there: repeated
-        /// runs export each sighting once.
-        #[arg(long, value_name = "FILE")]
-        cursor_file: Option<PathBuf>,
-    },
+    Export(ExportArgs),
     /// Print a commented example configuration with every default.
     DefaultConfig,
 }
@@ -122,26 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         }
-        Command::Export {
-            format,
-            since,
-            from,
-            to,
-            device,
-            species,
-            output,
-            cursor_file,
-        } => {
-            let args = ExportArgs {
-                format,
-                since,
-                from,
-                to,
-                device,
-                species,
-                output,
-                cursor_file,
-            };
+        Command::Export(args) => {
             let summary = commands::export(&settings, args).await?;
             eprintln!(
                 "exported {} sightings; next cursor: {}",

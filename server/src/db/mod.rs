@@ -96,6 +96,50 @@ pub struct ExportFilter {
     pub species: Option<String>,
 }
 
+impl ExportFilter {
+    /// `WHERE` text for the filters in use, `?` standing for each parameter in the
+    /// order the backends bind them: since, from, to, device, species.
+    fn conditions(&self) -> String {
+        let mut sql = String::from("s.cursor > ?");
+        for (present, cond) in [
+            (self.from.is_some(), " AND s.observed_at >= ?"),
+            (self.to.is_some(), " AND s.observed_at < ?"),
+            (self.device.is_some(), " AND d.name = ?"),
+            (self.species.is_some(), " AND s.species = ?"),
+        ] {
+            if present {
+                sql.push_str(cond);
+            }
+        }
+        sql
+    }
+}
+
+/// The export query; `attributes` is the backend's expression for the JSON as text.
+fn export_sql(filter: &ExportFilter, attributes: &str) -> String {
+    format!(
+        "SELECT s.cursor, d.name, b.batch_id, b.received_at, s.id, s.observed_at, s.observed_offset, s.latitude, \
+         s.longitude, s.altitude, s.accuracy, s.observer, s.species, s.count, {attributes} \
+         FROM sightings s JOIN batches b ON b.id = s.batch JOIN devices d ON d.id = s.device_id \
+         WHERE {} ORDER BY s.cursor",
+        filter.conditions()
+    )
+}
+
+/// Hands decoded rows to the queue until the query ends or the reader goes away.
+async fn forward<R>(
+    mut rows: impl futures::Stream<Item = sqlx::Result<R>> + Unpin,
+    decode: fn(&R) -> sqlx::Result<ExportRow>,
+    tx: mpsc::Sender<sqlx::Result<ExportRow>>,
+) {
+    use futures::StreamExt;
+    while let Some(row) = rows.next().await {
+        if tx.send(row.and_then(|r| decode(&r))).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// One exported sighting with where it came from.
 #[derive(Debug, Clone)]
 pub struct ExportRow {

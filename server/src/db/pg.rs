@@ -4,14 +4,13 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use ctdata_batch::Sighting;
-use futures::StreamExt;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Acquire, PgConnection, Row};
 use uuid::Uuid;
 
 use super::{
-    duplicate_ids_rejection, spawn_rows, with_offset, BatchRecord, ExportFilter, ExportRow,
-    LoadResult, NewBatch, NewRejection, RowSource, RowStream, Totals,
+    duplicate_ids_rejection, export_sql, forward, spawn_rows, with_offset, BatchRecord,
+    ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream, Totals,
 };
 
 /// Held for the whole load transaction: serialising ingests makes cursor order equal
@@ -398,25 +397,14 @@ pub fn export(
     pool: PgPool,
     f: ExportFilter,
 ) -> futures::stream::BoxStream<'static, sqlx::Result<ExportRow>> {
-    let mut sql = String::from(
-        "SELECT s.cursor, d.name, b.batch_id, b.received_at, s.id, s.observed_at, s.observed_offset, s.latitude, \
-         s.longitude, s.altitude, s.accuracy, s.observer, s.species, s.count, s.attributes::text \
-         FROM sightings s JOIN batches b ON b.id = s.batch JOIN devices d ON d.id = s.device_id \
-         WHERE s.cursor > $1",
-    );
-    let mut n = 1;
-    for (present, cond) in [
-        (f.from.is_some(), "s.observed_at >="),
-        (f.to.is_some(), "s.observed_at <"),
-        (f.device.is_some(), "d.name ="),
-        (f.species.is_some(), "s.species ="),
-    ] {
-        if present {
-            n += 1;
-            let _ = write!(sql, " AND {cond} ${n}");
+    // PostgreSQL numbers its parameters: `?` becomes $1, $2, …
+    let mut sql = String::new();
+    for (i, part) in export_sql(&f, "s.attributes::text").split('?').enumerate() {
+        if i > 0 {
+            let _ = write!(sql, "${i}");
         }
+        sql.push_str(part);
     }
-    sql.push_str(" ORDER BY s.cursor");
     spawn_rows(move |tx| async move {
         let mut q = sqlx::query(&sql).bind(f.since);
         if let Some(t) = f.from {
@@ -431,12 +419,7 @@ pub fn export(
         if let Some(s) = f.species {
             q = q.bind(s);
         }
-        let mut rows = q.fetch(&pool);
-        while let Some(row) = rows.next().await {
-            if tx.send(row.and_then(|r| export_row(&r))).await.is_err() {
-                break;
-            }
-        }
+        forward(q.fetch(&pool), export_row, tx).await;
     })
 }
 

@@ -4,7 +4,6 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use ctdata_batch::Sighting;
-use futures::StreamExt;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -13,8 +12,8 @@ use sqlx::{query::Query, Acquire, Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    duplicate_ids_rejection, parse_uuid, spawn_rows, with_offset, BatchRecord, ExportFilter,
-    ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream, Totals,
+    duplicate_ids_rejection, export_sql, forward, parse_uuid, spawn_rows, with_offset, BatchRecord,
+    ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream, Totals,
 };
 
 const SIGHTING_COLUMNS: &str =
@@ -366,23 +365,7 @@ pub fn export(
     pool: SqlitePool,
     f: ExportFilter,
 ) -> futures::stream::BoxStream<'static, sqlx::Result<ExportRow>> {
-    let mut sql = String::from(
-        "SELECT s.cursor, d.name, b.batch_id, b.received_at, s.id, s.observed_at, s.observed_offset, s.latitude, \
-         s.longitude, s.altitude, s.accuracy, s.observer, s.species, s.count, s.attributes \
-         FROM sightings s JOIN batches b ON b.id = s.batch JOIN devices d ON d.id = s.device_id \
-         WHERE s.cursor > ?",
-    );
-    for (present, cond) in [
-        (f.from.is_some(), " AND s.observed_at >= ?"),
-        (f.to.is_some(), " AND s.observed_at < ?"),
-        (f.device.is_some(), " AND d.name = ?"),
-        (f.species.is_some(), " AND s.species = ?"),
-    ] {
-        if present {
-            sql.push_str(cond);
-        }
-    }
-    sql.push_str(" ORDER BY s.cursor");
+    let sql = export_sql(&f, "s.attributes");
     spawn_rows(move |tx| async move {
         let mut q = sqlx::query(&sql).bind(f.since);
         if let Some(t) = f.from {
@@ -397,12 +380,7 @@ pub fn export(
         if let Some(s) = f.species {
             q = q.bind(s);
         }
-        let mut rows = q.fetch(&pool);
-        while let Some(row) = rows.next().await {
-            if tx.send(row.and_then(|r| export_row(&r))).await.is_err() {
-                break;
-            }
-        }
+        forward(q.fetch(&pool), export_row, tx).await;
     })
 }
 
