@@ -1,0 +1,167 @@
+//! The real `ctdata-server` binary as a child process.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+
+const READY_LINE: &str = "watching the drop directory";
+
+/// How the server under test is configured: environment only, run from a directory of
+/// its own so no stray `./ctdata.toml` is picked up.
+pub struct ServerConfig {
+    pub binary: PathBuf,
+    pub db_url: String,
+    pub drop_dir: PathBuf,
+    pub workdir: PathBuf,
+}
+
+impl ServerConfig {
+    fn command(&self, sub: &str) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg(sub)
+            .current_dir(&self.workdir)
+            .env("CTDATA__DATABASE__URL", &self.db_url)
+            .env("CTDATA__INGEST__DROP_DIR", &self.drop_dir)
+            .env("CTDATA__INGEST__SETTLE_SECS", "0")
+            .env("CTDATA__INGEST__RESCAN_SECS", "1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn migrate(&self) -> anyhow::Result<()> {
+        let out = self
+            .command("migrate")
+            .output()
+            .context("running migrate")?;
+        ensure!(
+            out.status.success(),
+            "ctdata-server migrate failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
+    /// Starts `serve` with stderr to `log` and waits until it says it is watching.
+    pub fn serve(&self, log: &Path, ready_within: Duration) -> anyhow::Result<Server> {
+        let child = self
+            .command("serve")
+            .stdout(Stdio::null())
+            .stderr(File::create(log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        let mut server = Server {
+            child,
+            log: log.to_path_buf(),
+        };
+        server.wait_for_log(READY_LINE, ready_within)?;
+        Ok(server)
+    }
+}
+
+pub struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_for_log(&mut self, needle: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&self.log)?.contains(needle) {
+                return Ok(());
+            }
+            self.ensure_running()?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "server did not log {needle:?} within {within:?}; log:\n{}",
+            self.log_tail()
+        )
+    }
+
+    /// Fails, with the end of the log, if the server has exited.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("server exited ({status}); log:\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Peak resident set size so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .context("no VmHWM in /proc/<pid>/status")?;
+        let kib = line.trim().trim_end_matches("kB").trim();
+        Ok(kib.parse()?)
+    }
+
+    /// CPU time (user + system) the server has used so far, in seconds: tells whether
+    /// the server itself or the database is the bottleneck.
+    pub fn cpu_secs(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command name, which is in parentheses and may hold spaces:
+        // state is field 3, utime 14, stime 15.
+        let rest = stat
+            .rsplit_once(')')
+            .context("malformed /proc/<pid>/stat")?
+            .1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields.get(11).context("no utime")?.parse::<u64>()?
+            + fields.get(12).context("no stime")?.parse::<u64>()?;
+        Ok(ticks as f64 / clock_ticks_per_sec())
+    }
+
+    /// SIGTERM (the server finishes the file in hand), then waits for it to exit.
+    pub fn stop(mut self, within: Duration) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM {} failed", self.pid());
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(status.success(), "server exited with {status} on SIGTERM");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("server still running {within:?} after SIGTERM")
+    }
+}
+
+/// `getconf CLK_TCK`; 100, the value on every Linux we run on, if that fails.
+fn clock_ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+impl Drop for Server {
+    /// A run that failed half-way must not leave a server behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
