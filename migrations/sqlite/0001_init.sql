@@ -48,7 +48,7 @@ CREATE TABLE sightings (
 CREATE INDEX sightings_observed_at ON sightings (observed_at);
 CREATE INDEX sightings_device ON sightings (device_id, cursor);
 CREATE INDEX sightings_species ON sightings (species, cursor);
-CREATE INDEX sightings_batch ON sightings (batch);
+CREATE INDEX sightings_batch ON sightings (batch, cursor);
 
 CREATE TABLE deliveries (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,

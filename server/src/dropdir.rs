@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::Utc;
+use futures::StreamExt;
 
 use crate::ingest::{channel, Delivery, Ingestor, Receipt, Status};
 
@@ -96,11 +97,19 @@ impl DropDir {
                 tracing::warn!(path = %path.display(), "could not claim: {e}");
             }
         }
-        for claimed in self.claimed_files()? {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            match self.process(&claimed).await {
+        // While one file holds the database's ingest lock, the next is read and hashed
+        // and the last one's receipt written, so the database never waits on us.
+        let workers = self.ingestor.db.concurrent_loads();
+        let this = &*self;
+        let mut results = futures::stream::iter(self.claimed_files()?)
+            .take_while(|_| std::future::ready(!stop.load(Ordering::SeqCst)))
+            .map(|claimed| async move {
+                let result = this.process(&claimed).await;
+                (claimed, result)
+            })
+            .buffered(workers);
+        while let Some((claimed, result)) = results.next().await {
+            match result {
                 Ok(receipt) => report.receipts.push(receipt),
                 Err(e) => {
                     tracing::error!(file = %claimed.display(), "ingest failed, will retry: {e:#}");

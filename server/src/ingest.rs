@@ -206,7 +206,7 @@ impl Ingestor {
 
     /// Starts a parser on a blocking thread that streams valid rows in chunks.
     fn rows(&self, path: &Path, scan: &Scan) -> RowStream {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Sighting>>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Sighting>>(16);
         let (path, scan, limits) = (path.to_path_buf(), scan.clone(), self.limits);
         let done = tokio::task::spawn_blocking(move || {
             let mut chunk = Vec::with_capacity(CHUNK);

@@ -181,6 +181,17 @@ impl Db {
         }
     }
 
+    /// How many batches are worth loading at once. Loads are serialised inside the
+    /// database either way (that keeps cursors in commit order); on PostgreSQL a second
+    /// one overlaps its file reading with the first one's COPY. SQLite has one writer,
+    /// and a second load would only wait for its lock.
+    pub fn concurrent_loads(&self) -> usize {
+        match self {
+            Db::Postgres(_) => 2,
+            Db::Sqlite(_) => 1,
+        }
+    }
+
     #[tracing::instrument(skip_all, err)]
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {

@@ -17,6 +17,9 @@ use super::{
 /// commit order, so an export `since` a cursor can never miss a late commit.
 const INGEST_LOCK: i64 = 0x4354_4441_5441; // "CTDATA"
 
+/// Bytes handed to COPY at a time.
+const COPY_CHUNK: usize = 1 << 20;
+
 const SIGHTING_COLUMNS: &str =
     "id, batch, device_id, observed_at, observed_offset, latitude, longitude, \
                                 altitude, accuracy, observer, species, count, attributes";
@@ -183,7 +186,7 @@ async fn copy_rows(
     let mut copy = conn
         .copy_in_raw(&format!("COPY {table} ({cols}) FROM STDIN"))
         .await?;
-    let mut buf = String::with_capacity(256 * 1024);
+    let mut buf = String::with_capacity(COPY_CHUNK * 2);
     let mut n: i64 = 0;
     let mut send_err = None;
     while let Some(chunk) = stream.rx.recv().await {
@@ -194,12 +197,12 @@ async fn copy_rows(
             encode_row(&mut buf, s, ids);
             n += 1;
         }
-        if buf.len() >= 128 * 1024 {
+        if buf.len() >= COPY_CHUNK {
             if let Err(e) = copy.send(std::mem::take(&mut buf).into_bytes()).await {
                 send_err = Some(e);
                 break;
             }
-            buf.reserve(256 * 1024);
+            buf.reserve(COPY_CHUNK * 2);
         }
     }
     if let Some(e) = send_err {
