@@ -89,7 +89,7 @@ impl DropDir {
     }
 
     /// One pass: claim every settled file, then ingest everything claimed (including
-    /// files claimed before a crash), one file at a time, until `stop` is set.
+    /// files claimed before a crash), oldest first, starting no new file once `stop` is set.
     pub async fn ingest_once(&mut self, stop: &AtomicBool) -> anyhow::Result<StepReport> {
         let mut report = StepReport::default();
         for path in self.settled_files(&mut report)? {
