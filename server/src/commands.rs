@@ -8,24 +8,25 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::Settings;
 use crate::db::ExportFilter;
-use crate::dropdir::{write_atomic, DropDir};
+use crate::dropdir::{write_atomic, DropDir, StepReport};
 use crate::export::{write_export, ExportFormat, ExportSummary};
 use crate::ingest::{channel, Delivery, Receipt, Status};
 use crate::serve::open;
 
 /// Ingests files in place (they are not moved), or, with no paths, makes one pass over
-/// the drop directory. Returns the receipts; the caller decides the exit code.
+/// the drop directory (files that have not settled yet are left for the next run).
+/// The caller decides the exit code.
 pub async fn ingest(
     settings: &Settings,
     paths: &[PathBuf],
     device: Option<&str>,
-) -> anyhow::Result<Vec<Receipt>> {
+) -> anyhow::Result<StepReport> {
     let ingestor = open(settings).await?;
-    let receipts = if paths.is_empty() {
+    let report = if paths.is_empty() {
         let mut drop_dir = DropDir::new(
             &settings.ingest.drop_dir,
             ingestor.clone(),
-            std::time::Duration::ZERO,
+            settings.ingest.settle(),
         )?;
         let report = drop_dir.ingest_once(&AtomicBool::new(false)).await?;
         anyhow::ensure!(
@@ -33,7 +34,7 @@ pub async fn ingest(
             "{} file(s) could not be ingested; they stay claimed",
             report.errors
         );
-        report.receipts
+        report
     } else {
         let mut files = Vec::new();
         for p in paths {
@@ -51,10 +52,13 @@ pub async fn ingest(
             };
             receipts.push(ingestor.ingest(&delivery).await?);
         }
-        receipts
+        StepReport {
+            receipts,
+            ..StepReport::default()
+        }
     };
     ingestor.db.close().await;
-    Ok(receipts)
+    Ok(report)
 }
 
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {

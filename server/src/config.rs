@@ -84,6 +84,10 @@ impl Default for HttpSettings {
 }
 
 impl IngestSettings {
+    pub fn settle(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.settle_secs.max(0.0))
+    }
+
     pub fn limits(&self) -> ctdata_batch::Limits {
         ctdata_batch::Limits {
             max_bytes: self.max_file_bytes,

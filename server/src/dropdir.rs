@@ -76,7 +76,8 @@ impl DropDir {
     /// A watcher saw `path` renamed into place: it is complete now.
     pub fn note_renamed(&mut self, path: &Path) {
         if let Ok(meta) = fs::symlink_metadata(path) {
-            self.seen.insert(path.to_path_buf(), seen_now(&meta, true));
+            self.seen
+                .insert(path.to_path_buf(), Seen::new(&meta, true, self.settle));
         }
     }
 
@@ -131,9 +132,9 @@ impl DropDir {
             let mut entry = self
                 .seen
                 .remove(&path)
-                .unwrap_or_else(|| seen_now(&meta, false));
+                .unwrap_or_else(|| Seen::new(&meta, false, self.settle));
             if entry.size != meta.len() || entry.mtime != meta.modified().ok() {
-                entry = seen_now(&meta, false);
+                entry = Seen::new(&meta, false, self.settle);
             }
             if entry.renamed || entry.since.elapsed() >= self.settle {
                 ready.push(path);
@@ -249,12 +250,23 @@ impl DropDir {
     }
 }
 
-fn seen_now(meta: &fs::Metadata, renamed: bool) -> Seen {
-    Seen {
-        size: meta.len(),
-        mtime: meta.modified().ok(),
-        since: Instant::now(),
-        renamed,
+impl Seen {
+    /// A file seen as it is now. The time since its last modification counts towards
+    /// settling, so files that were already complete when the server started (or when a
+    /// scheduled `ingest` runs) need not wait again.
+    fn new(meta: &fs::Metadata, renamed: bool, settle: Duration) -> Seen {
+        let now = Instant::now();
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .unwrap_or_default();
+        Seen {
+            size: meta.len(),
+            mtime: meta.modified().ok(),
+            since: now.checked_sub(age.min(settle)).unwrap_or(now),
+            renamed,
+        }
     }
 }
 

@@ -81,15 +81,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("migrations applied");
         }
         Command::Ingest { paths, device } => {
-            let receipts = commands::ingest(&settings, &paths, device.as_deref()).await?;
-            for r in &receipts {
+            let report = commands::ingest(&settings, &paths, device.as_deref()).await?;
+            for r in &report.receipts {
                 println!("{}", commands::describe(r));
             }
-            let rejected = receipts
-                .iter()
-                .filter(|r| r.status == Status::Rejected)
-                .count();
-            eprintln!("{} file(s): {} rejected", receipts.len(), rejected);
+            let rejected = report.count(Status::Rejected);
+            eprintln!(
+                "{} file(s): {} rejected, {} still being written (left for the next run)",
+                report.receipts.len(),
+                rejected,
+                report.waiting
+            );
             if rejected > 0 {
                 return Ok(ExitCode::from(2));
             }

@@ -34,8 +34,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let ingestor = open(&settings).await?;
-    let settle = Duration::from_secs_f64(settings.ingest.settle_secs.max(0.0));
-    let mut drop_dir = DropDir::new(&settings.ingest.drop_dir, ingestor.clone(), settle)?;
+    let mut drop_dir = DropDir::new(
+        &settings.ingest.drop_dir,
+        ingestor.clone(),
+        settings.ingest.settle(),
+    )?;
     tracing::info!(
         drop_dir = %settings.ingest.drop_dir.display(),
         database = ingestor.db.backend(),

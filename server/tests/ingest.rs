@@ -613,4 +613,17 @@ async fn unsettled_and_temporary_files_wait(db: TestDb) {
     assert_eq!(report.receipts.len(), 1);
     assert_eq!(report.receipts[0].file, "x.json");
     assert_eq!(report.waiting, 1);
+
+    // Untouched for longer than the settle time before it was first seen: taken at once.
+    let old = fx.root().join("ranger-07/being-written.csv");
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3601);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    let report = fx.pass().await;
+    assert_eq!(report.receipts.len(), 1, "{report:?}");
+    assert_eq!(report.waiting, 0);
 }

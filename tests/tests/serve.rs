@@ -187,11 +187,21 @@ async fn ingest_command_for_scheduled_tasks(db: TestDb) {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("REJECTED"));
 
-    // No paths: one pass over the drop directory.
-    deliver_by_rename(
-        &good("json-basic.json"),
-        &env.drop_dir().join("ranger-07/x.json"),
-    );
+    // No paths: one pass over the drop directory. A file modified just now may still
+    // be being written: it waits for a later run.
+    let fresh = env.drop_dir().join("ranger-07/x.json");
+    deliver_by_rename(&good("json-basic.json"), &fresh);
+    let out = run(&env, &["ingest"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 still being written"));
+    assert_eq!(count_files(&env.drop_dir().join("archive")), 0);
+    let a_minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&fresh)
+        .unwrap()
+        .set_modified(a_minute_ago)
+        .unwrap();
     let out = run(&env, &["ingest"]);
     assert!(out.status.success());
     assert_eq!(count_files(&env.drop_dir().join("archive")), 1);
