@@ -248,20 +248,22 @@ impl Db {
         }
     }
 
-    #[tracing::instrument(skip_all, err)]
-    pub async fn max_cursor(&self) -> sqlx::Result<i64> {
-        match self {
-            Db::Postgres(p) => pg::max_cursor(p).await,
-            Db::Sqlite(p) => sqlite::max_cursor(p).await,
-        }
-    }
-
+    /// Row counts of the main tables.
     #[tracing::instrument(skip_all, err)]
     pub async fn totals(&self) -> sqlx::Result<Totals> {
-        match self {
-            Db::Postgres(p) => pg::totals(p).await,
-            Db::Sqlite(p) => sqlite::totals(p).await,
-        }
+        const SQL: &str =
+            "SELECT (SELECT count(*) FROM sightings), (SELECT count(*) FROM batches), \
+                           (SELECT count(*) FROM deliveries), (SELECT count(*) FROM rejections)";
+        let (sightings, batches, deliveries, rejections) = match self {
+            Db::Postgres(p) => sqlx::query_as(SQL).fetch_one(p).await?,
+            Db::Sqlite(p) => sqlx::query_as(SQL).fetch_one(p).await?,
+        };
+        Ok(Totals {
+            sightings,
+            batches,
+            deliveries,
+            rejections,
+        })
     }
 
     /// Streams matching sightings in cursor order, without buffering them.

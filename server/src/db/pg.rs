@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     duplicate_ids_rejection, export_sql, forward, spawn_rows, with_offset, BatchRecord,
-    ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream, Totals,
+    ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream,
 };
 
 /// Held for the whole load transaction: serialising ingests makes cursor order equal
@@ -373,27 +373,6 @@ pub async fn record_rejection(pool: &PgPool, r: &NewRejection) -> sqlx::Result<i
     .bind(&r.problems)
     .fetch_one(pool)
     .await
-}
-
-pub async fn max_cursor(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT coalesce(max(cursor), 0) FROM sightings")
-        .fetch_one(pool)
-        .await
-}
-
-pub async fn totals(pool: &PgPool) -> sqlx::Result<Totals> {
-    let (sightings, batches, deliveries, rejections) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM sightings), (SELECT count(*) FROM batches), \
-         (SELECT count(*) FROM deliveries), (SELECT count(*) FROM rejections)",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(Totals {
-        sightings,
-        batches,
-        deliveries,
-        rejections,
-    })
 }
 
 pub fn export(

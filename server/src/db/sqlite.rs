@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     duplicate_ids_rejection, export_sql, forward, parse_uuid, spawn_rows, with_offset, BatchRecord,
-    ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream, Totals,
+    ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream,
 };
 
 const SIGHTING_COLUMNS: &str =
@@ -338,27 +338,6 @@ pub async fn record_rejection(pool: &SqlitePool, r: &NewRejection) -> sqlx::Resu
     .bind(r.problems.to_string())
     .fetch_one(pool)
     .await
-}
-
-pub async fn max_cursor(pool: &SqlitePool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT coalesce(max(cursor), 0) FROM sightings")
-        .fetch_one(pool)
-        .await
-}
-
-pub async fn totals(pool: &SqlitePool) -> sqlx::Result<Totals> {
-    let (sightings, batches, deliveries, rejections) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM sightings), (SELECT count(*) FROM batches), \
-         (SELECT count(*) FROM deliveries), (SELECT count(*) FROM rejections)",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(Totals {
-        sightings,
-        batches,
-        deliveries,
-        rejections,
-    })
 }
 
 pub fn export(
