@@ -206,9 +206,13 @@ where
                 }
             }
             Column::Attribute(a) if !cell.trim().is_empty() => {
-                draft
-                    .attributes
-                    .insert(a.clone(), Value::String(cell.trim().to_owned()));
+                let value = Value::String(cell.trim().to_owned());
+                match crate::fields::nul_in(a, &value) {
+                    Some(msg) => problems.push(problem(at_line(line), Some(a), None, msg)),
+                    None => {
+                        draft.attributes.insert(a.clone(), value);
+                    }
+                }
             }
             _ => {}
         }

@@ -1,7 +1,7 @@
 //! The sighting fields, their names and aliases, and their validation. Shared by every
 //! reader so a latitude of 91 gets the same message whatever the file format.
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -114,7 +114,12 @@ impl Field {
 /// only) specifically because those are what spreadsheets and naive loggers produce.
 pub(crate) fn parse_time(field: &str, s: &str) -> Result<DateTime<FixedOffset>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t);
+        // Every backend stores years 1 to 9999; beyond that is a typo, not a date.
+        return if (1..=9999).contains(&t.year()) {
+            Ok(t)
+        } else {
+            Err(format!("{field} must be between the years 1 and 9999"))
+        };
     }
     let naive = [
         "%Y-%m-%dT%H:%M:%S%.f",
@@ -203,6 +208,12 @@ impl Draft {
 
     fn set_text_value(&mut self, f: Field, s: &str) -> Result<(), String> {
         let bad = || f.expectation().to_owned();
+        if s.contains('\0') {
+            return Err(format!(
+                "{} contains a NUL character (U+0000), which cannot be stored as text",
+                f.name()
+            ));
+        }
         match f {
             Field::Id => self.id = Some(parse_uuid(s).ok_or_else(bad)?),
             Field::ObservedAt => self.observed_at = Some(parse_time(f.name(), s)?),
@@ -360,6 +371,10 @@ pub(crate) fn add_attribute(
     row: &RowAt,
     problems: &mut Vec<Problem>,
 ) {
+    if let Some(msg) = nul_in(&key, &v) {
+        problems.push(problem(row.at(&key), Some(&key), None, msg));
+        return;
+    }
     if draft.attributes.contains_key(&key) {
         let msg = format!(
             "attribute {key} is given twice (as a key of the sighting and inside attributes)"
@@ -368,4 +383,20 @@ pub(crate) fn add_attribute(
         return;
     }
     draft.attributes.insert(key, v);
+}
+
+/// Databases store no NUL character in text (PostgreSQL refuses it in `text` and in
+/// `jsonb`), so an attribute carrying one is refused here, the same for every backend.
+pub(crate) fn nul_in(key: &str, v: &Value) -> Option<String> {
+    fn has_nul(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(has_nul),
+            Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    (key.contains('\0') || has_nul(v)).then(|| {
+        "attribute contains a NUL character (U+0000), which cannot be stored as text".to_string()
+    })
 }

@@ -148,6 +148,8 @@ fn inner_error(gzip: bool, e: io::Error) -> Rejection {
 pub(crate) struct Input {
     pub reader: BufReader<Source>,
     pub gzip: bool,
+    /// A UTF-8 byte order mark was skipped: it still counts for the NDJSON trailer hash.
+    pub bom: bool,
 }
 
 impl Input {
@@ -182,6 +184,7 @@ impl Input {
         Ok(Input {
             reader: BufReader::with_capacity(BUF_CAPACITY, source),
             gzip,
+            bom: false,
         })
     }
 
@@ -203,6 +206,7 @@ impl Input {
         };
         if bom {
             self.reader.consume(3);
+            self.bom = true;
         }
         Ok(())
     }

@@ -32,10 +32,15 @@ struct Lines<'i> {
 
 impl<'i> Lines<'i> {
     fn new(input: &'i mut Input) -> Self {
+        // The trailer's sha256 covers every byte before it, a byte order mark included.
+        let mut hasher = Sha256::new();
+        if input.bom {
+            hasher.update(b"\xEF\xBB\xBF");
+        }
         Lines {
             input,
             number: 0,
-            hasher: Sha256::new(),
+            hasher,
             before: Sha256::new(),
             buf: Vec::new(),
         }

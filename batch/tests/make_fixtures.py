@@ -205,6 +205,10 @@ def bad_cases():
         ("ndjson-bad-json-line.ndjson", nd(k, lambda b: b.replace(b'"species"', b'"species', 1)), "line 2: line is not valid JSON"),
         ("created-at-no-offset.json", jdoc(1, k[:1], created_at="2024-05-02 18:05:11"),
          'field created_at, value "2024-05-02 18:05:11": created_at has no UTC offset'),
+        # Valid to a lax reader, refused by PostgreSQL: must be refused for every backend.
+        ("nul-in-species.ndjson", nd(mutate(species="Lox\u0000odonta")), "line 2, field species"),
+        ("nul-in-attribute.json", jdoc(1, [{**k[0], "note": "a\u0000b"}]), "sightings[0].note, field note: attribute contains a NUL"),
+        ("year-zero.ndjson", nd(mutate(observed_at="0000-01-01T00:00:00Z")), "observed_at must be between the years 1 and 9999"),
     ]
 
 
@@ -226,6 +230,17 @@ def bad():
         write(BAD / f"{base}.expect", expect + "\n")
 
 
+def good_with_bom():
+    """NDJSON as a Windows tool may write it: a byte order mark, CRLF line ends, and a
+    trailer sha256 that covers the BOM too. Own ids, so the other fixtures stay as they are."""
+    global rng
+    saved, rng = rng, random.Random(20261122)
+    body = ndjson(header(new_id()), rows(KRUGER[1:4]), mangle=lambda b: b"\xef\xbb\xbf" + b.replace(b"\n", b"\r\n"))
+    rng = saved
+    write(GOOD / "ndjson-bom-crlf.ndjson", body)
+
+
 if __name__ == "__main__":
     good()
     bad()
+    good_with_bom()

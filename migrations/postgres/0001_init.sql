@@ -59,6 +59,8 @@ CREATE TABLE deliveries (
     sha256       TEXT NOT NULL,
     channel      TEXT NOT NULL,
     file_name    TEXT NOT NULL,
+    -- a restart finishing the same claimed file records it once
+    claim_name   TEXT UNIQUE,
     received_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 

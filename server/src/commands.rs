@@ -23,12 +23,19 @@ pub async fn ingest(
 ) -> anyhow::Result<StepReport> {
     let ingestor = open(settings).await?;
     let report = if paths.is_empty() {
-        let mut drop_dir = DropDir::new(
-            &settings.ingest.drop_dir,
-            ingestor.clone(),
-            settings.ingest.settle(),
-        )?;
-        let report = drop_dir.ingest_once(&AtomicBool::new(false)).await?;
+        // Two looks, a settle time apart: a file that did not change in between is
+        // complete; one that did is left for the next run.
+        let settle = settings.ingest.settle();
+        let mut drop_dir = DropDir::new(&settings.ingest.drop_dir, ingestor.clone(), settle)?;
+        let stop = AtomicBool::new(false);
+        let mut report = drop_dir.ingest_once(&stop).await?;
+        if report.waiting > 0 {
+            tokio::time::sleep(settle).await;
+            let second = drop_dir.ingest_once(&stop).await?;
+            report.receipts.extend(second.receipts);
+            report.waiting = second.waiting;
+            report.errors += second.errors;
+        }
         anyhow::ensure!(
             report.errors == 0,
             "{} file(s) could not be ingested; they stay claimed",
@@ -36,8 +43,21 @@ pub async fn ingest(
         );
         report
     } else {
+        // In-place ingest of the drop directory's own files would race the claim and
+        // archive lifecycle (and re-read archive/ and rejected/ every run).
+        let drop_dir = std::fs::canonicalize(&settings.ingest.drop_dir).ok();
         let mut files = Vec::new();
         for p in paths {
+            let inside = std::fs::canonicalize(p)
+                .ok()
+                .zip(drop_dir.as_ref())
+                .is_some_and(|(p, d)| p.starts_with(d));
+            anyhow::ensure!(
+                !inside,
+                "{} is inside the drop directory: its files are ingested by `serve`, or by \
+                 `ctdata-server ingest` without a path",
+                p.display()
+            );
             collect_files(p, &mut files)?;
         }
         let mut receipts = Vec::with_capacity(files.len());

@@ -76,8 +76,7 @@ impl DropDir {
     /// A watcher saw `path` renamed into place: it is complete now.
     pub fn note_renamed(&mut self, path: &Path) {
         if let Ok(meta) = fs::symlink_metadata(path) {
-            self.seen
-                .insert(path.to_path_buf(), Seen::new(&meta, true, self.settle));
+            self.seen.insert(path.to_path_buf(), Seen::new(&meta, true));
         }
     }
 
@@ -93,9 +92,18 @@ impl DropDir {
     /// files claimed before a crash), oldest first, starting no new file once `stop` is set.
     pub async fn ingest_once(&mut self, stop: &AtomicBool) -> anyhow::Result<StepReport> {
         let mut report = StepReport::default();
-        for path in self.settled_files(&mut report)? {
-            if let Err(e) = self.claim(&path) {
-                tracing::warn!(path = %path.display(), "could not claim: {e}");
+        // Files claimed earlier are ingested even when the delivery area cannot be read.
+        match self.settled_files(&mut report) {
+            Ok(ready) => {
+                for path in ready {
+                    if let Err(e) = self.claim(&path) {
+                        tracing::warn!(path = %path.display(), "could not claim: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(drop_dir = %self.root.display(), "cannot read the drop directory: {e}");
+                report.errors += 1;
             }
         }
         // While one file holds the database's ingest lock, the next is read and hashed
@@ -132,9 +140,9 @@ impl DropDir {
             let mut entry = self
                 .seen
                 .remove(&path)
-                .unwrap_or_else(|| Seen::new(&meta, false, self.settle));
+                .unwrap_or_else(|| Seen::new(&meta, false));
             if entry.size != meta.len() || entry.mtime != meta.modified().ok() {
-                entry = Seen::new(&meta, false, self.settle);
+                entry = Seen::new(&meta, false);
             }
             if entry.renamed || entry.since.elapsed() >= self.settle {
                 ready.push(path);
@@ -165,6 +173,7 @@ impl DropDir {
         fs::create_dir_all(&dir)?;
         let dest = dir.join(format!("{}-{name}", stamp()));
         fs::rename(path, &dest)?;
+        sync_dir(&dir)?;
         Ok(dest)
     }
 
@@ -251,20 +260,14 @@ impl DropDir {
 }
 
 impl Seen {
-    /// A file seen as it is now. The time since its last modification counts towards
-    /// settling, so files that were already complete when the server started (or when a
-    /// scheduled `ingest` runs) need not wait again.
-    fn new(meta: &fs::Metadata, renamed: bool, settle: Duration) -> Seen {
-        let now = Instant::now();
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
-            .unwrap_or_default();
+    /// Settling is timed by this server's clock from the first sight of a size and
+    /// mtime: a file's mtime comes from whoever wrote it (a share's clock may be behind,
+    /// a client may set it), so its age proves nothing.
+    fn new(meta: &fs::Metadata, renamed: bool) -> Seen {
         Seen {
             size: meta.len(),
             mtime: meta.modified().ok(),
-            since: now.checked_sub(age.min(settle)).unwrap_or(now),
+            since: Instant::now(),
             renamed,
         }
     }
@@ -291,11 +294,17 @@ pub fn is_candidate_name(name: &str) -> bool {
 fn walk(dir: &Path, top: bool, out: &mut Vec<(PathBuf, fs::Metadata)>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !top => return Ok(()),
-        Err(e) => return Err(e),
+        Err(e) if top => return Err(e),
+        Err(e) => {
+            // One unreadable folder (a lost+found, another user's upload folder) must
+            // not stop every other delivery.
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(folder = %dir.display(), "skipping a folder that cannot be read: {e}");
+            }
+            return Ok(());
+        }
     };
-    for entry in entries {
-        let entry = entry?;
+    for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !is_candidate_name(&name) || (top && is_server_folder(&name)) {
             continue;
@@ -336,6 +345,12 @@ fn move_file(from: &Path, to: &Path) -> io::Result<()> {
     }
     match fs::rename(from, to) {
         Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => Ok(()),
-        other => other,
+        Err(e) => Err(e),
+        Ok(()) => to.parent().map_or(Ok(()), sync_dir),
     }
+}
+
+/// Makes a rename into `dir` survive a power cut, not only a process crash.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
 }

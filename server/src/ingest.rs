@@ -175,9 +175,7 @@ impl Ingestor {
         if d.claim_name.is_some() && existing.claim_name == d.claim_name {
             return Ok(receipt(Status::Ingested, d, &existing));
         }
-        self.db
-            .record_delivery(&existing, &d.channel, &d.file_name)
-            .await?;
+        self.db.record_delivery(&existing, d).await?;
         tracing::info!(device = existing.device, batch_id = %existing.batch_id, "duplicate delivery, nothing added");
         Ok(receipt(Status::Duplicate, d, &existing))
     }
@@ -247,12 +245,26 @@ impl Ingestor {
         rejection: Rejection,
         kind: &str,
     ) -> anyhow::Result<Receipt> {
+        // Where the file came from outranks what it claims: a receipt for a file that
+        // names another device goes back to the sender, not to the device it names.
         let device = device
             .map(str::to_string)
-            .or_else(|| scan.and_then(|s| s.device_id.clone()))
-            .or_else(|| d.device_hint.clone());
+            .or_else(|| d.device_hint.clone())
+            .or_else(|| scan.and_then(|s| s.device_id.clone()));
         let reason = format!("{}: {}", d.file_name, rejection);
-        let problems: Vec<&Problem> = rejection.problems.iter().collect();
+        // A problem quotes the bad value, which may hold the very NUL that got the file
+        // refused; no database stores that in text.
+        let printable = |s: &str| s.replace('\0', "\\0");
+        let problems: Vec<Problem> = rejection
+            .problems
+            .iter()
+            .map(|p| Problem {
+                at: p.at.clone(),
+                field: p.field.as_deref().map(printable),
+                value: p.value.as_deref().map(printable),
+                message: printable(&p.message),
+            })
+            .collect();
         self.db
             .record_rejection(&NewRejection {
                 file_name: d.file_name.clone(),

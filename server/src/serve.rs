@@ -71,6 +71,7 @@ pub async fn run(
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                     _ = woken.notified() => {}
                 }
+                note_changes(&mut drop_dir, &mut changes, None);
                 continue;
             }
             Ok(_) => {}
@@ -86,19 +87,28 @@ pub async fn run(
             Some(change) = changes.recv() => {
                 // Take the whole burst of events before scanning once.
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                let mut next = Some(change);
-                while let Some(change) = next {
-                    if let Change::Renamed(path) = change {
-                        drop_dir.note_renamed(&path);
-                    }
-                    next = changes.try_recv().ok();
-                }
+                note_changes(&mut drop_dir, &mut changes, Some(change));
             }
         }
     }
     tracing::info!("ingest stopped");
     ingestor.db.close().await;
     Ok(())
+}
+
+/// Takes every queued change notification: renames mark files complete.
+fn note_changes(
+    drop_dir: &mut DropDir,
+    changes: &mut mpsc::UnboundedReceiver<Change>,
+    first: Option<Change>,
+) {
+    let mut next = first.or_else(|| changes.try_recv().ok());
+    while let Some(change) = next {
+        if let Change::Renamed(path) = change {
+            drop_dir.note_renamed(&path);
+        }
+        next = changes.try_recv().ok();
+    }
 }
 
 async fn sleep_opt(d: Option<Duration>) {

@@ -509,12 +509,19 @@ async fn header_and_folder_must_name_the_same_device(db: TestDb) {
     fx.deliver(&good("json-basic.json"), "ranger-08/a.json");
     let r = fx.pass().await.receipts.remove(0);
     assert_eq!(r.status, Status::Rejected);
-    let reason = r.reason.unwrap();
+    let reason = r.reason.clone().unwrap();
     assert!(
         reason.contains("\"ranger-07\"") && reason.contains("\"ranger-08\""),
         "{reason}"
     );
     assert_eq!(fx.sightings().await, 0);
+    // The verdict goes back to the sender, not to the device the file names.
+    assert_eq!(r.device.as_deref(), Some("ranger-08"));
+    assert!(fx
+        .root()
+        .join("receipts/ranger-08/a.json.receipt.json")
+        .exists());
+    assert!(!fx.root().join("receipts/ranger-07").exists());
     // The same file at the top level belongs to the device its header names.
     fx.deliver(&good("json-basic.json"), "a.json");
     let r = fx.pass().await.receipts.remove(0);
@@ -613,17 +620,4 @@ async fn unsettled_and_temporary_files_wait(db: TestDb) {
     assert_eq!(report.receipts.len(), 1);
     assert_eq!(report.receipts[0].file, "x.json");
     assert_eq!(report.waiting, 1);
-
-    // Untouched for longer than the settle time before it was first seen: taken at once.
-    let old = fx.root().join("ranger-07/being-written.csv");
-    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3601);
-    std::fs::File::options()
-        .write(true)
-        .open(&old)
-        .unwrap()
-        .set_modified(an_hour_ago)
-        .unwrap();
-    let report = fx.pass().await;
-    assert_eq!(report.receipts.len(), 1, "{report:?}");
-    assert_eq!(report.waiting, 0);
 }

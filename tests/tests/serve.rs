@@ -187,24 +187,20 @@ async fn ingest_command_for_scheduled_tasks(db: TestDb) {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("REJECTED"));
 
-    // No paths: one pass over the drop directory. A file modified just now may still
-    // be being written: it waits for a later run.
-    let fresh = env.drop_dir().join("ranger-07/x.json");
-    deliver_by_rename(&good("json-basic.json"), &fresh);
+    // No paths: one pass over the drop directory. It looks twice, settle_secs apart, so
+    // a file that is complete is taken in the same run.
+    deliver_by_rename(
+        &good("json-basic.json"),
+        &env.drop_dir().join("ranger-07/x.json"),
+    );
     let out = run(&env, &["ingest"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("1 still being written"));
-    assert_eq!(count_files(&env.drop_dir().join("archive")), 0);
-    let a_minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
-    std::fs::File::options()
-        .write(true)
-        .open(&fresh)
-        .unwrap()
-        .set_modified(a_minute_ago)
-        .unwrap();
-    let out = run(&env, &["ingest"]);
-    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 still being written"));
     assert_eq!(count_files(&env.drop_dir().join("archive")), 1);
+    let inside = env.drop_dir().join("ranger-07");
+    let out = run(&env, &["ingest", inside.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is inside the drop directory"));
     assert!(db.scalar("SELECT count(*) FROM sightings").await > rows);
 }
 
@@ -266,8 +262,19 @@ async fn sigterm_finishes_the_file_in_hand(db: TestDb) {
         (count_files(&processing) + count_files(&archive) > 0).then_some(())
     })
     .await;
+    let mid_file = count_files(&archive) == 0;
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
+    // Where the signal landed is reported, not asserted (it depends on machine speed);
+    // either way the file must be complete below.
+    eprintln!(
+        "SIGTERM arrived {}",
+        if mid_file {
+            "while the file was in hand"
+        } else {
+            "after the file was done"
+        }
+    );
     assert_eq!(
         count_files(&archive),
         1,

@@ -230,12 +230,14 @@ impl Db {
     pub async fn record_delivery(
         &self,
         batch: &BatchRecord,
-        channel: &str,
-        file_name: &str,
+        d: &crate::ingest::Delivery,
     ) -> sqlx::Result<()> {
+        let claim = d.claim_name.as_deref();
         match self {
-            Db::Postgres(p) => pg::record_delivery(p, batch, channel, file_name).await,
-            Db::Sqlite(p) => sqlite::record_delivery(p, batch, channel, file_name).await,
+            Db::Postgres(p) => pg::record_delivery(p, batch, &d.channel, &d.file_name, claim).await,
+            Db::Sqlite(p) => {
+                sqlite::record_delivery(p, batch, &d.channel, &d.file_name, claim).await
+            }
         }
     }
 

@@ -229,11 +229,32 @@ async fn copy_rows(
     }
 }
 
+/// A unique violation sends the load down the staging path; a value PostgreSQL cannot
+/// store (SQLSTATE classes 22 "data exception" and 54 "program limit exceeded") rejects
+/// the file, since retrying would fail the same way forever; anything else is the
+/// database's trouble, not the file's, and is retried later.
 fn classify(e: sqlx::Error) -> anyhow::Result<Copied> {
-    match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => Ok(Copied::UniqueViolation),
-        _ => Err(e.into()),
+    let sqlx::Error::Database(d) = &e else {
+        return Err(e.into());
+    };
+    if d.is_unique_violation() {
+        return Ok(Copied::UniqueViolation);
     }
+    let code = d.code().unwrap_or_default();
+    if !(code.starts_with("22") || code.starts_with("54")) {
+        return Err(e.into());
+    }
+    let context = d
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .and_then(|pg| pg.r#where())
+        .map(|w| format!(" ({w}: counting sightings from 1)"))
+        .unwrap_or_default();
+    Ok(Copied::Rejected(ctdata_batch::Rejection {
+        kind: ctdata_batch::RejectKind::InvalidRows,
+        summary: format!("the database refused a value: {}{context}", d.message()),
+        problems: vec![],
+        total_problems: 1,
+    }))
 }
 
 /// The slow path: stage the file's rows, refuse ids used twice within it, then insert
@@ -341,14 +362,17 @@ pub async fn record_delivery(
     b: &BatchRecord,
     channel: &str,
     file_name: &str,
+    claim_name: Option<&str>,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO deliveries (batch, sha256, channel, file_name) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO deliveries (batch, sha256, channel, file_name, claim_name) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (claim_name) DO NOTHING",
     )
     .bind(b.pk)
     .bind(&b.sha256)
     .bind(channel)
     .bind(file_name)
+    .bind(claim_name)
     .execute(pool)
     .await?;
     Ok(())

@@ -26,8 +26,10 @@ const ROWS_PER_INSERT: usize = 64;
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<SqlitePool> {
     let opts = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
+        // FULL: a commit is on disk before the file moves to the archive, even if the
+        // power fails right after (NORMAL could roll the last commits back).
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(std::time::Duration::from_secs(30));
     if let Some(parent) = opts.get_filename().parent() {
@@ -308,14 +310,19 @@ pub async fn record_delivery(
     b: &BatchRecord,
     channel: &str,
     file_name: &str,
+    claim_name: Option<&str>,
 ) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO deliveries (batch, sha256, channel, file_name) VALUES (?, ?, ?, ?)")
-        .bind(b.pk)
-        .bind(&b.sha256)
-        .bind(channel)
-        .bind(file_name)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO deliveries (batch, sha256, channel, file_name, claim_name) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (claim_name) DO NOTHING",
+    )
+    .bind(b.pk)
+    .bind(&b.sha256)
+    .bind(channel)
+    .bind(file_name)
+    .bind(claim_name)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
