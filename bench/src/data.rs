@@ -173,21 +173,24 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// The same rows as the NDJSON files, as CSV in the `sightings` column order, every
-/// row given `batch` and `device` (ids the server assigned).
+/// The same rows as the NDJSON files, as CSV in the `sightings` column order, each with
+/// the batch and device ids the server assigned to its file (`stored`, by batch UUID).
 pub fn write_csv(
     path: &Path,
     seed: u64,
     specs: &[FileSpec],
-    batch: i64,
-    device: i64,
+    stored: &std::collections::HashMap<Uuid, (i64, i64)>,
 ) -> anyhow::Result<()> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, file));
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     for spec in specs {
         let mut rows = Rows::new(seed, spec.index);
-        header(&mut rows, &spec.device); // consumes the batch id, as the NDJSON writer did
+        // Consumes the batch id, as the NDJSON writer did.
+        let batch_id = header(&mut rows, &spec.device).batch_id;
+        let Some(&(batch, device)) = stored.get(&batch_id) else {
+            anyhow::bail!("batch {batch_id} is not in the database");
+        };
         for _ in 0..spec.rows {
             let s = rows.sighting();
             w.write_record([

@@ -128,11 +128,25 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let server = run::through_server(&cfg, &db.db, &files, args.rows, &log, timeout)?;
     eprintln!("server ingest done in {:.2} s", server.timed.secs);
 
-    // The CSV carries ids the server assigned, so it can only be written now.
-    let batch: i64 = db.db.scalar("SELECT min(id) FROM batches")?;
-    let device: i64 = db.db.scalar("SELECT min(id) FROM devices")?;
+    // The CSV carries the batch and device ids the server assigned to each file (the
+    // same rows, references and all), so it can only be written now.
+    let mut stored = std::collections::HashMap::new();
+    for line in db
+        .db
+        .run("SELECT batch_id, id, device_id FROM batches")?
+        .lines()
+    {
+        let mut f = line.split('|');
+        let (Some(uuid), Some(batch), Some(device)) = (f.next(), f.next(), f.next()) else {
+            anyhow::bail!("unexpected batches row {line:?}");
+        };
+        stored.insert(
+            uuid.parse::<uuid::Uuid>()?,
+            (batch.parse()?, device.parse()?),
+        );
+    }
     let csv = data.join("sightings.csv");
-    data::write_csv(&csv, common.seed, &specs, batch, device)?;
+    data::write_csv(&csv, common.seed, &specs, &stored)?;
     let copy = run::baseline(&db.db, &csv, args.rows)?;
 
     let report = ingest_report(&args, bytes, &server, &copy);

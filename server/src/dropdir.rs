@@ -173,7 +173,6 @@ impl DropDir {
         fs::create_dir_all(&dir)?;
         let dest = dir.join(format!("{}-{name}", stamp()));
         fs::rename(path, &dest)?;
-        sync_dir(&dir)?;
         Ok(dest)
     }
 
@@ -339,18 +338,16 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Moves a processed file; another process finishing it first is not an error.
+///
+/// No directory fsync: a rename lost to a power cut only brings the file back to be
+/// looked at again, and the batch id (or claim name) makes that a no-op. What must be
+/// durable is the commit, which precedes every move.
 fn move_file(from: &Path, to: &Path) -> io::Result<()> {
     if let Some(dir) = to.parent() {
         fs::create_dir_all(dir)?;
     }
     match fs::rename(from, to) {
         Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => Ok(()),
-        Err(e) => Err(e),
-        Ok(()) => to.parent().map_or(Ok(()), sync_dir),
+        other => other,
     }
-}
-
-/// Makes a rename into `dir` survive a power cut, not only a process crash.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
 }
