@@ -4,8 +4,10 @@
 //! directory ([`dropdir`]) wraps it with claim → archive, and [`serve::run`] runs the
 //! loop until shutdown.
 
+pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod credentials;
 pub mod db;
 pub mod dropdir;
 pub mod export;

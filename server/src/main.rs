@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ctdata_server::commands::{self, ExportArgs};
 use ctdata_server::config::{Settings, EXAMPLE_CONFIG};
+use ctdata_server::credentials;
 use ctdata_server::ingest::Status;
 
 /// CTData server: collects field batches from the CTData drop directory into one
@@ -38,8 +39,35 @@ enum Command {
     /// Export sightings in cursor order. The next cursor is printed on stderr (and
     /// written to --cursor-file); pass it as --since to get only what arrived later.
     Export(ExportArgs),
+    /// Field devices and their tokens.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Administrator accounts and API tokens.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Print a commented example configuration with every default.
     DefaultConfig,
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Register a device and print its secret token, once: only a hash is kept.
+    Add { name: String },
+    /// Devices with when they were created and last seen, batches, sightings, state.
+    List,
+    /// Give a device a new token (printed once); the old one stops working at once.
+    Rotate { name: String },
+    /// Revoke a device's token; its data stays.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Add an administrator. The password is read from standard input (first line) when
+    /// it is not a terminal, else prompted for twice; at least 10 characters.
+    Add { name: String },
+    /// Create an API token for scripts and print it, once.
+    Token { name: String },
 }
 
 fn main() -> ExitCode {
@@ -103,9 +131,52 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 summary.rows, summary.next_cursor
             );
         }
+        Command::Device(cmd) => device(&settings, cmd).await?,
+        Command::Admin(cmd) => admin(&settings, cmd).await?,
         Command::DefaultConfig => unreachable!("handled before the runtime starts"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn device(settings: &Settings, cmd: DeviceCommand) -> anyhow::Result<()> {
+    let db = ctdata_server::serve::open(settings).await?.db;
+    match cmd {
+        DeviceCommand::Add { name } => {
+            let token = credentials::add_device(&db, &name).await?;
+            eprintln!("device {name} registered; its token (shown only now):");
+            println!("{token}");
+        }
+        DeviceCommand::List => print!("{}", credentials::device_table(&db.list_devices().await?)),
+        DeviceCommand::Rotate { name } => {
+            let token = credentials::rotate_device(&db, &name).await?;
+            eprintln!("device {name} has a new token; the old one no longer works:");
+            println!("{token}");
+        }
+        DeviceCommand::Revoke { name } => {
+            credentials::revoke_device(&db, &name).await?;
+            eprintln!("device {name} revoked");
+        }
+    }
+    db.close().await;
+    Ok(())
+}
+
+async fn admin(settings: &Settings, cmd: AdminCommand) -> anyhow::Result<()> {
+    let db = ctdata_server::serve::open(settings).await?.db;
+    match cmd {
+        AdminCommand::Add { name } => {
+            let password = credentials::read_new_password()?;
+            credentials::add_admin(&db, &name, &password).await?;
+            eprintln!("administrator {name} added");
+        }
+        AdminCommand::Token { name } => {
+            let token = credentials::admin_token(&db, &name).await?;
+            eprintln!("API token for {name} (shown only now):");
+            println!("{token}");
+        }
+    }
+    db.close().await;
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

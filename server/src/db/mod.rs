@@ -1,8 +1,11 @@
 //! All database access. One enum over the two backends; each backend module holds its
 //! own SQL. Every ingest goes through [`Db::load_batch`]: one transaction per batch.
 
+mod credentials;
 mod pg;
 mod sqlite;
+
+pub use credentials::{Change, DeviceInfo};
 
 use std::str::FromStr;
 

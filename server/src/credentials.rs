@@ -1,0 +1,127 @@
+//! `ctdata-server device …` and `admin …`: register, rotate and revoke device tokens;
+//! administrator accounts and API tokens.
+
+use std::io::{BufRead, IsTerminal};
+
+use crate::auth::{hash_password, new_token, token_hash, MIN_PASSWORD_LEN};
+use crate::db::{Change, Db, DeviceInfo};
+use crate::dropdir::is_server_folder;
+use crate::ingest::valid_device_name;
+
+/// Checks a new device name: it becomes a folder name and an FTP login.
+pub fn check_device_name(name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        valid_device_name(name),
+        "{name:?} is not a valid device name: letters, digits, '.', '_' and '-', starting with a letter \
+         or digit, at most 64 characters"
+    );
+    anyhow::ensure!(
+        !is_server_folder(name),
+        "{name:?} is reserved for the server's own folder in the drop directory"
+    );
+    Ok(())
+}
+
+/// Registers a device and returns its token (shown once, never stored).
+pub async fn add_device(db: &Db, name: &str) -> anyhow::Result<String> {
+    check_device_name(name)?;
+    let token = new_token();
+    match db.register_device(name, &token_hash(&token)).await? {
+        Change::Done => Ok(token),
+        _ => anyhow::bail!(
+            "device {name} is already registered; `device rotate {name}` gives it a new token"
+        ),
+    }
+}
+
+pub async fn rotate_device(db: &Db, name: &str) -> anyhow::Result<String> {
+    let token = new_token();
+    match db.rotate_device(name, &token_hash(&token)).await? {
+        Change::Done => Ok(token),
+        Change::Unknown => anyhow::bail!("no device named {name}"),
+        Change::Refused => anyhow::bail!(
+            "device {name} has no active token (never registered, or revoked); `device add {name}` registers it"
+        ),
+    }
+}
+
+pub async fn revoke_device(db: &Db, name: &str) -> anyhow::Result<()> {
+    match db.revoke_device(name).await? {
+        Change::Done => Ok(()),
+        Change::Unknown => anyhow::bail!("no device named {name}"),
+        Change::Refused => anyhow::bail!("device {name} is already revoked"),
+    }
+}
+
+/// `device list` as a table.
+pub fn device_table(devices: &[DeviceInfo]) -> String {
+    let minutes = |t: &str| t.get(..16).unwrap_or(t).replace('T', " ");
+    let mut out = format!(
+        "{:<24} {:<16} {:<16} {:>8} {:>10}  {}\n",
+        "DEVICE", "CREATED", "LAST SEEN", "BATCHES", "SIGHTINGS", "STATE"
+    );
+    for d in devices {
+        let state = match (&d.revoked_at, d.registered) {
+            (Some(t), _) => format!("revoked {}", minutes(t)),
+            (None, true) => "registered".to_string(),
+            (None, false) => "unregistered (seen in the drop directory)".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<24} {:<16} {:<16} {:>8} {:>10}  {state}\n",
+            d.name,
+            minutes(&d.created_at),
+            d.last_seen_at
+                .as_deref()
+                .map(minutes)
+                .unwrap_or_else(|| "never".into()),
+            d.batches,
+            d.sightings,
+        ));
+    }
+    out
+}
+
+/// Reads a new administrator password: the first line of standard input when it is not
+/// a terminal (scripts), else a prompt without echo, asked twice.
+pub fn read_new_password() -> anyhow::Result<String> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("New password: ")?;
+        let again = rpassword::prompt_password("Repeat it: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    anyhow::ensure!(
+        password.chars().count() >= MIN_PASSWORD_LEN,
+        "the password must have at least {MIN_PASSWORD_LEN} characters"
+    );
+    Ok(password)
+}
+
+pub async fn add_admin(db: &Db, name: &str, password: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        valid_device_name(name),
+        "{name:?} is not a valid administrator name: letters, digits, '.', '_' and '-'"
+    );
+    let hash = tokio::task::spawn_blocking({
+        let password = password.to_string();
+        move || hash_password(&password)
+    })
+    .await??;
+    match db.add_admin(name, &hash).await? {
+        Change::Done => Ok(()),
+        _ => anyhow::bail!("an administrator named {name} exists already"),
+    }
+}
+
+/// A new API token for scripts (shown once).
+pub async fn admin_token(db: &Db, name: &str) -> anyhow::Result<String> {
+    let token = new_token();
+    match db.add_admin_token(name, &token_hash(&token)).await? {
+        Change::Done => Ok(token),
+        _ => anyhow::bail!("no administrator named {name}; `admin add {name}` creates one"),
+    }
+}
