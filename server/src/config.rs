@@ -50,6 +50,10 @@ pub struct IngestSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
     pub bind: String,
+    /// A client must send its request headers within this time (slowloris guard).
+    pub header_read_timeout_secs: f64,
+    /// Largest request body accepted, in bytes, as sent (compressed or not).
+    pub max_body_bytes: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -79,6 +83,8 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             bind: "127.0.0.1:8080".into(),
+            header_read_timeout_secs: 10.0,
+            max_body_bytes: 1 << 30,
         }
     }
 }

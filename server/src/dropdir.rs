@@ -211,14 +211,13 @@ impl DropDir {
             .split_once('-')
             .map_or(claim_name.as_str(), |(_, n)| n)
             .to_string();
-        let rejected_rel = Path::new(REJECTED).join(&device_dir).join(&claim_name);
         let delivery = Delivery {
             path: claimed.to_path_buf(),
             file_name: original.clone(),
             channel: channel::SHARE.into(),
             device_hint: (device_dir != NO_DEVICE).then(|| device_dir.clone()),
             claim_name: Some(format!("{device_dir}/{claim_name}")),
-            rejected_path: Some(rejected_rel.to_string_lossy().into_owned()),
+            rejected_path: Some(rejected_path(&device_dir, &claim_name)),
         };
         let receipt = self.ingestor.ingest(&delivery).await?;
         if let Some(device) = &receipt.device {
@@ -229,33 +228,48 @@ impl DropDir {
                 &serde_json::to_vec_pretty(&receipt)?,
             )?;
         }
-        match receipt.status {
-            Status::Rejected => {
-                let dest = self.root.join(&rejected_rel);
-                let dir = dest.parent().expect("rejected path has a parent");
-                let reason = receipt.reason.as_deref().unwrap_or("rejected");
-                write_atomic(
-                    dir,
-                    &format!("{claim_name}.reason.txt"),
-                    format!("{reason}\n").as_bytes(),
-                )?;
-                move_file(claimed, &dest)?;
-            }
-            Status::Ingested | Status::Duplicate => {
-                let day = Utc::now().format("%Y-%m-%d").to_string();
-                move_file(
-                    claimed,
-                    &self
-                        .root
-                        .join(ARCHIVE)
-                        .join(day)
-                        .join(&device_dir)
-                        .join(&claim_name),
-                )?;
-            }
-        }
+        file_away(&self.root, claimed, &device_dir, &receipt)?;
         Ok(receipt)
     }
+}
+
+/// Where a decided file ends: `archive/<date>/<device>/` when stored (or already
+/// stored), `rejected/<device>/` with its reason beside it when refused. The file keeps
+/// its claim name, which is also how the rejection row finds it.
+pub fn file_away(
+    root: &Path,
+    claimed: &Path,
+    device_dir: &str,
+    receipt: &Receipt,
+) -> anyhow::Result<()> {
+    let claim_name = claimed.file_name().unwrap_or_default().to_string_lossy();
+    match receipt.status {
+        Status::Rejected => {
+            let dir = root.join(REJECTED).join(device_dir);
+            let reason = receipt.reason.as_deref().unwrap_or("rejected");
+            write_atomic(
+                &dir,
+                &format!("{claim_name}.reason.txt"),
+                format!("{reason}\n").as_bytes(),
+            )?;
+            move_file(claimed, &dir.join(&*claim_name))?;
+        }
+        Status::Ingested | Status::Duplicate => {
+            let day = Utc::now().format("%Y-%m-%d").to_string();
+            let dir = root.join(ARCHIVE).join(day).join(device_dir);
+            move_file(claimed, &dir.join(&*claim_name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The drop-directory path a rejected file is kept at (recorded with the rejection).
+pub fn rejected_path(device_dir: &str, claim_name: &str) -> String {
+    Path::new(REJECTED)
+        .join(device_dir)
+        .join(claim_name)
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl Seen {
@@ -321,7 +335,7 @@ fn walk(dir: &Path, top: bool, out: &mut Vec<(PathBuf, fs::Metadata)>) -> io::Re
 }
 
 /// A claim name prefix that sorts by time and never repeats within a process.
-fn stamp() -> String {
+pub fn stamp() -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed) % 1_000_000;
     format!("{}{seq:06}", Utc::now().format("%Y%m%dT%H%M%S%9f"))

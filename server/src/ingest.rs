@@ -16,7 +16,11 @@ use crate::db::{BatchRecord, Db, LoadResult, NewBatch, NewRejection, RowStream};
 pub mod channel {
     pub const SHARE: &str = "share";
     pub const CLI: &str = "cli";
+    pub const HTTP: &str = "http";
 }
+
+/// Rejection kind of a batch that names another device than the one that sent it.
+pub const DEVICE_MISMATCH: &str = "device_mismatch";
 
 /// Sightings per message from the parser thread to the database writer.
 const CHUNK: usize = 1024;
@@ -107,7 +111,9 @@ impl Ingestor {
         };
         let device = match self.device_for(d, &scan) {
             Ok(device) => device,
-            Err(rejection) => return self.reject(d, Some(&scan), None, rejection).await,
+            Err((rejection, kind)) => {
+                return self.reject_as(d, Some(&scan), None, rejection, kind).await
+            }
         };
         // A lost race with a concurrent delivery of the same batch is decided on the
         // second look, which then finds it stored.
@@ -182,20 +188,24 @@ impl Ingestor {
 
     /// Which device a file belongs to: its header, its location, or the default, and
     /// header and location must agree.
-    fn device_for(&self, d: &Delivery, scan: &Scan) -> Result<String, Rejection> {
+    fn device_for(&self, d: &Delivery, scan: &Scan) -> Result<String, (Rejection, &'static str)> {
         if let Some(hint) = &d.device_hint {
             if !valid_device_name(hint) {
-                return Err(header_rejection(format!(
+                let why = format!(
                     "the folder name {hint:?} is not a valid device name (letters, digits, '.', '_' and '-', \
                      starting with a letter or digit, at most 64)"
-                )));
+                );
+                return Err((header_rejection(why), "header"));
             }
         }
         match (&scan.device_id, &d.device_hint) {
-            (Some(claimed), Some(hint)) if claimed != hint => Err(header_rejection(format!(
-                "the batch says device_id {claimed:?} but it was delivered as device {hint:?}; a device may \
-                 only send its own batches"
-            ))),
+            (Some(claimed), Some(hint)) if claimed != hint => {
+                let why = format!(
+                    "the batch says device_id {claimed:?} but it was delivered as device {hint:?}; a device \
+                     may only send its own batches"
+                );
+                Err((header_rejection(why), DEVICE_MISMATCH))
+            }
             (Some(claimed), _) => Ok(claimed.clone()),
             (None, Some(hint)) => Ok(hint.clone()),
             (None, None) => Ok(self.default_device.to_string()),

@@ -11,5 +11,6 @@ pub mod credentials;
 pub mod db;
 pub mod dropdir;
 pub mod export;
+pub mod http;
 pub mod ingest;
 pub mod serve;

@@ -39,12 +39,19 @@ pub async fn run(
         ingestor.clone(),
         settings.ingest.settle(),
     )?;
+    let (http_stop, mut http_stopping) = tokio::sync::watch::channel(false);
+    let http = start_http(&settings, ingestor.clone(), async move {
+        let _ = http_stopping.wait_for(|stop| *stop).await;
+    })
+    .await?;
     tracing::info!(
         drop_dir = %settings.ingest.drop_dir.display(),
         database = ingestor.db.backend(),
         "ctdata-server watching the drop directory"
     );
 
+    // One signal stops both: the HTTP server finishes requests in flight, the ingest
+    // loop the file in hand.
     let stop = Arc::new(AtomicBool::new(false));
     let woken = Arc::new(Notify::new());
     {
@@ -53,6 +60,7 @@ pub async fn run(
             shutdown.await;
             stop.store(true, Ordering::SeqCst);
             woken.notify_one();
+            let _ = http_stop.send(true);
         });
     }
     let (events, mut changes) = mpsc::unbounded_channel();
@@ -92,6 +100,8 @@ pub async fn run(
         }
     }
     tracing::info!("ingest stopped");
+    http.await??;
+    tracing::info!("HTTP stopped");
     ingestor.db.close().await;
     Ok(())
 }
@@ -116,6 +126,31 @@ async fn sleep_opt(d: Option<Duration>) {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Binds `http.bind` and serves the API on its own task. Spooled uploads left by a
+/// crash are removed first: their senders got no answer and will send again.
+async fn start_http(
+    settings: &Settings,
+    ingestor: Ingestor,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let drop_dir = settings.ingest.drop_dir.clone();
+    let _ = std::fs::remove_dir_all(drop_dir.join(crate::http::INCOMING));
+    let listener = tokio::net::TcpListener::bind(&settings.http.bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on http.bind {}: {e}", settings.http.bind))?;
+    tracing::info!("HTTP API listening on {}", listener.local_addr()?);
+    let state = crate::http::AppState {
+        ingestor,
+        drop_dir: Arc::new(drop_dir),
+        max_body_bytes: settings.http.max_body_bytes,
+    };
+    let timeout = Duration::from_secs_f64(settings.http.header_read_timeout_secs.max(0.1));
+    let app = crate::http::app(state);
+    Ok(tokio::spawn(crate::http::serve(
+        listener, app, timeout, shutdown,
+    )))
 }
 
 /// What a change notification tells the loop.

@@ -245,6 +245,8 @@ pub struct Server {
 pub struct ServerEnv {
     pub dir: tempfile::TempDir,
     pub db_url: String,
+    /// More `CTDATA__…` settings for this environment's commands.
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl ServerEnv {
@@ -252,6 +254,7 @@ impl ServerEnv {
         ServerEnv {
             dir: tempfile::tempdir().expect("temp dir"),
             db_url: db.url.clone(),
+            extra_env: Vec::new(),
         }
     }
 
@@ -268,7 +271,9 @@ impl ServerEnv {
             .env("CTDATA__INGEST__DROP_DIR", self.drop_dir())
             .env("CTDATA__INGEST__SETTLE_SECS", "0.3")
             .env("CTDATA__INGEST__RESCAN_SECS", "1")
+            .env("CTDATA__HTTP__BIND", "127.0.0.1:0")
             .env("CTDATA_LOG", "info,sqlx=warn")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }
@@ -301,6 +306,17 @@ impl ServerEnv {
 impl Server {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `http://127.0.0.1:PORT`, the address the server logged (it binds port 0).
+    pub fn http_base(&self) -> String {
+        let log = self.log_text();
+        let addr = log
+            .lines()
+            .find_map(|l| l.split("HTTP API listening on ").nth(1))
+            .expect("the server logs its HTTP address")
+            .trim();
+        format!("http://{addr}")
     }
 
     pub fn pid(&self) -> i32 {

@@ -119,6 +119,16 @@ impl Db {
         on_pool!(self, p => sqlx::query_scalar(SQL).bind(token_hash).fetch_optional(p).await)
     }
 
+    /// The device a token belongs to, and whether it is revoked.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn device_token_state(
+        &self,
+        token_hash: &str,
+    ) -> sqlx::Result<Option<(String, bool)>> {
+        const SQL: &str = "SELECT name, revoked_at IS NOT NULL FROM devices WHERE token_hash = $1";
+        on_pool!(self, p => sqlx::query_as(SQL).bind(token_hash).fetch_optional(p).await)
+    }
+
     /// Adds an administrator; `Refused` when the name is taken.
     #[tracing::instrument(skip_all, err, fields(admin = name))]
     pub async fn add_admin(&self, name: &str, password_hash: &str) -> sqlx::Result<Change> {

@@ -1,0 +1,155 @@
+//! `POST /api/v1/batches`: a device delivers one batch file in the request body.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::{ApiError, AppState, INCOMING};
+use crate::auth::token_hash;
+use crate::dropdir::{file_away, rejected_path, stamp};
+use crate::ingest::{channel, Delivery, Receipt, Status, DEVICE_MISMATCH};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/batches", post(post_batch))
+}
+
+async fn post_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Receipt>), ApiError> {
+    let device = authenticate_device(&state, &headers).await?;
+    check_encoding(&headers)?;
+    let claim = format!("{}-upload", stamp());
+    let spool = state.drop_dir.join(INCOMING).join(&claim);
+    if let Err(e) = spool_body(&state, &headers, body, &spool).await {
+        let _ = tokio::fs::remove_file(&spool).await;
+        return Err(e);
+    }
+    let delivery = Delivery {
+        path: spool.clone(),
+        file_name: "upload".into(),
+        channel: channel::HTTP.into(),
+        device_hint: Some(device.clone()),
+        claim_name: Some(format!("http/{claim}")),
+        rejected_path: Some(rejected_path(&device, &claim)),
+    };
+    let receipt = match state.ingestor.ingest(&delivery).await {
+        Ok(receipt) => receipt,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&spool).await;
+            return Err(ApiError::Internal(e));
+        }
+    };
+    file_away(&state.drop_dir, &spool, &device, &receipt)?;
+    Ok((status_for(&receipt), Json(receipt)))
+}
+
+/// 201 stored, 200 stored before; a refused batch by why it was refused.
+fn status_for(r: &Receipt) -> StatusCode {
+    match (r.status, r.kind.as_deref()) {
+        (Status::Ingested, _) => StatusCode::CREATED,
+        (Status::Duplicate, _) => StatusCode::OK,
+        (Status::Rejected, Some("conflict")) => StatusCode::CONFLICT,
+        (Status::Rejected, Some(DEVICE_MISMATCH)) => StatusCode::FORBIDDEN,
+        (Status::Rejected, Some("too_large")) => StatusCode::PAYLOAD_TOO_LARGE,
+        (Status::Rejected, Some("unknown_format")) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        (Status::Rejected, _) => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+/// `Authorization: Bearer TOKEN`, or Basic `NAME:TOKEN` for field software that only
+/// knows Basic. A revoked device is told so (403), anything else unknown gets 401.
+async fn authenticate_device(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let missing =
+        || ApiError::Unauthorized("send the device token: Authorization: Bearer TOKEN".into());
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
+    let value = value.to_str().map_err(|_| missing())?;
+    let (name, token) = if let Some(token) = value.strip_prefix("Bearer ") {
+        (None, token.trim().to_string())
+    } else if let Some(encoded) = value.strip_prefix("Basic ") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| ApiError::Unauthorized("malformed Basic credentials".into()))?;
+        let (name, token) = decoded
+            .split_once(':')
+            .ok_or_else(|| ApiError::Unauthorized("Basic credentials must be NAME:TOKEN".into()))?;
+        (Some(name.to_string()), token.to_string())
+    } else {
+        return Err(missing());
+    };
+    let refused = || ApiError::Unauthorized("unknown device or wrong token".into());
+    let found = state
+        .ingestor
+        .db
+        .device_token_state(&token_hash(&token))
+        .await;
+    let (device, revoked) = found
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .ok_or_else(refused)?;
+    if name.is_some_and(|n| n != device) {
+        return Err(refused());
+    }
+    if revoked {
+        return Err(ApiError::Forbidden(format!("device {device} is revoked")));
+    }
+    Ok(device)
+}
+
+/// The body is kept as sent: the batch reader recognises gzip itself and inflates it
+/// within the configured size and ratio limits.
+fn check_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?"))
+    {
+        None | Some("identity") | Some("gzip") => Ok(()),
+        Some(other) => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Encoding {other} is not supported: send gzip or identity"
+        ))),
+    }
+}
+
+/// Streams the body to `spool`, refusing it as soon as it passes the limit.
+async fn spool_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    spool: &std::path::Path,
+) -> Result<(), ApiError> {
+    let limit = state.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    tokio::fs::create_dir_all(spool.parent().expect("spool has a folder"))
+        .await
+        .map_err(anyhow::Error::from)?;
+    let mut file = tokio::io::BufWriter::new(
+        tokio::fs::File::create(spool)
+            .await
+            .map_err(anyhow::Error::from)?,
+    );
+    let mut written = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest(format!("reading the request body failed: {e}")))?;
+        written += chunk.len() as u64;
+        if written > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+        file.write_all(&chunk).await.map_err(anyhow::Error::from)?;
+    }
+    file.flush().await.map_err(anyhow::Error::from)?;
+    Ok(())
+}
