@@ -7,7 +7,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::Settings;
-use crate::db::ExportFilter;
+use crate::db::{BBox, ExportFilter};
 use crate::dropdir::{write_atomic, DropDir, StepReport};
 use crate::export::{write_export, ExportFormat, ExportSummary};
 use crate::ingest::{channel, Delivery, Receipt, Status};
@@ -135,6 +135,9 @@ pub struct ExportArgs {
     /// Only this species.
     #[arg(long, value_name = "NAME")]
     pub species: Option<String>,
+    /// Only sightings inside minLon,minLat,maxLon,maxLat (WGS 84 degrees).
+    #[arg(long, value_name = "BBOX", allow_hyphen_values = true)]
+    pub bbox: Option<BBox>,
     /// Write here (complete or not at all) instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -155,10 +158,12 @@ pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exp
     let ingestor = open(settings).await?;
     let filter = ExportFilter {
         since,
+        until: None,
         from: args.from,
         to: args.to,
         device: args.device,
         species: args.species,
+        bbox: args.bbox,
     };
     let summary = match &args.output {
         Some(path) => {

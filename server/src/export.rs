@@ -185,6 +185,35 @@ fn csv_field(out: &mut String, f: &str) {
     }
 }
 
+/// The encoded export as a stream of chunks of about 64 KiB, for an HTTP body: rows
+/// are read from the database only as fast as the client takes them.
+pub fn byte_stream(
+    db: &Db,
+    filter: ExportFilter,
+    format: ExportFormat,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    let encoder = Encoder::new(format);
+    let head = encoder.head();
+    let state = Some((db.export(filter), encoder, head));
+    futures::stream::unfold(state, |state| async move {
+        let (mut rows, mut encoder, mut buf) = state?;
+        while buf.len() < 64 * 1024 {
+            match rows.next().await {
+                Some(Ok(row)) => encoder.row(&row, &mut buf),
+                Some(Err(e)) => return Some((Err(std::io::Error::other(e)), None)),
+                None => {
+                    buf.push_str(encoder.tail());
+                    return Some((Ok(bytes::Bytes::from(buf)), None));
+                }
+            }
+        }
+        Some((
+            Ok(bytes::Bytes::from(buf)),
+            Some((rows, encoder, String::new())),
+        ))
+    })
+}
+
 /// What an export wrote.
 #[derive(Debug, Clone, Copy)]
 pub struct ExportSummary {

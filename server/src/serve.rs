@@ -145,6 +145,7 @@ async fn start_http(
         ingestor,
         drop_dir: Arc::new(drop_dir),
         max_body_bytes: settings.http.max_body_bytes,
+        password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
     };
     let timeout = Duration::from_secs_f64(settings.http.header_read_timeout_secs.max(0.1));
     let app = crate::http::app(state);

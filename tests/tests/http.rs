@@ -55,6 +55,7 @@ fn device_token(env: &ServerEnv, name: &str) -> String {
 
 both_backends! {
     upload_statuses_over_real_http,
+    download_endpoint_streams_and_follows_the_cursor,
 }
 
 async fn upload_statuses_over_real_http(db: TestDb) {
@@ -190,5 +191,170 @@ async fn oversized_bodies_and_slow_headers_are_cut() {
     };
     assert!(closed);
     eprintln!("slow connection closed after {:?}", started.elapsed());
+    assert!(server.terminate().success());
+}
+
+/// GETs a download with curl; returns status, response headers and the body file.
+fn download(base: &str, auth: &[&str], query: &str, out: &Path) -> (u16, String) {
+    let headers = out.with_extension("headers");
+    let result = Command::new("curl")
+        .args(["-sS", "-o"])
+        .arg(out)
+        .arg("-D")
+        .arg(&headers)
+        .args(["-w", "%{http_code}"])
+        .args(auth)
+        .arg(format!("{base}/api/v1/sightings?{query}"))
+        .output()
+        .expect("run curl");
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let code = String::from_utf8(result.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (code, std::fs::read_to_string(headers).unwrap())
+}
+
+fn header_value(headers: &str, name: &str) -> Option<String> {
+    headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+/// Python's own csv and json modules read what the server wrote.
+fn python(script: &str, file: &Path) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(file)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+const COUNT_CSV: &str = "import csv,sys; print(len(list(csv.DictReader(open(sys.argv[1], newline='', encoding='utf-8')))))";
+const CHECK_GEOJSON: &str = "import json,sys\nd=json.load(open(sys.argv[1]))\nassert d['type']=='FeatureCollection'\nfor f in d['features']:\n  assert f['type']=='Feature' and f['geometry']['type']=='Point'\n  lon,lat=f['geometry']['coordinates'][:2]\n  assert -180<=lon<=180 and -90<=lat<=90\nprint(len(d['features']))";
+
+async fn download_endpoint_streams_and_follows_the_cursor(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    let token = device_token(&env, "ranger-07");
+    let mut child = env
+        .command(&["admin", "add", "alice"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough password\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let api = env.command(&["admin", "token", "alice"]).output().unwrap();
+    let api_token = String::from_utf8(api.stdout).unwrap().trim().to_string();
+    let server = env.serve().await;
+    let base = server.http_base();
+    let device_auth = format!("Authorization: Bearer {token}");
+    assert_eq!(
+        post(&base, &["-H", &device_auth], &good("json-basic.json"), &[]).0,
+        201
+    );
+    assert_eq!(
+        post(
+            &base,
+            &["-H", &device_auth],
+            &good("ndjson-basic.ndjson"),
+            &[]
+        )
+        .0,
+        201
+    );
+    let stored = db.scalar("SELECT count(*) FROM sightings").await;
+
+    let out = env.dir.path().join("all.csv");
+    let basic = ["-u", "alice:a long enough password"];
+    let (code, headers) = download(&base, &basic, "format=csv", &out);
+    assert_eq!(code, 200, "{headers}");
+    assert!(header_value(&headers, "content-disposition")
+        .unwrap()
+        .contains("attachment; filename="));
+    let next: i64 = header_value(&headers, "ctdata-next-cursor")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(python(COUNT_CSV, &out).parse::<i64>().unwrap(), stored);
+
+    let bearer = format!("Authorization: Bearer {api_token}");
+    let geo = env.dir.path().join("all.geojson");
+    let (code, _) = download(&base, &["-H", &bearer], "format=geojson", &geo);
+    assert_eq!(code, 200);
+    assert_eq!(python(CHECK_GEOJSON, &geo).parse::<i64>().unwrap(), stored);
+
+    // Incremental: nothing new, then only the new batch.
+    let (_, headers) = download(
+        &base,
+        &["-H", &bearer],
+        &format!("format=csv&since={next}"),
+        &out,
+    );
+    assert_eq!(python(COUNT_CSV, &out), "0");
+    assert_eq!(
+        header_value(&headers, "ctdata-next-cursor").unwrap(),
+        next.to_string()
+    );
+    assert_eq!(
+        post(&base, &["-H", &device_auth], &good("csv-basic.csv"), &[]).0,
+        201
+    );
+    let (_, headers) = download(
+        &base,
+        &["-H", &bearer],
+        &format!("format=ndjson&since={next}"),
+        &out,
+    );
+    let added = db.scalar("SELECT count(*) FROM sightings").await - stored;
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().lines().count() as i64,
+        added
+    );
+    assert!(
+        header_value(&headers, "ctdata-next-cursor")
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > next
+    );
+
+    // Filters, and who may download.
+    download(&base, &["-H", &bearer], "format=csv&bbox=0,0,1,1", &out);
+    assert_eq!(python(COUNT_CSV, &out), "0");
+    assert_eq!(
+        download(&base, &["-H", &bearer], "format=csv&bbox=1,2", &out).0,
+        400
+    );
+    assert_eq!(
+        download(&base, &["-H", &bearer], "format=xlsx", &out).0,
+        400
+    );
+    assert_eq!(
+        download(&base, &["-H", &device_auth], "format=csv", &out).0,
+        401
+    );
+    assert_eq!(
+        download(&base, &["-u", "alice:wrong password"], "format=csv", &out).0,
+        401
+    );
+    assert_eq!(download(&base, &[], "format=csv", &out).0, 401);
     assert!(server.terminate().success());
 }

@@ -93,22 +93,67 @@ pub type RowSource<'a> = &'a (dyn Fn() -> RowStream + Send + Sync);
 #[derive(Debug, Clone, Default)]
 pub struct ExportFilter {
     pub since: i64,
+    /// Only up to this cursor (inclusive): lets an HTTP download name its next cursor
+    /// before the first byte.
+    pub until: Option<i64>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     pub device: Option<String>,
     pub species: Option<String>,
+    pub bbox: Option<BBox>,
+}
+
+/// `minLon,minLat,maxLon,maxLat` in WGS 84 degrees.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BBox {
+    pub min_lon: f64,
+    pub min_lat: f64,
+    pub max_lon: f64,
+    pub max_lat: f64,
+}
+
+impl std::str::FromStr for BBox {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BBox, String> {
+        let v: Vec<f64> = s
+            .split(',')
+            .map(|p| p.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("bbox {s:?} must be four numbers: minLon,minLat,maxLon,maxLat"))?;
+        let [min_lon, min_lat, max_lon, max_lat] = v[..] else {
+            return Err(format!(
+                "bbox {s:?} must be four numbers: minLon,minLat,maxLon,maxLat"
+            ));
+        };
+        if !(min_lon <= max_lon && min_lat <= max_lat) {
+            return Err(format!(
+                "bbox {s:?}: the minimum must not exceed the maximum"
+            ));
+        }
+        Ok(BBox {
+            min_lon,
+            min_lat,
+            max_lon,
+            max_lat,
+        })
+    }
 }
 
 impl ExportFilter {
     /// `WHERE` text for the filters in use, `?` standing for each parameter in the
-    /// order the backends bind them: since, from, to, device, species.
+    /// order the backends bind them: since, until, from, to, device, species, bbox.
     fn conditions(&self) -> String {
         let mut sql = String::from("s.cursor > ?");
         for (present, cond) in [
+            (self.until.is_some(), " AND s.cursor <= ?"),
             (self.from.is_some(), " AND s.observed_at >= ?"),
             (self.to.is_some(), " AND s.observed_at < ?"),
             (self.device.is_some(), " AND d.name = ?"),
             (self.species.is_some(), " AND s.species = ?"),
+            (
+                self.bbox.is_some(),
+                " AND s.longitude >= ? AND s.latitude >= ? AND s.longitude <= ? AND s.latitude <= ?",
+            ),
         ] {
             if present {
                 sql.push_str(cond);
@@ -250,6 +295,16 @@ impl Db {
         match self {
             Db::Postgres(p) => pg::record_rejection(p, r).await,
             Db::Sqlite(p) => sqlite::record_rejection(p, r).await,
+        }
+    }
+
+    /// The newest cursor stored (0 when empty): everything up to it has committed.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn max_cursor(&self) -> sqlx::Result<i64> {
+        const SQL: &str = "SELECT CAST(coalesce(max(cursor), 0) AS BIGINT) FROM sightings";
+        match self {
+            Db::Postgres(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
+            Db::Sqlite(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
         }
     }
 

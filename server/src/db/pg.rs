@@ -413,6 +413,9 @@ pub fn export(
     }
     spawn_rows(move |tx| async move {
         let mut q = sqlx::query(&sql).bind(f.since);
+        if let Some(until) = f.until {
+            q = q.bind(until);
+        }
         if let Some(t) = f.from {
             q = q.bind(t);
         }
@@ -424,6 +427,13 @@ pub fn export(
         }
         if let Some(s) = f.species {
             q = q.bind(s);
+        }
+        if let Some(b) = f.bbox {
+            q = q
+                .bind(b.min_lon)
+                .bind(b.min_lat)
+                .bind(b.max_lon)
+                .bind(b.max_lat);
         }
         forward(q.fetch(&pool), export_row, tx).await;
     })

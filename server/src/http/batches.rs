@@ -5,12 +5,11 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use base64::Engine;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use super::auth::authenticate_device;
 use super::{ApiError, AppState, INCOMING};
-use crate::auth::token_hash;
 use crate::dropdir::{file_away, rejected_path, stamp};
 use crate::ingest::{channel, Delivery, Receipt, Status, DEVICE_MISMATCH};
 
@@ -61,46 +60,6 @@ fn status_for(r: &Receipt) -> StatusCode {
         (Status::Rejected, Some("unknown_format")) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         (Status::Rejected, _) => StatusCode::UNPROCESSABLE_ENTITY,
     }
-}
-
-/// `Authorization: Bearer TOKEN`, or Basic `NAME:TOKEN` for field software that only
-/// knows Basic. A revoked device is told so (403), anything else unknown gets 401.
-async fn authenticate_device(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let missing =
-        || ApiError::Unauthorized("send the device token: Authorization: Bearer TOKEN".into());
-    let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
-    let value = value.to_str().map_err(|_| missing())?;
-    let (name, token) = if let Some(token) = value.strip_prefix("Bearer ") {
-        (None, token.trim().to_string())
-    } else if let Some(encoded) = value.strip_prefix("Basic ") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| ApiError::Unauthorized("malformed Basic credentials".into()))?;
-        let (name, token) = decoded
-            .split_once(':')
-            .ok_or_else(|| ApiError::Unauthorized("Basic credentials must be NAME:TOKEN".into()))?;
-        (Some(name.to_string()), token.to_string())
-    } else {
-        return Err(missing());
-    };
-    let refused = || ApiError::Unauthorized("unknown device or wrong token".into());
-    let found = state
-        .ingestor
-        .db
-        .device_token_state(&token_hash(&token))
-        .await;
-    let (device, revoked) = found
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?
-        .ok_or_else(refused)?;
-    if name.is_some_and(|n| n != device) {
-        return Err(refused());
-    }
-    if revoked {
-        return Err(ApiError::Forbidden(format!("device {device} is revoked")));
-    }
-    Ok(device)
 }
 
 /// The body is kept as sent: the batch reader recognises gzip itself and inflates it

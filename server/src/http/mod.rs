@@ -1,8 +1,10 @@
 //! The HTTP API: one state, a router per resource, served by hyper with a header-read
 //! timeout (axum::serve arms none) and graceful shutdown.
 
+mod auth;
 mod batches;
 mod error;
+mod sightings;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -29,6 +31,8 @@ pub struct AppState {
     /// `archive/` and `rejected/` like any other delivery.
     pub drop_dir: Arc<PathBuf>,
     pub max_body_bytes: u64,
+    /// Caps concurrent Argon2 password checks.
+    pub password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// Folder (inside the drop directory) where request bodies are spooled.
@@ -39,6 +43,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(batches::router())
+        .merge(sightings::router())
         .with_state(state)
 }
 
