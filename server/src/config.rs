@@ -54,6 +54,10 @@ pub struct HttpSettings {
     pub header_read_timeout_secs: f64,
     /// Largest request body accepted, in bytes, as sent (compressed or not).
     pub max_body_bytes: u64,
+    /// A request body that sends nothing for this long is abandoned (408).
+    pub body_idle_timeout_secs: f64,
+    /// Requests handled at once; more wait their turn.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for DatabaseSettings {
@@ -85,6 +89,8 @@ impl Default for HttpSettings {
             bind: "127.0.0.1:8080".into(),
             header_read_timeout_secs: 10.0,
             max_body_bytes: 1 << 30,
+            body_idle_timeout_secs: 60.0,
+            max_concurrent_requests: 256,
         }
     }
 }

@@ -56,6 +56,7 @@ fn device_token(env: &ServerEnv, name: &str) -> String {
 both_backends! {
     upload_statuses_over_real_http,
     download_endpoint_streams_and_follows_the_cursor,
+    sixty_four_clients_upload_overlapping_batches,
 }
 
 async fn upload_statuses_over_real_http(db: TestDb) {
@@ -162,6 +163,7 @@ async fn oversized_bodies_and_slow_headers_are_cut() {
     env.extra_env = vec![
         ("CTDATA__HTTP__MAX_BODY_BYTES".into(), "100000".into()),
         ("CTDATA__HTTP__HEADER_READ_TIMEOUT_SECS".into(), "1".into()),
+        ("CTDATA__HTTP__BODY_IDLE_TIMEOUT_SECS".into(), "1".into()),
     ];
     let token = device_token(&env, "ranger-07");
     let server = env.serve().await;
@@ -191,6 +193,21 @@ async fn oversized_bodies_and_slow_headers_are_cut() {
     };
     assert!(closed);
     eprintln!("slow connection closed after {:?}", started.elapsed());
+
+    // Headers on time, then a body that stalls: 408, and nothing stored.
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /api/v1/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n{{\"ctdata"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(db.scalar("SELECT count(*) FROM batches").await, 0);
     assert!(server.terminate().success());
 }
 
@@ -356,5 +373,117 @@ async fn download_endpoint_streams_and_follows_the_cursor(db: TestDb) {
         401
     );
     assert_eq!(download(&base, &[], "format=csv", &out).0, 401);
+    assert!(server.terminate().success());
+}
+
+/// NDJSON batches for `device`; `overlap` re-sends the sightings of another batch under
+/// a new batch id (a device that lost track of what it sent).
+fn concurrent_batches(dir: &Path) -> Vec<(String, std::path::PathBuf, Vec<uuid::Uuid>)> {
+    use chrono::TimeZone;
+    let tz = chrono::FixedOffset::east_opt(2 * 3600).unwrap();
+    let mut made: Vec<(String, std::path::PathBuf, Vec<uuid::Uuid>)> = Vec::new();
+    for i in 0..20 {
+        let device = format!("ranger-{:02}", i % 4);
+        let ids: Vec<uuid::Uuid> = if i >= 16 {
+            // Half new sightings, half already in batch i-16 of the same device.
+            let earlier = &made[i - 16].2;
+            earlier[..25]
+                .iter()
+                .copied()
+                .chain((0..25).map(|_| uuid::Uuid::new_v4()))
+                .collect()
+        } else {
+            (0..50).map(|_| uuid::Uuid::new_v4()).collect()
+        };
+        let header = ctdata_batch::write::BatchHeader {
+            batch_id: uuid::Uuid::new_v4(),
+            device_id: device.clone(),
+            created_at: tz.with_ymd_and_hms(2026, 11, 3, 8, 0, 0).unwrap(),
+        };
+        let path = dir.join(format!("batch-{i:02}.ndjson"));
+        let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut w = ctdata_batch::write::NdjsonWriter::new(file, &header).unwrap();
+        for (n, id) in ids.iter().enumerate() {
+            w.push(&ctdata_batch::Sighting {
+                id: *id,
+                observed_at: tz.with_ymd_and_hms(2026, 11, 3, 6, 0, 0).unwrap(),
+                latitude: -19.0 + n as f64 * 1e-4,
+                longitude: 16.3,
+                altitude: None,
+                accuracy: Some(4.0),
+                observer: Some(device.clone()),
+                species: Some("Acinonyx jubatus".into()),
+                count: Some(1),
+                attributes: Default::default(),
+            })
+            .unwrap();
+        }
+        w.finish().unwrap().flush().unwrap();
+        made.push((device, path, ids));
+    }
+    made
+}
+
+async fn sixty_four_clients_upload_overlapping_batches(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    let tokens: std::collections::HashMap<String, String> = (0..4)
+        .map(|d| {
+            let name = format!("ranger-{d:02}");
+            let token = device_token(&env, &name);
+            (name, token)
+        })
+        .collect();
+    let batches = concurrent_batches(env.dir.path());
+    let server = env.serve().await;
+    let base = server.http_base();
+
+    // 64 clients, 4 uploads each, every batch sent by many clients at once.
+    let codes: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..64)
+            .map(|client| {
+                let (base, batches, tokens) = (&base, &batches, &tokens);
+                scope.spawn(move || {
+                    (0..4)
+                        .map(|k| {
+                            let (device, path, _) = &batches[(client * 7 + k * 5) % batches.len()];
+                            let auth = format!("Authorization: Bearer {}", tokens[device]);
+                            post(base, &["-H", &auth], path, &[]).0
+                        })
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(codes.len(), 256);
+    assert!(codes.iter().all(|c| *c == 200 || *c == 201), "{codes:?}");
+    assert_eq!(
+        codes.iter().filter(|c| **c == 201).count(),
+        batches.len(),
+        "each batch stored once"
+    );
+
+    let unique: std::collections::HashSet<uuid::Uuid> =
+        batches.iter().flat_map(|b| b.2.iter().copied()).collect();
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM sightings").await,
+        unique.len() as i64
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM batches").await,
+        batches.len() as i64
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM deliveries").await,
+        256 - batches.len() as i64
+    );
+    assert_eq!(
+        db.scalar("SELECT CAST(sum(duplicates) AS BIGINT) FROM batches")
+            .await,
+        4 * 25
+    );
     assert!(server.terminate().success());
 }

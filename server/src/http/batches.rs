@@ -100,7 +100,12 @@ async fn spool_body(
     );
     let mut written = 0u64;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    let idle = state.body_idle_timeout;
+    loop {
+        let next = tokio::time::timeout(idle, stream.next())
+            .await
+            .map_err(|_| ApiError::BodyTimeout(idle.as_secs()))?;
+        let Some(chunk) = next else { break };
         let chunk = chunk
             .map_err(|e| ApiError::BadRequest(format!("reading the request body failed: {e}")))?;
         written += chunk.len() as u64;

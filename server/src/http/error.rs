@@ -18,6 +18,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the request body stalled for more than {0} s")]
+    BodyTimeout(u64),
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -32,6 +34,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -44,6 +47,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }

@@ -31,6 +31,8 @@ pub struct AppState {
     /// `archive/` and `rejected/` like any other delivery.
     pub drop_dir: Arc<PathBuf>,
     pub max_body_bytes: u64,
+    /// Longest silence inside a request body.
+    pub body_idle_timeout: Duration,
     /// Caps concurrent Argon2 password checks.
     pub password_checks: Arc<tokio::sync::Semaphore>,
 }
@@ -38,13 +40,16 @@ pub struct AppState {
 /// Folder (inside the drop directory) where request bodies are spooled.
 pub const INCOMING: &str = ".incoming";
 
-pub fn app(state: AppState) -> Router {
+pub fn app(state: AppState, max_concurrent_requests: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(batches::router())
         .merge(sightings::router())
         .with_state(state)
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            max_concurrent_requests.max(1),
+        ))
 }
 
 /// The database answers: the server can take batches.
