@@ -57,6 +57,7 @@ both_backends! {
     upload_statuses_over_real_http,
     download_endpoint_streams_and_follows_the_cursor,
     sixty_four_clients_upload_overlapping_batches,
+    admin_lists_and_reprocess_after_the_cause_is_fixed,
 }
 
 async fn upload_statuses_over_real_http(db: TestDb) {
@@ -484,6 +485,129 @@ async fn sixty_four_clients_upload_overlapping_batches(db: TestDb) {
         db.scalar("SELECT CAST(sum(duplicates) AS BIGINT) FROM batches")
             .await,
         4 * 25
+    );
+    assert!(server.terminate().success());
+}
+
+fn admin_token(env: &ServerEnv) -> String {
+    let mut child = env
+        .command(&["admin", "add", "alice"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough password\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let out = env.command(&["admin", "token", "alice"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `curl` a JSON API call; returns status and body.
+fn call(method: &str, url: &str, auth: &str) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+            "-H",
+            auth,
+            url,
+        ])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+async fn admin_lists_and_reprocess_after_the_cause_is_fixed(db: TestDb) {
+    let mut env = ServerEnv::new(&db);
+    let token = device_token(&env, "ranger-07");
+    let admin = format!("Authorization: Bearer {}", admin_token(&env));
+    // A limit too small for the batch: it is refused as too large.
+    env.extra_env = vec![("CTDATA__INGEST__MAX_FILE_BYTES".into(), "500".into())];
+    let server = env.serve().await;
+    let base = server.http_base();
+    let device_auth = format!("Authorization: Bearer {token}");
+    let (code, body) = post(&base, &["-H", &device_auth], &good("json-basic.json"), &[]);
+    assert_eq!(code, 413, "{body}");
+    assert_eq!(
+        post(&base, &["-H", &device_auth], &good("csv-basic.csv"), &[]).0,
+        413
+    );
+    assert!(server.terminate().success());
+
+    // The administrator raises the limit and reprocesses the file from rejected/.
+    env.extra_env.clear();
+    let server = env.serve().await;
+    let base = server.http_base();
+    let (code, list) = call(
+        "GET",
+        &format!("{base}/api/v1/rejected?status=pending"),
+        &admin,
+    );
+    assert_eq!(code, 200);
+    let list = list.as_array().unwrap().clone();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["kind"], "too_large");
+    assert!(list[0]["reason"].as_str().unwrap().contains("upload"));
+    let first = list[1]["id"].as_i64().unwrap();
+    let (code, receipt) = call(
+        "POST",
+        &format!("{base}/api/v1/rejected/{first}/reprocess"),
+        &admin,
+    );
+    assert_eq!(code, 201, "{receipt}");
+    assert_eq!(receipt["status"], "ingested");
+    assert_eq!(receipt["channel"], "http");
+    let (code, _) = call(
+        "POST",
+        &format!("{base}/api/v1/rejected/{first}/reprocess"),
+        &admin,
+    );
+    assert_eq!(code, 409, "a reprocessed file cannot be reprocessed twice");
+    assert_eq!(
+        call(
+            "POST",
+            &format!("{base}/api/v1/rejected/999999/reprocess"),
+            &admin
+        )
+        .0,
+        404
+    );
+    let (_, pending) = call(
+        "GET",
+        &format!("{base}/api/v1/rejected?status=pending"),
+        &admin,
+    );
+    assert_eq!(pending.as_array().unwrap().len(), 1);
+
+    let (code, batches) = call(
+        "GET",
+        &format!("{base}/api/v1/batches?device=ranger-07&limit=10"),
+        &admin,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(batches.as_array().unwrap().len(), 1);
+    assert_eq!(batches[0]["sightings"], receipt["sightings"]);
+    let (code, devices) = call("GET", &format!("{base}/api/v1/devices"), &admin);
+    assert_eq!(code, 200);
+    assert_eq!(devices[0]["name"], "ranger-07");
+    assert_eq!(devices[0]["batches"], 1);
+    assert_eq!(
+        call("GET", &format!("{base}/api/v1/devices"), &device_auth).0,
+        401
     );
     assert!(server.terminate().success());
 }

@@ -6,16 +6,6 @@ use serde::Serialize;
 
 use super::Db;
 
-/// Runs the same expression against whichever pool this is.
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Db::Postgres($pool) => $body,
-            Db::Sqlite($pool) => $body,
-        }
-    };
-}
-
 /// One line of `device list`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeviceInfo {

@@ -1,10 +1,23 @@
 //! All database access. One enum over the two backends; each backend module holds its
 //! own SQL. Every ingest goes through [`Db::load_batch`]: one transaction per batch.
 
+/// Runs the same expression against whichever pool this is: for SQL that both
+/// backends understand alike (parameters `$1, $2, …` in order of first use).
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Postgres($pool) => $body,
+            Db::Sqlite($pool) => $body,
+        }
+    };
+}
+
+mod admin;
 mod credentials;
 mod pg;
 mod sqlite;
 
+pub use admin::{BatchListFilter, BatchSummary, RejectionInfo};
 pub use credentials::{Change, DeviceInfo};
 
 use std::str::FromStr;

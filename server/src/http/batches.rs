@@ -50,7 +50,7 @@ async fn post_batch(
 }
 
 /// 201 stored, 200 stored before; a refused batch by why it was refused.
-fn status_for(r: &Receipt) -> StatusCode {
+pub(super) fn status_for(r: &Receipt) -> StatusCode {
     match (r.status, r.kind.as_deref()) {
         (Status::Ingested, _) => StatusCode::CREATED,
         (Status::Duplicate, _) => StatusCode::OK,

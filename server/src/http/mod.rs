@@ -1,6 +1,7 @@
 //! The HTTP API: one state, a router per resource, served by hyper with a header-read
 //! timeout (axum::serve arms none) and graceful shutdown.
 
+mod admin;
 mod auth;
 mod batches;
 mod error;
@@ -46,6 +47,7 @@ pub fn app(state: AppState, max_concurrent_requests: usize) -> Router {
         .route("/readyz", get(readyz))
         .merge(batches::router())
         .merge(sightings::router())
+        .merge(admin::router())
         .with_state(state)
         .layer(tower::limit::ConcurrencyLimitLayer::new(
             max_concurrent_requests.max(1),

@@ -1,0 +1,127 @@
+//! What the administrator looks at: batches and rejections, newest first, paged by id.
+
+use serde::{Deserialize, Serialize};
+
+use super::Db;
+
+/// Largest page the API hands out.
+pub const MAX_PAGE: i64 = 500;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BatchListFilter {
+    pub device: Option<String>,
+    pub channel: Option<String>,
+    /// Rejections only: `pending`, `reprocessed`.
+    pub status: Option<String>,
+    /// Only rows with an id below this (the previous page's last id).
+    pub before: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+impl BatchListFilter {
+    fn limit(&self) -> i64 {
+        self.limit.unwrap_or(100).clamp(1, MAX_PAGE)
+    }
+
+    fn before(&self) -> i64 {
+        self.before.unwrap_or(i64::MAX)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct BatchSummary {
+    pub id: i64,
+    pub device: String,
+    pub batch_id: String,
+    pub channel: String,
+    pub format: String,
+    pub file_name: String,
+    pub received_at: String,
+    pub sightings: i64,
+    pub inserted: i64,
+    pub duplicates: i64,
+    pub sha256: String,
+    pub cursor_last: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RejectionInfo {
+    pub id: i64,
+    pub file_name: String,
+    #[serde(skip)]
+    pub claim_name: Option<String>,
+    pub stored_path: Option<String>,
+    pub device: Option<String>,
+    pub channel: String,
+    pub kind: String,
+    pub reason: String,
+    pub received_at: String,
+    pub status: String,
+}
+
+impl Db {
+    /// A timestamp column as RFC 3339 UTC text, the same from both backends.
+    fn rfc3339(&self, column: &str) -> String {
+        match self {
+            Db::Postgres(_) => {
+                format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+            }
+            Db::Sqlite(_) => column.to_string(),
+        }
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    pub async fn list_batches(&self, f: &BatchListFilter) -> sqlx::Result<Vec<BatchSummary>> {
+        let sql = format!(
+            "SELECT b.id, d.name AS device, CAST(b.batch_id AS TEXT) AS batch_id, b.channel, b.format, \
+             b.file_name, {} AS received_at, b.row_count AS sightings, b.inserted, b.duplicates, b.sha256, \
+             b.cursor_last FROM batches b JOIN devices d ON d.id = b.device_id \
+             WHERE b.id < $1 AND ($2 IS NULL OR d.name = $2) AND ($3 IS NULL OR b.channel = $3) \
+             ORDER BY b.id DESC LIMIT $4",
+            self.rfc3339("b.received_at")
+        );
+        on_pool!(self, p => sqlx::query_as(&sql)
+            .bind(f.before())
+            .bind(&f.device)
+            .bind(&f.channel)
+            .bind(f.limit())
+            .fetch_all(p)
+            .await)
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    pub async fn list_rejections(&self, f: &BatchListFilter) -> sqlx::Result<Vec<RejectionInfo>> {
+        let sql = format!(
+            "SELECT id, file_name, claim_name, stored_path, device, channel, kind, reason, {} AS received_at, \
+             status FROM rejections WHERE id < $1 AND ($2 IS NULL OR device = $2) AND ($3 IS NULL OR channel = $3) \
+             AND ($4 IS NULL OR status = $4) ORDER BY id DESC LIMIT $5",
+            self.rfc3339("received_at")
+        );
+        on_pool!(self, p => sqlx::query_as(&sql)
+            .bind(f.before())
+            .bind(&f.device)
+            .bind(&f.channel)
+            .bind(&f.status)
+            .bind(f.limit())
+            .fetch_all(p)
+            .await)
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    pub async fn rejection(&self, id: i64) -> sqlx::Result<Option<RejectionInfo>> {
+        let sql = format!(
+            "SELECT id, file_name, claim_name, stored_path, device, channel, kind, reason, {} AS received_at, \
+             status FROM rejections WHERE id = $1",
+            self.rfc3339("received_at")
+        );
+        on_pool!(self, p => sqlx::query_as(&sql).bind(id).fetch_optional(p).await)
+    }
+
+    /// Marks a rejection as dealt with (`reprocessed`).
+    #[tracing::instrument(skip_all, err)]
+    pub async fn set_rejection_status(&self, id: i64, status: &str) -> sqlx::Result<()> {
+        const SQL: &str = "UPDATE rejections SET status = $2 WHERE id = $1";
+        on_pool!(self, p => sqlx::query(SQL).bind(id).bind(status).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! The administrator's read API and the reprocessing of rejected files.
+
+use std::path::Path;
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::auth::authenticate_admin;
+use super::batches::status_for;
+use super::{ApiError, AppState};
+use crate::db::{BatchListFilter, BatchSummary, DeviceInfo, RejectionInfo};
+use crate::dropdir::file_away;
+use crate::ingest::{Delivery, Receipt};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/devices", get(devices))
+        .route("/api/v1/batches", get(batches))
+        .route("/api/v1/rejected", get(rejected))
+        .route("/api/v1/rejected/{id}/reprocess", post(reprocess))
+}
+
+fn unavailable(e: sqlx::Error) -> ApiError {
+    ApiError::Unavailable(e.to_string())
+}
+
+async fn devices(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
+    authenticate_admin(&state, &headers).await?;
+    Ok(Json(
+        state
+            .ingestor
+            .db
+            .list_devices()
+            .await
+            .map_err(unavailable)?,
+    ))
+}
+
+/// Newest first; `before` = the last id of the previous page.
+async fn batches(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(f): Query<BatchListFilter>,
+) -> Result<Json<Vec<BatchSummary>>, ApiError> {
+    authenticate_admin(&state, &headers).await?;
+    Ok(Json(
+        state
+            .ingestor
+            .db
+            .list_batches(&f)
+            .await
+            .map_err(unavailable)?,
+    ))
+}
+
+async fn rejected(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(f): Query<BatchListFilter>,
+) -> Result<Json<Vec<RejectionInfo>>, ApiError> {
+    authenticate_admin(&state, &headers).await?;
+    Ok(Json(
+        state
+            .ingestor
+            .db
+            .list_rejections(&f)
+            .await
+            .map_err(unavailable)?,
+    ))
+}
+
+/// Runs a rejected file through ingest again (after the cause was fixed, e.g. the device
+/// was registered). The same rejection row is updated if it is refused again.
+async fn reprocess(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<i64>,
+) -> Result<(StatusCode, Json<Receipt>), ApiError> {
+    authenticate_admin(&state, &headers).await?;
+    let db = &state.ingestor.db;
+    let r = db
+        .rejection(id)
+        .await
+        .map_err(unavailable)?
+        .ok_or(ApiError::NotFound(format!("no rejection {id}")))?;
+    if r.status != "pending" {
+        return Err(ApiError::Conflict(format!(
+            "rejection {id} was already {}",
+            r.status
+        )));
+    }
+    let stored = r.stored_path.as_deref().ok_or_else(|| {
+        ApiError::Gone(format!(
+            "rejection {id} kept no file (it was ingested in place by the CLI)"
+        ))
+    })?;
+    let path = state.drop_dir.join(stored);
+    if !path.is_file() {
+        return Err(ApiError::Gone(format!(
+            "{stored} is no longer in the drop directory"
+        )));
+    }
+    let device_dir = Path::new(stored)
+        .parent()
+        .and_then(Path::file_name)
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let delivery = Delivery {
+        path: path.clone(),
+        file_name: r.file_name.clone(),
+        channel: r.channel.clone(),
+        device_hint: (device_dir != "_").then(|| device_dir.clone()),
+        claim_name: r.claim_name.clone(),
+        rejected_path: Some(stored.to_string()),
+    };
+    let receipt = state.ingestor.ingest(&delivery).await?;
+    file_away(&state.drop_dir, &path, &device_dir, &receipt)?;
+    if receipt.status != crate::ingest::Status::Rejected {
+        db.set_rejection_status(id, "reprocessed")
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok((status_for(&receipt), Json(receipt)))
+}
