@@ -58,6 +58,11 @@ pub struct HttpSettings {
     pub body_idle_timeout_secs: f64,
     /// Requests handled at once; more wait their turn.
     pub max_concurrent_requests: usize,
+    /// PEM certificate chain (server certificate first). With `tls_key`, `bind` speaks
+    /// HTTPS instead of HTTP; set both or neither.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for DatabaseSettings {
@@ -91,6 +96,8 @@ impl Default for HttpSettings {
             max_body_bytes: 1 << 30,
             body_idle_timeout_secs: 60.0,
             max_concurrent_requests: 256,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::db::{BatchRecord, Db, LoadResult, NewBatch, NewRejection, RowStream};
+use crate::metrics::Metrics;
 
 /// How a batch reached the server.
 pub mod channel {
@@ -40,7 +41,7 @@ pub struct Delivery {
     pub rejected_path: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Stored now (possibly after a restart that interrupted the first attempt).
@@ -52,7 +53,7 @@ pub enum Status {
 }
 
 /// What happened to one delivery; also written as the receipt file clients read back.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Receipt {
     pub status: Status,
     pub file: String,
@@ -85,6 +86,7 @@ pub struct Receipt {
 #[derive(Clone)]
 pub struct Ingestor {
     pub db: Db,
+    pub metrics: Arc<Metrics>,
     limits: Limits,
     default_device: Arc<str>,
 }
@@ -93,6 +95,7 @@ impl Ingestor {
     pub fn new(db: Db, limits: Limits, default_device: &str) -> Ingestor {
         Ingestor {
             db,
+            metrics: Arc::default(),
             limits,
             default_device: default_device.into(),
         }
@@ -102,6 +105,13 @@ impl Ingestor {
     /// database is down, say): the caller keeps the file and tries again later.
     #[tracing::instrument(skip_all, err, fields(file = %d.file_name, channel = %d.channel))]
     pub async fn ingest(&self, d: &Delivery) -> anyhow::Result<Receipt> {
+        let started = std::time::Instant::now();
+        let receipt = self.decide(d).await?;
+        self.metrics.ingested(&receipt, started.elapsed());
+        Ok(receipt)
+    }
+
+    async fn decide(&self, d: &Delivery) -> anyhow::Result<Receipt> {
         let path = d.path.clone();
         let limits = self.limits;
         let scan = tokio::task::spawn_blocking(move || ctdata_batch::scan(&path, &limits)).await?;

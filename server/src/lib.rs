@@ -13,4 +13,5 @@ pub mod dropdir;
 pub mod export;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod serve;

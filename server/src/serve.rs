@@ -128,19 +128,25 @@ async fn sleep_opt(d: Option<Duration>) {
     }
 }
 
-/// Binds `http.bind` and serves the API on its own task. Spooled uploads left by a
-/// crash are removed first: their senders got no answer and will send again.
+/// Binds `http.bind` and serves the API on its own task, over HTTPS when
+/// `http.tls_cert` and `http.tls_key` are set. Spooled uploads left by a crash are
+/// removed first: their senders got no answer and will send again.
 async fn start_http(
     settings: &Settings,
     ingestor: Ingestor,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    // Certificate problems stop the start before anything is bound or removed.
+    let tls = crate::http::tls::acceptor(&settings.http)?;
     let drop_dir = settings.ingest.drop_dir.clone();
     let _ = std::fs::remove_dir_all(drop_dir.join(crate::http::INCOMING));
     let listener = tokio::net::TcpListener::bind(&settings.http.bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.bind {}: {e}", settings.http.bind))?;
-    tracing::info!("HTTP API listening on {}", listener.local_addr()?);
+    match tls {
+        Some(_) => tracing::info!("HTTPS API listening on {}", listener.local_addr()?),
+        None => tracing::info!("HTTP API listening on {}", listener.local_addr()?),
+    }
     let state = crate::http::AppState {
         ingestor,
         drop_dir: Arc::new(drop_dir),
@@ -151,7 +157,7 @@ async fn start_http(
     let timeout = Duration::from_secs_f64(settings.http.header_read_timeout_secs.max(0.1));
     let app = crate::http::app(state, settings.http.max_concurrent_requests);
     Ok(tokio::spawn(crate::http::serve(
-        listener, app, timeout, shutdown,
+        listener, app, timeout, tls, shutdown,
     )))
 }
 

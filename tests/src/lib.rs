@@ -308,15 +308,19 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `http://127.0.0.1:PORT`, the address the server logged (it binds port 0).
+    /// `http://127.0.0.1:PORT`, or `https://…` when it serves TLS: the address the
+    /// server logged (it binds port 0).
     pub fn http_base(&self) -> String {
         let log = self.log_text();
-        let addr = log
+        let (scheme, addr) = log
             .lines()
-            .find_map(|l| l.split("HTTP API listening on ").nth(1))
-            .expect("the server logs its HTTP address")
-            .trim();
-        format!("http://{addr}")
+            .find_map(|l| {
+                let https = l.split("HTTPS API listening on ").nth(1);
+                let http = l.split("HTTP API listening on ").nth(1);
+                https.map(|a| ("https", a)).or(http.map(|a| ("http", a)))
+            })
+            .expect("the server logs its HTTP address");
+        format!("{scheme}://{}", addr.trim())
     }
 
     pub fn pid(&self) -> i32 {

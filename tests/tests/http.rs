@@ -154,6 +154,24 @@ async fn upload_statuses_over_real_http(db: TestDb) {
         .scalar("SELECT count(*) FROM batches WHERE channel = 'http'")
         .await;
     assert_eq!(http_rows, 2);
+
+    let metrics = Command::new("curl")
+        .args(["-sf", &format!("{base}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8(metrics.stdout).unwrap();
+    for line in [
+        "ctdata_batches_ingested_total{channel=\"http\"} 2",
+        "ctdata_duplicate_deliveries_total{channel=\"http\"} 1",
+        "ctdata_rejected_total{channel=\"http\",kind=\"conflict\"} 1",
+        "ctdata_rejected_total{channel=\"http\",kind=\"too_large\"} 1",
+        "ctdata_ingest_seconds_count ",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "/metrics lacks {line:?}:\n{metrics}"
+        );
+    }
     assert!(server.terminate().success());
 }
 
@@ -353,6 +371,19 @@ async fn download_endpoint_streams_and_follows_the_cursor(db: TestDb) {
             .unwrap()
             > next
     );
+
+    let metrics = Command::new("curl")
+        .args(["-sf", &format!("{base}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8(metrics.stdout).unwrap();
+    let exported: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ctdata_export_bytes_total "))
+        .expect("export bytes counted")
+        .parse()
+        .unwrap();
+    assert!(exported > 0);
 
     // Filters, and who may download.
     download(&base, &["-H", &bearer], "format=csv&bbox=0,0,1,1", &out);
@@ -609,5 +640,72 @@ async fn admin_lists_and_reprocess_after_the_cause_is_fixed(db: TestDb) {
         call("GET", &format!("{base}/api/v1/devices"), &device_auth).0,
         401
     );
+    assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_matches_the_routes() {
+    let db = TestDb::new(ctdata_tests::Backend::Sqlite).await.unwrap();
+    let env = ServerEnv::new(&db);
+    let server = env.serve().await;
+    let base = server.http_base();
+    let out = Command::new("curl")
+        .args(["-sf", &format!("{base}/api/v1/openapi.json")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    documented.sort();
+    let expected = [
+        ("GET", "/api/v1/batches"),
+        ("GET", "/api/v1/devices"),
+        ("GET", "/api/v1/rejected"),
+        ("GET", "/api/v1/sightings"),
+        ("GET", "/healthz"),
+        ("GET", "/metrics"),
+        ("GET", "/readyz"),
+        ("POST", "/api/v1/batches"),
+        ("POST", "/api/v1/rejected/{id}/reprocess"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, expected);
+    // Every documented operation is served (anything but 404/405, without credentials).
+    for (method, path) in &documented {
+        let url = format!("{base}{}", path.replace("{id}", "1"));
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                method,
+                &url,
+            ])
+            .output()
+            .unwrap();
+        let code: u16 = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+        assert!(
+            code != 404 && code != 405,
+            "{method} {path} is documented but answers {code}"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["device_token"].is_object());
+    assert!(doc["components"]["schemas"]["Receipt"].is_object());
     assert!(server.terminate().success());
 }

@@ -7,7 +7,8 @@ use super::Db;
 /// Largest page the API hands out.
 pub const MAX_PAGE: i64 = 500;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BatchListFilter {
     pub device: Option<String>,
     pub channel: Option<String>,
@@ -28,7 +29,7 @@ impl BatchListFilter {
     }
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct BatchSummary {
     pub id: i64,
     pub device: String,
@@ -44,11 +45,12 @@ pub struct BatchSummary {
     pub cursor_last: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RejectionInfo {
     pub id: i64,
     pub file_name: String,
     #[serde(skip)]
+    #[schema(ignore)]
     pub claim_name: Option<String>,
     pub stored_path: Option<String>,
     pub device: Option<String>,

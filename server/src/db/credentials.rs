@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::Db;
 
 /// One line of `device list`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeviceInfo {
     pub name: String,
     pub created_at: String,

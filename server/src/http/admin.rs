@@ -4,28 +4,33 @@ use std::path::Path;
 
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::authenticate_admin;
 use super::batches::status_for;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::db::{BatchListFilter, BatchSummary, DeviceInfo, RejectionInfo};
 use crate::dropdir::file_away;
 use crate::ingest::{Delivery, Receipt};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/devices", get(devices))
-        .route("/api/v1/batches", get(batches))
-        .route("/api/v1/rejected", get(rejected))
-        .route("/api/v1/rejected/{id}/reprocess", post(reprocess))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(devices))
+        .routes(routes!(batches))
+        .routes(routes!(rejected))
+        .routes(routes!(reprocess))
 }
 
 fn unavailable(e: sqlx::Error) -> ApiError {
     ApiError::Unavailable(e.to_string())
 }
 
+/// Devices with last seen, batches, sightings and state.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "administrators",
+    responses((status = 200, body = [DeviceInfo]), (status = 401, body = ErrorBody)),
+    security(("admin_token" = []), ("admin_basic" = [])))]
 async fn devices(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -41,7 +46,10 @@ async fn devices(
     ))
 }
 
-/// Newest first; `before` = the last id of the previous page.
+/// Stored batches, newest first; `before` = the last id of the previous page.
+#[utoipa::path(get, path = "/api/v1/batches", tag = "administrators", params(BatchListFilter),
+    responses((status = 200, body = [BatchSummary]), (status = 401, body = ErrorBody)),
+    security(("admin_token" = []), ("admin_basic" = [])))]
 async fn batches(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -58,6 +66,10 @@ async fn batches(
     ))
 }
 
+/// Refused files with their reasons, newest first.
+#[utoipa::path(get, path = "/api/v1/rejected", tag = "administrators", params(BatchListFilter),
+    responses((status = 200, body = [RejectionInfo]), (status = 401, body = ErrorBody)),
+    security(("admin_token" = []), ("admin_basic" = [])))]
 async fn rejected(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -74,8 +86,19 @@ async fn rejected(
     ))
 }
 
-/// Runs a rejected file through ingest again (after the cause was fixed, e.g. the device
-/// was registered). The same rejection row is updated if it is refused again.
+/// Runs a rejected file through ingest again (after the cause was fixed, e.g. a limit
+/// raised). The same rejection row is updated if it is refused again.
+#[utoipa::path(post, path = "/api/v1/rejected/{id}/reprocess", tag = "administrators",
+    params(("id" = i64, Path, description = "The rejection's id")),
+    responses(
+        (status = 201, description = "Stored now", body = Receipt),
+        (status = 200, description = "Already stored by another delivery", body = Receipt),
+        (status = 404, description = "No such rejection", body = ErrorBody),
+        (status = 409, description = "Already reprocessed", body = ErrorBody),
+        (status = 410, description = "The file is gone", body = ErrorBody),
+        (status = 422, description = "Refused again: the reason is updated", body = Receipt),
+    ),
+    security(("admin_token" = []), ("admin_basic" = [])))]
 async fn reprocess(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -3,20 +3,39 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::authenticate_device;
-use super::{ApiError, AppState, INCOMING};
+use super::{ApiError, AppState, ErrorBody, INCOMING};
 use crate::dropdir::{file_away, rejected_path, stamp};
 use crate::ingest::{channel, Delivery, Receipt, Status, DEVICE_MISMATCH};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/batches", post(post_batch))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(post_batch))
 }
 
+/// Deliver one batch file (CTData JSON or NDJSON, CSV, GeoJSON; gzip allowed).
+#[utoipa::path(
+    post,
+    path = "/api/v1/batches",
+    tag = "devices",
+    request_body(content = String, description = "The batch file as it is", content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Stored", body = Receipt),
+        (status = 200, description = "The identical batch was stored before: nothing added", body = Receipt),
+        (status = 401, description = "No or wrong device token", body = ErrorBody),
+        (status = 403, description = "Revoked device, or a batch naming another device", body = ErrorBody),
+        (status = 409, description = "Same batch id, other content", body = Receipt),
+        (status = 413, description = "Too large, also once inflated", body = ErrorBody),
+        (status = 415, description = "Unknown format or Content-Encoding", body = ErrorBody),
+        (status = 422, description = "Invalid rows: the reason names line and field", body = Receipt),
+    ),
+    security(("device_token" = []), ("device_basic" = []))
+)]
 async fn post_batch(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -4,7 +4,15 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+
+/// The body of every error response.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable: `unauthorized`, `too_large`, `not_found`, …
+    pub error: String,
+    /// What was wrong, in plain words.
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -75,7 +83,10 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let body = Json(json!({"error": self.code(), "message": message}));
+        let body = Json(ErrorBody {
+            error: self.code().to_string(),
+            message,
+        });
         let mut response = (status, body).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -4,12 +4,13 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
+use futures::StreamExt;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::authenticate_admin;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::commands::parse_time;
 use crate::db::{BBox, ExportFilter};
 use crate::export::{byte_stream, ExportFormat};
@@ -17,21 +18,43 @@ use crate::export::{byte_stream, ExportFormat};
 /// The response header carrying the cursor to pass as `since` next time.
 pub const NEXT_CURSOR: &str = "CTData-Next-Cursor";
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/sightings", get(download))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(download))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Params {
+    /// csv (default), geojson or ndjson
     format: Option<String>,
+    /// Only sightings stored after this cursor
     since: Option<i64>,
+    /// Only sightings observed at or after (RFC 3339 or YYYY-MM-DD)
     from: Option<String>,
+    /// Only sightings observed before (RFC 3339 or YYYY-MM-DD)
     to: Option<String>,
     device: Option<String>,
     species: Option<String>,
+    /// minLon,minLat,maxLon,maxLat
     bbox: Option<String>,
 }
 
+/// The administrator's Download: every matching sighting, streamed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sightings",
+    tag = "administrators",
+    params(Params),
+    responses(
+        (status = 200, description = "The export (text/csv, application/geo+json or application/x-ndjson); \
+          the CTData-Next-Cursor header holds the `since` for next time",
+         content_type = "text/csv", body = String,
+         headers(("CTData-Next-Cursor" = i64, description = "Pass as `since` next time"))),
+        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 401, description = "Not an administrator", body = ErrorBody),
+    ),
+    security(("admin_token" = []), ("admin_basic" = []))
+)]
 async fn download(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -75,7 +98,13 @@ async fn download(
         bbox,
     };
     let next = next.max(since);
-    let body = Body::from_stream(byte_stream(&state.ingestor.db, filter, format));
+    let metrics = state.ingestor.metrics.clone();
+    let chunks = byte_stream(&state.ingestor.db, filter, format).inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            metrics.exported_bytes(bytes.len() as u64);
+        }
+    });
+    let body = Body::from_stream(chunks);
     let file = format!("ctdata-sightings-{since}-{next}.{}", format.extension());
     let mut response = Response::new(body);
     let h = response.headers_mut();
