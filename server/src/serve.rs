@@ -152,6 +152,7 @@ async fn start_http(
         drop_dir: Arc::new(drop_dir),
         max_body_bytes: settings.http.max_body_bytes,
         body_idle_timeout: Duration::from_secs_f64(settings.http.body_idle_timeout_secs.max(0.1)),
+        auth_failures: Arc::default(),
         password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
     };
     let timeout = Duration::from_secs_f64(settings.http.header_read_timeout_secs.max(0.1));

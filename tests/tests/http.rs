@@ -709,3 +709,46 @@ async fn openapi_document_matches_the_routes() {
     assert!(doc["components"]["schemas"]["Receipt"].is_object());
     assert!(server.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_logins_from_one_address_are_slowed_down() {
+    let db = TestDb::new(ctdata_tests::Backend::Sqlite).await.unwrap();
+    let env = ServerEnv::new(&db);
+    let token = admin_token(&env);
+    let server = env.serve().await;
+    let url = format!("{}/api/v1/devices", server.http_base());
+    let status = |auth: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "-w",
+                "%{http_code}",
+                "-H",
+                auth,
+                &url,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let code: u16 = text[text.len() - 3..].parse().unwrap();
+        (code, text)
+    };
+    let good = format!("Authorization: Bearer {token}");
+    assert_eq!(status(&good).0, 200);
+    for _ in 0..5 {
+        assert_eq!(status("Authorization: Bearer ctd_guess").0, 401);
+    }
+    let (code, headers) = status("Authorization: Bearer ctd_guess");
+    assert_eq!(code, 429, "{headers}");
+    assert!(
+        headers.to_ascii_lowercase().contains("retry-after:"),
+        "{headers}"
+    );
+    // While throttled, even the right credentials wait: guessing gains nothing.
+    assert_eq!(status(&good).0, 429);
+    assert!(server.terminate().success());
+}

@@ -6,6 +6,7 @@ mod auth;
 mod batches;
 mod error;
 mod sightings;
+mod throttle;
 pub mod tls;
 
 use std::future::Future;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub max_body_bytes: u64,
     /// Longest silence inside a request body.
     pub body_idle_timeout: Duration,
+    /// Failed logins by address.
+    pub auth_failures: Arc<throttle::AuthFailures>,
     /// Caps concurrent Argon2 password checks.
     pub password_checks: Arc<tokio::sync::Semaphore>,
 }
@@ -53,6 +56,10 @@ pub fn app(state: AppState, max_concurrent_requests: usize) -> Router {
             "/api/v1/openapi.json",
             get(move || std::future::ready(Json(api.as_ref().clone()))),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            throttle::throttle_failed_logins,
+        ))
         .with_state(state)
         .layer(axum::middleware::from_fn(trace_request))
         .layer(tower::limit::ConcurrencyLimitLayer::new(
@@ -189,7 +196,10 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         // Watched from here on: shutdown also waits for a handshake in progress.
         let watcher = graceful.watcher();
-        let (builder, app, tls) = (builder.clone(), app.clone(), tls.clone());
+        let app = app
+            .clone()
+            .layer(axum::Extension(throttle::Peer(peer.ip())));
+        let (builder, tls) = (builder.clone(), tls.clone());
         tokio::spawn(async move {
             let ended = match tls {
                 None => serve_connection(&builder, stream, app, watcher).await,
