@@ -180,7 +180,7 @@ async fn oversized_bodies_and_slow_headers_are_cut() {
     let db = TestDb::new(ctdata_tests::Backend::Sqlite).await.unwrap();
     let mut env = ServerEnv::new(&db);
     env.extra_env = vec![
-        ("CTDATA__HTTP__MAX_BODY_BYTES".into(), "100000".into()),
+        ("CTDATA__HTTP__MAX_BODY_BYTES".into(), "400000".into()),
         ("CTDATA__HTTP__HEADER_READ_TIMEOUT_SECS".into(), "1".into()),
         ("CTDATA__HTTP__BODY_IDLE_TIMEOUT_SECS".into(), "1".into()),
     ];
@@ -189,11 +189,45 @@ async fn oversized_bodies_and_slow_headers_are_cut() {
     let base = server.http_base();
 
     let big = env.dir.path().join("big.csv");
-    std::fs::write(&big, vec![b'x'; 200_000]).unwrap();
+    std::fs::write(&big, vec![b'x'; 500_000]).unwrap();
     let bearer = format!("Authorization: Bearer {token}");
     let (code, body) = post(&base, &["-H", &bearer], &big, &[]);
     assert_eq!(code, 413, "{body}");
     assert_eq!(db.scalar("SELECT count(*) FROM batches").await, 0);
+
+    // A gzip bomb well under the body limit: 256 MiB of zeros in ~250 KB. It is refused
+    // while inflating, and the server's memory never holds the inflated data.
+    let bomb = env.dir.path().join("bomb.ndjson.gz");
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&bomb).unwrap(),
+        flate2::Compression::best(),
+    );
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..256 {
+        gz.write_all(&zeros).unwrap();
+    }
+    gz.finish().unwrap();
+    assert!(
+        std::fs::metadata(&bomb).unwrap().len() < 400_000,
+        "the bomb must pass the body limit"
+    );
+    let (code, body) = post(
+        &base,
+        &["-H", &bearer],
+        &bomb,
+        &["-H", "Content-Encoding: gzip"],
+    );
+    assert!(code == 413, "{code} {body}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap();
+    assert!(
+        peak_kb < 100 * 1024,
+        "server peak memory {peak_kb} kB after a gzip bomb"
+    );
 
     // Slowloris: half a request and then silence. The server must hang up.
     let addr = base.trim_start_matches("http://");
