@@ -10,14 +10,14 @@ use std::rc::Rc;
 
 use anyhow::Context;
 use chrono::{DateTime, Duration, FixedOffset, TimeZone};
-use ctdata_batch::write::{BatchHeader, NdjsonWriter};
+use ctdata_batch::write::{write_json, BatchHeader, NdjsonWriter};
 use ctdata_batch::Sighting;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-const SPECIES: &[&str] = &[
+pub const SPECIES: &[&str] = &[
     "impala",
     "blue wildebeest",
     "plains zebra",
@@ -31,8 +31,8 @@ const SPECIES: &[&str] = &[
     "greater kudu",
     "warthog",
 ];
-const OBSERVERS: &[&str] = &["T. Mokoena", "A. Nkosi", "J. van Wyk", "L. Maluleke"];
-const BEHAVIOURS: &[&str] = &["grazing", "resting", "walking", "drinking", "hunting"];
+pub const OBSERVERS: &[&str] = &["T. Mokoena", "A. Nkosi", "J. van Wyk", "L. Maluleke"];
+pub const BEHAVIOURS: &[&str] = &["grazing", "resting", "walking", "drinking", "hunting"];
 
 /// Device name for the `i`th of `devices` devices: `ranger-01`, `ranger-02`, …
 pub fn device_name(i: usize) -> String {
@@ -112,6 +112,21 @@ fn header(rows: &mut Rows, device: &str) -> BatchHeader {
         device_id: device.into(),
         created_at: rows.start + Duration::days(366),
     }
+}
+
+/// The batch id `spec`'s file carries (as written by [`write_ndjson`] and [`write_csv`]).
+pub fn batch_id(seed: u64, spec: &FileSpec) -> Uuid {
+    header(&mut Rows::new(seed, spec.index), &spec.device).batch_id
+}
+
+/// `spec`'s rows as one CTData JSON document, in memory: an HTTP upload body.
+pub fn json_batch(seed: u64, spec: &FileSpec) -> anyhow::Result<Vec<u8>> {
+    let mut rows = Rows::new(seed, spec.index);
+    let head = header(&mut rows, &spec.device);
+    let sightings: Vec<Sighting> = (0..spec.rows).map(|_| rows.sighting()).collect();
+    let mut out = Vec::with_capacity(300 * sightings.len() + 200);
+    write_json(&mut out, &head, &sightings)?;
+    Ok(out)
 }
 
 /// Writes `spec`'s rows as `dir/batch-NNN.ndjson`; returns its path and size.

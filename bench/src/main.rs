@@ -1,11 +1,17 @@
 //! `ctdata-bench`: CTData ingest throughput and memory, measured against PostgreSQL's
-//! own bulk load (`psql \copy`) of the same rows into the same table shape.
-//! Run it through `bench/ingest.sh`, which builds the release binaries first.
+//! own bulk load (`psql \copy`) of the same rows into the same table shape; HTTP
+//! uploads against `pgbench` running the same inserts; the HTTP download against
+//! `psql \copy … TO STDOUT`. Run it through `bench/ingest.sh` or `bench/http.sh`,
+//! which build the release binaries first.
 
 mod data;
+mod export;
+mod http;
 mod pg;
 mod run;
 mod server;
+mod sys;
+mod upload;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,6 +36,10 @@ enum Scenario {
     Ingest(IngestArgs),
     /// One very large batch through the drop directory: throughput and peak memory.
     Big(BigArgs),
+    /// Concurrent HTTP uploads of small batches, against pgbench doing the same inserts.
+    Upload(UploadArgs),
+    /// The HTTP CSV download of every row, against `psql \copy … TO STDOUT`.
+    Export(ExportArgs),
 }
 
 #[derive(Args)]
@@ -76,10 +86,52 @@ struct BigArgs {
     bytes: u64,
 }
 
+#[derive(Args)]
+struct UploadArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Requests in all (rounded up to a multiple of --clients).
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Concurrent clients, each a device of its own on a keep-alive connection
+    /// (and pgbench's -c).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Sightings per batch.
+    #[arg(long, default_value_t = 50)]
+    batch_rows: u64,
+    /// The HTTP clients stop sending after this many seconds, done or not.
+    #[arg(long, default_value_t = 120)]
+    time_limit_secs: u64,
+    /// The pgbench binary (default: on the PATH, else /usr/lib/postgresql/*/bin).
+    #[arg(long, env = "PGBENCH")]
+    pgbench: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Rows to load and export.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Batches they are loaded as.
+    #[arg(long, default_value_t = 100)]
+    files: usize,
+    /// Devices the batches are spread over.
+    #[arg(long, default_value_t = 5)]
+    devices: usize,
+    /// Rounds of (HTTP export, psql export); the best of each is compared.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Scenario::Ingest(args) => ingest(args),
         Scenario::Big(args) => big(args),
+        Scenario::Upload(args) => upload(args),
+        Scenario::Export(args) => export(args),
     }
 }
 
@@ -200,6 +252,365 @@ fn big(args: BigArgs) -> anyhow::Result<()> {
 
     let report = big_report(bytes, &server);
     finish(&dir, &report)
+}
+
+fn upload(args: UploadArgs) -> anyhow::Result<()> {
+    ensure!(
+        args.requests > 0 && args.clients > 0 && args.batch_rows > 0,
+        "sizes must be positive"
+    );
+    let common = &args.common;
+    let pgbench = args.pgbench.clone().or_else(upload::find_pgbench).context(
+        "pgbench not found: install postgresql-contrib (bench/http.sh does) or pass --pgbench",
+    )?;
+    let (dir, run) = workspace(common, "upload")?;
+    let db = TempDb::create(&common.pg)?;
+    let plan = upload::Plan {
+        clients: args.clients,
+        per_client: args.requests.div_ceil(args.clients),
+        rows_per_batch: args.batch_rows,
+        seed: common.seed,
+        time_limit: Duration::from_secs(args.time_limit_secs),
+        timeout: Duration::from_secs(common.timeout_secs),
+        pgbench,
+    };
+
+    let cfg = server_config(&db, run.path())?;
+    cfg.migrate()?;
+    let started = Instant::now();
+    let tokens = upload::register_devices(&cfg, plan.clients)?;
+    let bodies = upload::bodies(&plan)?;
+    let count = plan.clients * plan.per_client;
+    let bytes: u64 = bodies.iter().flatten().map(|b| b.len() as u64).sum();
+    eprintln!(
+        "registered {} devices, generated {count} batches of {} sightings ({:.0} bytes each) in {:.1} s",
+        plan.clients,
+        plan.rows_per_batch,
+        bytes as f64 / count as f64,
+        started.elapsed().as_secs_f64()
+    );
+
+    upload::settle_fresh(&db.db)?;
+    let server = cfg.serve(&dir.join("server.log"), Duration::from_secs(30))?;
+    let http = upload::through_http(&server, &db.db, &plan, &tokens, bodies)?;
+    let peak_rss_kib = server.peak_rss_kib()?;
+    server.stop(Duration::from_secs(60))?;
+    eprintln!(
+        "HTTP: {} uploads in {:.2} s ({:.0}/s)",
+        http.requests,
+        http.secs,
+        http.per_sec()
+    );
+
+    drop(db);
+    let mut pgb = Vec::new();
+    for serialised in [false, true] {
+        // Each phase on a fresh database of its own, migrated by the server, with the
+        // same devices: the same starting point as the HTTP phase had.
+        let db = TempDb::create(&common.pg)?;
+        server_config(&db, run.path())?.migrate()?;
+        db.db.run(&format!(
+            "INSERT INTO devices (name) SELECT 'ranger-' || lpad(g::text, 2, '0') \
+             FROM generate_series(1, {}) g",
+            plan.clients
+        ))?;
+        let (lo, hi): (i64, i64) = {
+            let ids = db.db.run("SELECT min(id) || '|' || max(id) FROM devices")?;
+            let (lo, hi) = ids.split_once('|').context("no devices")?;
+            (lo.parse()?, hi.parse()?)
+        };
+        let script = run.path().join(format!("upload-{serialised}.sql"));
+        std::fs::write(
+            &script,
+            upload::pgbench_script(plan.rows_per_batch, (lo, hi), serialised),
+        )?;
+        upload::settle_fresh(&db.db)?;
+        let r = upload::pgbench(&db.db, &plan, &script)?;
+        eprintln!(
+            "pgbench{}: {} transactions, {:.0} tps",
+            if serialised { " (serialised)" } else { "" },
+            r.transactions,
+            r.tps
+        );
+        pgb.push(r);
+    }
+    let report = upload_report(
+        &plan,
+        bytes as f64 / count as f64,
+        &http,
+        peak_rss_kib,
+        &pgb[0],
+        &pgb[1],
+    );
+    finish(&dir, &report)
+}
+
+fn upload_report(
+    plan: &upload::Plan,
+    body_bytes: f64,
+    http: &upload::HttpRun,
+    peak_rss_kib: u64,
+    pgbench: &upload::PgbenchRun,
+    serialised: &upload::PgbenchRun,
+) -> String {
+    let ratio = http.per_sec() / pgbench.tps;
+    let verdict = if ratio >= 0.7 { "ok" } else { "BELOW TARGET" };
+    let per_batch_ms = |cpu: f64, n: usize| format!("{:.2}", cpu * 1e3 / n as f64);
+    let mut lines = vec![
+        format!(
+            "CTData HTTP upload: {} clients, {} batches of {} sightings ({:.0} bytes of JSON each){}",
+            plan.clients,
+            http.requests,
+            plan.rows_per_batch,
+            body_bytes,
+            if http.stopped_by_time_limit {
+                " (stopped by the time limit)"
+            } else {
+                ""
+            }
+        ),
+        String::new(),
+        "| measure                                  |              value |".into(),
+        "| ---------------------------------------- | -----------------: |".into(),
+        row2("HTTP uploads, s", format!("{:.2}", http.secs)),
+        row2("HTTP uploads, batches/s", format!("{:.0}", http.per_sec())),
+        row2(
+            "HTTP request bodies, MB/s",
+            format!("{:.1}", mb(http.body_bytes) / http.secs),
+        ),
+        row2("HTTP latency p50, ms", format!("{:.1}", http.percentile_ms(0.5))),
+        row2("HTTP latency p99, ms", format!("{:.1}", http.percentile_ms(0.99))),
+        row2("HTTP latency max, ms", format!("{:.1}", http.percentile_ms(1.0))),
+        row2(
+            "pgbench same inserts, tx/s",
+            format!("{:.0}", pgbench.tps),
+        ),
+        row2(
+            "pgbench latency average, ms",
+            format!("{:.1}", pgbench.latency_ms),
+        ),
+        row2(
+            "ratio HTTP / pgbench (>= 0.70)",
+            format!("{ratio:.2} {verdict}"),
+        ),
+        row2(
+            "pgbench + ingest lock, tx/s",
+            format!("{:.0}", serialised.tps),
+        ),
+        row2(
+            "ratio HTTP / pgbench + lock",
+            format!("{:.2}", http.per_sec() / serialised.tps),
+        ),
+        String::new(),
+        "Where the time went (CPU per batch; the machine has 2 cores):".into(),
+        String::new(),
+        "| phase                   | wall, s | machine busy | all CPU ms | server ms | postgres ms | HTTP clients ms |".into(),
+        "| ----------------------- | ------: | -----------: | ---------: | --------: | ----------: | --------------: |".into(),
+    ];
+    lines.push(format!(
+        "| {:<23} | {:>7.2} | {:>11.0}% | {:>10} | {:>9} | {:>11} | {:>15} |",
+        "HTTP uploads",
+        http.secs,
+        http.cpu.busy_share() * 100.0,
+        per_batch_ms(http.cpu.busy, http.requests),
+        per_batch_ms(http.server_cpu, http.requests),
+        per_batch_ms(http.cpu.postgres, http.requests),
+        per_batch_ms(http.client_cpu, http.requests),
+    ));
+    for (name, r) in [("pgbench", pgbench), ("pgbench + ingest lock", serialised)] {
+        lines.push(format!(
+            "| {:<23} | {:>7.2} | {:>11.0}% | {:>10} | {:>9} | {:>11} | {:>15} |",
+            name,
+            r.secs,
+            r.cpu.busy_share() * 100.0,
+            per_batch_ms(r.cpu.busy, r.transactions),
+            "-",
+            per_batch_ms(r.cpu.postgres, r.transactions),
+            "-",
+        ));
+    }
+    lines.push(String::new());
+    lines.push("PostgreSQL backends of the bench database, on average:".into());
+    lines.push(format!("- HTTP uploads: {}", http.activity.show()));
+    lines.push(format!("- pgbench: {}", pgbench.activity.show()));
+    lines.push(format!(
+        "- pgbench + ingest lock: {}",
+        serialised.activity.show()
+    ));
+    lines.push(String::new());
+    lines.push(format!(
+        "server peak RSS during the uploads: {:.1} MB",
+        mb(peak_rss_kib * 1024)
+    ));
+    lines.join("\n")
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<()> {
+    ensure!(
+        args.rows > 0 && args.files > 0 && args.devices > 0 && args.rounds > 0,
+        "sizes must be positive"
+    );
+    let common = &args.common;
+    let (dir, run) = workspace(common, "export")?;
+    let db = TempDb::create(&common.pg)?;
+    let cfg = server_config(&db, run.path())?;
+    cfg.migrate()?;
+
+    let started = Instant::now();
+    let specs = data::plan(args.rows, args.files, args.devices);
+    let csv = run.path().join("data").join("sightings.csv");
+    let rows = export::load(&db.db, &csv, common.seed, &specs)?;
+    std::fs::remove_file(&csv)?;
+    ensure!(
+        rows == args.rows,
+        "{rows} rows loaded, expected {}",
+        args.rows
+    );
+    cfg.cli(&["admin", "add", "alice"], "password123456\n")?;
+    let token = cfg.cli(&["admin", "token", "alice"], "")?;
+    eprintln!(
+        "loaded {rows} rows in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    run::settle(&db.db)?;
+    let server = cfg.serve(&dir.join("server.log"), Duration::from_secs(30))?;
+    let mut http = Vec::new();
+    let mut psql = Vec::new();
+    for round in 1..=args.rounds {
+        let (d, side) = export::over_http(&server, &token)?;
+        ensure!(
+            d.rows == rows,
+            "the download held {} rows, expected {rows}",
+            d.rows
+        );
+        let p = export::over_psql(&db.db)?;
+        ensure!(
+            p.rows == rows,
+            "psql wrote {} rows, expected {rows}",
+            p.rows
+        );
+        eprintln!(
+            "round {round}: HTTP {:.2} s ({:.1} MB), psql {:.2} s ({:.1} MB)",
+            d.secs,
+            mb(d.bytes),
+            p.secs,
+            mb(p.bytes)
+        );
+        http.push((d, side));
+        psql.push(p);
+    }
+    server.stop(Duration::from_secs(60))?;
+    let report = export_report(rows, &http, &psql);
+    finish(&dir, &report)
+}
+
+fn export_report(
+    rows: u64,
+    http: &[(export::Download, export::ServerSide)],
+    psql: &[export::Download],
+) -> String {
+    let best = |runs: &mut dyn Iterator<Item = export::Download>| {
+        runs.min_by(|a, b| a.secs.total_cmp(&b.secs))
+            .expect("at least one round")
+    };
+    let h = best(&mut http.iter().map(|(d, _)| *d));
+    let p = best(&mut psql.iter().copied());
+    let ratio = h.rows_per_sec() / p.rows_per_sec();
+    let growth = http.iter().map(|(_, s)| s.growth_mb()).fold(0.0, f64::max);
+    let worst_ttfb = http
+        .iter()
+        .map(|(d, _)| d.first_body_byte)
+        .max()
+        .unwrap_or_default();
+    let ok = |good: bool| if good { "ok" } else { "MISSED" };
+    let mut lines = vec![
+        format!(
+            "CTData HTTP export: {rows} rows as CSV, best of {} rounds",
+            http.len()
+        ),
+        String::new(),
+        "| measure                                  |              value |".into(),
+        "| ---------------------------------------- | -----------------: |".into(),
+        row2("HTTP download, s", format!("{:.2}", h.secs)),
+        row2("HTTP download, rows/s", format!("{:.0}", h.rows_per_sec())),
+        row2("HTTP download, MB (MB/s)", format!("{:.1} ({:.1})", mb(h.bytes), h.mb_per_sec())),
+        row2("psql \\copy TO STDOUT, s", format!("{:.2}", p.secs)),
+        row2("psql \\copy TO STDOUT, rows/s", format!("{:.0}", p.rows_per_sec())),
+        row2("psql \\copy, MB (MB/s)", format!("{:.1} ({:.1})", mb(p.bytes), p.mb_per_sec())),
+        row2(
+            "ratio HTTP / psql, rows/s (>= 0.90)",
+            format!("{ratio:.2} {}", ok(ratio >= 0.9)),
+        ),
+        row2(
+            "first byte (head), worst, ms",
+            format!(
+                "{:.1}",
+                http.iter()
+                    .map(|(d, _)| d.first_byte)
+                    .max()
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1e3
+            ),
+        ),
+        row2(
+            "first body byte, worst, ms (< 200)",
+            format!(
+                "{:.1} {}",
+                worst_ttfb.as_secs_f64() * 1e3,
+                ok(worst_ttfb < Duration::from_millis(200))
+            ),
+        ),
+        row2(
+            "psql first byte, best, ms",
+            format!(
+                "{:.1}",
+                psql.iter()
+                    .map(|d| d.first_byte)
+                    .min()
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1e3
+            ),
+        ),
+        row2(
+            "server RSS growth, worst, MB (< 50)",
+            format!("{growth:.1} {}", ok(growth < 50.0)),
+        ),
+        String::new(),
+        "Every round (CPU in seconds; the machine has 2 cores):".into(),
+        String::new(),
+        "| round | HTTP s | server CPU | postgres CPU | busy | RSS before → peak MB | psql s | postgres CPU | busy |".into(),
+        "| ----: | -----: | ---------: | -----------: | ---: | -------------------: | -----: | -----------: | ---: |".into(),
+    ];
+    for (i, ((d, s), p)) in http.iter().zip(psql).enumerate() {
+        lines.push(format!(
+            "| {:>5} | {:>6.2} | {:>10.2} | {:>12.2} | {:>3.0}% | {:>9.1} → {:>8.1} | {:>6.2} | {:>12.2} | {:>3.0}% |",
+            i + 1,
+            d.secs,
+            s.cpu_secs,
+            d.cpu.postgres,
+            d.cpu.busy_share() * 100.0,
+            mb(s.rss_before_kib * 1024),
+            mb(s.rss_peak_kib * 1024),
+            p.secs,
+            p.cpu.postgres,
+            p.cpu.busy_share() * 100.0,
+        ));
+    }
+    if let Some((_, s)) = http.last() {
+        lines.push(String::new());
+        lines.push(format!(
+            "server VmHWM after the last round: {:.1} MB",
+            mb(s.hwm_after_kib * 1024)
+        ));
+    }
+    lines.join("\n")
+}
+
+fn row2(name: &str, value: String) -> String {
+    format!("| {name:<40} | {value:>18} |")
 }
 
 /// Prints the results and keeps a copy beside the server log.

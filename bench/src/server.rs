@@ -1,6 +1,8 @@
 //! The real `ctdata-server` binary as a child process.
 
 use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 
 const READY_LINE: &str = "watching the drop directory";
+const HTTP_LINE: &str = "HTTP API listening on ";
 
 /// How the server under test is configured: environment only, run from a directory of
 /// its own so no stray `./ctdata.toml` is picked up.
@@ -27,8 +30,38 @@ impl ServerConfig {
             .env("CTDATA__INGEST__DROP_DIR", &self.drop_dir)
             .env("CTDATA__INGEST__SETTLE_SECS", "0")
             .env("CTDATA__INGEST__RESCAN_SECS", "1")
+            // Any free loopback port: never collides with a server already on 8080.
+            .env("CTDATA__HTTP__BIND", "127.0.0.1:0")
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Runs `ctdata-server ARGS…` (e.g. `device add ranger-01`) with `input` on its
+    /// standard input; returns its trimmed standard output.
+    pub fn cli(&self, args: &[&str], input: &str) -> anyhow::Result<String> {
+        let (sub, rest) = args.split_first().context("no subcommand")?;
+        let mut child = self
+            .command(sub)
+            .args(rest)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running ctdata-server {}", args.join(" ")))?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "ctdata-server {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     pub fn migrate(&self) -> anyhow::Result<()> {
@@ -101,13 +134,37 @@ impl Server {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// Where the HTTP API listens, from its "HTTP API listening on ADDR" log line.
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        let log = std::fs::read_to_string(&self.log)?;
+        let rest = log
+            .split_once(HTTP_LINE)
+            .with_context(|| format!("no {HTTP_LINE:?} in the server log"))?
+            .1;
+        let addr: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+            .collect();
+        addr.parse()
+            .with_context(|| format!("bad listening address {addr:?}"))
+    }
+
+    /// Resident set size now (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmRSS:")
+    }
+
     /// Peak resident set size so far (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let line = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .context("no VmHWM in /proc/<pid>/status")?;
+            .find_map(|l| l.strip_prefix(field))
+            .with_context(|| format!("no {field} in /proc/<pid>/status"))?;
         let kib = line.trim().trim_end_matches("kB").trim();
         Ok(kib.parse()?)
     }
@@ -147,7 +204,7 @@ impl Server {
 }
 
 /// `getconf CLK_TCK`; 100, the value on every Linux we run on, if that fails.
-fn clock_ticks_per_sec() -> f64 {
+pub fn clock_ticks_per_sec() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
