@@ -187,17 +187,34 @@ fn export_sql(filter: &ExportFilter, attributes: &str) -> String {
     )
 }
 
-/// Hands decoded rows to the queue until the query ends or the reader goes away.
+/// Rows per message between the query task and the encoder: one message per row
+/// costs a task switch per row.
+const EXPORT_CHUNK: usize = 256;
+
+/// Hands decoded rows to the queue, in chunks, until the query ends or the reader goes
+/// away.
 async fn forward<R>(
     mut rows: impl futures::Stream<Item = sqlx::Result<R>> + Unpin,
     decode: fn(&R) -> sqlx::Result<ExportRow>,
-    tx: mpsc::Sender<sqlx::Result<ExportRow>>,
+    tx: mpsc::Sender<sqlx::Result<Vec<ExportRow>>>,
 ) {
     use futures::StreamExt;
+    let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
     while let Some(row) = rows.next().await {
-        if tx.send(row.and_then(|r| decode(&r))).await.is_err() {
-            break;
+        match row.and_then(|r| decode(&r)) {
+            Ok(row) => chunk.push(row),
+            Err(e) => {
+                let _ = tx.send(Ok(std::mem::take(&mut chunk))).await;
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
         }
+        if chunk.len() == EXPORT_CHUNK && tx.send(Ok(std::mem::take(&mut chunk))).await.is_err() {
+            return;
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.send(Ok(chunk)).await;
     }
 }
 
@@ -208,7 +225,17 @@ pub struct ExportRow {
     pub device: String,
     pub batch_id: Uuid,
     pub received_at: DateTime<Utc>,
+    /// Without its attributes: those stay the JSON text the database returned, so a
+    /// CSV export need not parse and re-serialise them for every row.
     pub sighting: Sighting,
+    pub attributes_json: String,
+}
+
+impl ExportRow {
+    /// The attributes as a JSON object.
+    pub fn attributes(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(&self.attributes_json).unwrap_or_default()
+    }
 }
 
 /// Row counts, for tests and status output.
@@ -388,16 +415,22 @@ fn duplicate_ids_rejection(dups: Vec<(Uuid, Vec<i64>)>, total: u64) -> Rejection
 /// owns everything it borrows and memory stays bounded however many rows there are.
 fn spawn_rows<F, Fut>(produce: F) -> futures::stream::BoxStream<'static, sqlx::Result<ExportRow>>
 where
-    F: FnOnce(mpsc::Sender<sqlx::Result<ExportRow>>) -> Fut,
+    F: FnOnce(mpsc::Sender<sqlx::Result<Vec<ExportRow>>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     use futures::StreamExt;
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::channel(8);
     tokio::spawn(produce(tx));
-    futures::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|row| (row, rx)) },
-    )
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    })
+    .flat_map(|chunk| {
+        let rows: Vec<sqlx::Result<ExportRow>> = match chunk {
+            Ok(rows) => rows.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(rows)
+    })
     .boxed()
 }
 

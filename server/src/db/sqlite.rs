@@ -397,8 +397,8 @@ fn export_row(r: &SqliteRow) -> sqlx::Result<ExportRow> {
             observer: r.try_get(11)?,
             species: r.try_get(12)?,
             count: r.try_get(13)?,
-            attributes: serde_json::from_str(&attrs)
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            attributes: Default::default(),
         },
+        attributes_json: attrs,
     })
 }
