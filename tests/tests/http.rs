@@ -319,20 +319,8 @@ const CHECK_GEOJSON: &str = "import json,sys\nd=json.load(open(sys.argv[1]))\nas
 async fn download_endpoint_streams_and_follows_the_cursor(db: TestDb) {
     let env = ServerEnv::new(&db);
     let token = device_token(&env, "ranger-07");
-    let mut child = env
-        .command(&["admin", "add", "alice"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"a long enough password\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let api = env.command(&["admin", "token", "alice"]).output().unwrap();
-    let api_token = String::from_utf8(api.stdout).unwrap().trim().to_string();
+    // alice's password is "a long enough password".
+    let api_token = admin_token(&env);
     let server = env.serve().await;
     let base = server.http_base();
     let device_auth = format!("Authorization: Bearer {token}");
@@ -554,6 +542,8 @@ async fn sixty_four_clients_upload_overlapping_batches(db: TestDb) {
     assert!(server.terminate().success());
 }
 
+/// Adds administrator alice (password "a long enough password") and returns an API
+/// token for her.
 fn admin_token(env: &ServerEnv) -> String {
     let mut child = env
         .command(&["admin", "add", "alice"])
