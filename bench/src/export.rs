@@ -1,7 +1,6 @@
 //! `export`: the administrator's Download (`GET /api/v1/sightings?format=csv`) of every
 //! stored row, against `psql \copy (SELECT … the same columns, joined …) TO STDOUT CSV`.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -89,20 +88,7 @@ pub fn load(db: &Psql, csv: &Path, seed: u64, specs: &[FileSpec]) -> anyhow::Res
          FROM (VALUES {}) AS v (batch_id, device, file, n) JOIN devices d ON d.name = v.device",
         batches.join(", ")
     ))?;
-    let mut stored = HashMap::new();
-    for line in db
-        .run("SELECT batch_id, id, device_id FROM batches")?
-        .lines()
-    {
-        let mut f = line.split('|');
-        let (Some(uuid), Some(batch), Some(device)) = (f.next(), f.next(), f.next()) else {
-            anyhow::bail!("unexpected batches row {line:?}");
-        };
-        stored.insert(
-            uuid.parse::<uuid::Uuid>()?,
-            (batch.parse()?, device.parse()?),
-        );
-    }
+    let stored = db.stored_batches()?;
     data::write_csv(csv, seed, specs, &stored)?;
     let path = csv.to_str().context("CSV path is not UTF-8")?;
     ensure!(!path.contains('\''), "CSV path must not contain a quote");

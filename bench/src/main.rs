@@ -182,21 +182,7 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 
     // The CSV carries the batch and device ids the server assigned to each file (the
     // same rows, references and all), so it can only be written now.
-    let mut stored = std::collections::HashMap::new();
-    for line in db
-        .db
-        .run("SELECT batch_id, id, device_id FROM batches")?
-        .lines()
-    {
-        let mut f = line.split('|');
-        let (Some(uuid), Some(batch), Some(device)) = (f.next(), f.next(), f.next()) else {
-            anyhow::bail!("unexpected batches row {line:?}");
-        };
-        stored.insert(
-            uuid.parse::<uuid::Uuid>()?,
-            (batch.parse()?, device.parse()?),
-        );
-    }
+    let stored = db.db.stored_batches()?;
     let csv = data.join("sightings.csv");
     data::write_csv(&csv, common.seed, &specs, &stored)?;
     let copy = run::baseline(&db.db, &csv, args.rows)?;

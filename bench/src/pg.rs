@@ -40,6 +40,25 @@ impl Psql {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// batch UUID → (batches.id, devices.id) for every stored batch: the references a
+    /// baseline needs to load the very rows the server stored.
+    pub fn stored_batches(
+        &self,
+    ) -> anyhow::Result<std::collections::HashMap<uuid::Uuid, (i64, i64)>> {
+        let mut stored = std::collections::HashMap::new();
+        for line in self
+            .run("SELECT batch_id, id, device_id FROM batches")?
+            .lines()
+        {
+            let mut f = line.split('|');
+            let (Some(uuid), Some(batch), Some(device)) = (f.next(), f.next(), f.next()) else {
+                anyhow::bail!("unexpected batches row {line:?}");
+            };
+            stored.insert(uuid.parse()?, (batch.parse()?, device.parse()?));
+        }
+        Ok(stored)
+    }
+
     pub fn scalar<T: std::str::FromStr>(&self, sql: &str) -> anyhow::Result<T> {
         let out = self.run(sql)?;
         out.parse()
