@@ -278,6 +278,48 @@ impl ServerEnv {
         cmd
     }
 
+    /// Registers a device with `ctdata-server device add` and returns its token.
+    pub fn device_token(&self, name: &str) -> String {
+        let out = self
+            .command(&["device", "add", name])
+            .output()
+            .expect("run device add");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("token")
+            .trim()
+            .to_string()
+    }
+
+    /// Adds administrator `alice` (password "a long enough password", given on
+    /// standard input) and returns an API token for her.
+    pub fn admin_token(&self) -> String {
+        use std::io::Write;
+        let mut child = self
+            .command(&["admin", "add", "alice"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run admin add");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"a long enough password\n")
+            .expect("write password");
+        drop(stdin);
+        assert!(child.wait().expect("admin add").success());
+        let out = self
+            .command(&["admin", "token", "alice"])
+            .output()
+            .expect("run admin token");
+        String::from_utf8(out.stdout)
+            .expect("token")
+            .trim()
+            .to_string()
+    }
+
     /// Starts `serve` and waits until it watches the drop directory.
     pub async fn serve(&self) -> Server {
         let log = self

@@ -43,16 +43,6 @@ fn post(base: &str, auth: &[&str], file: &Path, extra: &[&str]) -> (u16, serde_j
     (code.trim().parse().unwrap(), json)
 }
 
-fn device_token(env: &ServerEnv, name: &str) -> String {
-    let out = env.command(&["device", "add", name]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 both_backends! {
     upload_statuses_over_real_http,
     download_endpoint_streams_and_follows_the_cursor,
@@ -62,9 +52,9 @@ both_backends! {
 
 async fn upload_statuses_over_real_http(db: TestDb) {
     let env = ServerEnv::new(&db);
-    let token = device_token(&env, "ranger-07");
-    let other = device_token(&env, "ranger-08");
-    let revoked = device_token(&env, "ranger-09");
+    let token = env.device_token("ranger-07");
+    let other = env.device_token("ranger-08");
+    let revoked = env.device_token("ranger-09");
     assert!(env
         .command(&["device", "revoke", "ranger-09"])
         .status()
@@ -184,7 +174,7 @@ async fn oversized_bodies_and_slow_headers_are_cut() {
         ("CTDATA__HTTP__HEADER_READ_TIMEOUT_SECS".into(), "1".into()),
         ("CTDATA__HTTP__BODY_IDLE_TIMEOUT_SECS".into(), "1".into()),
     ];
-    let token = device_token(&env, "ranger-07");
+    let token = env.device_token("ranger-07");
     let server = env.serve().await;
     let base = server.http_base();
 
@@ -318,9 +308,9 @@ const CHECK_GEOJSON: &str = "import json,sys\nd=json.load(open(sys.argv[1]))\nas
 
 async fn download_endpoint_streams_and_follows_the_cursor(db: TestDb) {
     let env = ServerEnv::new(&db);
-    let token = device_token(&env, "ranger-07");
+    let token = env.device_token("ranger-07");
     // alice's password is "a long enough password".
-    let api_token = admin_token(&env);
+    let api_token = env.admin_token();
     let server = env.serve().await;
     let base = server.http_base();
     let device_auth = format!("Authorization: Bearer {token}");
@@ -483,7 +473,7 @@ async fn sixty_four_clients_upload_overlapping_batches(db: TestDb) {
     let tokens: std::collections::HashMap<String, String> = (0..4)
         .map(|d| {
             let name = format!("ranger-{d:02}");
-            let token = device_token(&env, &name);
+            let token = env.device_token(&name);
             (name, token)
         })
         .collect();
@@ -542,25 +532,6 @@ async fn sixty_four_clients_upload_overlapping_batches(db: TestDb) {
     assert!(server.terminate().success());
 }
 
-/// Adds administrator alice (password "a long enough password") and returns an API
-/// token for her.
-fn admin_token(env: &ServerEnv) -> String {
-    let mut child = env
-        .command(&["admin", "add", "alice"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"a long enough password\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let out = env.command(&["admin", "token", "alice"]).output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// `curl` a JSON API call; returns status and body.
 fn call(method: &str, url: &str, auth: &str) -> (u16, serde_json::Value) {
     let out = Command::new("curl")
@@ -588,8 +559,8 @@ fn call(method: &str, url: &str, auth: &str) -> (u16, serde_json::Value) {
 
 async fn admin_lists_and_reprocess_after_the_cause_is_fixed(db: TestDb) {
     let mut env = ServerEnv::new(&db);
-    let token = device_token(&env, "ranger-07");
-    let admin = format!("Authorization: Bearer {}", admin_token(&env));
+    let token = env.device_token("ranger-07");
+    let admin = format!("Authorization: Bearer {}", env.admin_token());
     // A limit too small for the batch: it is refused as too large.
     env.extra_env = vec![("CTDATA__INGEST__MAX_FILE_BYTES".into(), "500".into())];
     let server = env.serve().await;
@@ -738,7 +709,7 @@ async fn openapi_document_matches_the_routes() {
 async fn repeated_failed_logins_from_one_address_are_slowed_down() {
     let db = TestDb::new(ctdata_tests::Backend::Sqlite).await.unwrap();
     let env = ServerEnv::new(&db);
-    let token = admin_token(&env);
+    let token = env.admin_token();
     let server = env.serve().await;
     let url = format!("{}/api/v1/devices", server.http_base());
     let status = |auth: &str| {

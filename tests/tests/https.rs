@@ -20,16 +20,6 @@ fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-fn device_token(env: &ServerEnv, name: &str) -> String {
-    let out = env.command(&["device", "add", name]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 fn curl(args: &[&str]) -> Output {
     Command::new("curl")
         .args(["-sS", "--max-time", "20"])
@@ -82,7 +72,7 @@ async fn uploads_over_https_and_refuses_plain_http() {
             "1".to_string(),
         ),
     ]);
-    let token = device_token(&env, "ranger-07");
+    let token = env.device_token("ranger-07");
     let server = env.serve().await;
     let base = server.http_base();
     assert!(
