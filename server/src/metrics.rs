@@ -77,11 +77,11 @@ impl Metrics {
                 let _ = writeln!(out, "# TYPE {name} counter");
                 last = name;
             }
-            match labels.is_empty() {
-                true => writeln!(out, "{name} {value}"),
-                false => writeln!(out, "{name}{{{labels}}} {value}"),
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
             }
-            .ok();
         }
         let name = "ctdata_ingest_seconds";
         let _ = writeln!(out, "# TYPE {name} histogram");

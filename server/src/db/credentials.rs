@@ -102,13 +102,6 @@ impl Db {
         on_pool!(self, p => sqlx::query_as(SQL).fetch_all(p).await)
     }
 
-    /// The registered, unrevoked device a token belongs to.
-    #[tracing::instrument(skip_all, err)]
-    pub async fn device_for_token(&self, token_hash: &str) -> sqlx::Result<Option<String>> {
-        const SQL: &str = "SELECT name FROM devices WHERE token_hash = $1 AND revoked_at IS NULL";
-        on_pool!(self, p => sqlx::query_scalar(SQL).bind(token_hash).fetch_optional(p).await)
-    }
-
     /// The device a token belongs to, and whether it is revoked.
     #[tracing::instrument(skip_all, err)]
     pub async fn device_token_state(
