@@ -7,8 +7,8 @@ use ctdata_server::config::{Settings, EXAMPLE_CONFIG};
 use ctdata_server::credentials;
 use ctdata_server::ingest::Status;
 
-/// CTData server: collects field batches from the CTData drop directory into one
-/// consolidated database (embedded SQLite by default, PostgreSQL in production).
+/// CTData server: collects field batches from the CTData drop directory and over
+/// HTTP(S) into one consolidated database (embedded SQLite by default, PostgreSQL in production).
 #[derive(Parser)]
 #[command(name = "ctdata-server", version)]
 struct Cli {
@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Watch the drop directory and ingest every batch that arrives, until SIGTERM or Ctrl-C.
+    /// Watch the drop directory and serve the HTTP API on http.bind, ingesting every batch
+    /// that arrives, until SIGTERM or Ctrl-C.
     Serve,
     /// Apply database migrations and exit (serve also does this at start).
     Migrate,
