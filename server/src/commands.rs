@@ -158,7 +158,7 @@ pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exp
     let ingestor = open(settings).await?;
     let filter = ExportFilter {
         since,
-        until: None,
+        until: Some(ingestor.db.safe_cursor().await?),
         from: args.from,
         to: args.to,
         device: args.device,

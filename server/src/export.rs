@@ -233,7 +233,9 @@ pub async fn write_export<W: AsyncWrite + Unpin>(
     format: ExportFormat,
     out: &mut W,
 ) -> anyhow::Result<ExportSummary> {
+    // With an upper bound, the rows past the last match up to it were looked at too.
     let mut next_cursor = filter.since;
+    let bound = filter.until.map(|until| until.max(filter.since));
     let mut enc = Encoder::new(format);
     let mut buf = enc.head();
     let mut rows = db.export(filter);
@@ -251,6 +253,6 @@ pub async fn write_export<W: AsyncWrite + Unpin>(
     out.flush().await?;
     Ok(ExportSummary {
         rows: enc.rows,
-        next_cursor,
+        next_cursor: bound.unwrap_or(next_cursor),
     })
 }

@@ -269,10 +269,9 @@ impl Db {
         }
     }
 
-    /// How many batches are worth loading at once. Loads are serialised inside the
-    /// database either way (that keeps cursors in commit order); on PostgreSQL a second
-    /// one overlaps its file reading with the first one's COPY. SQLite has one writer,
-    /// and a second load would only wait for its lock.
+    /// How many batches from the drop directory are worth loading at once. On
+    /// PostgreSQL a second one overlaps its file reading with the first one's COPY.
+    /// SQLite has one writer, and a second load would only wait for its lock.
     pub fn concurrent_loads(&self) -> usize {
         match self {
             Db::Postgres(_) => 2,
@@ -338,13 +337,18 @@ impl Db {
         }
     }
 
-    /// The newest cursor stored (0 when empty): everything up to it has committed.
+    /// The highest cursor an export may hand out now: every sighting at or below it has
+    /// committed, and nothing can commit there later. SQLite has one writer, so that is
+    /// simply the newest cursor; PostgreSQL runs loads side by side (see `pg::safe_cursor`).
     #[tracing::instrument(skip_all, err)]
-    pub async fn max_cursor(&self) -> sqlx::Result<i64> {
-        const SQL: &str = "SELECT CAST(coalesce(max(cursor), 0) AS BIGINT) FROM sightings";
+    pub async fn safe_cursor(&self) -> sqlx::Result<i64> {
         match self {
-            Db::Postgres(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
-            Db::Sqlite(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
+            Db::Postgres(p) => pg::safe_cursor(p).await,
+            Db::Sqlite(p) => {
+                sqlx::query_scalar("SELECT CAST(coalesce(max(cursor), 0) AS BIGINT) FROM sightings")
+                    .fetch_one(p)
+                    .await
+            }
         }
     }
 

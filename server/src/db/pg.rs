@@ -1,11 +1,12 @@
 //! PostgreSQL: bulk load with COPY, cursors in commit order.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ctdata_batch::Sighting;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Acquire, PgConnection, Row};
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::{
@@ -13,9 +14,15 @@ use super::{
     ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream,
 };
 
-/// Held for the whole load transaction: serialising ingests makes cursor order equal
-/// commit order, so an export `since` a cursor can never miss a late commit.
-const INGEST_LOCK: i64 = 0x4354_4441_5441; // "CTDATA"
+/// Advisory lock keys from here up register running loads: key = base + the cursor
+/// sequence's high-water mark when the load began (see [`safe_cursor`]).
+const LOAD_KEY_BASE: &str = "(1::bigint << 62)";
+
+/// The last cursor the sequence has handed out (0 before the first).
+const ALLOCATED: &str = "(CASE WHEN is_called THEN last_value ELSE last_value - 1 END)";
+
+/// Deadlock retries for one load.
+const MAX_RETRIES: u32 = 5;
 
 /// Bytes handed to COPY at a time.
 const COPY_CHUNK: usize = 1 << 20;
@@ -83,75 +90,164 @@ pub async fn load_batch(
     b: &NewBatch,
     rows: RowSource<'_>,
 ) -> anyhow::Result<LoadResult> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(INGEST_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    if let Some(existing) = find_batch_on(&mut tx, &b.device, b.batch_id).await? {
-        return Ok(LoadResult::Exists(existing));
+    let mut via_staging = false;
+    let mut attempt = 0;
+    loop {
+        match load_once(pool, b, rows, via_staging).await {
+            Ok(Attempt::Finished(result)) => return Ok(result),
+            // Some sighting id is stored already: take the slower path that skips it.
+            Ok(Attempt::IdsExist) => via_staging = true,
+            Err(e) if attempt < MAX_RETRIES && is_transient(&e) => {
+                // Two loads sharing sighting ids can deadlock; PostgreSQL cancels one.
+                attempt += 1;
+                tracing::debug!(attempt, "load retried: {e}");
+                let jitter = rand::random::<u64>() % 20;
+                tokio::time::sleep(Duration::from_millis(10 * attempt as u64 + jitter)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let device_pk: i64 = sqlx::query_scalar(
-        "INSERT INTO devices (name, last_seen_at) VALUES ($1, now()) \
-         ON CONFLICT (name) DO UPDATE SET last_seen_at = now() RETURNING id",
-    )
-    .bind(&b.device)
-    .fetch_one(&mut *tx)
-    .await?;
-    let batch_pk: i64 = sqlx::query_scalar(
-        "INSERT INTO batches (device_id, batch_id, sha256, format, channel, file_name, claim_name, created_at, \
-         row_count, inserted, duplicates) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, 0) RETURNING id",
-    )
-    .bind(device_pk)
-    .bind(b.batch_id)
-    .bind(&b.sha256)
-    .bind(&b.format)
-    .bind(&b.channel)
-    .bind(&b.file_name)
-    .bind(&b.claim_name)
-    .bind(b.created_at)
-    .fetch_one(&mut *tx)
-    .await?;
-    let ids = Ids {
-        batch: batch_pk,
-        device: device_pk,
-    };
+}
 
-    // Fast path: COPY straight into the table. A sighting id that exists already (or
-    // twice in this file) aborts it; then the rows go through a staging table instead.
-    let mut fast = tx.begin().await?;
-    let (summary, inserted) =
-        match copy_rows(&mut fast, "sightings", SIGHTING_COLUMNS, &ids, None, rows()).await? {
-            Copied::Rejected(r) => return Ok(LoadResult::Rejected(r)),
-            Copied::Done(summary, n) => {
-                fast.commit().await?;
-                (summary, n)
-            }
-            Copied::UniqueViolation => {
-                fast.rollback().await?;
-                match load_via_staging(&mut tx, &ids, rows()).await? {
-                    Staged::Rejected(r) => return Ok(LoadResult::Rejected(r)),
-                    Staged::Done(summary, n) => (summary, n),
-                }
-            }
-        };
-    let record_sql =
-        "WITH c AS (SELECT min(cursor) AS lo, max(cursor) AS hi FROM sightings WHERE batch = $1) \
-         UPDATE batches b SET row_count = $2, inserted = $3, duplicates = $4, cursor_first = c.lo, cursor_last = c.hi \
-         FROM c WHERE b.id = $1 RETURNING b.id";
+enum Attempt {
+    Finished(LoadResult),
+    IdsExist,
+}
+
+/// One try in one transaction: register the load, write the batch row, COPY the rows,
+/// fill in the counts. Five round trips on the fast path, and no lock that other
+/// batches wait for.
+async fn load_once(
+    pool: &PgPool,
+    b: &NewBatch,
+    rows: RowSource<'_>,
+    via_staging: bool,
+) -> anyhow::Result<Attempt> {
+    let mut tx = pool.begin().await?;
+    let ids = match start_batch(&mut tx, b).await? {
+        Started::New(ids) => ids,
+        Started::Exists(record) => return Ok(Attempt::Finished(LoadResult::Exists(record))),
+    };
+    let (summary, inserted) = if via_staging {
+        match load_via_staging(&mut tx, &ids, rows()).await? {
+            Staged::Rejected(r) => return Ok(Attempt::Finished(LoadResult::Rejected(r))),
+            Staged::Done(summary, n) => (summary, n),
+        }
+    } else {
+        match copy_rows(&mut tx, "sightings", SIGHTING_COLUMNS, &ids, None, rows()).await? {
+            Copied::Rejected(r) => return Ok(Attempt::Finished(LoadResult::Rejected(r))),
+            Copied::Done(summary, n) => (summary, n),
+            Copied::UniqueViolation => return Ok(Attempt::IdsExist),
+        }
+    };
     let rows_total = summary.rows as i64;
-    sqlx::query(record_sql)
-        .bind(batch_pk)
+    let (received_at, cursor_first, cursor_last): (DateTime<Utc>, Option<i64>, Option<i64>) =
+        sqlx::query_as(
+            "WITH c AS (SELECT min(cursor) AS lo, max(cursor) AS hi FROM sightings WHERE batch = $1), \
+             seen AS (UPDATE devices SET last_seen_at = now() WHERE id = $5) \
+             UPDATE batches b SET row_count = $2, inserted = $3, duplicates = $4, cursor_first = c.lo, \
+             cursor_last = c.hi FROM c WHERE b.id = $1 RETURNING b.received_at, b.cursor_first, b.cursor_last",
+        )
+        .bind(ids.batch)
         .bind(rows_total)
         .bind(inserted)
         .bind(rows_total - inserted)
+        .bind(ids.device)
         .fetch_one(&mut *tx)
         .await?;
-    let record = find_batch_on(&mut tx, &b.device, b.batch_id)
-        .await?
-        .expect("batch row just written");
     tx.commit().await?;
-    Ok(LoadResult::Loaded(record))
+    Ok(Attempt::Finished(LoadResult::Loaded(BatchRecord {
+        pk: ids.batch,
+        device: b.device.clone(),
+        batch_id: b.batch_id,
+        sha256: b.sha256.clone(),
+        format: b.format.clone(),
+        channel: b.channel.clone(),
+        claim_name: b.claim_name.clone(),
+        received_at,
+        rows: rows_total,
+        inserted,
+        duplicates: rows_total - inserted,
+        cursor_first,
+        cursor_last,
+    })))
+}
+
+enum Started {
+    New(Ids),
+    Exists(BatchRecord),
+}
+
+/// Registers the load (see [`safe_cursor`]) and inserts the batch row. A concurrent
+/// delivery of the same batch makes the insert wait for it; once it committed, this
+/// one reports the stored batch instead.
+async fn start_batch(conn: &mut PgConnection, b: &NewBatch) -> anyhow::Result<Started> {
+    let sql = format!(
+        "WITH reg AS (SELECT pg_advisory_xact_lock_shared({LOAD_KEY_BASE} + {ALLOCATED}) AS l FROM sightings_cursor_seq), \
+         dev AS (SELECT id FROM devices WHERE name = $1) \
+         INSERT INTO batches (device_id, batch_id, sha256, format, channel, file_name, claim_name, created_at, \
+         row_count, inserted, duplicates) SELECT dev.id, $2, $3, $4, $5, $6, $7, $8, 0, 0, 0 FROM dev, reg \
+         ON CONFLICT (device_id, batch_id) DO NOTHING RETURNING id, device_id"
+    );
+    // At most twice: the second time after adding a device seen for the first time.
+    for _ in 0..2 {
+        let inserted: Option<(i64, i64)> = sqlx::query_as(&sql)
+            .bind(&b.device)
+            .bind(b.batch_id)
+            .bind(&b.sha256)
+            .bind(&b.format)
+            .bind(&b.channel)
+            .bind(&b.file_name)
+            .bind(&b.claim_name)
+            .bind(b.created_at)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some((batch, device)) = inserted {
+            return Ok(Started::New(Ids { batch, device }));
+        }
+        if let Some(existing) = find_batch_on(conn, &b.device, b.batch_id).await? {
+            return Ok(Started::Exists(existing));
+        }
+        sqlx::query("INSERT INTO devices (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+            .bind(&b.device)
+            .execute(&mut *conn)
+            .await?;
+    }
+    anyhow::bail!("device {:?} could not be added", b.device)
+}
+
+/// Deadlocks and serialization failures: running the same load again will work.
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .and_then(|e| match e {
+            sqlx::Error::Database(d) => d.code(),
+            _ => None,
+        })
+        .is_some_and(|code| code == "40P01" || code == "40001")
+}
+
+/// The highest cursor an export may hand out now: every sighting at or below it has
+/// committed, and no load still running can add one there.
+///
+/// Loads run concurrently, so cursors (taken from a sequence during COPY) are not in
+/// commit order. Each load registers before it takes any cursor, with an advisory lock
+/// whose key holds the sequence's high-water mark at that moment; all its cursors lie
+/// above it. Reading the sequence first and the registrations second means a load that
+/// took a cursor at or below the mark is either seen registered or already committed.
+pub async fn safe_cursor(pool: &PgPool) -> sqlx::Result<i64> {
+    let mut conn = pool.acquire().await?;
+    let allocated: i64 =
+        sqlx::query_scalar(&format!("SELECT {ALLOCATED} FROM sightings_cursor_seq"))
+            .fetch_one(&mut *conn)
+            .await?;
+    let running: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT min(((classid::bigint << 32) | objid::bigint) - {LOAD_KEY_BASE}) FROM pg_locks \
+         WHERE locktype = 'advisory' AND objsubid = 1 AND classid::bigint >= ({LOAD_KEY_BASE} >> 32) \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(running.map_or(allocated, |r| r.min(allocated)).max(0))
 }
 
 struct Ids {

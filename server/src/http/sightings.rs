@@ -79,12 +79,12 @@ async fn download(
         .map(str::parse::<BBox>)
         .transpose()
         .map_err(ApiError::BadRequest)?;
-    // Everything up to the newest cursor has committed (ingests are serialised), so
-    // the next cursor can be named before the first row is sent.
+    // Nothing can commit at or below the safe cursor any more, so the next cursor can
+    // be named before the first row is sent.
     let next = state
         .ingestor
         .db
-        .max_cursor()
+        .safe_cursor()
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let since = p.since.unwrap_or(0);
