@@ -94,7 +94,7 @@ pub async fn load_batch(
     let mut attempt = 0;
     loop {
         match load_once(pool, b, rows, via_staging).await {
-            Ok(Attempt::Finished(result)) => return Ok(result),
+            Ok(Attempt::Finished(result)) => return Ok(*result),
             // Some sighting id is stored already: take the slower path that skips it.
             Ok(Attempt::IdsExist) => via_staging = true,
             Err(e) if attempt < MAX_RETRIES && is_transient(&e) => {
@@ -110,7 +110,7 @@ pub async fn load_batch(
 }
 
 enum Attempt {
-    Finished(LoadResult),
+    Finished(Box<LoadResult>),
     IdsExist,
 }
 
@@ -126,16 +126,16 @@ async fn load_once(
     let mut tx = pool.begin().await?;
     let ids = match start_batch(&mut tx, b).await? {
         Started::New(ids) => ids,
-        Started::Exists(record) => return Ok(Attempt::Finished(LoadResult::Exists(record))),
+        Started::Exists(record) => return finished(LoadResult::Exists(record)),
     };
     let (summary, inserted) = if via_staging {
         match load_via_staging(&mut tx, &ids, rows()).await? {
-            Staged::Rejected(r) => return Ok(Attempt::Finished(LoadResult::Rejected(r))),
+            Staged::Rejected(r) => return finished(LoadResult::Rejected(r)),
             Staged::Done(summary, n) => (summary, n),
         }
     } else {
         match copy_rows(&mut tx, "sightings", SIGHTING_COLUMNS, &ids, None, rows()).await? {
-            Copied::Rejected(r) => return Ok(Attempt::Finished(LoadResult::Rejected(r))),
+            Copied::Rejected(r) => return finished(LoadResult::Rejected(r)),
             Copied::Done(summary, n) => (summary, n),
             Copied::UniqueViolation => return Ok(Attempt::IdsExist),
         }
@@ -156,7 +156,7 @@ async fn load_once(
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Attempt::Finished(LoadResult::Loaded(BatchRecord {
+    finished(LoadResult::Loaded(BatchRecord {
         pk: ids.batch,
         device: b.device.clone(),
         batch_id: b.batch_id,
@@ -170,7 +170,11 @@ async fn load_once(
         duplicates: rows_total - inserted,
         cursor_first,
         cursor_last,
-    })))
+    }))
+}
+
+fn finished(result: LoadResult) -> anyhow::Result<Attempt> {
+    Ok(Attempt::Finished(Box::new(result)))
 }
 
 enum Started {
