@@ -125,40 +125,34 @@ impl Ingestor {
                 return self.reject_as(d, Some(&scan), None, rejection, kind).await
             }
         };
-        // A lost race with a concurrent delivery of the same batch is decided on the
-        // second look, which then finds it stored.
-        for _ in 0..2 {
-            if let Some(existing) = self.db.find_batch(&device, scan.batch_id).await? {
-                return self.seen_before(d, &scan, existing).await;
+        let batch = NewBatch {
+            device: device.clone(),
+            batch_id: scan.batch_id,
+            sha256: scan.sha256.clone(),
+            format: scan.format.as_str().into(),
+            channel: d.channel.clone(),
+            file_name: d.file_name.clone(),
+            claim_name: d.claim_name.clone(),
+            created_at: scan.created_at,
+        };
+        // The load itself finds a batch stored before (or by a concurrent delivery that
+        // won the race), before it reads a single row.
+        let source = || self.rows(&d.path, &scan);
+        match self.db.load_batch(&batch, &source).await? {
+            LoadResult::Loaded(record) => {
+                tracing::info!(
+                    device,
+                    rows = record.rows,
+                    inserted = record.inserted,
+                    "batch ingested"
+                );
+                Ok(receipt(Status::Ingested, d, &record))
             }
-            let batch = NewBatch {
-                device: device.clone(),
-                batch_id: scan.batch_id,
-                sha256: scan.sha256.clone(),
-                format: scan.format.as_str().into(),
-                channel: d.channel.clone(),
-                file_name: d.file_name.clone(),
-                claim_name: d.claim_name.clone(),
-                created_at: scan.created_at,
-            };
-            let source = || self.rows(&d.path, &scan);
-            match self.db.load_batch(&batch, &source).await? {
-                LoadResult::Loaded(record) => {
-                    tracing::info!(
-                        device,
-                        rows = record.rows,
-                        inserted = record.inserted,
-                        "batch ingested"
-                    );
-                    return Ok(receipt(Status::Ingested, d, &record));
-                }
-                LoadResult::Rejected(rejection) => {
-                    return self.reject(d, Some(&scan), Some(&device), rejection).await;
-                }
-                LoadResult::Exists(_) => continue,
+            LoadResult::Rejected(rejection) => {
+                self.reject(d, Some(&scan), Some(&device), rejection).await
             }
+            LoadResult::Exists(existing) => self.seen_before(d, &scan, existing).await,
         }
-        anyhow::bail!("batch {} kept changing while being stored", scan.batch_id)
     }
 
     /// The same device and batch id arrived before: a duplicate, a conflict, or our own

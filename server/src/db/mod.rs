@@ -86,7 +86,7 @@ pub struct NewRejection {
 
 pub enum LoadResult {
     Loaded(BatchRecord),
-    /// Another delivery stored this batch first (seen under the ingest lock).
+    /// The batch is stored already, by an earlier delivery or a concurrent one that won.
     Exists(BatchRecord),
     Rejected(Rejection),
 }
