@@ -289,44 +289,37 @@ fn upload(args: UploadArgs) -> anyhow::Result<()> {
     );
 
     drop(db);
-    let mut pgb = Vec::new();
-    for serialised in [false, true] {
-        // Each phase on a fresh database of its own, migrated by the server, with the
-        // same devices: the same starting point as the HTTP phase had.
-        let db = TempDb::create(&common.pg)?;
-        server_config(&db, run.path())?.migrate()?;
-        db.db.run(&format!(
-            "INSERT INTO devices (name) SELECT 'ranger-' || lpad(g::text, 2, '0') \
-             FROM generate_series(1, {}) g",
-            plan.clients
-        ))?;
-        let (lo, hi): (i64, i64) = {
-            let ids = db.db.run("SELECT min(id) || '|' || max(id) FROM devices")?;
-            let (lo, hi) = ids.split_once('|').context("no devices")?;
-            (lo.parse()?, hi.parse()?)
-        };
-        let script = run.path().join(format!("upload-{serialised}.sql"));
-        std::fs::write(
-            &script,
-            upload::pgbench_script(plan.rows_per_batch, (lo, hi), serialised),
-        )?;
-        upload::settle_fresh(&db.db)?;
-        let r = upload::pgbench(&db.db, &plan, &script)?;
-        eprintln!(
-            "pgbench{}: {} transactions, {:.0} tps",
-            if serialised { " (serialised)" } else { "" },
-            r.transactions,
-            r.tps
-        );
-        pgb.push(r);
-    }
+    // pgbench on a fresh database of its own, migrated by the server, with the same
+    // devices: the same starting point as the HTTP phase had.
+    let db = TempDb::create(&common.pg)?;
+    server_config(&db, run.path())?.migrate()?;
+    db.db.run(&format!(
+        "INSERT INTO devices (name) SELECT 'ranger-' || lpad(g::text, 2, '0') \
+         FROM generate_series(1, {}) g",
+        plan.clients
+    ))?;
+    let (lo, hi): (i64, i64) = {
+        let ids = db.db.run("SELECT min(id) || '|' || max(id) FROM devices")?;
+        let (lo, hi) = ids.split_once('|').context("no devices")?;
+        (lo.parse()?, hi.parse()?)
+    };
+    let script = run.path().join("upload.sql");
+    std::fs::write(
+        &script,
+        upload::pgbench_script(plan.rows_per_batch, (lo, hi)),
+    )?;
+    upload::settle_fresh(&db.db)?;
+    let pgb = upload::pgbench(&db.db, &plan, &script)?;
+    eprintln!(
+        "pgbench: {} transactions, {:.0} tps",
+        pgb.transactions, pgb.tps
+    );
     let report = upload_report(
         &plan,
         bytes as f64 / count as f64,
         &http,
         peak_rss_kib,
-        &pgb[0],
-        &pgb[1],
+        &pgb,
     );
     finish(&dir, &report)
 }
@@ -337,7 +330,6 @@ fn upload_report(
     http: &upload::HttpRun,
     peak_rss_kib: u64,
     pgbench: &upload::PgbenchRun,
-    serialised: &upload::PgbenchRun,
 ) -> String {
     let ratio = http.per_sec() / pgbench.tps;
     let verdict = if ratio >= 0.7 { "ok" } else { "BELOW TARGET" };
@@ -379,14 +371,6 @@ fn upload_report(
             "ratio HTTP / pgbench (>= 0.70)",
             format!("{ratio:.2} {verdict}"),
         ),
-        row2(
-            "pgbench + ingest lock, tx/s",
-            format!("{:.0}", serialised.tps),
-        ),
-        row2(
-            "ratio HTTP / pgbench + lock",
-            format!("{:.2}", http.per_sec() / serialised.tps),
-        ),
         String::new(),
         "Where the time went (CPU per batch; the machine has 2 cores):".into(),
         String::new(),
@@ -403,7 +387,8 @@ fn upload_report(
         per_batch_ms(http.cpu.postgres, http.requests),
         per_batch_ms(http.client_cpu, http.requests),
     ));
-    for (name, r) in [("pgbench", pgbench), ("pgbench + ingest lock", serialised)] {
+    {
+        let (name, r) = ("pgbench", pgbench);
         lines.push(format!(
             "| {:<23} | {:>7.2} | {:>11.0}% | {:>10} | {:>9} | {:>11} | {:>15} |",
             name,
@@ -419,10 +404,6 @@ fn upload_report(
     lines.push("PostgreSQL backends of the bench database, on average:".into());
     lines.push(format!("- HTTP uploads: {}", http.activity.show()));
     lines.push(format!("- pgbench: {}", pgbench.activity.show()));
-    lines.push(format!(
-        "- pgbench + ingest lock: {}",
-        serialised.activity.show()
-    ));
     lines.push(String::new());
     lines.push(format!(
         "server peak RSS during the uploads: {:.1} MB",

@@ -224,15 +224,8 @@ pub fn settle_fresh(db: &Psql) -> anyhow::Result<()> {
 }
 
 /// A pgbench script doing what one upload stores: one `batches` row, then
-/// `rows` sightings shaped like the generator's, in one transaction. With `serialised`,
-/// it first takes the advisory lock the server's ingest holds for its transaction.
-pub fn pgbench_script(rows: u64, devices: (i64, i64), serialised: bool) -> String {
-    let lock = if serialised {
-        // The server's INGEST_LOCK ("CTDATA").
-        format!("SELECT pg_advisory_xact_lock({});\n", 0x4354_4441_5441_i64)
-    } else {
-        String::new()
-    };
+/// `rows` sightings shaped like the generator's, in one transaction.
+pub fn pgbench_script(rows: u64, devices: (i64, i64)) -> String {
     let pick = |list: &[&str]| {
         let quoted: Vec<String> = list.iter().map(|s| format!("'{s}'")).collect();
         format!(
@@ -244,7 +237,6 @@ pub fn pgbench_script(rows: u64, devices: (i64, i64), serialised: bool) -> Strin
     format!(
         "\\set dev random({lo}, {hi})\n\
          BEGIN;\n\
-         {lock}\
          INSERT INTO batches (device_id, batch_id, sha256, format, channel, file_name, created_at, \
          row_count, inserted, duplicates) VALUES (:dev, gen_random_uuid(), \
          md5(random()::text) || md5(random()::text), 'json', 'pgbench', 'upload', now(), {rows}, {rows}, 0) \
@@ -338,7 +330,7 @@ pub fn find_pgbench() -> Option<PathBuf> {
 }
 
 /// What the database's backends for this database were doing, averaged over samples
-/// taken every 50 ms: how many were running, waiting for the ingest (advisory) lock,
+/// taken every 50 ms: how many were running, waiting for a lock,
 /// waiting on WAL or other I/O, idle inside a transaction (waiting for their client's
 /// next statement) and idle.
 #[derive(Debug, Clone, Copy, Default)]
