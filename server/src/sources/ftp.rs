@@ -88,7 +88,7 @@ impl FtpRemote {
                     );
                     return Err(StepError::fatal("TLS handshake", &why));
                 }
-                Ok(Err(e)) => return Err(StepError::fatal("TLS handshake", &cause(e, ""))),
+                Ok(Err(e)) => return Err(StepError::fatal("TLS handshake", &cause(e))),
                 Ok(Ok(ftp)) => ftp,
             };
         }
@@ -366,11 +366,11 @@ async fn within<T>(
             };
             Err(StepError::recoverable(step, &why))
         }
-        Ok(Err(e)) => Err(StepError::fatal(step, &cause(e, on_550))),
+        Ok(Err(e)) => Err(StepError::fatal(step, &cause(e))),
     }
 }
 
-fn cause(e: FtpError, _on_550: &str) -> String {
+fn cause(e: FtpError) -> String {
     match e {
         FtpError::ConnectionError(e) => io_cause(&e, Duration::ZERO),
         FtpError::SecureError(e) => format!("TLS handshake failed: {e}"),
