@@ -89,11 +89,13 @@ fn main() -> ExitCode {
         print!("{EXAMPLE_CONFIG}");
         return ExitCode::SUCCESS;
     }
+    // The FTP client traces its commands, PASS and the password included: never
+    // below info, whatever CTDATA_LOG asks for.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CTDATA_LOG")
+        .unwrap_or_else(|_| "info,sqlx=warn".into())
+        .add_directive("suppaftp=info".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CTDATA_LOG")
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -360,6 +360,44 @@ async fn kill_9_mid_pull_then_restart_loses_and_duplicates_nothing() {
     assert!(ctdata_tests::count_files(&env.drop_dir().join("archive")) >= FILES);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_file_that_cannot_be_deleted_is_reported_and_not_fetched_again() {
+    let (Some(db), Some(ftp)) = (pg().await, Vsftpd::start()) else {
+        return;
+    };
+    let env = ServerEnv::new(&db);
+    ftp.put("ranger-10/a.ndjson", &batch("ranger-10", 4));
+    // The device's folder belongs to root: the FTP user may read it but not delete in it.
+    let folder = ftp.ctdata().join("ranger-10");
+    std::os::unix::fs::chown(&folder, Some(0), Some(0)).unwrap();
+    configure(&env, &[ftp_source(&env, &ftp, "site", "CTData", "delete")]);
+
+    for fetched in [1, 0] {
+        let (ok, report) = download(&env, &[]);
+        assert!(!ok);
+        assert_eq!(
+            counts(&report, 0),
+            [1, fetched, fetched, 0, 0, 0],
+            "{report:#}"
+        );
+        let error = report["sources"][0]["errors"][0].as_str().unwrap();
+        assert!(
+            error.contains("delete /CTData/ranger-10/a.ndjson")
+                && error.contains("permission denied"),
+            "{error}"
+        );
+    }
+    assert_eq!(ftp.files(), ["ranger-10/a.ndjson"]);
+    assert_eq!(db.scalar("SELECT count(*) FROM batches").await, 1);
+    // Once the permission is fixed, the delete goes through without another download.
+    ftp.put("ranger-10/.fix", b"");
+    let (ok, report) = download(&env, &[]);
+    assert!(ok, "{report:#}");
+    assert_eq!(counts(&report, 0), [1, 0, 0, 0, 0, 0]);
+    assert_eq!(ftp.files(), ["ranger-10/.fix"]);
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 4);
+}
+
 both_backends! {
     a_folder_source_works_like_an_ftp_site,
 }
@@ -384,6 +422,21 @@ async fn a_folder_source_works_like_an_ftp_site(db: TestDb) {
     assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 4);
     let (_, report) = download(&env, &[]);
     assert_eq!(counts(&report, 0), [0, 0, 0, 0, 0, 0]);
+
+    // A share that is not mounted is named as such.
+    let missing = share.path().join("not-mounted");
+    let source = format!(
+        "[[sources]]\nname = \"gone\"\nurl = \"{}\"\n",
+        missing.display()
+    );
+    configure(&env, &[source]);
+    let (ok, report) = download(&env, &[]);
+    assert!(!ok);
+    let error = report["sources"][0]["errors"][0].as_str().unwrap();
+    assert!(
+        error.contains("open the folder") && error.contains("the folder is missing"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,10 +45,12 @@ async fn download(
         source = q.source.as_deref().unwrap_or("(all)"),
         "download requested"
     );
-    let report = state
-        .puller
-        .download(q.source.as_deref(), "admin")
+    // On its own task: a client that hangs up does not cut a pull short (it would be
+    // safe, but the pull would go unrecorded).
+    let puller = state.puller.clone();
+    let report = tokio::spawn(async move { puller.download(q.source.as_deref(), "admin").await })
         .await
+        .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(|e| ApiError::NotFound(e.to_string()))?;
     Ok(Json(report))
 }

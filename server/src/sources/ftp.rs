@@ -361,7 +361,6 @@ async fn within<T>(
             let code = r.status.code();
             let why = match code {
                 550 | 553 if !on_550.is_empty() => format!("{} ({on_550})", reply(&r)),
-                530 => format!("{} (not logged in)", reply(&r)),
                 _ => reply(&r),
             };
             Err(StepError::recoverable(step, &why))

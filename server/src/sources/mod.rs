@@ -431,7 +431,10 @@ pub fn describe(report: &DownloadReport) -> String {
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default();
             match &f.reason {
-                Some(reason) => out.push_str(&format!("  {status:<9} {}: {reason}\n", f.path)),
+                Some(reason) => {
+                    let reason = reason.trim_end().replace('\n', "\n            ");
+                    out.push_str(&format!("  {status:<9} {}: {reason}\n", f.path))
+                }
                 None => out.push_str(&format!("  {status:<9} {}\n", f.path)),
             }
         }

@@ -73,13 +73,17 @@ impl Remote {
         }
         let root = PathBuf::from(source.url.strip_prefix("file://").unwrap_or(&source.url));
         let step = format!("open the folder {}", root.display());
+        let cause = |e: io::Error| match e.kind() {
+            io::ErrorKind::NotFound => "the folder is missing (is the share mounted?)".to_string(),
+            _ => fs_cause(&e),
+        };
         match fs::metadata(&root) {
             Ok(m) if m.is_dir() => match fs::read_dir(&root) {
                 Ok(_) => Ok(Remote::Folder(root)),
-                Err(e) => Err(StepError::fatal(&step, &fs_cause(&e))),
+                Err(e) => Err(StepError::fatal(&step, &cause(e))),
             },
             Ok(_) => Err(StepError::fatal(&step, "it is not a folder")),
-            Err(e) => Err(StepError::fatal(&step, &fs_cause(&e))),
+            Err(e) => Err(StepError::fatal(&step, &cause(e))),
         }
     }
 
