@@ -221,6 +221,13 @@ impl SourceSettings {
             self.name,
             redact_url(url)
         );
+        anyhow::ensure!(
+            !(url.starts_with("ftp://") || url.starts_with("ftps://"))
+                || crate::sources::parse_url(url).is_some(),
+            "source {:?}: url {:?} must be ftp://HOST[:PORT]/FOLDER (or ftps://…)",
+            self.name,
+            redact_url(url)
+        );
         self.after()?;
         self.poll()?;
         Ok(())

@@ -46,11 +46,21 @@ pub fn parse_url(url: &str) -> Option<(bool, String, u16, String)> {
     };
     // Credentials never belong in the URL; drop any that are there.
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = match host_port.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || p.parse::<u16>().is_ok() => (h, p.parse().ok()?),
-        _ => (host_port, 21),
+    let (host, port) = match host_port.strip_prefix('[') {
+        // [IPv6]:PORT
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']')?;
+            match after.strip_prefix(':') {
+                Some(port) => (host, port.parse().ok()?),
+                None if after.is_empty() => (host, 21),
+                None => return None,
+            }
+        }
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse().ok()?),
+            None => (host_port, 21),
+        },
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return None;
     }
@@ -404,4 +414,38 @@ fn io_cause(e: &io::Error, t: Duration) -> String {
 
 fn timed_out(t: Duration) -> String {
     format!("timed out after {:.0} s", t.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn urls_name_scheme_host_port_and_folder() {
+        let parsed = parse_url;
+        assert_eq!(
+            parsed("ftp://ftp.example.org/CTData/"),
+            Some((false, "ftp.example.org".into(), 21, "/CTData".into()))
+        );
+        assert_eq!(
+            parsed("ftps://user:pw@10.0.0.5:2121"),
+            Some((true, "10.0.0.5".into(), 2121, "/".into()))
+        );
+        assert_eq!(
+            parsed("ftp://[::1]:2121/a/b"),
+            Some((false, "::1".into(), 2121, "/a/b".into()))
+        );
+        assert_eq!(
+            parsed("ftp://[::1]/x"),
+            Some((false, "::1".into(), 21, "/x".into()))
+        );
+        for bad in [
+            "ftp:///CTData",
+            "ftp://host:port/x",
+            "sftp://host/x",
+            "ftp://[::1/x",
+        ] {
+            assert_eq!(parsed(bad), None, "{bad}");
+        }
+    }
 }
