@@ -398,6 +398,38 @@ async fn a_remote_file_that_cannot_be_deleted_is_reported_and_not_fetched_again(
     assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 4);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_pulls_on_schedule_and_stops_with_sigterm() {
+    let (Some(db), Some(ftp)) = (pg().await, Vsftpd::start()) else {
+        return;
+    };
+    let env = ServerEnv::new(&db);
+    ftp.put("ranger-11/a.ndjson", &batch("ranger-11", 3));
+    let mut source = ftp_source(&env, &ftp, "site", "CTData", "delete");
+    source.push_str("poll_every = \"1s\"\n");
+    configure(&env, &[source]);
+    let server = env.serve().await;
+    let wait = Duration::from_secs(60);
+    eventually("the first scheduled pull", wait, || async {
+        (db.scalar("SELECT count(*) FROM batches").await == 1).then_some(())
+    })
+    .await;
+    // A file that arrives later is taken by a later tick.
+    ftp.put("ranger-11/b.ndjson", &batch("ranger-11", 4));
+    eventually("a later scheduled pull", wait, || async {
+        (db.scalar("SELECT count(*) FROM batches").await == 2).then_some(())
+    })
+    .await;
+    let log = server.log_text();
+    assert!(server.terminate().success(), "{log}");
+    assert!(ftp.files().is_empty());
+    assert!(
+        db.scalar("SELECT count(*) FROM source_pulls WHERE trigger = 'schedule' AND result = 'ok'")
+            .await
+            >= 2
+    );
+}
+
 both_backends! {
     a_folder_source_works_like_an_ftp_site,
 }
