@@ -528,6 +528,9 @@ async fn error_reports_name_the_cause_and_the_command_fails() {
             ),
             ftp_source(&env, &ftp, "nofolder", "NoSuchFolder", "keep"),
             ftp_source(&env, &ftp, "fine", "CTData", "keep"),
+            // A reserved name that never resolves (RFC 6761).
+            "[[sources]]\nname = \"nohost\"\nurl = \"ftp://nosuch.invalid/CTData\"\ntimeout_secs = 10\n"
+                .to_string(),
         ],
     );
 
@@ -559,6 +562,14 @@ async fn error_reports_name_the_cause_and_the_command_fails() {
         .unwrap()
         .is_empty());
     assert_eq!(counts(&report, 3), [1, 1, 1, 0, 0, 0]);
+    // Without a resolver at hand the lookup may time out instead: either way the step
+    // and the cause are named.
+    assert!(
+        error(4).contains("connect to nosuch.invalid:21")
+            && (error(4).contains("host not found") || error(4).contains("timed out")),
+        "{}",
+        error(4)
+    );
 
     // Readable without --json, and the exit code says it failed.
     let out = env
