@@ -165,8 +165,16 @@ impl FtpRemote {
                 self.ftp.list(Some(&path)),
                 "permission denied",
             )
-            .await
-            .map_err(StepError::into_fatal)?;
+            .await;
+            let lines = match lines {
+                Ok(lines) => lines,
+                // One unreadable device folder must not hold up every other one.
+                Err(e) if !dir.is_empty() && !e.fatal => {
+                    tracing::warn!("skipping a folder: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e.into_fatal()),
+            };
             for line in lines {
                 entries += 1;
                 if entries > MAX_ENTRIES {
