@@ -19,6 +19,57 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub ingest: IngestSettings,
     pub http: HttpSettings,
+    /// Remote folders pulled into the drop directory (FTP, FTPS or a mounted share).
+    /// Configured in the file only: environment variables cannot add or change sources.
+    pub sources: Vec<SourceSettings>,
+}
+
+/// One remote folder devices upload to, pulled on a schedule or by the admin Download.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSettings {
+    /// Names the source in reports, the CLI (`download --source`) and the database.
+    pub name: String,
+    /// `ftp://HOST[:PORT]/FOLDER`, `ftps://…` (explicit TLS), or a folder path.
+    pub url: String,
+    /// FTP user; `anonymous` when unset.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// File holding the FTP password (first line); the password is never in this file.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Pull on this schedule while `serve` runs: `90s`, `10m`, `1h`. Unset: only on Download.
+    #[serde(default)]
+    pub poll_every: Option<String>,
+    /// What happens to a remote file once its batch is stored (or filed away as
+    /// rejected): `delete`, `move:FOLDER` (relative to the source folder), or `keep`.
+    #[serde(default = "default_after_download")]
+    pub after_download: String,
+    /// Longest wait for any one step (connect, login, a command, a transfer stall).
+    #[serde(default = "default_source_timeout")]
+    pub timeout_secs: f64,
+    /// PEM certificates to trust for `ftps://` besides the public roots (a private CA
+    /// or a self-signed server certificate).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// What to do with a remote file after its ingest committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterDownload {
+    Delete,
+    /// Move into this folder (relative to the source folder unless absolute).
+    Move(String),
+    /// Leave it; the server remembers it and fetches it again only when it changes.
+    Keep,
+}
+
+fn default_after_download() -> String {
+    "keep".into()
+}
+
+fn default_source_timeout() -> f64 {
+    30.0
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -116,6 +167,90 @@ impl IngestSettings {
     }
 }
 
+impl SourceSettings {
+    pub fn after(&self) -> anyhow::Result<AfterDownload> {
+        match self.after_download.as_str() {
+            "delete" => Ok(AfterDownload::Delete),
+            "keep" => Ok(AfterDownload::Keep),
+            other => match other.strip_prefix("move:") {
+                Some(folder) if !folder.trim_matches('/').is_empty() && !folder.split('/').any(|p| p == "..") => {
+                    Ok(AfterDownload::Move(folder.to_string()))
+                }
+                _ => anyhow::bail!(
+                    "source {:?}: after_download {other:?} must be \"delete\", \"keep\" or \"move:FOLDER\" \
+                     (a folder name without '..')",
+                    self.name
+                ),
+            },
+        }
+    }
+
+    /// The pull schedule, if any.
+    pub fn poll(&self) -> anyhow::Result<Option<std::time::Duration>> {
+        self.poll_every
+            .as_deref()
+            .map(|p| {
+                parse_duration(p).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "source {:?}: poll_every {p:?} must be a number with s, m or h (e.g. \"10m\"), at least 1s",
+                        self.name
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.timeout_secs.clamp(0.1, 3600.0))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            crate::ingest::valid_device_name(&self.name),
+            "source name {:?} must be letters, digits, '.', '_' and '-' (at most 64)",
+            self.name
+        );
+        let url = &self.url;
+        anyhow::ensure!(
+            !url.is_empty()
+                && (url.starts_with("ftp://")
+                    || url.starts_with("ftps://")
+                    || !url.contains("://")
+                    || url.starts_with("file://")),
+            "source {:?}: url {:?} must be ftp://HOST/FOLDER, ftps://HOST/FOLDER or a folder path",
+            self.name,
+            redact_url(url)
+        );
+        anyhow::ensure!(
+            !(url.starts_with("ftp://") || url.starts_with("ftps://"))
+                || crate::sources::parse_url(url).is_some(),
+            "source {:?}: url {:?} must be ftp://HOST[:PORT]/FOLDER (or ftps://…)",
+            self.name,
+            redact_url(url)
+        );
+        self.after()?;
+        self.poll()?;
+        Ok(())
+    }
+}
+
+/// `90`, `90s`, `10m`, `1h`: at least a second.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let factor = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    let secs = number.trim().parse::<f64>().ok()? * factor;
+    (secs.is_finite() && secs >= 1.0).then(|| std::time::Duration::from_secs_f64(secs))
+}
+
 impl Settings {
     /// Loads defaults, then `file` (or `./ctdata.toml` when present), then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
@@ -154,6 +289,15 @@ impl Settings {
             .build()?
             .try_deserialize()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let mut names = std::collections::HashSet::new();
+        for source in &settings.sources {
+            source.validate()?;
+            anyhow::ensure!(
+                names.insert(source.name.as_str()),
+                "two sources are named {:?}: names must differ",
+                source.name
+            );
+        }
         Ok(settings)
     }
 }
@@ -189,6 +333,20 @@ impl fmt::Debug for Settings {
             .field("ingest.settle_secs", &self.ingest.settle_secs)
             .field("ingest.rescan_secs", &self.ingest.rescan_secs)
             .field("http.bind", &self.http.bind)
+            .field("sources", &self.sources)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SourceSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceSettings")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("user", &self.user)
+            .field("password_file", &self.password_file)
+            .field("poll_every", &self.poll_every)
+            .field("after_download", &self.after_download)
             .finish()
     }
 }
@@ -234,6 +392,49 @@ mod tests {
             !format!("{s:?}").contains("pw"),
             "password leaked into Debug output"
         );
+    }
+
+    #[test]
+    fn sources_are_read_checked_and_keep_their_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let source =
+            "[[sources]]\nname = \"field\"\nurl = \"ftp://bob:pw@ftp.example.org/CTData\"\n\
+                      user = \"bob\"\npassword_file = \"/etc/p\"\npoll_every = \"10m\"\n\
+                      after_download = \"move:processed\"\n";
+        std::fs::write(&file, source).unwrap();
+        let s = Settings::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(s.sources.len(), 1);
+        let src = &s.sources[0];
+        assert_eq!(
+            src.after().unwrap(),
+            AfterDownload::Move("processed".into())
+        );
+        assert_eq!(
+            src.poll().unwrap(),
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert!(
+            !format!("{s:?}").contains("pw@"),
+            "password leaked into Debug output"
+        );
+
+        for (bad, why) in [
+            ("after_download = \"shred\"", "after_download"),
+            ("after_download = \"move:../x\"", "after_download"),
+            ("poll_every = \"soon\"", "poll_every"),
+            ("pasword_file = \"/p\"", "pasword_file"),
+        ] {
+            let text = format!("[[sources]]\nname = \"a\"\nurl = \"/srv/CTData\"\n{bad}\n");
+            std::fs::write(&file, text).unwrap();
+            let err = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+            assert!(format!("{err:#}").contains(why), "{err:#}");
+        }
+        let twice =
+            "[[sources]]\nname = \"a\"\nurl = \"/x\"\n[[sources]]\nname = \"a\"\nurl = \"/y\"\n";
+        std::fs::write(&file, twice).unwrap();
+        let err = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("two sources"), "{err}");
     }
 
     #[test]

@@ -288,7 +288,14 @@ impl Seen {
 
 /// Whether a top-level name in the drop directory is one of the server's own folders.
 pub fn is_server_folder(name: &str) -> bool {
-    [PROCESSING, ARCHIVE, REJECTED, RECEIPTS].contains(&name)
+    [
+        PROCESSING,
+        ARCHIVE,
+        REJECTED,
+        RECEIPTS,
+        crate::sources::PULLING,
+    ]
+    .contains(&name)
 }
 
 /// Whether a name is a finished delivery rather than a transfer in progress or a

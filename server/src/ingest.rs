@@ -18,6 +18,8 @@ pub mod channel {
     pub const SHARE: &str = "share";
     pub const CLI: &str = "cli";
     pub const HTTP: &str = "http";
+    /// Fetched from a remote source (FTP site or share) by a Download or a schedule.
+    pub const PULL: &str = "pull";
 }
 
 /// Rejection kind of a batch that names another device than the one that sent it.

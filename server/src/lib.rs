@@ -15,3 +15,4 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod serve;
+pub mod sources;

@@ -7,8 +7,8 @@ use ctdata_server::config::{Settings, EXAMPLE_CONFIG};
 use ctdata_server::credentials;
 use ctdata_server::ingest::Status;
 
-/// CTData server: collects field batches from the CTData drop directory and over
-/// HTTP(S) into one consolidated database (embedded SQLite by default, PostgreSQL in production).
+/// CTData server: collects field batches from the CTData drop directory, over HTTP(S)
+/// and from remote FTP sites and shares into one consolidated database (embedded SQLite by default, PostgreSQL in production).
 #[derive(Parser)]
 #[command(name = "ctdata-server", version)]
 struct Cli {
@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Watch the drop directory and serve the HTTP API on http.bind, ingesting every batch
-    /// that arrives, until SIGTERM or Ctrl-C.
+    /// that arrives, and pull sources that have a poll_every schedule, until SIGTERM or Ctrl-C.
     Serve,
     /// Apply database migrations and exit (serve also does this at start).
     Migrate,
@@ -36,6 +36,18 @@ enum Command {
         /// Device for files that do not name one (CSV, GeoJSON).
         #[arg(long, value_name = "NAME")]
         device: Option<String>,
+    },
+    /// Pull from the remote sources ([[sources]] in the configuration: FTP, FTPS or a
+    /// mounted share) now, ingest what is new, and report per source what was found,
+    /// fetched, ingested, duplicate and rejected, and any error with its step and cause.
+    /// Exit code 1 when any source reported an error.
+    Download {
+        /// Only this source.
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+        /// Print the report as JSON (the same document as POST /api/v1/admin/download).
+        #[arg(long)]
+        json: bool,
     },
     /// Export sightings in cursor order. The next cursor is printed on stderr (and
     /// written to --cursor-file); pass it as --since to get only what arrived later.
@@ -77,11 +89,13 @@ fn main() -> ExitCode {
         print!("{EXAMPLE_CONFIG}");
         return ExitCode::SUCCESS;
     }
+    // The FTP client traces its commands, PASS and the password included: never
+    // below info, whatever CTDATA_LOG asks for.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CTDATA_LOG")
+        .unwrap_or_else(|_| "info,sqlx=warn".into())
+        .add_directive("suppaftp=info".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CTDATA_LOG")
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -123,6 +137,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             if rejected > 0 {
                 return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Download { source, json } => {
+            let ingestor = ctdata_server::serve::open(&settings).await?;
+            let puller = ctdata_server::sources::Puller::new(
+                settings.sources.clone(),
+                &settings.ingest.drop_dir,
+                ingestor.clone(),
+            );
+            let report = puller.download(source.as_deref(), "cli").await;
+            ingestor.db.close().await;
+            let report = report?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", ctdata_server::sources::describe(&report));
+            }
+            if !report.ok {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Export(args) => {

@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::dropdir::DropDir;
 use crate::ingest::Ingestor;
+use crate::sources::Puller;
 
 /// Connects, migrates and builds the ingestor the settings describe.
 pub async fn open(settings: &Settings) -> anyhow::Result<Ingestor> {
@@ -39,8 +40,14 @@ pub async fn run(
         ingestor.clone(),
         settings.ingest.settle(),
     )?;
+    let puller = Arc::new(Puller::new(
+        settings.sources.clone(),
+        &settings.ingest.drop_dir,
+        ingestor.clone(),
+    ));
     let (http_stop, mut http_stopping) = tokio::sync::watch::channel(false);
-    let http = start_http(&settings, ingestor.clone(), async move {
+    let pulls_stopping = http_stop.subscribe();
+    let http = start_http(&settings, ingestor.clone(), puller.clone(), async move {
         let _ = http_stopping.wait_for(|stop| *stop).await;
     })
     .await?;
@@ -63,6 +70,7 @@ pub async fn run(
             let _ = http_stop.send(true);
         });
     }
+    let pulls = crate::sources::spawn_schedules(puller, pulls_stopping, stop.clone());
     let (events, mut changes) = mpsc::unbounded_channel();
     let _watcher = watch(&settings.ingest.drop_dir, events);
     let mut rescan = tokio::time::interval(Duration::from_secs_f64(
@@ -100,6 +108,9 @@ pub async fn run(
         }
     }
     tracing::info!("ingest stopped");
+    for pull in pulls {
+        let _ = pull.await;
+    }
     http.await??;
     tracing::info!("HTTP stopped");
     ingestor.db.close().await;
@@ -134,6 +145,7 @@ async fn sleep_opt(d: Option<Duration>) {
 async fn start_http(
     settings: &Settings,
     ingestor: Ingestor,
+    puller: Arc<Puller>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     // Certificate problems stop the start before anything is bound or removed.
@@ -154,6 +166,7 @@ async fn start_http(
         body_idle_timeout: Duration::from_secs_f64(settings.http.body_idle_timeout_secs.max(0.1)),
         auth_failures: Arc::default(),
         password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
+        puller,
     };
     let timeout = Duration::from_secs_f64(settings.http.header_read_timeout_secs.max(0.1));
     let app = crate::http::app(state, settings.http.max_concurrent_requests);

@@ -670,6 +670,7 @@ async fn openapi_document_matches_the_routes() {
         ("GET", "/healthz"),
         ("GET", "/metrics"),
         ("GET", "/readyz"),
+        ("POST", "/api/v1/admin/download"),
         ("POST", "/api/v1/batches"),
         ("POST", "/api/v1/rejected/{id}/reprocess"),
     ];
@@ -702,6 +703,7 @@ async fn openapi_document_matches_the_routes() {
     }
     assert!(doc["components"]["securitySchemes"]["device_token"].is_object());
     assert!(doc["components"]["schemas"]["Receipt"].is_object());
+    assert!(doc["components"]["schemas"]["DownloadReport"].is_object());
     assert!(server.terminate().success());
 }
 

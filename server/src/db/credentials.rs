@@ -29,7 +29,7 @@ pub enum Change {
 }
 
 impl Db {
-    fn now_sql(&self) -> &'static str {
+    pub(super) fn now_sql(&self) -> &'static str {
         match self {
             Db::Postgres(_) => "now()",
             Db::Sqlite(_) => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",

@@ -15,10 +15,12 @@ macro_rules! on_pool {
 mod admin;
 mod credentials;
 mod pg;
+mod sources;
 mod sqlite;
 
 pub use admin::{BatchListFilter, BatchSummary, RejectionInfo};
 pub use credentials::{Change, DeviceInfo};
+pub use sources::{PullRecord, RemoteKey};
 
 use std::str::FromStr;
 

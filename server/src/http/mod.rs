@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod batches;
+mod download;
 mod error;
 mod sightings;
 mod throttle;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub auth_failures: Arc<throttle::AuthFailures>,
     /// Caps concurrent Argon2 password checks.
     pub password_checks: Arc<tokio::sync::Semaphore>,
+    /// The remote sources, for the admin Download.
+    pub puller: Arc<crate::sources::Puller>,
 }
 
 /// Folder (inside the drop directory) where request bodies are spooled.
@@ -77,6 +80,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(batches::router())
         .merge(sightings::router())
         .merge(admin::router())
+        .merge(download::router())
 }
 
 #[derive(utoipa::OpenApi)]
