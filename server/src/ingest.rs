@@ -18,6 +18,7 @@ pub mod channel {
     pub const SHARE: &str = "share";
     pub const CLI: &str = "cli";
     pub const HTTP: &str = "http";
+    pub const FTP: &str = "ftp";
 }
 
 /// Rejection kind of a batch that names another device than the one that sent it.

@@ -7,8 +7,8 @@ use ctdata_server::config::{Settings, EXAMPLE_CONFIG};
 use ctdata_server::credentials;
 use ctdata_server::ingest::Status;
 
-/// CTData server: collects field batches from the CTData drop directory and over
-/// HTTP(S) into one consolidated database (embedded SQLite by default, PostgreSQL in production).
+/// CTData server: collects field batches from the CTData drop directory, over HTTP(S)
+/// and over FTP(S) into one consolidated database (embedded SQLite by default, PostgreSQL in production).
 #[derive(Parser)]
 #[command(name = "ctdata-server", version)]
 struct Cli {
@@ -22,8 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Watch the drop directory and serve the HTTP API on http.bind, ingesting every batch
-    /// that arrives, until SIGTERM or Ctrl-C.
+    /// Watch the drop directory and serve the HTTP API on http.bind (and FTP/FTPS on
+    /// ftp.bind when ftp.enabled), ingesting every batch that arrives, until SIGTERM or
+    /// Ctrl-C.
     Serve,
     /// Apply database migrations and exit (serve also does this at start).
     Migrate,
@@ -77,11 +78,15 @@ fn main() -> ExitCode {
         print!("{EXAMPLE_CONFIG}");
         return ExitCode::SUCCESS;
     }
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("CTDATA_LOG")
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    // libunftp instruments every command with an info span that formats its whole
+    // session: unreadable, and slow enough to halve FTP throughput. Its warnings stay.
+    if !std::env::var("CTDATA_LOG").is_ok_and(|v| v.contains("libunftp")) {
+        filter = filter.add_directive("libunftp=warn".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CTDATA_LOG")
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
