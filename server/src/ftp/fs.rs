@@ -307,7 +307,10 @@ impl StorageBackend<Device> for DeviceFs {
         let to = self.resolve_below_root(to.as_ref())?;
         let meta = tokio::fs::symlink_metadata(&from).await?;
         let to_name = file_name(&to)?;
-        if meta.is_file() && is_candidate_name(&to_name) {
+        let onto_folder = tokio::fs::symlink_metadata(&to)
+            .await
+            .is_ok_and(|m| m.is_dir());
+        if meta.is_file() && is_candidate_name(&to_name) && !onto_folder {
             // x.part → x.json: the upload is complete. Whichever folder it names, it
             // is this device's delivery: ingest it now.
             return Ok(self.handoff.complete(device, &from, &to_name, true).await?);
