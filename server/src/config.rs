@@ -90,6 +90,8 @@ pub struct FtpSettings {
     pub lockout_secs: u64,
     /// `.part` uploads untouched for this long are deleted.
     pub stale_part_secs: u64,
+    /// Fsync each upload before answering the client, not only before ingesting it.
+    pub fsync_before_reply: bool,
 }
 
 impl Default for DatabaseSettings {
@@ -143,6 +145,7 @@ impl Default for FtpSettings {
             max_login_failures: 5,
             lockout_secs: 300,
             stale_part_secs: 86_400,
+            fsync_before_reply: false,
         }
     }
 }

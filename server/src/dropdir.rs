@@ -109,8 +109,10 @@ impl DropDir {
         // While one file holds the database's ingest lock, the next is read and hashed
         // and the last one's receipt written, so the database never waits on us.
         let workers = self.ingestor.db.concurrent_loads();
+        let claimed = self.claimed_files()?;
+        self.make_durable(&claimed).await?;
         let this = &*self;
-        let mut results = futures::stream::iter(self.claimed_files()?)
+        let mut results = futures::stream::iter(claimed)
             .take_while(|_| std::future::ready(!stop.load(Ordering::SeqCst)))
             .map(|claimed| async move {
                 let result = this.process(&claimed).await;
@@ -170,6 +172,26 @@ impl DropDir {
         };
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         claim_into(&self.root, path, &device, &name, channel::SHARE)
+    }
+
+    /// FTP uploads are claimed without an fsync, so the client's reply does not wait
+    /// for the disk; they are made durable here, before they are ingested. One
+    /// `syncfs` covers every file and rename of the pass.
+    async fn make_durable(&self, claimed: &[PathBuf]) -> io::Result<()> {
+        let from_ftp = claimed.iter().any(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            parse_claim_name(&name).0 == channel::FTP
+        });
+        if !from_ftp {
+            return Ok(());
+        }
+        let dir = self.root.join(PROCESSING);
+        tokio::task::spawn_blocking(move || {
+            let fd = fs::File::open(&dir)?;
+            nix::unistd::syncfs(&fd).map_err(io::Error::from)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     fn claimed_files(&self) -> io::Result<Vec<PathBuf>> {

@@ -265,14 +265,12 @@ impl StorageBackend<Device> for DeviceFs {
                 .create_new(true)
                 .open(&temp)
                 .await?;
-            let n = self.write_all_from(input, &mut file).await?;
-            file.sync_all().await?;
-            Ok::<u64, io::Error>(n)
+            self.write_all_from(input, &mut file).await
         }
         .await;
         match result {
             Ok(n) => {
-                self.handoff.complete(device, &temp, &name, false).await?;
+                self.handoff.complete(device, &temp, &name).await?;
                 Ok(n)
             }
             Err(e) => {
@@ -313,7 +311,7 @@ impl StorageBackend<Device> for DeviceFs {
         if meta.is_file() && is_candidate_name(&to_name) && !onto_folder {
             // x.part → x.json: the upload is complete. Whichever folder it names, it
             // is this device's delivery: ingest it now.
-            return Ok(self.handoff.complete(device, &from, &to_name, true).await?);
+            return Ok(self.handoff.complete(device, &from, &to_name).await?);
         }
         Ok(tokio::fs::rename(from, to).await?)
     }

@@ -1,12 +1,17 @@
 //! From a complete FTP upload to the ingest loop, with no settle delay and nothing lost
 //! in a crash.
 //!
-//! A complete upload is fsynced, then claimed straight into
-//! `.processing/<device>/<stamp>.ftp-<name>` (one rename, so the share scanner never
-//! sees it under a final name and cannot take it as a share delivery), the folder is
-//! fsynced, and the ingest loop is woken. The claim name carries the channel, so a file
-//! claimed just before a crash is ingested after the restart as `ftp` like any other
-//! claimed file. Nothing in memory needs to survive.
+//! A complete upload is claimed straight into `.processing/<device>/<stamp>.ftp-<name>`
+//! (one rename, so the share scanner never sees it under a final name and cannot take
+//! it as a share delivery), and the ingest loop is woken. The claim name carries the
+//! channel, so a file claimed just before a crash is ingested after the restart as
+//! `ftp` like any other claimed file: nothing in memory needs to survive.
+//!
+//! Durability: the ingest loop syncs the filesystem before it ingests FTP claims
+//! (`DropDir::make_durable`), so nothing is ingested that a power cut could take back.
+//! The client's reply does not wait for that unless `ftp.fsync_before_reply` is set,
+//! which fsyncs the file and the folder first (two disk flushes per file: on our
+//! disk ~13 ms, ~80 files/s).
 
 use std::fs;
 use std::io;
@@ -26,6 +31,7 @@ pub const UPLOAD_PREFIX: &str = ".ctdata-upload-";
 pub struct Handoff {
     pub drop_dir: PathBuf,
     pub wake: Arc<Notify>,
+    pub fsync_before_reply: bool,
 }
 
 impl Handoff {
@@ -50,15 +56,10 @@ impl Handoff {
         Ok(root)
     }
 
-    /// `path` (a complete upload) is `device`'s delivery `name`: make it durable, claim
-    /// it, wake the ingest loop. `sync_file` when the bytes were not fsynced yet.
-    pub async fn complete(
-        &self,
-        device: &str,
-        path: &Path,
-        name: &str,
-        sync_file: bool,
-    ) -> io::Result<()> {
+    /// `path` (a complete upload) is `device`'s delivery `name`: claim it and wake the
+    /// ingest loop.
+    pub async fn complete(&self, device: &str, path: &Path, name: &str) -> io::Result<()> {
+        let sync = self.fsync_before_reply;
         let (root, path, device, name) = (
             self.drop_dir.clone(),
             path.to_path_buf(),
@@ -66,11 +67,11 @@ impl Handoff {
             name.to_string(),
         );
         let claimed = tokio::task::spawn_blocking(move || {
-            if sync_file {
+            if sync {
                 fs::File::open(&path)?.sync_all()?;
             }
             let claimed = claim_into(&root, &path, &device, &name, channel::FTP)?;
-            if let Some(dir) = claimed.parent() {
+            if let (true, Some(dir)) = (sync, claimed.parent()) {
                 fs::File::open(dir)?.sync_all()?;
             }
             Ok::<_, io::Error>(claimed)

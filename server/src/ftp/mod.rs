@@ -98,6 +98,7 @@ pub async fn start(
         handoff: Arc::new(handoff::Handoff {
             drop_dir: drop_dir.clone(),
             wake,
+            fsync_before_reply: settings.fsync_before_reply,
         }),
         settings: settings.clone(),
         passive,
