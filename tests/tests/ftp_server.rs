@@ -37,6 +37,16 @@ def run(op):
         conn.sendall(data[: len(data) // 2])
         print(json.dumps([{"ok": "half sent"}]), flush=True)
         os.kill(os.getpid(), 9)
+    if kind == "stor_then_stall":
+        # Sends half of the file, then nothing, keeping the connection open.
+        data = open(a[0], "rb").read()
+        conn = ftp.transfercmd("STOR " + a[1])
+        conn.sendall(data[: len(data) // 2])
+        return ftp.getresp()
+    if kind == "idle":
+        import time
+        time.sleep(float(a[0]))
+        return ftp.sendcmd("NOOP")
     if kind == "rename":
         return ftp.rename(a[0], a[1])
     if kind == "retr":
@@ -627,4 +637,52 @@ async fn an_upload_claimed_before_a_crash_is_ingested_as_ftp_after_the_restart()
         ("ranger-07".into(), "ftp".into(), "late.ndjson".into())
     );
     assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_and_idle_sessions_time_out() {
+    let Some(db) = pg().await else { return };
+    let mut env = ServerEnv::new(&db);
+    env.enable_ftp();
+    env.extra_env.extend([
+        (
+            "CTDATA__FTP__DATA_TIMEOUT_SECS".to_string(),
+            "1".to_string(),
+        ),
+        (
+            "CTDATA__FTP__IDLE_TIMEOUT_SECS".to_string(),
+            "2".to_string(),
+        ),
+    ]);
+    let token = env.device_token("ranger-07");
+    let server = env.serve().await;
+    let file = env.dir.path().join("slow.ndjson");
+    write_batch(&file, "ranger-07", 200);
+    let r = ftplib(
+        server.ftp_port(),
+        false,
+        serde_json::json!([
+            ["login", "ranger-07", token],
+            ["stor_then_stall", file.display().to_string(), "slow.ndjson"],
+            ["login", "ranger-07", token],
+            ["idle", "4"],
+        ]),
+    );
+    assert!(
+        code(&r[1]).starts_with('4'),
+        "the stalled upload was not cut: {r:?}"
+    );
+    // The server closes an idle session with "221 Session timed out", which ftplib
+    // reads as the answer to its late NOOP.
+    let idle = serde_json::to_string(&r[3]).unwrap();
+    assert!(
+        r[3].get("err").is_some() || idle.contains("timed out"),
+        "the idle session stayed open: {r:?}"
+    );
+    // The cut upload of a final name left nothing to ingest and nothing behind.
+    let left = std::fs::read_dir(env.drop_dir().join("ranger-07"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0);
+    assert!(stored(&db).await.is_empty());
 }
