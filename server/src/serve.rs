@@ -107,7 +107,13 @@ pub async fn run(
             .next_settle()
             .map(|d| d + Duration::from_millis(20));
         tokio::select! {
-            _ = woken.notified() => {}
+            _ = woken.notified() => {
+                // An FTP upload was claimed: let the ones right behind it join this
+                // pass, so a burst shares one filesystem sync and one scan.
+                if !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
             _ = rescan.tick() => {}
             _ = sleep_opt(settle_wait) => {}
             Some(change) = changes.recv() => {
