@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# CTData FTP benchmark: 2,000 files of ~4 KB uploaded as NAME.part then renamed, by one
+# CTData FTP benchmark: rounds of 2,000 files of ~4 KB uploaded as NAME.part then renamed, by one
 # client, to vsftpd and to the embedded FTP server in the same run; prints files/s for
 # both, the ratio, and the time until every batch is in PostgreSQL.
-#   bench/ftp.sh [--files 2000] [--file-bytes 4096] ...   (ctdata-bench ftp --help)
+#   bench/ftp.sh [--files 2000] [--file-bytes 4096] [--rounds 3] ...   (ctdata-bench ftp --help)
 # Needs root (vsftpd chroots and drops to the ftp user) and a loopback PostgreSQL
 # (CTDATA_TEST_PG).
 set -euo pipefail
