@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+pub mod ftp;
+
 /// Where the test PostgreSQL server is; a database per test is created on it.
 pub fn pg_admin_url() -> String {
     std::env::var("CTDATA_TEST_PG")
