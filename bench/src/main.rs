@@ -6,12 +6,15 @@
 
 mod data;
 mod export;
+mod ftp;
+mod ftp_client;
 mod http;
 mod pg;
 mod run;
 mod server;
 mod sys;
 mod upload;
+mod vsftpd;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -40,26 +43,29 @@ enum Scenario {
     Upload(UploadArgs),
     /// The HTTP CSV download of every row, against `psql \copy … TO STDOUT`.
     Export(ExportArgs),
+    /// Small files uploaded over FTP (temporary name, then rename) to the embedded
+    /// server and to vsftpd with the same client.
+    Ftp(ftp::FtpArgs),
 }
 
 #[derive(Args)]
-struct Common {
+pub struct Common {
     /// Admin connection to a loopback PostgreSQL; a fresh database is created and dropped.
     #[arg(
         long,
         env = "CTDATA_TEST_PG",
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
-    pg: String,
+    pub pg: String,
     /// Where data, logs and results go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/out"))]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Give up when the server has not stored every row after this many seconds.
     #[arg(long, default_value_t = 600)]
-    timeout_secs: u64,
+    pub timeout_secs: u64,
     /// Seed for the generated data.
     #[arg(long, default_value_t = 42)]
-    seed: u64,
+    pub seed: u64,
 }
 
 #[derive(Args)]
@@ -132,12 +138,13 @@ fn main() -> anyhow::Result<()> {
         Scenario::Big(args) => big(args),
         Scenario::Upload(args) => upload(args),
         Scenario::Export(args) => export(args),
+        Scenario::Ftp(args) => ftp::run(args),
     }
 }
 
 /// The per-scenario folder under `--out`, and a temporary run folder inside it for the
 /// bulky data (deleted at the end; the log and results stay).
-fn workspace(common: &Common, scenario: &str) -> anyhow::Result<(PathBuf, tempfile::TempDir)> {
+pub fn workspace(common: &Common, scenario: &str) -> anyhow::Result<(PathBuf, tempfile::TempDir)> {
     let dir = common.out.join(scenario);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let run = tempfile::Builder::new().prefix("run-").tempdir_in(&dir)?;
@@ -145,7 +152,7 @@ fn workspace(common: &Common, scenario: &str) -> anyhow::Result<(PathBuf, tempfi
     Ok((dir, run))
 }
 
-fn server_config(db: &TempDb, run: &Path) -> anyhow::Result<ServerConfig> {
+pub fn server_config(db: &TempDb, run: &Path) -> anyhow::Result<ServerConfig> {
     let exe = std::env::current_exe()?;
     let binary = exe.with_file_name("ctdata-server");
     ensure!(
@@ -158,6 +165,7 @@ fn server_config(db: &TempDb, run: &Path) -> anyhow::Result<ServerConfig> {
         db_url: db.db.url.clone(),
         drop_dir: run.join("CTData"),
         workdir: run.to_path_buf(),
+        env: Vec::new(),
     })
 }
 

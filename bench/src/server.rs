@@ -11,6 +11,7 @@ use anyhow::{bail, ensure, Context};
 
 const READY_LINE: &str = "watching the drop directory";
 const HTTP_LINE: &str = "HTTP API listening on ";
+const FTP_LINE: &str = "FTP listening on ";
 
 /// How the server under test is configured: environment only, run from a directory of
 /// its own so no stray `./ctdata.toml` is picked up.
@@ -19,6 +20,8 @@ pub struct ServerConfig {
     pub db_url: String,
     pub drop_dir: PathBuf,
     pub workdir: PathBuf,
+    /// More `CTDATA__…` settings (e.g. to turn on FTP).
+    pub env: Vec<(String, String)>,
 }
 
 impl ServerConfig {
@@ -32,6 +35,7 @@ impl ServerConfig {
             .env("CTDATA__INGEST__RESCAN_SECS", "1")
             // Any free loopback port: never collides with a server already on 8080.
             .env("CTDATA__HTTP__BIND", "127.0.0.1:0")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }
@@ -136,10 +140,19 @@ impl Server {
 
     /// Where the HTTP API listens, from its "HTTP API listening on ADDR" log line.
     pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.logged_addr(HTTP_LINE)
+    }
+
+    /// Where the FTP server listens, from its "FTP listening on ADDR" log line.
+    pub fn ftp_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.logged_addr(FTP_LINE)
+    }
+
+    fn logged_addr(&self, line: &str) -> anyhow::Result<SocketAddr> {
         let log = std::fs::read_to_string(&self.log)?;
         let rest = log
-            .split_once(HTTP_LINE)
-            .with_context(|| format!("no {HTTP_LINE:?} in the server log"))?
+            .split_once(line)
+            .with_context(|| format!("no {line:?} in the server log"))?
             .1;
         let addr: String = rest
             .chars()

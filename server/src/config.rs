@@ -19,6 +19,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub ingest: IngestSettings,
     pub http: HttpSettings,
+    pub ftp: FtpSettings,
     /// Remote folders pulled into the drop directory (FTP, FTPS or a mounted share).
     /// Configured in the file only: environment variables cannot add or change sources.
     pub sources: Vec<SourceSettings>,
@@ -116,6 +117,34 @@ pub struct HttpSettings {
     pub tls_key: Option<PathBuf>,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FtpSettings {
+    /// Also serve FTP (and FTPS when `tls_cert`/`tls_key` are set) from `serve`.
+    pub enabled: bool,
+    pub bind: String,
+    /// Passive data ports, `FIRST-LAST`.
+    pub passive_ports: String,
+    /// PEM certificate chain for explicit FTPS (AUTH TLS); with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Refuse logins (and transfers) that are not protected by TLS.
+    pub require_tls: bool,
+    /// A control connection with no command for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// An upload that sends no byte for this long is abandoned.
+    pub data_timeout_secs: f64,
+    /// Failed logins from one address for one name before the lockout.
+    pub max_login_failures: u32,
+    /// How long a locked-out name and address stays refused.
+    pub lockout_secs: u64,
+    /// `.part` uploads untouched for this long are deleted.
+    pub stale_part_secs: u64,
+    /// Fsync each upload before answering the client, not only before ingesting it.
+    pub fsync_before_reply: bool,
+}
+
 impl Default for DatabaseSettings {
     fn default() -> Self {
         DatabaseSettings {
@@ -150,6 +179,43 @@ impl Default for HttpSettings {
             tls_cert: None,
             tls_key: None,
         }
+    }
+}
+
+impl Default for FtpSettings {
+    fn default() -> Self {
+        FtpSettings {
+            enabled: false,
+            bind: "127.0.0.1:2121".into(),
+            passive_ports: "50000-50100".into(),
+            tls_cert: None,
+            tls_key: None,
+            require_tls: false,
+            idle_timeout_secs: 600,
+            data_timeout_secs: 60.0,
+            max_login_failures: 5,
+            lockout_secs: 300,
+            stale_part_secs: 86_400,
+            fsync_before_reply: false,
+        }
+    }
+}
+
+impl FtpSettings {
+    /// `passive_ports` as a range, or an error that quotes it.
+    pub fn passive_range(&self) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
+        let bad = || {
+            anyhow::anyhow!(
+                "ftp.passive_ports {:?} is not a port range like \"50000-50100\" (two ports from 1 to 65535, \
+                 the first not above the second)",
+                self.passive_ports
+            )
+        };
+        let (first, last) = self.passive_ports.split_once('-').ok_or_else(bad)?;
+        let first: u16 = first.trim().parse().map_err(|_| bad())?;
+        let last: u16 = last.trim().parse().map_err(|_| bad())?;
+        anyhow::ensure!(first >= 1 && first <= last, bad());
+        Ok(first..=last)
     }
 }
 
@@ -333,6 +399,7 @@ impl fmt::Debug for Settings {
             .field("ingest.settle_secs", &self.ingest.settle_secs)
             .field("ingest.rescan_secs", &self.ingest.rescan_secs)
             .field("http.bind", &self.http.bind)
+            .field("ftp", &self.ftp)
             .field("sources", &self.sources)
             .finish()
     }
@@ -435,6 +502,19 @@ mod tests {
         std::fs::write(&file, twice).unwrap();
         let err = Settings::load_from(Some(&file), env(&[])).unwrap_err();
         assert!(err.to_string().contains("two sources"), "{err}");
+    }
+
+    #[test]
+    fn ftp_passive_ports_parse_or_say_why() {
+        let mut ftp = FtpSettings::default();
+        assert_eq!(ftp.passive_range().unwrap(), 50000..=50100);
+        for bad in ["50100-50000", "50000", "0-10", "a-b", "1-70000"] {
+            ftp.passive_ports = bad.into();
+            let e = ftp.passive_range().unwrap_err().to_string();
+            assert!(e.contains("ftp.passive_ports") && e.contains(bad), "{e}");
+        }
+        let s = Settings::load_from(None, env(&[("CTDATA__FTP__ENABLED", "true")])).unwrap();
+        assert!(s.ftp.enabled);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal};
 
 use crate::auth::{hash_password, new_token, token_hash, MIN_PASSWORD_LEN};
 use crate::db::{Change, Db, DeviceInfo};
-use crate::dropdir::is_server_folder;
+use crate::dropdir::is_reserved_name;
 use crate::ingest::valid_device_name;
 
 /// Checks a new device name: it becomes a folder name and an FTP login.
@@ -16,8 +16,9 @@ pub fn check_device_name(name: &str) -> anyhow::Result<()> {
          or digit, at most 64 characters"
     );
     anyhow::ensure!(
-        !is_server_folder(name),
-        "{name:?} is reserved for the server's own folder in the drop directory"
+        !is_reserved_name(name),
+        "{name:?} is reserved: it names one of the server's own folders in the drop directory \
+         (in any letter case)"
     );
     Ok(())
 }

@@ -109,8 +109,10 @@ impl DropDir {
         // While one file holds the database's ingest lock, the next is read and hashed
         // and the last one's receipt written, so the database never waits on us.
         let workers = self.ingestor.db.concurrent_loads();
+        let claimed = self.claimed_files()?;
+        self.make_durable(&claimed).await?;
         let this = &*self;
-        let mut results = futures::stream::iter(self.claimed_files()?)
+        let mut results = futures::stream::iter(claimed)
             .take_while(|_| std::future::ready(!stop.load(Ordering::SeqCst)))
             .map(|claimed| async move {
                 let result = this.process(&claimed).await;
@@ -168,12 +170,28 @@ impl DropDir {
                 .to_string_lossy()
                 .into_owned(),
         };
-        let name = rel.file_name().unwrap_or_default().to_string_lossy();
-        let dir = self.root.join(PROCESSING).join(&device);
-        fs::create_dir_all(&dir)?;
-        let dest = dir.join(format!("{}-{name}", stamp()));
-        fs::rename(path, &dest)?;
-        Ok(dest)
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        claim_into(&self.root, path, &device, &name, channel::SHARE)
+    }
+
+    /// FTP uploads are claimed without an fsync, so the client's reply does not wait
+    /// for the disk; they are made durable here, before they are ingested. One
+    /// `syncfs` covers every file and rename of the pass.
+    async fn make_durable(&self, claimed: &[PathBuf]) -> io::Result<()> {
+        let from_ftp = claimed.iter().any(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            parse_claim_name(&name).0 == channel::FTP
+        });
+        if !from_ftp {
+            return Ok(());
+        }
+        let dir = self.root.join(PROCESSING);
+        tokio::task::spawn_blocking(move || {
+            let fd = fs::File::open(&dir)?;
+            nix::unistd::syncfs(&fd).map_err(io::Error::from)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     fn claimed_files(&self) -> io::Result<Vec<PathBuf>> {
@@ -207,14 +225,12 @@ impl DropDir {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let original = claim_name
-            .split_once('-')
-            .map_or(claim_name.as_str(), |(_, n)| n)
-            .to_string();
+        let (channel, original) = parse_claim_name(&claim_name);
+        let original = original.to_string();
         let delivery = Delivery {
             path: claimed.to_path_buf(),
             file_name: original.clone(),
-            channel: channel::SHARE.into(),
+            channel: channel.into(),
             device_hint: (device_dir != NO_DEVICE).then(|| device_dir.clone()),
             claim_name: Some(format!("{device_dir}/{claim_name}")),
             rejected_path: Some(rejected_path(&device_dir, &claim_name)),
@@ -286,6 +302,38 @@ impl Seen {
     }
 }
 
+/// Claims `path` for `device` into `.processing/<device>/<stamp><tag>-<name>`. The
+/// tag names the channel (none for the share), so a file claimed before a crash is
+/// ingested after the restart with the channel it came by.
+pub fn claim_into(
+    root: &Path,
+    path: &Path,
+    device: &str,
+    name: &str,
+    channel: &str,
+) -> io::Result<PathBuf> {
+    let dir = root.join(PROCESSING).join(device);
+    fs::create_dir_all(&dir)?;
+    let tag = match channel {
+        channel::SHARE => String::new(),
+        other => format!(".{other}"),
+    };
+    let dest = dir.join(format!("{}{tag}-{name}", stamp()));
+    fs::rename(path, &dest)?;
+    Ok(dest)
+}
+
+/// The channel and the sender's file name in a claim name `<stamp>[.<channel>]-<name>`.
+fn parse_claim_name(claim_name: &str) -> (&str, &str) {
+    let Some((head, name)) = claim_name.split_once('-') else {
+        return (channel::SHARE, claim_name);
+    };
+    match head.split_once('.') {
+        Some((_, tag)) if tag == channel::FTP => (channel::FTP, name),
+        _ => (channel::SHARE, name),
+    }
+}
+
 /// Whether a top-level name in the drop directory is one of the server's own folders.
 pub fn is_server_folder(name: &str) -> bool {
     [
@@ -296,6 +344,21 @@ pub fn is_server_folder(name: &str) -> bool {
         crate::sources::PULLING,
     ]
     .contains(&name)
+}
+
+/// Whether a device name would be one of the server's folders on some filesystem
+/// (a case-insensitive share makes `Archive` the archive): such a name never becomes a
+/// device, or its FTP root would be the server's folder.
+pub fn is_reserved_name(name: &str) -> bool {
+    [
+        PROCESSING,
+        ARCHIVE,
+        REJECTED,
+        RECEIPTS,
+        crate::http::INCOMING,
+    ]
+    .iter()
+    .any(|f| f.eq_ignore_ascii_case(name))
 }
 
 /// Whether a name is a finished delivery rather than a transfer in progress or a
@@ -370,5 +433,29 @@ fn move_file(from: &Path, to: &Path) -> io::Result<()> {
     match fs::rename(from, to) {
         Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_names_carry_the_channel() {
+        let c = |name| parse_claim_name(name);
+        assert_eq!(
+            c("20261122T101010123456789000001-a-b.json"),
+            ("share", "a-b.json")
+        );
+        assert_eq!(
+            c("20261122T101010123456789000001.ftp-x.json"),
+            ("ftp", "x.json")
+        );
+        assert_eq!(
+            c("20261122T101010123456789000001.zz-x.json"),
+            ("share", "x.json")
+        );
+        assert!(is_reserved_name("Archive") && is_reserved_name("RECEIPTS"));
+        assert!(!is_reserved_name("archive2") && !is_server_folder("Archive"));
     }
 }

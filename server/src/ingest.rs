@@ -20,6 +20,7 @@ pub mod channel {
     pub const HTTP: &str = "http";
     /// Fetched from a remote source (FTP site or share) by a Download or a schedule.
     pub const PULL: &str = "pull";
+    pub const FTP: &str = "ftp";
 }
 
 /// Rejection kind of a batch that names another device than the one that sent it.

@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod db;
 pub mod dropdir;
 pub mod export;
+pub mod ftp;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

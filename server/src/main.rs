@@ -8,7 +8,7 @@ use ctdata_server::credentials;
 use ctdata_server::ingest::Status;
 
 /// CTData server: collects field batches from the CTData drop directory, over HTTP(S)
-/// and from remote FTP sites and shares into one consolidated database (embedded SQLite by default, PostgreSQL in production).
+/// over FTP(S), and from remote FTP sites and shares into one consolidated database (embedded SQLite by default, PostgreSQL in production).
 #[derive(Parser)]
 #[command(name = "ctdata-server", version)]
 struct Cli {
@@ -22,8 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Watch the drop directory and serve the HTTP API on http.bind, ingesting every batch
-    /// that arrives, and pull sources that have a poll_every schedule, until SIGTERM or Ctrl-C.
+    /// Watch the drop directory and serve the HTTP API on http.bind (and FTP/FTPS on
+    /// ftp.bind when ftp.enabled), ingesting every batch that arrives, and pull sources
+    /// that have a poll_every schedule, until SIGTERM or Ctrl-C.
     Serve,
     /// Apply database migrations and exit (serve also does this at start).
     Migrate,
@@ -91,9 +92,14 @@ fn main() -> ExitCode {
     }
     // The FTP client traces its commands, PASS and the password included: never
     // below info, whatever CTDATA_LOG asks for.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CTDATA_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("CTDATA_LOG")
         .unwrap_or_else(|_| "info,sqlx=warn".into())
         .add_directive("suppaftp=info".parse().expect("a valid directive"));
+    // libunftp instruments every command with an info span that formats its whole
+    // session: unreadable, and slow enough to halve FTP throughput. Its warnings stay.
+    if !std::env::var("CTDATA_LOG").is_ok_and(|v| v.contains("libunftp")) {
+        filter = filter.add_directive("libunftp=warn".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

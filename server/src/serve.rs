@@ -47,20 +47,38 @@ pub async fn run(
     ));
     let (http_stop, mut http_stopping) = tokio::sync::watch::channel(false);
     let pulls_stopping = http_stop.subscribe();
+    let woken = Arc::new(Notify::new());
+    let ftp_stopping = http_stopping.clone();
     let http = start_http(&settings, ingestor.clone(), puller.clone(), async move {
         let _ = http_stopping.wait_for(|stop| *stop).await;
     })
     .await?;
+    // A complete FTP upload is claimed by the FTP server itself and rings `woken`.
+    let ftp = match settings.ftp.enabled {
+        true => Some(
+            crate::ftp::start(
+                &settings.ftp,
+                settings.ingest.drop_dir.clone(),
+                ingestor.db.clone(),
+                woken.clone(),
+                async move {
+                    let mut stopping = ftp_stopping;
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                },
+            )
+            .await?,
+        ),
+        false => None,
+    };
     tracing::info!(
         drop_dir = %settings.ingest.drop_dir.display(),
         database = ingestor.db.backend(),
         "ctdata-server watching the drop directory"
     );
 
-    // One signal stops both: the HTTP server finishes requests in flight, the ingest
-    // loop the file in hand.
+    // One signal stops them all: the HTTP server finishes requests in flight, the FTP
+    // server gives sessions a grace period, the ingest loop finishes the file in hand.
     let stop = Arc::new(AtomicBool::new(false));
-    let woken = Arc::new(Notify::new());
     {
         let (stop, woken) = (stop.clone(), woken.clone());
         tokio::spawn(async move {
@@ -97,7 +115,13 @@ pub async fn run(
             .next_settle()
             .map(|d| d + Duration::from_millis(20));
         tokio::select! {
-            _ = woken.notified() => {}
+            _ = woken.notified() => {
+                // An FTP upload was claimed: let the ones right behind it join this
+                // pass, so a burst shares one filesystem sync and one scan.
+                if !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
             _ = rescan.tick() => {}
             _ = sleep_opt(settle_wait) => {}
             Some(change) = changes.recv() => {
@@ -113,6 +137,10 @@ pub async fn run(
     }
     http.await??;
     tracing::info!("HTTP stopped");
+    if let Some(ftp) = ftp {
+        ftp.await??;
+        tracing::info!("FTP stopped");
+    }
     ingestor.db.close().await;
     Ok(())
 }

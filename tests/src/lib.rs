@@ -4,11 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+pub mod ftp;
 pub mod vsftpd;
 
 /// Where the test PostgreSQL server is; a database per test is created on it.
@@ -280,6 +282,24 @@ impl ServerEnv {
         cmd
     }
 
+    /// Turns on the embedded FTP server: port 0 on loopback (read the real one with
+    /// [`Server::ftp_port`]) and a passive port range that parallel tests, in this
+    /// process or another, are unlikely to share (libunftp also retries taken ports).
+    pub fn enable_ftp(&mut self) {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let slot =
+            (std::process::id().wrapping_mul(7) + NEXT.fetch_add(1, Ordering::Relaxed)) % 400;
+        let first = 12_000 + slot * 40;
+        self.extra_env.extend([
+            ("CTDATA__FTP__ENABLED".to_string(), "true".to_string()),
+            ("CTDATA__FTP__BIND".to_string(), "127.0.0.1:0".to_string()),
+            (
+                "CTDATA__FTP__PASSIVE_PORTS".to_string(),
+                format!("{first}-{}", first + 39),
+            ),
+        ]);
+    }
+
     /// Registers a device with `ctdata-server device add` and returns its token.
     pub fn device_token(&self, name: &str) -> String {
         let out = self
@@ -367,6 +387,19 @@ impl Server {
         format!("{scheme}://{}", addr.trim())
     }
 
+    /// The FTP port the server logged (it binds port 0).
+    pub fn ftp_port(&self) -> u16 {
+        let log = self.log_text();
+        let addr = log
+            .lines()
+            .find_map(|l| l.split("FTP listening on ").nth(1))
+            .expect("the server logs its FTP address");
+        let addr = addr.split_whitespace().next().unwrap_or_default();
+        addr.rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {addr:?}"))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -431,4 +464,39 @@ pub fn count_files(dir: &Path) -> usize {
             _ => 0,
         })
         .sum()
+}
+
+/// Writes a valid NDJSON batch of `rows` new sightings from `device` to `path`;
+/// returns its batch id.
+pub fn write_batch(path: &Path, device: &str, rows: usize) -> uuid::Uuid {
+    use chrono::TimeZone;
+    use std::io::Write;
+    let tz = chrono::FixedOffset::east_opt(2 * 3600).expect("offset");
+    let header = ctdata_batch::write::BatchHeader {
+        batch_id: uuid::Uuid::new_v4(),
+        device_id: device.to_string(),
+        created_at: tz.with_ymd_and_hms(2026, 11, 3, 8, 0, 0).unwrap(),
+    };
+    let file = std::io::BufWriter::new(std::fs::File::create(path).expect("create batch"));
+    let mut w = ctdata_batch::write::NdjsonWriter::new(file, &header).expect("batch writer");
+    for n in 0..rows {
+        w.push(&ctdata_batch::Sighting {
+            id: uuid::Uuid::new_v4(),
+            observed_at: tz.with_ymd_and_hms(2026, 11, 3, 6, 0, 0).unwrap(),
+            latitude: -19.0 + n as f64 * 1e-4,
+            longitude: 16.3,
+            altitude: None,
+            accuracy: Some(4.0),
+            observer: Some(device.to_string()),
+            species: Some("Acinonyx jubatus".into()),
+            count: Some(1),
+            attributes: Default::default(),
+        })
+        .expect("write sighting");
+    }
+    w.finish()
+        .expect("finish batch")
+        .flush()
+        .expect("flush batch");
+    header.batch_id
 }

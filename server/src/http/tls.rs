@@ -28,16 +28,23 @@ pub fn acceptor(http: &HttpSettings) -> anyhow::Result<Option<TlsAcceptor>> {
             bail!("http.tls_key is set but http.tls_cert is not: HTTPS needs both (or neither)")
         }
     };
-    let config = server_config(&cert, &key)?;
+    let mut config = server_config("http", &cert, &key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
-/// Loads the chain and key and offers HTTP/2 and HTTP/1.1 by ALPN.
-fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
-    let chain = load_certs(cert)?;
-    let key_der = load_key(key)?;
+/// Checks that `<section>.tls_cert` and `<section>.tls_key` load and belong together,
+/// for servers that load the files themselves (FTPS).
+pub fn check_pair(section: &str, cert: &Path, key: &Path) -> anyhow::Result<()> {
+    server_config(section, cert, key).map(drop)
+}
+
+/// Loads the chain and key; errors name `<section>.tls_cert` / `tls_key` and the file.
+fn server_config(section: &str, cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    let chain = load_certs(&format!("{section}.tls_cert"), cert)?;
+    let key_der = load_key(&format!("{section}.tls_key"), key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()
@@ -50,12 +57,11 @@ fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig
                 e => e.to_string(),
             };
             anyhow!(
-                "http.tls_cert {} and http.tls_key {} cannot be used together: {why}",
+                "{section}.tls_cert {} and {section}.tls_key {} cannot be used together: {why}",
                 cert.display(),
                 key.display()
             )
         })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -63,29 +69,29 @@ fn read(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow!("cannot read {setting} {}: {e}", path.display()))
 }
 
-fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = read("http.tls_cert", path)?;
+fn load_certs(setting: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = read(setting, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, pem::Error>>()
-        .map_err(|e| anyhow!("http.tls_cert {} is not valid PEM: {e}", path.display()))?;
+        .map_err(|e| anyhow!("{setting} {} is not valid PEM: {e}", path.display()))?;
     if certs.is_empty() {
         bail!(
-            "http.tls_cert {} holds no certificate (expected a PEM \"BEGIN CERTIFICATE\" block)",
+            "{setting} {} holds no certificate (expected a PEM \"BEGIN CERTIFICATE\" block)",
             path.display()
         );
     }
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let pem = read("http.tls_key", path)?;
+fn load_key(setting: &str, path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let pem = read(setting, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         pem::Error::NoItemsFound => anyhow!(
-            "http.tls_key {} holds no private key (expected a PEM \"BEGIN PRIVATE KEY\", \
+            "{setting} {} holds no private key (expected a PEM \"BEGIN PRIVATE KEY\", \
              \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\" block)",
             path.display()
         ),
-        e => anyhow!("http.tls_key {} is not valid PEM: {e}", path.display()),
+        e => anyhow!("{setting} {} is not valid PEM: {e}", path.display()),
     })
 }
 
