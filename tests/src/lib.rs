@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+pub mod client;
+
 /// Where the test PostgreSQL server is; a database per test is created on it.
 pub fn pg_admin_url() -> String {
     std::env::var("CTDATA_TEST_PG")

@@ -667,6 +667,7 @@ async fn openapi_document_matches_the_routes() {
         ("GET", "/api/v1/devices"),
         ("GET", "/api/v1/rejected"),
         ("GET", "/api/v1/sightings"),
+        ("GET", "/api/v1/whoami"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),
         ("GET", "/readyz"),

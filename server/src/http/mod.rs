@@ -8,6 +8,7 @@ mod error;
 mod sightings;
 mod throttle;
 pub mod tls;
+mod whoami;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -77,6 +78,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(batches::router())
         .merge(sightings::router())
         .merge(admin::router())
+        .merge(whoami::router())
 }
 
 #[derive(utoipa::OpenApi)]

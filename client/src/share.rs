@@ -1,0 +1,53 @@
+//! The share protocol: the server's `CTData` drop folder, mounted on this machine.
+//! A batch goes to `CTData/<device>/NAME.part`, is fsynced, then renamed to `NAME`:
+//! the server ignores `.part` files, so it never sees half a batch.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::config::Endpoint;
+use crate::home::sync_dir;
+use crate::send::Outcome;
+
+/// The device's folder in the share. The share itself must exist: creating it would
+/// hide an unmounted share behind a local folder nobody reads.
+pub fn device_dir(endpoint: &Endpoint, device: &str) -> Result<PathBuf, String> {
+    let root = endpoint.share_root();
+    if !root.is_dir() {
+        return Err(format!(
+            "the share folder {} is not there (is the share mounted?)",
+            root.display()
+        ));
+    }
+    Ok(root.join(device))
+}
+
+pub fn put(endpoint: &Endpoint, device: &str, path: &Path, name: &str) -> Outcome {
+    let dir = match device_dir(endpoint, device) {
+        Ok(d) => d,
+        Err(why) => return Outcome::Retry(why),
+    };
+    match copy_in(&dir, path, name) {
+        Ok(()) => Outcome::Delivered {
+            duplicate: false,
+            receipt: serde_json::json!({
+                "status": "delivered",
+                "file": dir.join(name).display().to_string(),
+                "channel": "share",
+            }),
+        },
+        Err(e) => Outcome::Retry(format!("cannot write to {}: {e}", dir.display())),
+    }
+}
+
+fn copy_in(dir: &Path, path: &Path, name: &str) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let part = dir.join(format!("{name}.part"));
+    let mut to = File::create(&part)?;
+    io::copy(&mut File::open(path)?, &mut to)?;
+    to.sync_all()?;
+    drop(to);
+    fs::rename(&part, dir.join(name))?;
+    sync_dir(dir)
+}
