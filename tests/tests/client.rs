@@ -297,3 +297,66 @@ async fn the_connection_test_names_the_failing_step() {
     assert!(text.contains("refused the connection"), "{text}");
     assert!(!text.contains("log in"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_over_https_to_a_server_with_its_own_certificate() {
+    let Some(db) = pg().await else { return };
+    let mut env = ServerEnv::new(&db);
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = env.dir.path().join("cert.pem");
+    let key = env.dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    for (k, v) in [("TLS_CERT", &cert), ("TLS_KEY", &key)] {
+        env.extra_env
+            .push((format!("CTDATA__HTTP__{k}"), v.display().to_string()));
+    }
+    let token = env.device_token("ranger-07");
+    let server = env.serve().await;
+    let base = server.http_base();
+    assert!(base.starts_with("https://"), "{base}");
+    let client = Client::new();
+
+    // Not trusted yet: the TLS step says so, and nothing is sent in the clear.
+    client.init_https(&base, "ranger-07", &token);
+    let out = client.run(&["test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("✓ connect"), "{text}");
+    assert!(
+        text.contains("✗ TLS: the secure connection failed"),
+        "{text}"
+    );
+    assert!(text.contains("--ca-file"), "{text}");
+    client.record(2, "Loxodonta africana");
+    let out = client.run(&["send", "--retries", "0"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("TLS"), "{stdout}");
+
+    client.ok(&[
+        "init",
+        "--protocol",
+        "https",
+        "--url",
+        &base,
+        "--device",
+        "ranger-07",
+        "--token",
+        &token,
+        "--ca-file",
+        cert.to_str().unwrap(),
+    ]);
+    let text = client.ok(&["test"]);
+    assert!(
+        text.contains("✓ TLS: certificate valid for 127.0.0.1"),
+        "{text}"
+    );
+    assert!(text.contains("all steps passed"), "{text}");
+    let out = client.ok(&["send"]);
+    assert!(out.contains("sent 1 batch (2 sightings"), "{out}");
+    assert_eq!(sightings(&db).await, 2);
+    assert!(server.terminate().success());
+}
