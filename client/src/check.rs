@@ -3,18 +3,16 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use reqwest::Url;
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::config::{Config, Endpoint, Protocol};
 use crate::home::Home;
-use crate::{http, share};
+use crate::{ftp, http, share};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -28,6 +26,10 @@ pub async fn run(home: &Home) -> anyhow::Result<ExitCode> {
     );
     let ok = match config.upload.protocol {
         Protocol::Https => https(&config).await?,
+        Protocol::Ftp | Protocol::Ftps => {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || ftp_steps(&config)).await?
+        }
         Protocol::Share => show("write and delete a probe file", probe_share(&config)),
     };
     Ok(if ok {
@@ -124,26 +126,9 @@ async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, String> {
 }
 
 async fn tls(up: &Endpoint, host: &str, stream: TcpStream) -> Step {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = &up.ca_file {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-        }
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let tls = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = ftp::tls_config(up)?;
     let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let connector = tokio_rustls::TlsConnector::from(tls);
     match tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, stream)).await {
         Err(_) => Err(format!(
             "the TLS handshake took longer than {STEP_TIMEOUT:?}"
@@ -216,4 +201,56 @@ fn probe_share(config: &Config) -> Step {
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
     Ok(format!("{} is writable", dir.display()))
+}
+
+fn ftp_steps(config: &Config) -> bool {
+    let t = match ftp::Target::new(config) {
+        Ok(t) => t,
+        Err(cause) => return show("settings", Err(cause)),
+    };
+    let addrs = match t.addrs() {
+        Ok(a) if !a.is_empty() => a,
+        Ok(_) => return show("resolve host", Err(format!("{} has no address", t.host))),
+        Err(cause) => return show("resolve host", Err(cause)),
+    };
+    let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    show(
+        "resolve host",
+        Ok(format!("{} is {}", t.host, shown.join(", "))),
+    );
+    let tcp = match ftp::connect(&t, addrs[0]) {
+        Ok(tcp) => tcp,
+        Err(cause) => return show("connect", Err(cause)),
+    };
+    show("connect", Ok(format!("{} accepts connections", addrs[0])));
+    let step = if t.secure {
+        "TLS (AUTH TLS)"
+    } else {
+        "FTP greeting"
+    };
+    let mut session = match ftp::greet(&t, &config.upload, tcp) {
+        Ok(s) => s,
+        Err(cause) => return show(step, Err(cause)),
+    };
+    if t.secure {
+        show(step, Ok(format!("certificate valid for {}", t.host)));
+    } else {
+        show(step, Ok("the server speaks FTP".into()));
+        println!("- TLS: skipped, plain ftp:// (the password crosses the network unencrypted)");
+    }
+    let ok = show("log in", ftp::login(&t, &mut session))
+        && match ftp::enter_folder(&t, &mut session) {
+            Ok(folder) => {
+                show(
+                    "find the CTData folder",
+                    Ok(format!("batches go to {folder}")),
+                ) && show(
+                    "write and delete a probe file",
+                    ftp::probe(&mut session).map(|()| format!("{folder} is writable")),
+                )
+            }
+            Err(cause) => show("find the CTData folder", Err(cause)),
+        };
+    ftp::quit(session);
+    ok
 }

@@ -20,33 +20,39 @@ pub fn init(home: &Home, a: InitArgs) -> anyhow::Result<ExitCode> {
     let ask = std::io::stdin().is_terminal();
     let protocol = match a.protocol {
         Some(p) => p,
-        None if ask => match prompt("Protocol (https or share)", Some("https"))?.as_str() {
-            "https" | "http" => Protocol::Https,
-            "share" => Protocol::Share,
-            other => bail!("unknown protocol {other:?}: https or share"),
-        },
-        None => bail!("--protocol is missing (https or share)"),
+        None if ask => {
+            let answer = prompt("Protocol (https, ftp, ftps or share)", Some("https"))?;
+            <Protocol as clap::ValueEnum>::from_str(&answer, true).map_err(|_| {
+                anyhow::anyhow!("unknown protocol {answer:?}: https, ftp, ftps or share")
+            })?
+        }
+        None => bail!("--protocol is missing (https, ftp, ftps or share)"),
     };
     let example = match protocol {
         Protocol::Https => "https://ctdata.example.org:8443",
+        Protocol::Ftp => "ftp://ctdata.example.org:2121/",
+        Protocol::Ftps => "ftps://ctdata.example.org:2121/CTData",
         Protocol::Share => "/mnt/share/CTData",
     };
     let url = given_or_asked(a.url, ask, &format!("URL, e.g. {example}"), "--url")?;
     let device = given_or_asked(a.device, ask, "Device name, e.g. ranger-07", "--device")?;
     let mut token = a.token;
-    if protocol == Protocol::Https && token.is_none() && a.token_file.is_none() {
+    if protocol != Protocol::Share && token.is_none() && a.token_file.is_none() {
         if !ask {
-            bail!("--token or --token-file is missing (https needs the device token)");
+            bail!(
+                "--token or --token-file is missing ({protocol} needs the device token or FTP password)"
+            );
         }
-        token = Some(
-            rpassword::prompt_password("Device token: ")?
-                .trim()
-                .to_string(),
-        );
+        let question = match protocol {
+            Protocol::Https => "Device token: ",
+            _ => "FTP password: ",
+        };
+        token = Some(rpassword::prompt_password(question)?.trim().to_string());
     }
     let upload = Endpoint {
         protocol,
         url,
+        user: a.user,
         token,
         token_file: a.token_file,
         ca_file: a.ca_file.map(absolute).transpose()?,
@@ -58,6 +64,7 @@ pub fn init(home: &Home, a: InitArgs) -> anyhow::Result<ExitCode> {
             Protocol::Share
         },
         url,
+        user: None,
         token: a.download_token,
         token_file: None,
         ca_file: upload.ca_file.clone(),

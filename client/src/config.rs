@@ -13,6 +13,10 @@ use crate::home::{write_atomic, Home};
 pub enum Protocol {
     /// HTTP API of ctdata-server (http:// or https:// URL)
     Https,
+    /// An FTP site or ctdata-server's FTP service (ftp:// URL)
+    Ftp,
+    /// FTP with TLS (explicit, AUTH TLS; ftps:// URL)
+    Ftps,
     /// A mounted CTData drop folder (a local path)
     Share,
 }
@@ -21,6 +25,8 @@ impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Protocol::Https => "https",
+            Protocol::Ftp => "ftp",
+            Protocol::Ftps => "ftps",
             Protocol::Share => "share",
         })
     }
@@ -32,6 +38,10 @@ impl fmt::Display for Protocol {
 pub struct Endpoint {
     pub protocol: Protocol,
     pub url: String,
+    /// FTP login name (default: the device name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Device token (https), or FTP password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// A file holding the token, read at each use (so it can be rotated in place).
@@ -47,6 +57,7 @@ impl fmt::Debug for Endpoint {
         f.debug_struct("Endpoint")
             .field("protocol", &self.protocol)
             .field("url", &self.url)
+            .field("user", &self.user)
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
             .field("token_file", &self.token_file)
             .field("ca_file", &self.ca_file)
@@ -94,6 +105,15 @@ impl Endpoint {
                 }
                 if self.token.is_none() && self.token_file.is_none() {
                     bail!("{side}: https needs a token (--token or --token-file)");
+                }
+            }
+            Protocol::Ftp | Protocol::Ftps => {
+                let scheme = format!("{}://", self.protocol);
+                if !self.url.starts_with(&scheme) {
+                    bail!(
+                        "{side} url {:?} is not an {scheme} URL, e.g. {scheme}ctdata.example.org:2121/",
+                        self.url
+                    );
                 }
             }
             Protocol::Share => {

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod dock;
 mod duration;
+mod ftp;
 mod home;
 mod http;
 mod outbox;
@@ -25,8 +26,8 @@ use crate::duration::Dur;
 use crate::home::Home;
 
 /// CTData field client: record sightings, seal them into batches and send them to a
-/// ctdata-server over HTTPS or a mounted CTData share; test the connection; pull the
-/// consolidated sightings.
+/// ctdata-server over HTTPS, FTP/FTPS or a mounted CTData share; test the connection;
+/// pull the consolidated sightings.
 ///
 /// Data lives in one folder (--home, CTDATA_HOME, or the platform's data folder):
 /// outbox/ holds sealed batches waiting to go, sent/ delivered ones with their
@@ -49,7 +50,9 @@ enum Command {
     ///
     /// On a terminal, asks for whatever the flags leave out; in scripts give them all:
     /// `ctdata init --protocol https --url https://host:8443 --device ranger-07 --token
-    /// TOKEN` or `ctdata init --protocol share --url /mnt/share/CTData --device ranger-07`.
+    /// TOKEN`, `ctdata init --protocol ftps --url ftps://host:2121/ --device ranger-07
+    /// --token TOKEN` or `ctdata init --protocol share --url /mnt/share/CTData --device
+    /// ranger-07`.
     Init(InitArgs),
     /// Add one sighting to the open batch.
     Record(RecordArgs),
@@ -74,7 +77,9 @@ enum Command {
     /// Connection test: each step with ✓ or what went wrong, in plain words.
     ///
     /// HTTPS: resolve the host, connect, TLS, /healthz, log in with the device token.
-    /// Share: the folder is there, a probe file can be written and deleted.
+    /// FTP/FTPS: resolve, connect, TLS (ftps), log in, find the CTData folder, write and
+    /// delete a probe file. Share: the folder is there, a probe file can be written and
+    /// deleted.
     Test,
     /// Send in the background on a timer; stops cleanly on SIGTERM or Ctrl-C.
     ///
@@ -102,13 +107,17 @@ enum Command {
 pub struct InitArgs {
     #[arg(long, value_enum)]
     pub protocol: Option<Protocol>,
-    /// https://host:8443 (http:// for a test server), or a share path /mnt/share/CTData
+    /// https://host:8443 (http:// for a test server), ftp://host:2121/,
+    /// ftps://host:2121/CTData, or a share path /mnt/share/CTData
     #[arg(long)]
     pub url: Option<String>,
+    /// FTP login name [default: the device name]
+    #[arg(long)]
+    pub user: Option<String>,
     /// This device's name on the server, e.g. ranger-07
     #[arg(long)]
     pub device: Option<String>,
-    /// The device token from `ctdata-server device add NAME`
+    /// The device token from `ctdata-server device add NAME` (for ftp/ftps: the password)
     #[arg(long, conflicts_with = "token_file")]
     pub token: Option<String>,
     /// A file holding the token instead (read at each use)

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::config::{Config, Protocol};
 use crate::home::{list_files, move_into, write_atomic, Home, OUTBOX, REJECTED, SENT};
-use crate::{http, outbox, share, state};
+use crate::{ftp, http, outbox, share, state};
 
 const SEND_LOCK: &str = ".send.lock";
 
@@ -91,6 +91,8 @@ enum Transport {
         client: reqwest::Client,
         token: String,
     },
+    /// One FTP session for the whole send, opened on first use and after an error.
+    Ftp(Arc<std::sync::Mutex<Option<ftp::Session>>>),
     Share,
 }
 
@@ -129,6 +131,7 @@ async fn send_outbox(home: &Home, config: &Config, opts: &Options) -> anyhow::Re
             client: http::client(up)?,
             token: up.require_token()?,
         },
+        Protocol::Ftp | Protocol::Ftps => Transport::Ftp(Arc::default()),
         Protocol::Share => Transport::Share,
     };
     let dir = home.dir(OUTBOX);
@@ -203,6 +206,12 @@ async fn send_outbox(home: &Home, config: &Config, opts: &Options) -> anyhow::Re
         }
     }
     progress.finish_and_clear();
+    if let Transport::Ftp(session) = transport {
+        let open = session.lock().ok().and_then(|mut s| s.take());
+        if let Some(s) = open {
+            tokio::task::spawn_blocking(move || ftp::quit(s)).await?;
+        }
+    }
     report.pending = list_files(&dir)?.len();
     Ok(report)
 }
@@ -218,6 +227,13 @@ async fn deliver(
         Transport::Http { client, token } => {
             http::post_batch(client, &config.upload, token, path, progress).await
         }
+        Transport::Ftp(session) => {
+            let (session, config) = (session.clone(), config.clone());
+            let (path, name) = (path.to_path_buf(), name.to_string());
+            tokio::task::spawn_blocking(move || ftp_put(&session, &config, &path, &name))
+                .await
+                .unwrap_or_else(|e| Outcome::Retry(format!("the FTP uploader failed: {e}")))
+        }
         Transport::Share => {
             let (up, device) = (config.upload.clone(), config.device.clone());
             let (path, name) = (path.to_path_buf(), name.to_string());
@@ -226,6 +242,33 @@ async fn deliver(
                 .unwrap_or_else(|e| Outcome::Retry(format!("the share writer failed: {e}")))
         }
     }
+}
+
+fn ftp_put(
+    session: &std::sync::Mutex<Option<ftp::Session>>,
+    config: &Config,
+    path: &Path,
+    name: &str,
+) -> Outcome {
+    let mut guard = match session.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if guard.is_none() {
+        match ftp::open(config) {
+            Ok(s) => *guard = Some(s),
+            Err(why) => return Outcome::Retry(format!("{}: {why}", config.upload.url)),
+        }
+    }
+    let Some(s) = guard.as_mut() else {
+        return Outcome::Retry("no FTP session".into());
+    };
+    let outcome = ftp::put(s, path, name);
+    if !matches!(outcome, Outcome::Delivered { .. }) {
+        // Start afresh next time: the session may be in any state after an error.
+        *guard = None;
+    }
+    outcome
 }
 
 /// `true` when stopped during the pause.
