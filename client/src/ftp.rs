@@ -247,3 +247,49 @@ pub fn explain(e: FtpError) -> String {
         other => other.to_string(),
     }
 }
+
+/// Files in the batch folder with their sizes (folders, which have no size, are left
+/// out).
+pub fn list(session: &mut Session) -> Result<Vec<(String, u64)>, String> {
+    fn on<T: TlsStream>(s: &mut ImplFtpStream<T>) -> Result<Vec<(String, u64)>, String> {
+        let names = s.nlst(None).map_err(explain)?;
+        let mut found = Vec::new();
+        for name in names {
+            let name = name.rsplit('/').next().unwrap_or_default().to_string();
+            if let Ok(size) = s.size(&name) {
+                found.push((name, size as u64));
+            }
+        }
+        Ok(found)
+    }
+    match session {
+        Session::Plain(s) => on(s),
+        Session::Tls(s) => on(s),
+    }
+}
+
+/// Downloads `name` into the file `to`; returns the bytes received.
+pub fn get(session: &mut Session, name: &str, to: &mut std::fs::File) -> Result<u64, String> {
+    fn on<T: TlsStream>(
+        s: &mut ImplFtpStream<T>,
+        name: &str,
+        to: &mut std::fs::File,
+    ) -> Result<u64, String> {
+        s.retr(name, |r| {
+            std::io::copy(r, to).map_err(FtpError::ConnectionError)
+        })
+        .map_err(|e| format!("downloading {name} failed: {}", explain(e)))
+    }
+    match session {
+        Session::Plain(s) => on(s, name, to),
+        Session::Tls(s) => on(s, name, to),
+    }
+}
+
+pub fn delete(session: &mut Session, name: &str) -> Result<(), String> {
+    let done = match session {
+        Session::Plain(s) => s.rm(name),
+        Session::Tls(s) => s.rm(name),
+    };
+    done.map_err(|e| format!("deleting {name} failed: {}", explain(e)))
+}

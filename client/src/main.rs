@@ -12,9 +12,11 @@ mod home;
 mod http;
 mod outbox;
 mod pull;
+mod remote;
 mod send;
 mod share;
 mod state;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,6 +102,49 @@ enum Command {
         /// csv, geojson or ndjson
         #[arg(long, default_value = "csv")]
         format: String,
+    },
+    /// Assisted sync: list files only here (outbox/, inbox/), only on the remote, and on
+    /// both (by name and size). Works with share, ftp and ftps.
+    Compare,
+    /// Move files to the remote: uploaded through a temporary name, then a batch from
+    /// outbox/ goes to sent/ and any other file is removed here.
+    Push {
+        /// A path, or a name in outbox/ or inbox/
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Move files from the remote into inbox/ (e.g. reference files for a new machine):
+    /// downloaded through a temporary name, the size checked, then removed there.
+    Fetch {
+        /// Names as `compare` lists them
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Turn sync off or on for this device, or delete its sync data.
+    Sync {
+        #[command(subcommand)]
+        action: SyncAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncAction {
+    /// Stop autosend for this device (it stops at its next look and will not start);
+    /// local data is kept.
+    Off,
+    /// Allow autosend again.
+    On,
+    /// Delete this device's local sync data: outbox/, sent/, rejected/, inbox/,
+    /// docked/, the open batch and the send state (the settings, the sequence number
+    /// and the memory of imported files stay). Asks for confirmation.
+    Purge {
+        /// Also delete this device's files on the remote that the server has not taken
+        /// yet (share and ftp/ftps)
+        #[arg(long)]
+        remote: bool,
+        /// Do not ask (for scripts)
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -225,5 +270,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Autosend(args) => autosend::run(&home, args).await,
         Command::Dock(args) => dock::run(&home, args).await,
         Command::Pull { format } => pull::run(&home, &format).await,
+        Command::Compare => blocking(move || sync::compare(&home)).await,
+        Command::Push { files } => blocking(move || sync::push(&home, &files)).await,
+        Command::Fetch { files } => blocking(move || sync::fetch(&home, &files)).await,
+        Command::Sync { action } => match action {
+            SyncAction::Off => sync::switch(&home, false),
+            SyncAction::On => sync::switch(&home, true),
+            SyncAction::Purge { remote, yes } => {
+                blocking(move || sync::purge(&home, remote, yes)).await
+            }
+        },
     }
+}
+
+/// FTP sessions block: run them off the async workers.
+async fn blocking(
+    f: impl FnOnce() -> anyhow::Result<ExitCode> + Send + 'static,
+) -> anyhow::Result<ExitCode> {
+    tokio::task::spawn_blocking(f).await?
 }

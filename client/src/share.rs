@@ -24,11 +24,15 @@ pub fn device_dir(endpoint: &Endpoint, device: &str) -> Result<PathBuf, String> 
 }
 
 pub fn put(endpoint: &Endpoint, device: &str, path: &Path, name: &str) -> Outcome {
-    let dir = match device_dir(endpoint, device) {
-        Ok(d) => d,
-        Err(why) => return Outcome::Retry(why),
-    };
-    match copy_in(&dir, path, name) {
+    match device_dir(endpoint, device) {
+        Ok(dir) => put_into(&dir, path, name),
+        Err(why) => Outcome::Retry(why),
+    }
+}
+
+/// Copies `path` into `dir` as `name` through `name.part`.
+pub fn put_into(dir: &Path, path: &Path, name: &str) -> Outcome {
+    match copy_in(dir, path, name) {
         Ok(()) => Outcome::Delivered {
             duplicate: false,
             receipt: serde_json::json!({

@@ -150,6 +150,21 @@ async fn sends_over_ftp_into_the_ctdata_folder_of_vsftpd() {
         assert_eq!(there, here, "{name} arrived whole");
     }
 
+    // Assisted sync with the site: a reference file comes down, the list says so.
+    std::fs::write(site.root.join("CTData/reference.csv"), "species\nLeo\n").unwrap();
+    let out = client.ok(&["compare"]);
+    assert!(out.contains("only there (3):"), "{out}");
+    assert!(out.contains("  reference.csv  12 bytes"), "{out}");
+    client.ok(&["fetch", "reference.csv"]);
+    assert_eq!(
+        std::fs::read_to_string(client.path("inbox/reference.csv")).unwrap(),
+        "species\nLeo\n"
+    );
+    assert!(!site.root.join("CTData/reference.csv").exists());
+    client.ok(&["push", "reference.csv"]);
+    assert!(site.root.join("CTData/reference.csv").exists());
+    assert!(!client.path("inbox/reference.csv").exists());
+
     // A login the site refuses, and a port nobody listens on: the cause, in words.
     client.ok(&[
         "init",

@@ -287,3 +287,91 @@ async fn send_killed_at_random_moments_loses_and_duplicates_nothing() {
     );
     assert!(server.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_push_fetch_and_purge_on_a_share() {
+    let share = tempfile::tempdir().unwrap();
+    let root = share.path().join("CTData");
+    let remote = root.join("ranger-07");
+    std::fs::create_dir_all(&remote).unwrap();
+    std::fs::write(remote.join("reference.csv"), csv(1, "ref")).unwrap();
+    let client = Client::new();
+    client.ok(&[
+        "init",
+        "--protocol",
+        "share",
+        "--url",
+        root.to_str().unwrap(),
+        "--device",
+        "ranger-07",
+    ]);
+    client.record(1, "Loxodonta africana");
+    client.ok(&["seal"]);
+    let batch = client.batches_in("outbox").remove(0);
+
+    let out = client.ok(&["compare"]);
+    assert!(out.contains("only here (1):"), "{out}");
+    assert!(out.contains(&format!("outbox/{batch}")), "{out}");
+    assert!(out.contains("only there (1):\n  reference.csv"), "{out}");
+    assert!(out.contains("on both (0):"), "{out}");
+
+    client.ok(&["push", &batch]);
+    assert!(remote.join(&batch).is_file());
+    assert_eq!(client.batches_in("sent"), std::slice::from_ref(&batch));
+    client.ok(&["fetch", "reference.csv"]);
+    assert_eq!(
+        std::fs::read_to_string(client.path("inbox/reference.csv")).unwrap(),
+        csv(1, "ref")
+    );
+    assert!(!remote.join("reference.csv").exists());
+    let out = client.ok(&["compare"]);
+    assert!(out.contains("  inbox/reference.csv"), "{out}");
+    assert!(
+        out.contains(&format!("only there (1):\n  {batch}")),
+        "{out}"
+    );
+    let missing = client.run(&["fetch", "nothing.csv"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nothing.csv is not on the remote"));
+
+    // sync off stops a running autosend and keeps it from starting.
+    let autosend = Running::start(&client, &["autosend", "--every", "200ms"]);
+    eventually("autosend to start", Duration::from_secs(30), || async {
+        client.log_text().contains("autosend started").then_some(())
+    })
+    .await;
+    client.ok(&["sync", "off"]);
+    let mut child = autosend;
+    let status = eventually("autosend to stop", Duration::from_secs(30), || {
+        let done = child.child.try_wait().unwrap();
+        async move { done }
+    })
+    .await;
+    assert!(status.success(), "{}", child.output_text());
+    let refused = client.run(&["autosend"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("sync is off"));
+    client.ok(&["sync", "on"]);
+
+    // Purge asks first; with --yes it deletes here and, with --remote, there.
+    client.record(1, "Syncerus caffer");
+    let asked = client.run(&["sync", "purge", "--remote"]);
+    assert_eq!(asked.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&asked.stderr).contains("pass --yes"));
+    assert!(
+        remote.join(&batch).is_file(),
+        "nothing deleted without --yes"
+    );
+    client.ok(&["sync", "purge", "--remote", "--yes"]);
+    assert!(!remote.join(&batch).exists());
+    assert!(client.batches_in("sent").is_empty());
+    assert!(!client.path("inbox/reference.csv").exists());
+    let status = client.ok(&["status"]);
+    assert!(status.contains("open batch: 0 sightings"), "{status}");
+    client.record(1, "Panthera leo");
+    client.ok(&["seal"]);
+    assert!(
+        client.batches_in("outbox")[0].starts_with("000002-"),
+        "numbers are never reused"
+    );
+}
