@@ -1,7 +1,7 @@
 //! Assisted sync (`compare`, `push`, `fetch`, after DataTracker) and the device sync
 //! switches (`sync off|on|purge`, after a diary app's device sync).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -205,8 +205,9 @@ pub fn purge(home: &Home, remote: bool, yes: bool) -> anyhow::Result<ExitCode> {
     }
     if remote {
         let mut r = Remote::open(&config)?;
-        let ours = remote_files_of_device(home, &r, &config)?;
-        for name in r.list()?.into_iter().map(|(n, _)| n).filter(|n| ours(n)) {
+        let ours = own_remote_files(home, &r)?;
+        let names = r.list()?.into_iter().map(|(n, _)| n);
+        for name in names.filter(|n| ours.as_ref().is_none_or(|o| o.contains(n))) {
             r.delete(&name)?;
             println!("deleted {name} on the remote");
         }
@@ -236,21 +237,17 @@ pub fn purge(home: &Home, remote: bool, yes: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A share's device folder is this device's alone; in an FTP folder shared by all
-/// devices only the batches this client made are its own.
-fn remote_files_of_device(
-    home: &Home,
-    remote: &Remote,
-    _config: &Config,
-) -> anyhow::Result<Box<dyn Fn(&str) -> bool>> {
+/// A share's device folder is this device's alone (`None`: everything in it); in an
+/// FTP folder shared by all devices only the batches this client made are its own.
+fn own_remote_files(home: &Home, remote: &Remote) -> anyhow::Result<Option<BTreeSet<String>>> {
     if matches!(remote, Remote::Share(_)) {
-        return Ok(Box::new(|_| true));
+        return Ok(None);
     }
-    let mut mine = std::collections::BTreeSet::new();
+    let mut mine = BTreeSet::new();
     for dir in [OUTBOX, SENT, REJECTED] {
         mine.extend(list_files(&home.dir(dir))?);
     }
-    Ok(Box::new(move |n| mine.contains(n)))
+    Ok(Some(mine))
 }
 
 fn remove_dir(dir: &Path) -> anyhow::Result<()> {
