@@ -97,7 +97,8 @@ enum Command {
     /// Download the consolidated sightings added since the last pull into inbox/.
     ///
     /// Uses the download settings (by default the upload ones); needs a token the
-    /// server lets read sightings (an administrator's API token).
+    /// server lets read sightings: an administrator's API token, or the device's own
+    /// token when the server lists the device in http.read_devices.
     Pull {
         /// csv, geojson or ndjson
         #[arg(long, default_value = "csv")]
@@ -174,7 +175,7 @@ pub struct InitArgs {
     /// Download (pull) from here instead of the upload URL
     #[arg(long)]
     pub download_url: Option<String>,
-    /// Token for downloading (an administrator's API token)
+    /// Token for downloading (an administrator's API token) [default: the upload token]
     #[arg(long)]
     pub download_token: Option<String>,
 }

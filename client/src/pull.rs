@@ -43,9 +43,10 @@ pub async fn run(home: &Home, format: &str) -> anyhow::Result<ExitCode> {
         let message = body["message"].as_str().unwrap_or("no reason given");
         if status == reqwest::StatusCode::UNAUTHORIZED {
             bail!(
-                "{url} does not accept the download token ({message}): pull needs a token \
-                 allowed to read sightings, an administrator's API token \
-                 (`ctdata-server admin token NAME`), set with `ctdata init --download-token`"
+                "{url} does not accept the download token ({message}): pull needs an \
+                 administrator's API token (`ctdata-server admin token NAME`, set with \
+                 `ctdata init --download-token`) or the token of a device the server lets \
+                 read (http.read_devices)"
             );
         }
         bail!("{url} answered {status}: {message}");

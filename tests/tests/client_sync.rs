@@ -181,7 +181,13 @@ async fn pull_downloads_only_what_is_new() {
     let Some(db) = pg().await else { return };
     let env = ServerEnv::new(&db);
     let token = env.device_token("ranger-07");
+    let station_token = env.device_token("station-pc");
     let admin = env.admin_token();
+    std::fs::write(
+        env.dir.path().join("ctdata.toml"),
+        "[http]\nread_devices = [\"station-pc\"]\n",
+    )
+    .unwrap();
     let server = env.serve().await;
     let base = server.http_base();
     let client = Client::new();
@@ -231,15 +237,26 @@ async fn pull_downloads_only_what_is_new() {
     let out = client.ok(&["pull", "--format", "ndjson"]);
     assert!(out.contains("nothing new"), "{out}");
 
-    // A device token may not read the consolidated data.
-    let device_only = Client::new();
-    device_only.init_https(&base, "ranger-07", &token);
-    let out = device_only.run(&["pull"]);
+    // A device may read only when the administrator lists it in http.read_devices.
+    let not_listed = Client::new();
+    not_listed.init_https(&base, "ranger-07", &token);
+    let out = not_listed.run(&["pull"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr.contains("does not accept the download token"),
+        stderr.contains("device ranger-07 may not download sightings"),
         "{stderr}"
+    );
+    let station = Client::new();
+    station.init_https(&base, "station-pc", &station_token);
+    let out = station.ok(&["pull", "--format", "csv"]);
+    assert!(out.contains("pulled"), "{out}");
+    let pulled = inbox(&station);
+    let text = std::fs::read_to_string(station.path("inbox").join(&pulled[0])).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        1 + 3,
+        "a header and every row:\n{text}"
     );
     assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 3);
     assert!(server.terminate().success());

@@ -44,6 +44,8 @@ pub struct AppState {
     pub auth_failures: Arc<throttle::AuthFailures>,
     /// Caps concurrent Argon2 password checks.
     pub password_checks: Arc<tokio::sync::Semaphore>,
+    /// Devices allowed to download sightings (`http.read_devices`).
+    pub read_devices: Arc<Vec<String>>,
 }
 
 /// Folder (inside the drop directory) where request bodies are spooled.
