@@ -73,6 +73,7 @@ pub fn init(home: &Home, a: InitArgs) -> anyhow::Result<ExitCode> {
         device,
         upload,
         download,
+        keep_sent_days: a.keep_sent_days,
     };
     config.validate()?;
     home.create()?;

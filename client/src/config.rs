@@ -143,6 +143,13 @@ pub struct Config {
     /// Where `pull` downloads from; absent means "same as upload".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download: Option<Endpoint>,
+    /// Delivered batches stay in `sent/` this many days, then `send` deletes them.
+    #[serde(default = "default_keep_sent_days")]
+    pub keep_sent_days: u64,
+}
+
+fn default_keep_sent_days() -> u64 {
+    90
 }
 
 impl Config {

@@ -178,6 +178,9 @@ pub struct InitArgs {
     /// Token for downloading (an administrator's API token) [default: the upload token]
     #[arg(long)]
     pub download_token: Option<String>,
+    /// Days a delivered batch is kept in sent/ before `send` deletes it
+    #[arg(long, default_value_t = 90)]
+    pub keep_sent_days: u64,
 }
 
 #[derive(Args)]

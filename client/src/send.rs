@@ -111,7 +111,16 @@ pub async fn send(home: &Home, config: &Config, opts: &Options) -> anyhow::Resul
         }
     };
     let report = send_outbox(home, config, opts).await;
+    let pruned = prune_sent(home, config.keep_sent_days);
     drop(lock);
+    match pruned {
+        Ok(0) => {}
+        Ok(n) => home.log(&format!(
+            "deleted {n} files from sent/ older than {} days",
+            config.keep_sent_days
+        )),
+        Err(e) => home.log(&format!("could not prune sent/: {e}")),
+    }
     let report = report?;
     let summary = report.summary(&config.upload.url);
     home.log(&summary);
@@ -269,6 +278,40 @@ fn ftp_put(
         *guard = None;
     }
     outcome
+}
+
+/// Deletes delivered batches (and their receipts) delivered more than `days` ago, by
+/// the receipt's time (written at delivery; a batch keeps its sealing time).
+fn prune_sent(home: &Home, days: u64) -> std::io::Result<usize> {
+    let dir = home.dir(SENT);
+    let limit = Duration::from_secs(days.saturating_mul(86_400));
+    let now = std::time::SystemTime::now();
+    let old = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > limit)
+    };
+    let mut deleted = 0;
+    for name in list_files(&dir)? {
+        if name.ends_with(".receipt.json") {
+            continue;
+        }
+        let receipt = dir.join(format!("{name}.receipt.json"));
+        let when = if receipt.exists() {
+            &receipt
+        } else {
+            &dir.join(&name)
+        };
+        if old(when) {
+            std::fs::remove_file(dir.join(&name))?;
+            deleted += 1;
+            if receipt.exists() {
+                std::fs::remove_file(&receipt)?;
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 /// `true` when stopped during the pause.

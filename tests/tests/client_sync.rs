@@ -392,3 +392,84 @@ async fn compare_push_fetch_and_purge_on_a_share() {
         "numbers are never reused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_copies_are_pruned_by_age() {
+    let share = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    client.ok(&[
+        "init",
+        "--protocol",
+        "share",
+        "--url",
+        share.path().to_str().unwrap(),
+        "--device",
+        "ranger-07",
+        "--keep-sent-days",
+        "30",
+    ]);
+    client.record(1, "Loxodonta africana");
+    client.ok(&["send"]);
+    let old = client.batches_in("sent").remove(0);
+    let receipt = client.path("sent").join(format!("{old}.receipt.json"));
+    let aged = std::process::Command::new("touch")
+        .args(["-d", "31 days ago"])
+        .arg(&receipt)
+        .status()
+        .unwrap();
+    assert!(aged.success());
+    client.record(1, "Syncerus caffer");
+    client.ok(&["send"]);
+    let kept = client.batches_in("sent");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_ne!(kept[0], old);
+    assert!(!receipt.exists());
+    assert!(client
+        .log_text()
+        .contains("deleted 2 files from sent/ older than 30 days"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_asks_on_a_terminal() {
+    // `script` gives ctdata a pseudo-terminal; the answers are typed into it.
+    let client = Client::new();
+    let command = format!(
+        "{} --home {} init",
+        ctdata_tests::client::client_bin().display(),
+        client.home.path().display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script (util-linux)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"https\nhttp://127.0.0.1:9/\nranger-09\nctd_secret\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("Protocol (https, ftp, ftps or share) [https]:"),
+        "{screen}"
+    );
+    assert!(screen.contains("Device token:"), "{screen}");
+    let config = std::fs::read_to_string(client.path("config.toml")).unwrap();
+    assert!(config.contains("device = \"ranger-09\""), "{config}");
+    assert!(config.contains("token = \"ctd_secret\""), "{config}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(client.path("config.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the token is readable by its owner only"
+    );
+}
