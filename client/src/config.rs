@@ -1,12 +1,12 @@
 //! `config.toml`: where to send (upload) and where to download from, written by `init`.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::home::{write_atomic, Home};
+use crate::home::{write_atomic_private, Home};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -195,22 +195,9 @@ impl Config {
             toml::to_string_pretty(self)?
         );
         let path = home.config_path();
-        write_atomic(&path, text.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        restrict(&path)
+        write_atomic_private(&path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
     }
-}
-
-#[cfg(unix)]
-fn restrict(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))
-}
-
-#[cfg(not(unix))]
-fn restrict(_: &Path) -> anyhow::Result<()> {
-    Ok(())
 }
 
 /// The batch format's rule for device ids, so a bad name is caught at `init`, not at

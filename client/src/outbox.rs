@@ -179,12 +179,14 @@ pub fn import(
         &CTDATA_NAMESPACE,
         format!("import/{device}/{}", scan.sha256).as_bytes(),
     );
-    let sealing = take_number(locked, id, Some(path))?;
+    // Absolute: a crash is finished by whichever command runs next, from any folder.
+    let source = std::path::absolute(path)?;
+    let sealing = take_number(locked, id, Some(&source))?;
     locked
         .state
         .imported
         .insert(scan.sha256.clone(), sealing.file.clone());
-    copy_rows(home, device, &sealing, path)?;
+    copy_rows(home, device, &sealing, &source)?;
     finish_open(home, locked, &sealing)?;
     Ok(Imported::New {
         file: sealing.file,
