@@ -1,5 +1,6 @@
 //! The field client's unattended and bulk paths, real binary against the real server on
-//! PostgreSQL: autosend through an outage, dock (send on sync), import, pull, and
+//! PostgreSQL: autosend through an outage, a server error (503) retried, dock (send on
+//! sync), import, pull, and
 //! `kill -9` of a send at random moments.
 
 use std::time::Duration;
@@ -302,5 +303,53 @@ async fn send_killed_at_random_moments_loses_and_duplicates_nothing() {
         db.scalar("SELECT count(*) FROM sightings").await,
         2 * BATCHES as i64
     );
+    assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_error_is_retried_and_the_batch_kept_until_it_goes() {
+    let Some(db) = pg().await else { return };
+    let env = ServerEnv::new(&db);
+    let token = env.device_token("ranger-07");
+    let server = env.serve().await;
+    let client = Client::new();
+    client.init_https(&server.http_base(), "ranger-07", &token);
+    client.record(2, "Loxodonta africana");
+
+    // The server's database goes away: the server answers 503.
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let admin = ctdata_tests::pg_admin_url();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let out = client.run(&["send", "--retries", "2", "--retry-delay", "50ms"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("1 batch pending"), "{stdout}");
+    assert!(stdout.contains("503"), "{stdout}");
+    let log = client.log_text();
+    assert!(
+        log.contains("try 1 failed") && log.contains("try 2 failed"),
+        "{log}"
+    );
+    assert_eq!(client.batches_in("outbox").len(), 1);
+
+    sqlx::raw_sql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let out = client.ok(&["send"]);
+    assert!(out.contains("sent 1 batch (2 sightings"), "{out}");
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 2);
     assert!(server.terminate().success());
 }
