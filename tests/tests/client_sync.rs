@@ -1,7 +1,6 @@
 //! The field client's unattended and bulk paths, real binary against the real server on
 //! PostgreSQL: autosend through an outage, a server error (503) retried, dock (send on
-//! sync), import, pull, and
-//! `kill -9` of a send at random moments.
+//! sync), import, pull, and `kill -9` of a send at random moments.
 
 use std::time::Duration;
 
