@@ -245,8 +245,13 @@ pub fn status(home: &Home) -> anyhow::Result<ExitCode> {
         .filter_map(|f| outbox::batch_rows(&home.dir(OUTBOX).join(f)).ok())
         .sum();
     println!("open batch: {open} sightings (sealed by `ctdata seal` or `ctdata send`)");
+    let batches = if queued.len() == 1 {
+        "batch"
+    } else {
+        "batches"
+    };
     println!(
-        "pending: {} batches, {rows} sightings in outbox/",
+        "pending: {} {batches}, {rows} sightings in outbox/",
         queued.len()
     );
     let sent = list_files(&home.dir(SENT))?;

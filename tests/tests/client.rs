@@ -78,10 +78,7 @@ async fn recorded_sightings_reach_the_database_exactly_once() {
     client.record(2, "Syncerus caffer");
     client.ok(&["seal"]);
     let status = client.ok(&["status"]);
-    assert!(
-        status.contains("pending: 1 batches, 2 sightings"),
-        "{status}"
-    );
+    assert!(status.contains("pending: 1 batch, 2 sightings"), "{status}");
     assert!(status.contains("autosend: not running"), "{status}");
     client.ok(&["send"]);
     assert!(client
@@ -117,10 +114,7 @@ async fn a_server_that_is_down_leaves_the_batch_pending_until_it_is_back() {
     assert!(stdout.contains("connection refused"), "{stdout}");
     assert_eq!(client.batches_in("outbox").len(), 1);
     let status = client.ok(&["status"]);
-    assert!(
-        status.contains("pending: 1 batches, 2 sightings"),
-        "{status}"
-    );
+    assert!(status.contains("pending: 1 batch, 2 sightings"), "{status}");
     assert!(status.contains("last error: 20"), "{status}");
     assert!(client.log_text().contains("try 1 failed"));
 
