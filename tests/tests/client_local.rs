@@ -1,6 +1,7 @@
 //! The field client on its own, with a plain folder as the share (no server needed):
 //! assisted sync (compare, push, fetch), sync off/purge, pruning of sent/, init's
-//! questions on a terminal, and finishing what a crash interrupted.
+//! questions on a terminal, finishing what a crash interrupted, and two sends never
+//! running at once.
 
 use std::time::Duration;
 
@@ -258,4 +259,72 @@ async fn a_crash_mid_seal_or_mid_record_is_finished_on_the_next_run() {
     client.record(1, "Panthera leo");
     client.ok(&["seal"]);
     assert!(client.batches_in("outbox")[0].starts_with("000009-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sends_never_overlap() {
+    let share = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    client.ok(&[
+        "init",
+        "--protocol",
+        "share",
+        "--url",
+        share.path().to_str().unwrap(),
+        "--device",
+        "ranger-07",
+    ]);
+    client.record(1, "Loxodonta africana");
+    // flock(1) holds the send lock, as a send in progress (or autosend's) does, until
+    // its standard input closes.
+    let mut holder = std::process::Command::new("flock")
+        .arg(client.path(".send.lock"))
+        .arg("cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run flock (util-linux)");
+    let lock = client.path(".send.lock");
+    eventually(
+        "flock to hold the lock",
+        Duration::from_secs(30),
+        || async {
+            let busy = std::process::Command::new("flock")
+                .args(["--nonblock", lock.to_str().unwrap(), "true"])
+                .status()
+                .unwrap();
+            (!busy.success()).then_some(())
+        },
+    )
+    .await;
+    let waiting = Running::start(&client, &["send"]);
+    eventually(
+        "send to wait for the other",
+        Duration::from_secs(30),
+        || async {
+            waiting
+                .output_text()
+                .contains("another send is running in this home; waiting")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        client.batches_in("sent").is_empty(),
+        "nothing sent while the other runs"
+    );
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let mut waiting = waiting;
+    let status = eventually(
+        "the waiting send to finish",
+        Duration::from_secs(30),
+        || {
+            let done = waiting.child.try_wait().unwrap();
+            async move { done }
+        },
+    )
+    .await;
+    assert!(status.success(), "{}", waiting.output_text());
+    assert_eq!(client.batches_in("sent").len(), 1);
 }
