@@ -254,12 +254,15 @@ pub fn status(home: &Home) -> anyhow::Result<ExitCode> {
         "pending: {} {batches}, {rows} sightings in outbox/",
         queued.len()
     );
-    let sent = list_files(&home.dir(SENT))?;
-    let sent = sent
-        .iter()
+    let sent: Vec<String> = list_files(&home.dir(SENT))?
+        .into_iter()
         .filter(|f| !f.ends_with(".receipt.json"))
-        .count();
-    println!("sent: {sent} batches kept in sent/");
+        .collect();
+    println!("sent: {} batches kept in sent/", sent.len());
+    if config.upload.protocol == Protocol::Share && !sent.is_empty() {
+        let said = crate::share::server_receipts(&config.upload, &config.device, &sent);
+        println!("server receipts for them: {said}");
+    }
     for f in list_files(&home.dir(REJECTED))? {
         if let Some(batch) = f.strip_suffix(".reason.txt") {
             let reason = std::fs::read_to_string(home.dir(REJECTED).join(&f)).unwrap_or_default();

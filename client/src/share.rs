@@ -55,3 +55,33 @@ fn copy_in(dir: &Path, path: &Path, name: &str) -> io::Result<()> {
     fs::rename(&part, dir.join(name))?;
     sync_dir(dir)
 }
+
+/// What the server said about delivered batches, from its `receipts/<device>/` folder
+/// in the share: counts by status and the reason of each refused one.
+pub fn server_receipts(endpoint: &Endpoint, device: &str, sent: &[String]) -> String {
+    let dir = endpoint.share_root().join("receipts").join(device);
+    let (mut stored, mut before, mut waiting) = (0, 0, 0);
+    let mut refused = Vec::new();
+    for name in sent {
+        let receipt = fs::read(dir.join(format!("{name}.receipt.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let Some(r) = receipt else {
+            waiting += 1;
+            continue;
+        };
+        match r["status"].as_str() {
+            Some("ingested") => stored += 1,
+            Some("duplicate") => before += 1,
+            _ => refused.push(format!(
+                "\n  refused by the server: {name}: {}",
+                r["reason"].as_str().unwrap_or("no reason given")
+            )),
+        }
+    }
+    format!(
+        "{stored} stored, {before} already stored before, {} refused, {waiting} not yet taken{}",
+        refused.len(),
+        refused.concat()
+    )
+}

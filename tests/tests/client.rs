@@ -222,6 +222,14 @@ async fn sends_into_a_mounted_share() {
         || async { (sightings(&db).await == 3).then_some(()) },
     )
     .await;
+    // The server writes its receipt just after the commit.
+    eventually("the server's receipt", Duration::from_secs(30), || async {
+        client
+            .ok(&["status"])
+            .contains("server receipts for them: 1 stored, 0 already stored before, 0 refused")
+            .then_some(())
+    })
+    .await;
     let devices = db.texts("SELECT name FROM devices").await;
     assert_eq!(devices, [[Some("ranger-07".to_string())]]);
     assert!(ctdata_tests::rejected_reasons(&env.drop_dir()).is_empty());
