@@ -28,6 +28,8 @@ struct HeaderOut<'a> {
     created_at: &'a DateTime<FixedOffset>,
     #[serde(skip_serializing_if = "Option::is_none")]
     count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence: Option<u64>,
 }
 
 impl<'a> HeaderOut<'a> {
@@ -38,6 +40,7 @@ impl<'a> HeaderOut<'a> {
             device_id: &h.device_id,
             created_at: &h.created_at,
             count,
+            sequence: None,
         }
     }
 }
@@ -63,12 +66,24 @@ impl<W: Write> NdjsonWriter<W> {
     /// The header carries no `count`: a streaming writer cannot know it yet; the
     /// trailer does.
     pub fn new(w: W, h: &BatchHeader) -> io::Result<Self> {
+        Self::start(w, HeaderOut::new(h, None))
+    }
+
+    /// Like [`NdjsonWriter::new`], with the device's sequence number of this batch in
+    /// the header (`sequence`), so the receiving side can notice a missing batch.
+    pub fn with_sequence(w: W, h: &BatchHeader, sequence: u64) -> io::Result<Self> {
+        let mut header = HeaderOut::new(h, None);
+        header.sequence = Some(sequence);
+        Self::start(w, header)
+    }
+
+    fn start(w: W, header: HeaderOut<'_>) -> io::Result<Self> {
         let mut me = NdjsonWriter {
             w,
             hasher: Sha256::new(),
             count: 0,
         };
-        me.line(&HeaderOut::new(h, None))?;
+        me.line(&header)?;
         Ok(me)
     }
 

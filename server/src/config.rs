@@ -115,6 +115,9 @@ pub struct HttpSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Devices whose token may also download the consolidated sightings
+    /// (`GET /api/v1/sightings`, the field client's `pull`). Empty: administrators only.
+    pub read_devices: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -178,6 +181,7 @@ impl Default for HttpSettings {
             max_concurrent_requests: 256,
             tls_cert: None,
             tls_key: None,
+            read_devices: Vec::new(),
         }
     }
 }

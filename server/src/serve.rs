@@ -195,6 +195,7 @@ async fn start_http(
         auth_failures: Arc::default(),
         password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
         puller,
+        read_devices: Arc::new(settings.http.read_devices.clone()),
     };
     let timeout = Duration::from_secs_f64(settings.http.header_read_timeout_secs.max(0.1));
     let app = crate::http::app(state, settings.http.max_concurrent_requests);

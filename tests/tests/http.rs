@@ -408,9 +408,10 @@ async fn download_endpoint_streams_and_follows_the_cursor(db: TestDb) {
         download(&base, &["-H", &bearer], "format=xlsx", &out).0,
         400
     );
+    // A device not listed in http.read_devices is told so.
     assert_eq!(
         download(&base, &["-H", &device_auth], "format=csv", &out).0,
-        401
+        403
     );
     assert_eq!(
         download(&base, &["-u", "alice:wrong password"], "format=csv", &out).0,
@@ -667,6 +668,7 @@ async fn openapi_document_matches_the_routes() {
         ("GET", "/api/v1/devices"),
         ("GET", "/api/v1/rejected"),
         ("GET", "/api/v1/sightings"),
+        ("GET", "/api/v1/whoami"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),
         ("GET", "/readyz"),

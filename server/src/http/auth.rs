@@ -90,3 +90,25 @@ pub async fn authenticate_admin(state: &AppState, headers: &HeaderMap) -> Result
         }
     }
 }
+
+/// Who may download sightings: an administrator, or a device the administrator listed
+/// in `http.read_devices`. Any other device is told why (403), not just refused.
+pub async fn authenticate_reader(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
+    let refused = match authenticate_admin(state, headers).await {
+        Ok(admin) => return Ok(admin),
+        Err(e @ ApiError::Unauthorized(_)) => e,
+        Err(e) => return Err(e),
+    };
+    match authenticate_device(state, headers).await {
+        Ok(device) if state.read_devices.contains(&device) => Ok(device),
+        Ok(device) => Err(ApiError::Forbidden(format!(
+            "device {device} may not download sightings: an administrator can allow it \
+             in http.read_devices"
+        ))),
+        Err(ApiError::Forbidden(m)) => Err(ApiError::Forbidden(m)),
+        Err(_) => Err(refused),
+    }
+}

@@ -9,6 +9,7 @@ mod error;
 mod sightings;
 mod throttle;
 pub mod tls;
+mod whoami;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub password_checks: Arc<tokio::sync::Semaphore>,
     /// The remote sources, for the admin Download.
     pub puller: Arc<crate::sources::Puller>,
+    /// Devices allowed to download sightings (`http.read_devices`).
+    pub read_devices: Arc<Vec<String>>,
 }
 
 /// Folder (inside the drop directory) where request bodies are spooled.
@@ -81,6 +84,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(sightings::router())
         .merge(admin::router())
         .merge(download::router())
+        .merge(whoami::router())
 }
 
 #[derive(utoipa::OpenApi)]

@@ -1,4 +1,5 @@
-//! `GET /api/v1/sightings`: the administrator's Download, streamed in constant memory.
+//! `GET /api/v1/sightings`: the administrator's Download, streamed in constant memory;
+//! also for devices listed in `http.read_devices` (the field client's `pull`).
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -9,7 +10,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::authenticate_admin;
+use super::auth::authenticate_reader;
 use super::{ApiError, AppState, ErrorBody};
 use crate::commands::parse_time;
 use crate::db::{BBox, ExportFilter};
@@ -52,15 +53,16 @@ struct Params {
          headers(("CTData-Next-Cursor" = i64, description = "Pass as `since` next time"))),
         (status = 400, description = "A bad filter", body = ErrorBody),
         (status = 401, description = "Not an administrator", body = ErrorBody),
+        (status = 403, description = "A device not listed in http.read_devices", body = ErrorBody),
     ),
-    security(("admin_token" = []), ("admin_basic" = []))
+    security(("admin_token" = []), ("admin_basic" = []), ("device_token" = []))
 )]
 async fn download(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(p): Query<Params>,
 ) -> Result<Response, ApiError> {
-    authenticate_admin(&state, &headers).await?;
+    authenticate_reader(&state, &headers).await?;
     let format: ExportFormat = p
         .format
         .as_deref()

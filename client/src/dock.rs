@@ -1,0 +1,174 @@
+//! Send on sync: a handheld synced to this PC leaves its files in a folder; `dock`
+//! imports the new ones (by content hash, never twice) and sends.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::bail;
+
+use crate::config::Config;
+use crate::home::{sync_dir, Home, DOCKED};
+use crate::outbox::{self, Imported};
+use crate::send::{self, Options};
+use crate::DockArgs;
+
+/// How deep `dock` looks into the folder (a device's export tree is shallow).
+const MAX_DEPTH: usize = 6;
+/// After a failed send, `--watch` waits this long before sending again.
+const RESEND_PAUSE: Duration = Duration::from_secs(30);
+
+pub async fn run(home: &Home, a: DockArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(home)?;
+    home.create()?;
+    if !a.dir.is_dir() {
+        bail!(
+            "{} is not a folder (is the device connected?)",
+            a.dir.display()
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    if !a.watch {
+        let failed = take_new(home, &config, &a, &|_| true);
+        let pending = send_now(home, &config, &stop).await?;
+        return Ok(if failed == 0 && pending == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        crate::autosend::until_stop_signal().await;
+        stopper.store(true, Ordering::SeqCst);
+    });
+    eprintln!(
+        "watching {} every {}; stop with Ctrl-C or SIGTERM",
+        a.dir.display(),
+        a.interval
+    );
+    home.log(&format!("dock: watching {}", a.dir.display()));
+    let mut seen: HashMap<PathBuf, (u64, Option<SystemTime>)> = HashMap::new();
+    let mut resend_at: Option<Instant> = None;
+    while !stop.load(Ordering::SeqCst) {
+        // A file is taken once it looks the same as one round ago: the sync finished.
+        let now = candidates(&a.dir);
+        let settled = |p: &Path| seen.get(p) == now.get(p);
+        let before = outbox_count(home);
+        take_new(home, &config, &a, &settled);
+        let imported = outbox_count(home) > before;
+        seen = now;
+        let retry_due = resend_at.is_some_and(|t| Instant::now() >= t);
+        if imported || retry_due {
+            let pending = send_now(home, &config, &stop).await?;
+            resend_at = (pending > 0).then(|| Instant::now() + RESEND_PAUSE);
+        }
+        let until = Instant::now() + a.interval.0;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    home.log("dock: stopped watching");
+    eprintln!("dock stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn outbox_count(home: &Home) -> usize {
+    crate::home::list_files(&home.dir(crate::home::OUTBOX)).map_or(0, |f| f.len())
+}
+
+async fn send_now(home: &Home, config: &Config, stop: &Arc<AtomicBool>) -> anyhow::Result<usize> {
+    let opts = Options {
+        retries: 2,
+        retry_delay: Duration::from_secs(1),
+        stop: stop.clone(),
+    };
+    let report = send::send(home, config, &opts).await?;
+    println!("{}", report.summary(&config.upload.url));
+    Ok(report.pending)
+}
+
+/// Imports every candidate `ready` accepts; returns how many failed.
+fn take_new(home: &Home, config: &Config, a: &DockArgs, ready: &dyn Fn(&Path) -> bool) -> usize {
+    let mut failed = 0;
+    for path in candidates(&a.dir).into_keys().filter(|p| ready(p)) {
+        if let Err(e) = take(home, config, a, &path) {
+            failed += 1;
+            let msg = format!("dock: not taken: {e:#}");
+            eprintln!("{msg}");
+            home.log(&msg);
+        }
+    }
+    failed
+}
+
+fn take(home: &Home, config: &Config, a: &DockArgs, path: &Path) -> anyhow::Result<()> {
+    let mut locked = outbox::lock(home, &config.device)?;
+    let batch = match outbox::import(home, &config.device, &mut locked, path)? {
+        Imported::New { file, rows } => {
+            let msg = format!(
+                "dock: took {} as batch {file} ({rows} sightings)",
+                path.display()
+            );
+            println!("{msg}");
+            home.log(&msg);
+            file
+        }
+        Imported::Before { file } => file,
+    };
+    drop(locked);
+    if a.move_files {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let stem = batch.trim_end_matches(".ndjson");
+        move_file(path, &home.dir(DOCKED).join(format!("{stem}-{name}")))?;
+    }
+    Ok(())
+}
+
+/// Rename, or copy and delete when DIR is another file system (a mounted device).
+fn move_file(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if std::fs::rename(from, to).is_err() {
+        std::fs::copy(from, to)?;
+        std::fs::File::open(to)?.sync_all()?;
+        std::fs::remove_file(from)?;
+    }
+    if let Some(dir) = to.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Batch-like files below `dir` with their size and modification time. Hidden and
+/// temporary names are never taken: they are still being written.
+fn candidates(dir: &Path) -> HashMap<PathBuf, (u64, Option<SystemTime>)> {
+    let mut found = HashMap::new();
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_lowercase();
+            let Ok(meta) = entry.metadata() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            if meta.is_dir() && depth < MAX_DEPTH {
+                stack.push((entry.path(), depth + 1));
+            } else if meta.is_file() && is_batch_name(&name) {
+                found.insert(entry.path(), (meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    found
+}
+
+fn is_batch_name(name: &str) -> bool {
+    let name = name.strip_suffix(".gz").unwrap_or(name);
+    [".json", ".ndjson", ".csv", ".geojson"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+}

@@ -1,0 +1,295 @@
+//! FTP and FTPS (explicit, AUTH TLS; rustls): upload to `NAME.part`, check the size
+//! the server reports, rename to `NAME`. FTP servers answer "226 transfer complete"
+//! even for a client that died mid-upload, so only a renamed file counts as sent.
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use suppaftp::types::FileType;
+use suppaftp::{FtpError, FtpStream, ImplFtpStream, RustlsConnector, RustlsFtpStream, TlsStream};
+use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+use crate::config::{Config, Endpoint, Protocol};
+use crate::send::Outcome;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A logged-in session, in the folder batches go to.
+pub enum Session {
+    Plain(FtpStream),
+    Tls(Box<RustlsFtpStream>),
+}
+
+/// Where and as whom: parsed from the upload settings.
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    pub secure: bool,
+    pub user: String,
+    pub password: String,
+}
+
+impl Target {
+    pub fn new(config: &Config) -> Result<Target, String> {
+        let up = &config.upload;
+        let url = Url::parse(&up.url).map_err(|e| format!("{:?} is not a URL: {e}", up.url))?;
+        let password = up
+            .token()
+            .map_err(|e| format!("{e:#}"))?
+            .unwrap_or_default();
+        Ok(Target {
+            host: url.host_str().unwrap_or_default().to_string(),
+            port: url.port().unwrap_or(21),
+            path: url.path().to_string(),
+            secure: up.protocol == Protocol::Ftps,
+            user: up.user.clone().unwrap_or_else(|| config.device.clone()),
+            password,
+        })
+    }
+
+    pub fn addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map(Iterator::collect)
+            .map_err(|e| {
+                format!(
+                    "cannot find host {:?} (is the name right, is there a network?): {e}",
+                    self.host
+                )
+            })
+    }
+}
+
+/// rustls (ring) with the public roots and the endpoint's own `ca_file`; also used by
+/// the HTTPS connection test.
+pub fn tls_config(up: &Endpoint) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = &up.ca_file {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The TCP connection (the first step of `ctdata test`).
+pub fn connect(t: &Target, addr: SocketAddr) -> Result<TcpStream, String> {
+    let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => format!(
+            "{addr} refused the connection: nothing is listening on port {} \
+             (is the FTP server running, is the port right?)",
+            t.port
+        ),
+        std::io::ErrorKind::TimedOut => format!("{addr} did not answer within {TIMEOUT:?}"),
+        _ => format!("{addr}: {e}"),
+    })?;
+    let _ = tcp.set_read_timeout(Some(TIMEOUT));
+    let _ = tcp.set_write_timeout(Some(TIMEOUT));
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// The server's greeting, then for FTPS the switch to TLS (AUTH TLS) before any
+/// password is sent.
+pub fn greet(t: &Target, up: &Endpoint, tcp: TcpStream) -> Result<Session, String> {
+    let not_ftp = |e| format!("no FTP server greeting: {}", explain(e));
+    if !t.secure {
+        return FtpStream::connect_with_stream(tcp)
+            .map(Session::Plain)
+            .map_err(not_ftp);
+    }
+    let connector = RustlsConnector::from(tls_config(up)?);
+    RustlsFtpStream::connect_with_stream(tcp)
+        .map_err(not_ftp)?
+        .into_secure(connector, &t.host)
+        .map(|s| Session::Tls(Box::new(s)))
+        .map_err(|e| {
+            format!(
+                "the secure connection (AUTH TLS) failed: {} (a self-signed server needs \
+                 `ctdata init --ca-file`)",
+                explain(e)
+            )
+        })
+}
+
+/// Logs in and switches to binary transfers.
+pub fn login(t: &Target, session: &mut Session) -> Result<String, String> {
+    fn on<T: TlsStream>(t: &Target, s: &mut ImplFtpStream<T>) -> Result<String, String> {
+        s.login(t.user.as_str(), t.password.as_str()).map_err(|e| {
+            format!(
+                "the FTP server refused user {:?}: {} (wrong user or password?)",
+                t.user,
+                explain(e)
+            )
+        })?;
+        s.transfer_type(FileType::Binary).map_err(explain)?;
+        Ok(format!("logged in as {}", t.user))
+    }
+    match session {
+        Session::Plain(s) => on(t, s),
+        Session::Tls(s) => on(t, s),
+    }
+}
+
+/// Enters the URL's folder, and `CTData/` inside it when there is one; returns it.
+pub fn enter_folder(t: &Target, session: &mut Session) -> Result<String, String> {
+    fn on<T: TlsStream>(t: &Target, s: &mut ImplFtpStream<T>) -> Result<String, String> {
+        if !t.path.is_empty() && t.path != "/" {
+            s.cwd(&t.path)
+                .map_err(|e| format!("folder {} is not there: {}", t.path, explain(e)))?;
+        }
+        let names = s.nlst(None).map_err(explain)?;
+        if names.iter().any(|n| n.trim_end_matches('/') == "CTData") {
+            s.cwd("CTData").map_err(explain)?;
+        }
+        s.pwd().map_err(explain)
+    }
+    match session {
+        Session::Plain(s) => on(t, s),
+        Session::Tls(s) => on(t, s),
+    }
+}
+
+/// Opens a logged-in session in the batch folder.
+pub fn open(config: &Config) -> Result<Session, String> {
+    let t = Target::new(config)?;
+    let addr = *t.addrs()?.first().ok_or("the host has no address")?;
+    let tcp = connect(&t, addr)?;
+    let mut session = greet(&t, &config.upload, tcp)?;
+    login(&t, &mut session)?;
+    enter_folder(&t, &mut session)?;
+    Ok(session)
+}
+
+/// Uploads one batch: `NAME.part`, size check, rename.
+pub fn put(session: &mut Session, path: &Path, name: &str) -> Outcome {
+    match session {
+        Session::Plain(s) => put_on(s, path, name),
+        Session::Tls(s) => put_on(s, path, name),
+    }
+}
+
+fn put_on<T: TlsStream>(s: &mut ImplFtpStream<T>, path: &Path, name: &str) -> Outcome {
+    let part = format!("{name}.part");
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return Outcome::Stop(format!("cannot read {}: {e}", path.display())),
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let sent = s
+        .put_file(&part, &mut file)
+        .and_then(|_| s.size(&part))
+        .map_err(explain);
+    match sent {
+        Ok(n) if n as u64 == len => {}
+        Ok(n) => {
+            let _ = s.rm(&part);
+            return Outcome::Retry(format!("{part} arrived with {n} of {len} bytes"));
+        }
+        Err(e) => return Outcome::Retry(format!("uploading {part} failed: {e}")),
+    }
+    match s.rename(part.as_str(), name) {
+        Ok(()) => Outcome::Delivered {
+            duplicate: false,
+            receipt: serde_json::json!({"status": "delivered", "file": name, "channel": "ftp", "bytes": len}),
+        },
+        Err(e) => Outcome::Retry(format!("renaming {part} to {name} failed: {}", explain(e))),
+    }
+}
+
+/// Writes and deletes a probe file (the connection test's last step).
+pub fn probe(session: &mut Session) -> Result<(), String> {
+    fn on<T: TlsStream>(s: &mut ImplFtpStream<T>) -> Result<(), String> {
+        let name = ".ctdata-probe.part";
+        s.put_file(name, &mut &b"probe"[..])
+            .map_err(|e| format!("cannot write {name}: {}", explain(e)))?;
+        s.rm(name)
+            .map_err(|e| format!("cannot delete {name}: {}", explain(e)))
+    }
+    match session {
+        Session::Plain(s) => on(s),
+        Session::Tls(s) => on(s),
+    }
+}
+
+pub fn quit(session: Session) {
+    let _ = match session {
+        Session::Plain(mut s) => s.quit(),
+        Session::Tls(mut s) => s.quit(),
+    };
+}
+
+/// The server's words for what went wrong.
+pub fn explain(e: FtpError) -> String {
+    match e {
+        FtpError::UnexpectedResponse(r) => {
+            let text = String::from_utf8_lossy(&r.body).trim().to_string();
+            format!("the server answered {text}")
+        }
+        FtpError::ConnectionError(e) => format!("the connection failed: {e}"),
+        other => other.to_string(),
+    }
+}
+
+/// Files in the batch folder with their sizes (folders, which have no size, are left
+/// out).
+pub fn list(session: &mut Session) -> Result<Vec<(String, u64)>, String> {
+    fn on<T: TlsStream>(s: &mut ImplFtpStream<T>) -> Result<Vec<(String, u64)>, String> {
+        let names = s.nlst(None).map_err(explain)?;
+        let mut found = Vec::new();
+        for name in names {
+            let name = name.rsplit('/').next().unwrap_or_default().to_string();
+            if let Ok(size) = s.size(&name) {
+                found.push((name, size as u64));
+            }
+        }
+        Ok(found)
+    }
+    match session {
+        Session::Plain(s) => on(s),
+        Session::Tls(s) => on(s),
+    }
+}
+
+/// Downloads `name` into the file `to`; returns the bytes received.
+pub fn get(session: &mut Session, name: &str, to: &mut std::fs::File) -> Result<u64, String> {
+    fn on<T: TlsStream>(
+        s: &mut ImplFtpStream<T>,
+        name: &str,
+        to: &mut std::fs::File,
+    ) -> Result<u64, String> {
+        s.retr(name, |r| {
+            std::io::copy(r, to).map_err(FtpError::ConnectionError)
+        })
+        .map_err(|e| format!("downloading {name} failed: {}", explain(e)))
+    }
+    match session {
+        Session::Plain(s) => on(s, name, to),
+        Session::Tls(s) => on(s, name, to),
+    }
+}
+
+pub fn delete(session: &mut Session, name: &str) -> Result<(), String> {
+    let done = match session {
+        Session::Plain(s) => s.rm(name),
+        Session::Tls(s) => s.rm(name),
+    };
+    done.map_err(|e| format!("deleting {name} failed: {}", explain(e)))
+}

@@ -1,0 +1,140 @@
+//! Talking to ctdata-server over HTTP(S): one client setup, batch upload and its
+//! answers, and errors explained in plain words.
+
+use std::error::Error as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use indicatif::ProgressBar;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+
+use crate::config::Endpoint;
+use crate::send::Outcome;
+
+/// A client for `endpoint`: rustls with the public roots plus the endpoint's own
+/// `ca_file`, bounded connect and read times.
+pub fn client(endpoint: &Endpoint) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .user_agent(concat!("ctdata/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(15))
+        .read_timeout(Duration::from_secs(120));
+    if let Some(ca) = &endpoint.ca_file {
+        let pem =
+            std::fs::read(ca).with_context(|| format!("cannot read ca_file {}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("ca_file {} holds no PEM certificate", ca.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder.build()?)
+}
+
+/// POSTs one batch file; the answer decides where the batch goes next.
+pub async fn post_batch(
+    client: &reqwest::Client,
+    endpoint: &Endpoint,
+    token: &str,
+    path: &Path,
+    progress: &ProgressBar,
+) -> Outcome {
+    let url = format!("{}/api/v1/batches", endpoint.base());
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) => return Outcome::Stop(format!("cannot read {}: {e}", path.display())),
+    };
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let pb = progress.clone();
+    let chunks = futures::stream::unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(buf), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    })
+    .inspect(move |c| {
+        if let Ok(c) = c {
+            pb.inc(c.len() as u64);
+        }
+    });
+    let sent = client
+        .post(&url)
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) => return Outcome::Retry(describe(&e, &endpoint.url)),
+    };
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    classify(status, body, &endpoint.url)
+}
+
+fn classify(status: StatusCode, body: Value, url: &str) -> Outcome {
+    let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_string);
+    let why = text("reason")
+        .or_else(|| text("message"))
+        .unwrap_or_else(|| format!("the server answered {status}"));
+    match status.as_u16() {
+        200 | 201 => Outcome::Delivered {
+            duplicate: status == StatusCode::OK,
+            receipt: body,
+        },
+        409 | 413 | 415 | 422 => Outcome::Refused(format!("{status}: {why}")),
+        403 if text("kind").as_deref() == Some("device_mismatch") => {
+            Outcome::Refused(format!("{status}: {why}"))
+        }
+        401 => Outcome::Stop(format!(
+            "{url} does not accept this device's token ({why}): check the token \
+             (`ctdata init`) or ask the administrator for a new one"
+        )),
+        403 => Outcome::Stop(format!("{url} refused this device: {why}")),
+        408 | 429 => Outcome::Retry(format!("{url} is busy ({status}): {why}")),
+        s if s >= 500 => Outcome::Retry(format!("{url} failed ({status}): {why}")),
+        _ => Outcome::Stop(format!("{url} answered {status}: {why}")),
+    }
+}
+
+/// What went wrong with a request, in the user's terms rather than the library's.
+pub fn describe(e: &reqwest::Error, url: &str) -> String {
+    let mut chain = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        chain.push(s.to_string());
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return format!(
+                    "cannot reach {url}: connection refused (nothing is listening there: \
+                     is the server running, and is the port right?)"
+                );
+            }
+        }
+        source = s.source();
+    }
+    let detail = chain.last().cloned().unwrap_or_else(|| e.to_string());
+    let all = chain.join(": ").to_lowercase();
+    if e.is_timeout() {
+        format!("{url} did not answer in time (timed out): {detail}")
+    } else if all.contains("dns") || all.contains("lookup address") {
+        format!("cannot find the host of {url} (name lookup failed): {detail}")
+    } else if all.contains("certificate") || all.contains("tls") || all.contains("handshake") {
+        format!("the secure connection (TLS) to {url} failed: {detail}")
+    } else if e.is_connect() {
+        format!("cannot connect to {url}: {detail}")
+    } else {
+        format!("talking to {url} failed: {detail}")
+    }
+}

@@ -1,0 +1,295 @@
+//! `ctdata`, the CTData field client. This file is the manual (clap doc comments) and
+//! the dispatch; the work is in the modules.
+
+mod autosend;
+mod check;
+mod commands;
+mod config;
+mod dock;
+mod duration;
+mod ftp;
+mod home;
+mod http;
+mod outbox;
+mod pull;
+mod remote;
+mod send;
+mod share;
+mod state;
+mod sync;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Protocol;
+use crate::duration::Dur;
+use crate::home::Home;
+
+/// CTData field client: record sightings, seal them into batches and send them to a
+/// ctdata-server over HTTPS, FTP/FTPS or a mounted CTData share; test the connection;
+/// pull the consolidated sightings.
+///
+/// Data lives in one folder (--home, CTDATA_HOME, or the platform's data folder):
+/// outbox/ holds sealed batches waiting to go, sent/ delivered ones with their
+/// receipts, rejected/ refused ones with the reason, inbox/ what pull brought, and
+/// ctdata.log one line per send attempt. Exit status: 0 done, 1 failed or something
+/// left pending, 2 bad command line.
+#[derive(Parser)]
+#[command(name = "ctdata", version)]
+struct Cli {
+    /// The client's data folder [default: ~/.local/share/ctdata on Linux]
+    #[arg(long, global = true, env = "CTDATA_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the settings: where to send (upload) and where to download from.
+    ///
+    /// On a terminal, asks for whatever the flags leave out; in scripts give them all:
+    /// `ctdata init --protocol https --url https://host:8443 --device ranger-07 --token
+    /// TOKEN`, `ctdata init --protocol ftps --url ftps://host:2121/ --device ranger-07
+    /// --token TOKEN` or `ctdata init --protocol share --url /mnt/share/CTData --device
+    /// ranger-07`.
+    Init(InitArgs),
+    /// Add one sighting to the open batch.
+    Record(RecordArgs),
+    /// Turn files from other tools (CTData JSON/NDJSON, CSV, GeoJSON, gzipped or not)
+    /// into batches in the outbox. The same content is never imported twice.
+    Import {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Close the open batch: it gets a UUID and the next sequence number and goes to
+    /// the outbox.
+    Seal,
+    /// Tap to send: seal the open batch and send everything in the outbox.
+    ///
+    /// Delivered batches move to sent/, batches the server refuses for good to
+    /// rejected/ with the reason; network errors and server trouble are retried, then
+    /// the batch stays in the outbox. Prints one summary line; exits 1 when anything is
+    /// left pending.
+    Send(SendArgs),
+    /// Pending batches and sightings, last send, last error, autosend state.
+    Status,
+    /// Connection test: each step with ✓ or what went wrong, in plain words.
+    ///
+    /// HTTPS: resolve the host, connect, TLS, /healthz, log in with the device token.
+    /// FTP/FTPS: resolve, connect, TLS (ftps), log in, find the CTData folder, write and
+    /// delete a probe file. Share: the folder is there, a probe file can be written and
+    /// deleted.
+    Test,
+    /// Send in the background on a timer; stops cleanly on SIGTERM or Ctrl-C.
+    ///
+    /// Sends whenever there is something to send. When a send fails it tries again
+    /// after a pause that doubles each time (with jitter) up to --retry-max. Never runs
+    /// two sends at once. One log line per attempt in ctdata.log.
+    Autosend(AutosendArgs),
+    /// Send on sync: import every new file a synced handheld left in DIR, then send.
+    ///
+    /// Files are remembered by content hash, so the same file is never taken twice.
+    /// Source files are left alone unless --move (they then go to docked/ in the home).
+    Dock(DockArgs),
+    /// Download the consolidated sightings added since the last pull into inbox/.
+    ///
+    /// Uses the download settings (by default the upload ones); needs a token the
+    /// server lets read sightings: an administrator's API token, or the device's own
+    /// token when the server lists the device in http.read_devices.
+    Pull {
+        /// csv, geojson or ndjson
+        #[arg(long, default_value = "csv")]
+        format: String,
+    },
+    /// Assisted sync: list files only here (outbox/, inbox/), only on the remote, and on
+    /// both (by name and size). Works with share, ftp and ftps.
+    Compare,
+    /// Move files to the remote: uploaded through a temporary name, then a batch from
+    /// outbox/ goes to sent/ and any other file is removed here.
+    Push {
+        /// A path, or a name in outbox/ or inbox/
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Move files from the remote into inbox/ (e.g. reference files for a new machine):
+    /// downloaded through a temporary name, the size checked, then removed there.
+    Fetch {
+        /// Names as `compare` lists them
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Turn sync off or on for this device, or delete its sync data.
+    Sync {
+        #[command(subcommand)]
+        action: SyncAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncAction {
+    /// Stop autosend for this device (it stops at its next look and will not start);
+    /// local data is kept.
+    Off,
+    /// Allow autosend again.
+    On,
+    /// Delete this device's local sync data: outbox/, sent/, rejected/, inbox/,
+    /// docked/, the open batch and the send state (the settings, the sequence number
+    /// and the memory of imported files stay). Asks for confirmation.
+    Purge {
+        /// Also delete this device's files on the remote that the server has not taken
+        /// yet (share and ftp/ftps)
+        #[arg(long)]
+        remote: bool,
+        /// Do not ask (for scripts)
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
+    /// https://host:8443 (http:// for a test server), ftp://host:2121/,
+    /// ftps://host:2121/CTData, or a share path /mnt/share/CTData
+    #[arg(long)]
+    pub url: Option<String>,
+    /// FTP login name [default: the device name]
+    #[arg(long)]
+    pub user: Option<String>,
+    /// This device's name on the server, e.g. ranger-07
+    #[arg(long)]
+    pub device: Option<String>,
+    /// The device token from `ctdata-server device add NAME` (for ftp/ftps: the password)
+    #[arg(long, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// A file holding the token instead (read at each use)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Trust this certificate too (PEM), for a server with a self-signed certificate
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Download (pull) from here instead of the upload URL
+    #[arg(long)]
+    pub download_url: Option<String>,
+    /// Token for downloading (an administrator's API token) [default: the upload token]
+    #[arg(long)]
+    pub download_token: Option<String>,
+    /// Days a delivered batch is kept in sent/ before `send` deletes it
+    #[arg(long, default_value_t = 90)]
+    pub keep_sent_days: u64,
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    #[arg(long)]
+    pub species: Option<String>,
+    /// Latitude, WGS 84 decimal degrees
+    #[arg(long, allow_hyphen_values = true)]
+    pub lat: f64,
+    /// Longitude, WGS 84 decimal degrees
+    #[arg(long, allow_hyphen_values = true)]
+    pub lon: f64,
+    #[arg(long)]
+    pub count: Option<i64>,
+    #[arg(long)]
+    pub observer: Option<String>,
+    /// When it was seen, RFC 3339 with offset [default: now]
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Any other field, KEY=VALUE (repeatable); numbers and true/false stay numbers
+    #[arg(long = "attr", value_name = "KEY=VALUE")]
+    pub attrs: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    /// Tries per batch after the first, for network errors and server trouble
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// Pause before the first retry; doubles each time
+    #[arg(long, default_value = "1s")]
+    pub retry_delay: Dur,
+}
+
+#[derive(Args)]
+pub struct AutosendArgs {
+    /// How often to look for something to send, e.g. 30s, 15m, 1h
+    #[arg(long, default_value = "15m")]
+    pub every: Dur,
+    /// First pause after a failed send
+    #[arg(long, default_value = "30s")]
+    pub retry_min: Dur,
+    /// Longest pause after failed sends [default: --every]
+    #[arg(long)]
+    pub retry_max: Option<Dur>,
+}
+
+#[derive(Args)]
+pub struct DockArgs {
+    /// The folder a synced handheld leaves its files in (or the mounted device)
+    pub dir: PathBuf,
+    /// Keep watching DIR and take new files as they appear
+    #[arg(long)]
+    pub watch: bool,
+    /// Move taken files out of DIR into docked/
+    #[arg(long = "move")]
+    pub move_files: bool,
+    /// How often --watch looks
+    #[arg(long, default_value = "2s")]
+    pub interval: Dur,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let home = Home::locate(cli.home)?;
+    match cli.command {
+        Command::Init(args) => commands::init(&home, args),
+        Command::Record(args) => commands::record(&home, args),
+        Command::Import { files } => commands::import(&home, &files),
+        Command::Seal => commands::seal(&home),
+        Command::Send(args) => commands::send(&home, args).await,
+        Command::Status => commands::status(&home),
+        Command::Test => check::run(&home).await,
+        Command::Autosend(args) => autosend::run(&home, args).await,
+        Command::Dock(args) => dock::run(&home, args).await,
+        Command::Pull { format } => pull::run(&home, &format).await,
+        Command::Compare => blocking(move || sync::compare(&home)).await,
+        Command::Push { files } => blocking(move || sync::push(&home, &files)).await,
+        Command::Fetch { files } => blocking(move || sync::fetch(&home, &files)).await,
+        Command::Sync { action } => match action {
+            SyncAction::Off => sync::switch(&home, false),
+            SyncAction::On => sync::switch(&home, true),
+            SyncAction::Purge { remote, yes } => {
+                blocking(move || sync::purge(&home, remote, yes)).await
+            }
+        },
+    }
+}
+
+/// FTP sessions block: run them off the async workers.
+async fn blocking(
+    f: impl FnOnce() -> anyhow::Result<ExitCode> + Send + 'static,
+) -> anyhow::Result<ExitCode> {
+    tokio::task::spawn_blocking(f).await?
+}

@@ -1,0 +1,95 @@
+//! The remote folder as a list of files, for DataTracker-style assisted sync
+//! (`compare`, `push`, `fetch`) and `sync purge --remote`: the device's folder in a
+//! share, or the batch folder of an FTP site.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+
+use crate::config::{Config, Protocol};
+use crate::ftp;
+use crate::home::sync_dir;
+use crate::send::Outcome;
+use crate::share;
+
+pub enum Remote {
+    Share(PathBuf),
+    Ftp(ftp::Session),
+}
+
+impl Remote {
+    pub fn open(config: &Config) -> anyhow::Result<Remote> {
+        let fail = |why: String| anyhow::anyhow!("{}: {why}", config.upload.url);
+        match config.upload.protocol {
+            Protocol::Share => Ok(Remote::Share(
+                share::device_dir(&config.upload, &config.device).map_err(fail)?,
+            )),
+            Protocol::Ftp | Protocol::Ftps => Ok(Remote::Ftp(ftp::open(config).map_err(fail)?)),
+            Protocol::Https => bail!(
+                "the HTTP API keeps no folder to compare with: compare, push, fetch and \
+                 `purge --remote` work with share, ftp and ftps (over https use send and pull)"
+            ),
+        }
+    }
+
+    /// Visible files and their sizes; temporary `.part` uploads are left out.
+    pub fn list(&mut self) -> anyhow::Result<Vec<(String, u64)>> {
+        let mut files = match self {
+            Remote::Share(dir) => {
+                let mut found = Vec::new();
+                for name in crate::home::list_files(dir)? {
+                    found.push((name.clone(), std::fs::metadata(dir.join(&name))?.len()));
+                }
+                found
+            }
+            Remote::Ftp(s) => ftp::list(s).map_err(anyhow::Error::msg)?,
+        };
+        files.retain(|(n, _)| !n.starts_with('.') && !n.ends_with(".part"));
+        files.sort();
+        Ok(files)
+    }
+
+    /// Uploads through a temporary name, as a send does.
+    pub fn put(&mut self, path: &Path, name: &str) -> anyhow::Result<()> {
+        let outcome = match self {
+            Remote::Share(dir) => share::put_into(dir, path, name),
+            Remote::Ftp(s) => ftp::put(s, path, name),
+        };
+        match outcome {
+            Outcome::Delivered { .. } => Ok(()),
+            Outcome::Refused(why) | Outcome::Retry(why) | Outcome::Stop(why) => bail!(why),
+        }
+    }
+
+    /// Downloads `name` into `dir` (temporary name, fsync, rename); returns its size.
+    pub fn get(&mut self, name: &str, dir: &Path) -> anyhow::Result<u64> {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut file = File::create(&tmp)?;
+        let got = match self {
+            Remote::Share(from) => std::io::copy(&mut File::open(from.join(name))?, &mut file)?,
+            Remote::Ftp(s) => ftp::get(s, name, &mut file).map_err(anyhow::Error::msg)?,
+        };
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, dir.join(name))?;
+        sync_dir(dir)?;
+        Ok(got)
+    }
+
+    pub fn delete(&mut self, name: &str) -> anyhow::Result<()> {
+        match self {
+            Remote::Share(dir) => {
+                std::fs::remove_file(dir.join(name))?;
+                Ok(sync_dir(dir)?)
+            }
+            Remote::Ftp(s) => ftp::delete(s, name).map_err(anyhow::Error::msg),
+        }
+    }
+
+    pub fn close(self) {
+        if let Remote::Ftp(s) = self {
+            ftp::quit(s);
+        }
+    }
+}

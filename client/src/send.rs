@@ -1,0 +1,341 @@
+//! Tap to send: every batch in `outbox/` goes over the configured protocol; a batch
+//! moves to `sent/` only once delivery is confirmed, to `rejected/` (with its reason)
+//! when the server refuses it for good, and stays in `outbox/` otherwise.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::config::{Config, Protocol};
+use crate::home::{list_files, move_into, write_atomic, Home, OUTBOX, REJECTED, SENT};
+use crate::{ftp, http, outbox, share, state};
+
+const SEND_LOCK: &str = ".send.lock";
+
+/// What delivering one batch came to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The other side has it (`duplicate`: it had it before).
+    Delivered { duplicate: bool, receipt: Value },
+    /// Refused for good (invalid, conflicting): moved aside with the reason.
+    Refused(String),
+    /// Worth trying again later (network, server trouble).
+    Retry(String),
+    /// Nothing else will go either (credentials, configuration).
+    Stop(String),
+}
+
+pub struct Options {
+    /// Tries per batch after the first, for network errors and 5xx.
+    pub retries: u32,
+    /// First pause between tries; it doubles each time.
+    pub retry_delay: Duration,
+    /// Set by a stop signal: finish the batch in flight, send no more.
+    pub stop: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub delivered: usize,
+    pub duplicates: usize,
+    pub sightings: u64,
+    pub bytes: u64,
+    pub rejected: Vec<(String, String)>,
+    pub pending: usize,
+    /// Why sending stopped with batches left.
+    pub error: Option<String>,
+}
+
+impl Report {
+    pub fn summary(&self, url: &str) -> String {
+        let mut s = format!(
+            "sent {} batch{} ({} sightings, {} bytes) to {url}",
+            self.delivered,
+            plural(self.delivered),
+            self.sightings,
+            self.bytes
+        );
+        if self.duplicates > 0 {
+            s += &format!(", {} already there", self.duplicates);
+        }
+        if !self.rejected.is_empty() {
+            s += &format!(
+                ", {} rejected (kept in rejected/ with the reason)",
+                self.rejected.len()
+            );
+        }
+        match (&self.error, self.pending) {
+            (_, 0) => s += ", nothing pending",
+            (Some(e), n) => s += &format!("; {n} batch{} pending: {e}", plural(n)),
+            (None, n) => s += &format!("; {n} batch{} pending", plural(n)),
+        }
+        s
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "es"
+    }
+}
+
+enum Transport {
+    Http {
+        client: reqwest::Client,
+        token: String,
+    },
+    /// One FTP session for the whole send, opened on first use and after an error.
+    Ftp(Arc<std::sync::Mutex<Option<ftp::Session>>>),
+    Share,
+}
+
+/// Seals the open batch, then sends the outbox. Waits if another send is running.
+pub async fn send(home: &Home, config: &Config, opts: &Options) -> anyhow::Result<Report> {
+    {
+        let mut locked = outbox::lock(home, &config.device)?;
+        outbox::seal(home, &config.device, &mut locked)?;
+    }
+    let lock = match home.try_lock(SEND_LOCK)? {
+        Some(l) => l,
+        None => {
+            eprintln!("another send is running in this home; waiting for it to finish");
+            let home = home.clone();
+            tokio::task::spawn_blocking(move || home.lock(SEND_LOCK)).await??
+        }
+    };
+    let report = send_outbox(home, config, opts).await;
+    let pruned = prune_sent(home, config.keep_sent_days);
+    drop(lock);
+    match pruned {
+        Ok(0) => {}
+        Ok(n) => home.log(&format!(
+            "deleted {n} files from sent/ older than {} days",
+            config.keep_sent_days
+        )),
+        Err(e) => home.log(&format!("could not prune sent/: {e}")),
+    }
+    let report = report?;
+    let summary = report.summary(&config.upload.url);
+    home.log(&summary);
+    let outcome = match (&report.error, report.pending) {
+        (Some(e), _) => Err(e.clone()),
+        (None, n) if n > 0 => Err(summary.clone()),
+        _ => Ok(summary),
+    };
+    state::note(home, outcome)?;
+    Ok(report)
+}
+
+async fn send_outbox(home: &Home, config: &Config, opts: &Options) -> anyhow::Result<Report> {
+    let up = &config.upload;
+    let transport = match up.protocol {
+        Protocol::Https => Transport::Http {
+            client: http::client(up)?,
+            token: up.require_token()?,
+        },
+        Protocol::Ftp | Protocol::Ftps => Transport::Ftp(Arc::default()),
+        Protocol::Share => Transport::Share,
+    };
+    let dir = home.dir(OUTBOX);
+    let names = list_files(&dir)?;
+    let total: u64 = names
+        .iter()
+        .filter_map(|n| std::fs::metadata(dir.join(n)).ok())
+        .map(|m| m.len())
+        .sum();
+    let progress = progress_bar(total, names.len());
+    let mut report = Report::default();
+    for (i, name) in names.iter().enumerate() {
+        if opts.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        progress.set_message(format!("batch {}/{}", i + 1, names.len()));
+        let path = dir.join(name);
+        let rows = outbox::batch_rows(&path).unwrap_or(0);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let start = progress.position();
+        let mut attempt = 0;
+        let outcome = loop {
+            progress.set_position(start);
+            let outcome = deliver(&transport, config, &path, name, &progress).await;
+            match outcome {
+                Outcome::Retry(ref why) if attempt < opts.retries => {
+                    let pause = opts.retry_delay * 2u32.pow(attempt.min(10));
+                    home.log(&format!(
+                        "{name}: try {} failed: {why}; next try in {pause:?}",
+                        attempt + 1
+                    ));
+                    attempt += 1;
+                    if sleep_unless_stopped(pause, &opts.stop).await {
+                        break outcome;
+                    }
+                }
+                other => break other,
+            }
+        };
+        progress.set_position(start + size);
+        match outcome {
+            Outcome::Delivered { duplicate, receipt } => {
+                let kept = home.dir(SENT).join(format!("{name}.receipt.json"));
+                write_atomic(&kept, &serde_json::to_vec_pretty(&receipt)?)?;
+                move_into(&path, &home.dir(SENT))?;
+                home.log(&format!(
+                    "{name}: delivered ({rows} sightings{})",
+                    if duplicate {
+                        ", already stored before"
+                    } else {
+                        ""
+                    }
+                ));
+                report.delivered += 1;
+                report.duplicates += usize::from(duplicate);
+                report.sightings += rows;
+                report.bytes += size;
+            }
+            Outcome::Refused(reason) => {
+                let why = home.dir(REJECTED).join(format!("{name}.reason.txt"));
+                std::fs::create_dir_all(home.dir(REJECTED))?;
+                write_atomic(&why, format!("{reason}\n").as_bytes())?;
+                move_into(&path, &home.dir(REJECTED))?;
+                home.log(&format!("{name}: rejected, moved to rejected/: {reason}"));
+                report.rejected.push((name.clone(), reason));
+            }
+            Outcome::Retry(why) | Outcome::Stop(why) => {
+                home.log(&format!("{name}: not sent: {why}"));
+                report.error = Some(why);
+                break;
+            }
+        }
+    }
+    progress.finish_and_clear();
+    if let Transport::Ftp(session) = transport {
+        let open = session.lock().ok().and_then(|mut s| s.take());
+        if let Some(s) = open {
+            tokio::task::spawn_blocking(move || ftp::quit(s)).await?;
+        }
+    }
+    report.pending = list_files(&dir)?.len();
+    Ok(report)
+}
+
+async fn deliver(
+    transport: &Transport,
+    config: &Config,
+    path: &Path,
+    name: &str,
+    progress: &ProgressBar,
+) -> Outcome {
+    match transport {
+        Transport::Http { client, token } => {
+            http::post_batch(client, &config.upload, token, path, progress).await
+        }
+        Transport::Ftp(session) => {
+            let (session, config) = (session.clone(), config.clone());
+            let (path, name) = (path.to_path_buf(), name.to_string());
+            tokio::task::spawn_blocking(move || ftp_put(&session, &config, &path, &name))
+                .await
+                .unwrap_or_else(|e| Outcome::Retry(format!("the FTP uploader failed: {e}")))
+        }
+        Transport::Share => {
+            let (up, device) = (config.upload.clone(), config.device.clone());
+            let (path, name) = (path.to_path_buf(), name.to_string());
+            tokio::task::spawn_blocking(move || share::put(&up, &device, &path, &name))
+                .await
+                .unwrap_or_else(|e| Outcome::Retry(format!("the share writer failed: {e}")))
+        }
+    }
+}
+
+fn ftp_put(
+    session: &std::sync::Mutex<Option<ftp::Session>>,
+    config: &Config,
+    path: &Path,
+    name: &str,
+) -> Outcome {
+    let mut guard = match session.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if guard.is_none() {
+        match ftp::open(config) {
+            Ok(s) => *guard = Some(s),
+            Err(why) => return Outcome::Retry(format!("{}: {why}", config.upload.url)),
+        }
+    }
+    let Some(s) = guard.as_mut() else {
+        return Outcome::Retry("no FTP session".into());
+    };
+    let outcome = ftp::put(s, path, name);
+    if !matches!(outcome, Outcome::Delivered { .. }) {
+        // Start afresh next time: the session may be in any state after an error.
+        *guard = None;
+    }
+    outcome
+}
+
+/// Deletes delivered batches (and their receipts) delivered more than `days` ago, by
+/// the receipt's time (written at delivery; a batch keeps its sealing time).
+fn prune_sent(home: &Home, days: u64) -> std::io::Result<usize> {
+    let dir = home.dir(SENT);
+    let limit = Duration::from_secs(days.saturating_mul(86_400));
+    let now = std::time::SystemTime::now();
+    let old = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > limit)
+    };
+    let mut deleted = 0;
+    for name in list_files(&dir)? {
+        if name.ends_with(".receipt.json") {
+            continue;
+        }
+        let receipt = dir.join(format!("{name}.receipt.json"));
+        let when = if receipt.exists() {
+            &receipt
+        } else {
+            &dir.join(&name)
+        };
+        if old(when) {
+            std::fs::remove_file(dir.join(&name))?;
+            deleted += 1;
+            if receipt.exists() {
+                std::fs::remove_file(&receipt)?;
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// `true` when stopped during the pause.
+async fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) -> bool {
+    let until = tokio::time::Instant::now() + pause;
+    while tokio::time::Instant::now() < until {
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100).min(pause)).await;
+    }
+    stop.load(Ordering::SeqCst)
+}
+
+/// Batches and bytes on a terminal; nothing when piped or logged.
+fn progress_bar(bytes: u64, batches: usize) -> ProgressBar {
+    if batches == 0 || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(bytes);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}

@@ -1,0 +1,134 @@
+//! `state.json`: the little the client must remember across runs and crashes.
+//!
+//! Written whole with [`write_atomic`] (temporary file, fsync, rename, fsync of the
+//! folder) and only while `.state.lock` is held, so a crash leaves the previous or the
+//! next version, never a torn one, and two processes never interleave updates.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::home::{write_atomic, Home};
+
+const LOCK: &str = ".state.lock";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct State {
+    /// Sequence number of the next sealed batch (per device, from 1).
+    pub next_seq: u64,
+    /// Batches whose number was taken but whose file may not be in the outbox yet:
+    /// finished on the next start if a crash interrupted them.
+    pub sealing: Vec<Sealing>,
+    /// Content hash (SHA-256) of every file imported or docked → the batch made of it.
+    pub imported: BTreeMap<String, String>,
+    pub last_success: Option<Event>,
+    pub last_error: Option<Event>,
+    /// `since` for the next `pull`.
+    pub pull_cursor: Option<i64>,
+    pub autosend: Option<AutosendState>,
+    /// `sync off`: autosend stops and refuses to start.
+    pub sync_off: bool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            next_seq: 1,
+            sealing: Vec::new(),
+            imported: BTreeMap::new(),
+            last_success: None,
+            last_error: None,
+            pull_cursor: None,
+            autosend: None,
+            sync_off: false,
+        }
+    }
+}
+
+/// A batch being sealed: everything needed to write it again, byte for byte.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sealing {
+    pub file: String,
+    pub seq: u64,
+    pub batch_id: Uuid,
+    pub created_at: DateTime<FixedOffset>,
+    /// The imported file, or `None` for the open batch (`open.ndjson`).
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    pub message: String,
+}
+
+impl Event {
+    pub fn now(message: impl Into<String>) -> Event {
+        Event {
+            at: Utc::now(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutosendState {
+    pub every_secs: u64,
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub next_attempt: Option<DateTime<Utc>>,
+    pub failures: u32,
+}
+
+/// The state, loaded under its lock; `save` writes it back. Dropping releases the lock.
+pub struct Locked {
+    pub state: State,
+    home: Home,
+    _lock: File,
+}
+
+impl Locked {
+    pub fn save(&self) -> anyhow::Result<()> {
+        let path = self.home.state_path();
+        let bytes = serde_json::to_vec_pretty(&self.state)?;
+        write_atomic(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// Takes the state lock (waiting for another process to finish) and loads the state.
+pub fn lock(home: &Home) -> anyhow::Result<Locked> {
+    let lock = home.lock(LOCK)?;
+    let state = read(home)?;
+    Ok(Locked {
+        state,
+        home: home.clone(),
+        _lock: lock,
+    })
+}
+
+/// Reads the state without locking, for reports.
+pub fn read(home: &Home) -> anyhow::Result<State> {
+    let path = home.state_path();
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Records how a send ended (for `status`).
+pub fn note(home: &Home, outcome: Result<String, String>) -> anyhow::Result<()> {
+    let mut s = lock(home)?;
+    match outcome {
+        Ok(m) => s.state.last_success = Some(Event::now(m)),
+        Err(m) => s.state.last_error = Some(Event::now(m)),
+    }
+    s.save()
+}

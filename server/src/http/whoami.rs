@@ -1,0 +1,41 @@
+//! `GET /api/v1/whoami`: a device checks its token without sending a batch (the field
+//! client's connection test).
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::authenticate_device;
+use super::{ApiError, AppState, ErrorBody};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(whoami))
+}
+
+/// The device a token belongs to.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    pub device: String,
+}
+
+/// Which device this token logs in as; 401 for an unknown token, 403 when revoked.
+#[utoipa::path(
+    get,
+    path = "/api/v1/whoami",
+    tag = "devices",
+    responses(
+        (status = 200, description = "The token is valid", body = WhoAmI),
+        (status = 401, description = "No or wrong device token", body = ErrorBody),
+        (status = 403, description = "The device is revoked", body = ErrorBody),
+    ),
+    security(("device_token" = []), ("device_basic" = []))
+)]
+async fn whoami(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<WhoAmI>, ApiError> {
+    let device = authenticate_device(&state, &headers).await?;
+    Ok(Json(WhoAmI { device }))
+}
