@@ -114,6 +114,10 @@ pub struct HttpSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// A dashboard sign-in lasts this many hours.
+    pub session_hours: f64,
+    /// The dashboard calls a device stale after this many days without a batch.
+    pub stale_after_days: f64,
 }
 
 impl Default for DatabaseSettings {
@@ -149,6 +153,8 @@ impl Default for HttpSettings {
             max_concurrent_requests: 256,
             tls_cert: None,
             tls_key: None,
+            session_hours: 12.0,
+            stale_after_days: 3.0,
         }
     }
 }

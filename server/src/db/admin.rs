@@ -63,7 +63,7 @@ pub struct RejectionInfo {
 
 impl Db {
     /// A timestamp column as RFC 3339 UTC text, the same from both backends.
-    fn rfc3339(&self, column: &str) -> String {
+    pub(super) fn rfc3339(&self, column: &str) -> String {
         match self {
             Db::Postgres(_) => {
                 format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")

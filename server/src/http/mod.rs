@@ -1,7 +1,7 @@
 //! The HTTP API: one state, a router per resource, served by hyper with a header-read
 //! timeout (axum::serve arms none) and graceful shutdown.
 
-mod admin;
+pub(crate) mod admin;
 mod auth;
 mod batches;
 mod download;
@@ -9,6 +9,7 @@ mod error;
 mod sightings;
 mod throttle;
 pub mod tls;
+mod web;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -46,6 +47,17 @@ pub struct AppState {
     pub password_checks: Arc<tokio::sync::Semaphore>,
     /// The remote sources, for the admin Download.
     pub puller: Arc<crate::sources::Puller>,
+    pub dashboard: Arc<DashboardSettings>,
+}
+
+/// The web dashboard's settings.
+#[derive(Debug, Clone)]
+pub struct DashboardSettings {
+    /// How long a sign-in lasts.
+    pub session: Duration,
+    pub stale_after_days: f64,
+    /// Under TLS the session cookie is marked Secure.
+    pub secure_cookie: bool,
 }
 
 /// Folder (inside the drop directory) where request bodies are spooled.
@@ -55,6 +67,7 @@ pub fn app(state: AppState, max_concurrent_requests: usize) -> Router {
     let (router, api) = api_router().split_for_parts();
     let api = Arc::new(api);
     router
+        .merge(web::router())
         .route(
             "/api/v1/openapi.json",
             get(move || std::future::ready(Json(api.as_ref().clone()))),
