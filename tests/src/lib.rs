@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+pub mod browser;
 pub mod vsftpd;
 
 /// Where the test PostgreSQL server is; a database per test is created on it.

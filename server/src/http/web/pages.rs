@@ -100,7 +100,7 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
 /// An inline SVG bar chart: one bar per day, days without batches as gaps.
 fn chart(days: &[crate::db::DayCount], today: chrono::DateTime<Utc>) -> String {
     let max = days.iter().map(|d| d.sightings).max().unwrap_or(0).max(1);
-    let mut svg = String::from("<svg class=\"chart\" id=\"chart\" viewBox=\"0 0 600 180\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"sightings per day\">");
+    let mut svg = String::from("<svg class=\"chart\" id=\"chart\" viewBox=\"0 0 600 160\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"sightings per day\">");
     for i in 0..30 {
         let day = (today - Duration::days(29 - i)).format("%Y-%m-%d").to_string();
         let n = days.iter().find(|d| d.day == day).map_or(0, |d| d.sightings);
@@ -111,11 +111,14 @@ fn chart(days: &[crate::db::DayCount], today: chrono::DateTime<Utc>) -> String {
             "<rect x=\"{x}\" y=\"{}\" width=\"16\" height=\"{h}\"><title>{day}: {n}</title></rect>",
             160.0 - h
         );
-        if i % 5 == 4 {
-            let _ = write!(svg, "<text x=\"{x}\" y=\"175\">{}</text>", &day[5..]);
-        }
     }
-    let _ = write!(svg, "<text x=\"2\" y=\"10\">max {max}</text></svg>");
+    // Labels outside the stretched SVG, so text keeps its shape at any width.
+    svg.push_str("</svg><div class=\"axis\">");
+    for i in [0, 10, 20, 29] {
+        let day = (today - Duration::days(29 - i)).format("%m-%d");
+        let _ = write!(svg, "<span>{day}</span>");
+    }
+    let _ = write!(svg, "</div><p class=\"l\">Tallest bar: {max} sightings.</p>");
     svg
 }
 
