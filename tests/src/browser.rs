@@ -33,9 +33,8 @@ fn call(method: &str, url: &str, body: Option<&Value>) -> Result<Value, String> 
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!("{e}: {}", String::from_utf8_lossy(&out.stdout))
-    })?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
     match v.get("value") {
         Some(inner) if inner.get("error").is_some() => Err(inner.to_string()),
         Some(inner) => Ok(inner.clone()),
@@ -60,7 +59,10 @@ impl Browser {
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while call("GET", &format!("{base}/status"), None).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not start in 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let profile = dir.path().join("profile");
@@ -78,8 +80,16 @@ impl Browser {
         }}});
         let created = call("POST", &format!("{base}/session"), Some(&caps))
             .unwrap_or_else(|e| panic!("start Chromium: {e}"));
-        let session = created["sessionId"].as_str().expect("session id").to_string();
-        Browser { driver, base, session, dir }
+        let session = created["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_string();
+        Browser {
+            driver,
+            base,
+            session,
+            dir,
+        }
     }
 
     pub fn download_dir(&self) -> PathBuf {
@@ -88,7 +98,8 @@ impl Browser {
 
     fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
-        call(method, &url, body.as_ref()).unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
+        call(method, &url, body.as_ref())
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
     }
 
     pub fn goto(&self, url: &str) {
@@ -96,7 +107,10 @@ impl Browser {
     }
 
     pub fn url(&self) -> String {
-        self.cmd("GET", "/url", None).as_str().unwrap_or_default().to_string()
+        self.cmd("GET", "/url", None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// The element `css` selects, waiting up to 10 s for it to appear.
@@ -114,7 +128,11 @@ impl Browser {
     }
 
     pub fn count(&self, css: &str) -> usize {
-        let v = self.cmd("POST", "/elements", Some(json!({"using": "css selector", "value": css})));
+        let v = self.cmd(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        );
         v.as_array().map_or(0, Vec::len)
     }
 
@@ -126,7 +144,11 @@ impl Browser {
     pub fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css);
         self.cmd("POST", &format!("/element/{id}/clear"), Some(json!({})));
-        self.cmd("POST", &format!("/element/{id}/value"), Some(json!({ "text": text })));
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        );
     }
 
     pub fn text(&self, css: &str) -> String {
@@ -149,7 +171,10 @@ impl Browser {
             if t.contains(needle) {
                 return t;
             }
-            assert!(Instant::now() < deadline, "{css} never showed {needle:?}; it shows {t:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{css} never showed {needle:?}; it shows {t:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -161,7 +186,11 @@ impl Browser {
     }
 
     pub fn set_size(&self, width: u32, height: u32) {
-        self.cmd("POST", "/window/rect", Some(json!({"width": width, "height": height})));
+        self.cmd(
+            "POST",
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        );
     }
 
     /// A PNG of the viewport.

@@ -29,17 +29,32 @@ fn curl(args: &[&str]) -> (u16, String, String) {
         .args(args)
         .output()
         .expect("run curl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (rest, code) = text.rsplit_once('\n').unwrap();
     let (headers, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
-    (code.trim().parse().unwrap(), headers.to_string(), body.to_string())
+    (
+        code.trim().parse().unwrap(),
+        headers.to_string(),
+        body.to_string(),
+    )
 }
 
 fn upload(base: &str, token: &str, file: &Path) -> u16 {
     let auth = format!("Authorization: Bearer {token}");
     let data = format!("@{}", file.display());
-    curl(&["-H", &auth, "--data-binary", &data, &format!("{base}/api/v1/batches")]).0
+    curl(&[
+        "-H",
+        &auth,
+        "--data-binary",
+        &data,
+        &format!("{base}/api/v1/batches"),
+    ])
+    .0
 }
 
 /// Signs in with curl; returns the session token from Set-Cookie.
@@ -60,14 +75,23 @@ fn csrf_of(body: &str) -> String {
 
 #[tokio::test]
 async fn dashboard_in_a_real_browser() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
     let env = ServerEnv::new(&db);
     env.admin_token();
     let share = tempfile::tempdir().unwrap();
     let folder = share.path().join("CTData");
     std::fs::create_dir_all(folder.join("ranger-06")).unwrap();
-    std::fs::copy(fixtures().join("good/geojson-basic.geojson"), folder.join("ranger-06/a.geojson")).unwrap();
-    let config = format!("[[sources]]\nname = \"share\"\nurl = \"{}\"\n", folder.display());
+    std::fs::copy(
+        fixtures().join("good/geojson-basic.geojson"),
+        folder.join("ranger-06/a.geojson"),
+    )
+    .unwrap();
+    let config = format!(
+        "[[sources]]\nname = \"share\"\nurl = \"{}\"\n",
+        folder.display()
+    );
     std::fs::write(env.dir.path().join("ctdata.toml"), config).unwrap();
     let server = env.serve().await;
     let base = server.http_base();
@@ -93,7 +117,10 @@ async fn dashboard_in_a_real_browser() {
     b.click("#add-device");
     let token = b.text("#token");
     assert!(token.starts_with("ctd_"), "{token}");
-    assert_eq!(upload(&base, &token, &fixtures().join("good/csv-basic.csv")), 201);
+    assert_eq!(
+        upload(&base, &token, &fixtures().join("good/csv-basic.csv")),
+        201
+    );
     let bad = fixtures().join("bad/01-truncated-json.json");
     assert_eq!(upload(&base, &token, &bad), 422);
     b.goto(&format!("{base}/devices"));
@@ -122,7 +149,11 @@ async fn dashboard_in_a_real_browser() {
     screenshots(&b, "06-rejected");
     let stored = db.texts("SELECT stored_path FROM rejections").await;
     let stored = stored[0][0].clone().expect("the rejected file is kept");
-    std::fs::copy(fixtures().join("good/csv-darwin-core.csv"), env.drop_dir().join(stored)).unwrap();
+    std::fs::copy(
+        fixtures().join("good/csv-darwin-core.csv"),
+        env.drop_dir().join(stored),
+    )
+    .unwrap();
     b.click("#rejected button:not(.danger)");
     b.wait_text("#outcome", "stored");
     b.goto(&format!("{base}/rejected"));
@@ -158,7 +189,12 @@ async fn dashboard_in_a_real_browser() {
     .await;
     let csv = std::fs::read_to_string(&file).unwrap();
     let mut reader = csv::Reader::from_reader(csv.as_bytes());
-    let species = reader.headers().unwrap().iter().position(|h| h == "species").unwrap();
+    let species = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "species")
+        .unwrap();
     let records: Vec<_> = reader.records().map(Result::unwrap).collect();
     assert_eq!(records.len(), expected, "{csv}");
     assert!(records.iter().all(|r| &r[species] == "Loxodonta africana"));
@@ -173,11 +209,24 @@ async fn dashboard_in_a_real_browser() {
     assert_eq!(db.scalar("SELECT count(*) FROM batches").await, 3);
 
     // CSRF: the browser's own session cookie, a form post without the token: refused.
-    let cookie = format!("Cookie: ctdata_session={}", b.cookie("ctdata_session").unwrap());
-    let (code, _, body) = curl(&["-H", &cookie, "-d", "name=ranger-99", &format!("{base}/devices")]);
+    let cookie = format!(
+        "Cookie: ctdata_session={}",
+        b.cookie("ctdata_session").unwrap()
+    );
+    let (code, _, body) = curl(&[
+        "-H",
+        &cookie,
+        "-d",
+        "name=ranger-99",
+        &format!("{base}/devices"),
+    ]);
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("security token"));
-    assert_eq!(db.scalar("SELECT count(*) FROM devices WHERE name = 'ranger-99'").await, 0);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM devices WHERE name = 'ranger-99'")
+            .await,
+        0
+    );
 
     // Sign out ends the session.
     b.goto(&format!("{base}/"));
@@ -191,7 +240,9 @@ async fn dashboard_in_a_real_browser() {
 
 #[tokio::test]
 async fn sign_in_sessions_expire_and_forms_need_their_token() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
     let env = ServerEnv::new(&db);
     env.admin_token();
     let server = env.serve().await;
@@ -203,13 +254,25 @@ async fn sign_in_sessions_expire_and_forms_need_their_token() {
     let (code, token) = sign_in(&base, PASSWORD);
     assert_eq!(code, 303);
     let token = token.expect("a session cookie");
-    let (_, headers, _) = curl(&["-d", "name=alice&password=a+long+enough+password", &format!("{base}/login")]);
-    let set_cookie = headers.lines().find(|l| l.starts_with("set-cookie:")).unwrap();
-    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"), "{set_cookie}");
+    let (_, headers, _) = curl(&[
+        "-d",
+        "name=alice&password=a+long+enough+password",
+        &format!("{base}/login"),
+    ]);
+    let set_cookie = headers
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
     assert!(!set_cookie.contains("Secure"), "plain HTTP: no Secure flag");
     // Only the token's SHA-256 is stored.
     let hashes = db.texts("SELECT token_hash FROM sessions").await;
-    assert!(hashes.iter().all(|h| h[0].as_deref() != Some(token.as_str())));
+    assert!(hashes
+        .iter()
+        .all(|h| h[0].as_deref() != Some(token.as_str())));
 
     let cookie = format!("Cookie: ctdata_session={token}");
     let (code, _, page) = curl(&["-H", &cookie, &format!("{base}/devices")]);
@@ -217,12 +280,21 @@ async fn sign_in_sessions_expire_and_forms_need_their_token() {
     let csrf = csrf_of(&page);
     // Without the token, or with another: 403, nothing changes. With it: done.
     let url = format!("{base}/devices");
-    for form in ["name=ranger-50".to_string(), format!("name=ranger-50&csrf={}", "0".repeat(64))] {
+    for form in [
+        "name=ranger-50".to_string(),
+        format!("name=ranger-50&csrf={}", "0".repeat(64)),
+    ] {
         let (code, _, _) = curl(&["-H", &cookie, "-d", &form, &url]);
         assert_eq!(code, 403, "{form}");
     }
     assert_eq!(db.scalar("SELECT count(*) FROM devices").await, 0);
-    let (code, _, page) = curl(&["-H", &cookie, "-d", &format!("name=ranger-50&csrf={csrf}"), &url]);
+    let (code, _, page) = curl(&[
+        "-H",
+        &cookie,
+        "-d",
+        &format!("name=ranger-50&csrf={csrf}"),
+        &url,
+    ]);
     assert_eq!(code, 200);
     assert!(page.contains("id=\"token\">ctd_"), "{page}");
     // A form without any session is refused too.
@@ -236,7 +308,10 @@ async fn sign_in_sessions_expire_and_forms_need_their_token() {
     assert!(expired >= 1);
     let (code, headers, _) = curl(&["-H", &cookie, &format!("{base}/devices")]);
     assert_eq!(code, 303);
-    assert!(headers.to_lowercase().contains("location: /login"), "{headers}");
+    assert!(
+        headers.to_lowercase().contains("location: /login"),
+        "{headers}"
+    );
     let (code, _, _) = curl(&["-H", &cookie, &format!("{base}/api/v1/sightings")]);
     assert_eq!(code, 401, "an expired session does not download either");
     assert!(server.terminate().success());

@@ -183,10 +183,16 @@ impl Db {
             add(&|n| format!("s.species = ${n}"), Arg::S(s.clone()));
         }
         if let Some(t) = q.from {
-            add(&|n| format!("s.observed_at >= {}", self.time_param(n)), Arg::S(time_text(t)));
+            add(
+                &|n| format!("s.observed_at >= {}", self.time_param(n)),
+                Arg::S(time_text(t)),
+            );
         }
         if let Some(t) = q.to {
-            add(&|n| format!("s.observed_at < {}", self.time_param(n)), Arg::S(time_text(t)));
+            add(
+                &|n| format!("s.observed_at < {}", self.time_param(n)),
+                Arg::S(time_text(t)),
+            );
         }
         if let Some(b) = q.bbox {
             add(&|n| format!("s.longitude >= ${n}"), Arg::F(b.min_lon));

@@ -66,7 +66,11 @@ pub fn button(signed: &Signed, action: &str, label: &str, class: &str) -> String
 pub fn page(signed: &Signed, active: &str, title: &str, body: &str) -> Html<String> {
     let mut nav = String::new();
     for (href, name) in PAGES {
-        let class = if href == active { " class=\"active\"" } else { "" };
+        let class = if href == active {
+            " class=\"active\""
+        } else {
+            ""
+        };
         let _ = write!(nav, "<a href=\"{href}\"{class}>{name}</a>");
     }
     Html(format!(

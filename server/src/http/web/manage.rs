@@ -63,10 +63,19 @@ async fn devices_page(state: &AppState, signed: &Signed, notice: &str) -> Respon
         let mut actions = String::new();
         if !d.revoked {
             let n = super::html::urlencode(&d.name);
-            let label = if d.registered { "Rotate token" } else { "Give a token" };
+            let label = if d.registered {
+                "Rotate token"
+            } else {
+                "Give a token"
+            };
             actions.push_str(&button(signed, &format!("/devices/{n}/rotate"), label, ""));
             if d.registered {
-                actions.push_str(&button(signed, &format!("/devices/{n}/revoke"), "Revoke", "danger"));
+                actions.push_str(&button(
+                    signed,
+                    &format!("/devices/{n}/revoke"),
+                    "Revoke",
+                    "danger",
+                ));
             }
         }
         let _ = write!(
@@ -97,7 +106,10 @@ fn token_notice(name: &str, token: &str) -> String {
 }
 
 fn error_notice(e: impl std::fmt::Display) -> String {
-    format!("<p class=\"error\" id=\"notice\">{}</p>", esc(&e.to_string()))
+    format!(
+        "<p class=\"error\" id=\"notice\">{}</p>",
+        esc(&e.to_string())
+    )
 }
 
 #[derive(Deserialize)]
@@ -115,7 +127,11 @@ pub async fn add_device(
     let name = f.name.trim();
     let notice = match crate::credentials::add_device(&state.ingestor.db, name).await {
         Ok(token) => {
-            tracing::info!(admin = signed.admin, device = name, "dashboard added a device");
+            tracing::info!(
+                admin = signed.admin,
+                device = name,
+                "dashboard added a device"
+            );
             token_notice(name, &token)
         }
         Err(e) => error_notice(e),
@@ -132,7 +148,9 @@ pub async fn rotate(
     let signed = guard!(require_form(&state, &headers, f.csrf.as_deref()).await);
     let db = &state.ingestor.db;
     // A device first seen through the drop directory has no token to rotate: add one.
-    let registered = db!(db.device_stats()).iter().any(|d| d.name == name && d.registered);
+    let registered = db!(db.device_stats())
+        .iter()
+        .any(|d| d.name == name && d.registered);
     let made = if registered {
         crate::credentials::rotate_device(db, &name).await
     } else {
@@ -153,7 +171,10 @@ pub async fn revoke(
 ) -> Response {
     let signed = guard!(require_form(&state, &headers, f.csrf.as_deref()).await);
     let notice = match crate::credentials::revoke_device(&state.ingestor.db, &name).await {
-        Ok(()) => format!("<p class=\"ok\" id=\"notice\">{} is revoked: its token no longer works.</p>", esc(&name)),
+        Ok(()) => format!(
+            "<p class=\"ok\" id=\"notice\">{} is revoked: its token no longer works.</p>",
+            esc(&name)
+        ),
         Err(e) => error_notice(e),
     };
     devices_page(&state, &signed, &notice).await
@@ -168,7 +189,9 @@ async fn sources_page(state: &AppState, signed: &Signed, report: &str) -> Respon
     let pulls = db!(state.ingestor.db.last_pulls());
     let mut body = String::from(report);
     if state.puller.sources().is_empty() {
-        body.push_str("<p>No remote sources are configured ([[sources]] in the configuration file).</p>");
+        body.push_str(
+            "<p>No remote sources are configured ([[sources]] in the configuration file).</p>",
+        );
     }
     body.push_str(
         "<div class=\"scroll\"><table id=\"sources\"><thead><tr><th>Source</th><th>Where</th><th>Last pull (UTC)</th>\
@@ -224,11 +247,16 @@ pub async fn download(
     Form(f): Form<DownloadForm>,
 ) -> Response {
     let signed = guard!(require_form(&state, &headers, f.csrf.as_deref()).await);
-    tracing::info!(admin = signed.admin, source = f.source.as_deref().unwrap_or("(all)"), "dashboard download");
+    tracing::info!(
+        admin = signed.admin,
+        source = f.source.as_deref().unwrap_or("(all)"),
+        "dashboard download"
+    );
     let puller = state.puller.clone();
     let source = f.source.filter(|s| !s.is_empty());
     // Its own task: closing the tab does not cut the pull short.
-    let ran = tokio::spawn(async move { puller.download(source.as_deref(), "dashboard").await }).await;
+    let ran =
+        tokio::spawn(async move { puller.download(source.as_deref(), "dashboard").await }).await;
     let mut report = String::from("<div class=\"card\" id=\"report\"><h2>Download report</h2>");
     match ran {
         Ok(Ok(r)) => {
@@ -244,7 +272,10 @@ pub async fn download(
                         "<div>{} — {:?}{}</div>",
                         esc(&f.path),
                         f.status,
-                        f.reason.as_deref().map(|r| format!(": {}", esc(r))).unwrap_or_default()
+                        f.reason
+                            .as_deref()
+                            .map(|r| format!(": {}", esc(r)))
+                            .unwrap_or_default()
                     );
                 }
                 for e in &s.errors {

@@ -47,7 +47,11 @@ async fn style() -> Response {
 
 async fn map_js() -> Response {
     let js = include_str!("assets/map.js");
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], js).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        js,
+    )
+        .into_response()
 }
 
 /// The administrator behind a request's session cookie, if it names a live session.
@@ -63,7 +67,11 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_string))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(&format!("{COOKIE}="))
+                .map(str::to_string)
+        })
 }
 
 fn now() -> i64 {
@@ -104,13 +112,19 @@ pub(super) async fn require_form(
         (StatusCode::FORBIDDEN, body).into_response()
     };
     let Some(signed) = signed_in(state, headers).await else {
-        return Err(refused("You are not signed in (or the sign-in expired). Sign in and try again."));
+        return Err(refused(
+            "You are not signed in (or the sign-in expired). Sign in and try again.",
+        ));
     };
     let given = csrf.unwrap_or_default().as_bytes();
     let expected = signed.csrf.as_bytes();
     // Length first, then every byte, so the comparison's time says nothing.
     let same = given.len() == expected.len()
-        && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if !same {
         return Err(refused(
             "This form did not carry its security token (CSRF). Reload the page and try again.",
@@ -168,12 +182,19 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
         return failure(e);
     }
     tracing::info!(admin = f.name, "dashboard sign-in");
-    let secure = if state.dashboard.secure_cookie { "; Secure" } else { "" };
+    let secure = if state.dashboard.secure_cookie {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie =
         format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={life}{secure}");
     (
         StatusCode::SEE_OTHER,
-        [(header::SET_COOKIE, cookie), (header::LOCATION, "/".to_string())],
+        [
+            (header::SET_COOKIE, cookie),
+            (header::LOCATION, "/".to_string()),
+        ],
     )
         .into_response()
 }
@@ -198,7 +219,10 @@ async fn logout(
     let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
     (
         StatusCode::SEE_OTHER,
-        [(header::SET_COOKIE, cookie), (header::LOCATION, "/login".to_string())],
+        [
+            (header::SET_COOKIE, cookie),
+            (header::LOCATION, "/login".to_string()),
+        ],
     )
         .into_response()
 }

@@ -40,14 +40,21 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
     let signed = guard!(require(&state, &headers).await);
     let db = &state.ingestor.db;
     let now = Utc::now();
-    let today = now.date_naive().and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+    let today = now
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap_or_default()
+        .and_utc();
     let week = today - Duration::days(i64::from(now.weekday().num_days_from_monday()));
     let epoch = chrono::DateTime::<Utc>::UNIX_EPOCH;
     let (b_today, s_today) = db!(db.stored_since(today));
     let (b_week, s_week) = db!(db.stored_since(week));
     let (b_all, s_all) = db!(db.stored_since(epoch));
     let days = db!(db.sightings_per_day(today - Duration::days(29)));
-    let last = db!(db.list_batches(&BatchListFilter { limit: Some(10), ..Default::default() }));
+    let last = db!(db.list_batches(&BatchListFilter {
+        limit: Some(10),
+        ..Default::default()
+    }));
     let rejected = db!(db.pending_rejections());
     let devices = db!(db.device_stats());
     let pulls = db!(db.last_pulls());
@@ -61,7 +68,10 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
         (b_week, "batches this week"),
         (b_all, "batches in total"),
     ] {
-        let _ = write!(body, "<div class=\"card\"><div class=\"n\">{n}</div><div class=\"l\">{label}</div></div>");
+        let _ = write!(
+            body,
+            "<div class=\"card\"><div class=\"n\">{n}</div><div class=\"l\">{label}</div></div>"
+        );
     }
     body.push_str("</div><h2>Needs attention</h2><ul class=\"attention\" id=\"attention\">");
     let mut calm = true;
@@ -88,7 +98,9 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
         );
     }
     if calm {
-        body.push_str("<li class=\"ok\">Nothing: no rejected files, stale devices or failed pulls.</li>");
+        body.push_str(
+            "<li class=\"ok\">Nothing: no rejected files, stale devices or failed pulls.</li>",
+        );
     }
     body.push_str("</ul><h2>Sightings stored per day (last 30 days, UTC)</h2>");
     body.push_str(&chart(&days, today));
@@ -102,8 +114,13 @@ fn chart(days: &[crate::db::DayCount], today: chrono::DateTime<Utc>) -> String {
     let max = days.iter().map(|d| d.sightings).max().unwrap_or(0).max(1);
     let mut svg = String::from("<svg class=\"chart\" id=\"chart\" viewBox=\"0 0 600 160\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"sightings per day\">");
     for i in 0..30 {
-        let day = (today - Duration::days(29 - i)).format("%Y-%m-%d").to_string();
-        let n = days.iter().find(|d| d.day == day).map_or(0, |d| d.sightings);
+        let day = (today - Duration::days(29 - i))
+            .format("%Y-%m-%d")
+            .to_string();
+        let n = days
+            .iter()
+            .find(|d| d.day == day)
+            .map_or(0, |d| d.sightings);
         let h = (n as f64 / max as f64 * 150.0).round();
         let x = i as f64 * 20.0 + 2.0;
         let _ = write!(
@@ -118,7 +135,10 @@ fn chart(days: &[crate::db::DayCount], today: chrono::DateTime<Utc>) -> String {
         let day = (today - Duration::days(29 - i)).format("%m-%d");
         let _ = write!(svg, "<span>{day}</span>");
     }
-    let _ = write!(svg, "</div><p class=\"l\">Tallest bar: {max} sightings.</p>");
+    let _ = write!(
+        svg,
+        "</div><p class=\"l\">Tallest bar: {max} sightings.</p>"
+    );
     svg
 }
 
@@ -193,7 +213,12 @@ pub async fn batches(
     );
     body.push_str(&batch_table(&rows));
     let keep = [("device", device), ("channel", channel), ("status", status)];
-    body.push_str(&pager("/batches", &keep, rows.last().map(|b| b.id), rows.len() as i64 == PAGE));
+    body.push_str(&pager(
+        "/batches",
+        &keep,
+        rows.last().map(|b| b.id),
+        rows.len() as i64 == PAGE,
+    ));
     page(&signed, "/batches", "Batches", &body).into_response()
 }
 
@@ -208,7 +233,10 @@ pub(super) fn pager(
     let sep = if base.is_empty() { "" } else { "&" };
     let mut s = format!("<div class=\"pager\"><a href=\"{path}?{base}\">First page</a>");
     if let (Some(last), true) = (last, more) {
-        let _ = write!(s, "<a id=\"next\" href=\"{path}?{base}{sep}before={last}\">Next page</a>");
+        let _ = write!(
+            s,
+            "<a id=\"next\" href=\"{path}?{base}{sep}before={last}\">Next page</a>"
+        );
     }
     s.push_str("</div>");
     s
@@ -222,12 +250,25 @@ pub async fn batch(
 ) -> Response {
     let signed = guard!(require(&state, &headers).await);
     let db = &state.ingestor.db;
-    let filter = BatchListFilter { before: Some(id.saturating_add(1)), limit: Some(1), ..Default::default() };
+    let filter = BatchListFilter {
+        before: Some(id.saturating_add(1)),
+        limit: Some(1),
+        ..Default::default()
+    };
     let found = db!(db.list_batches(&filter));
     let Some(b) = found.into_iter().find(|b| b.id == id) else {
-        return (StatusCode::NOT_FOUND, super::html::message_page("Not found", &format!("There is no batch {id}."))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            super::html::message_page("Not found", &format!("There is no batch {id}.")),
+        )
+            .into_response();
     };
-    let rows = db!(db.sightings_page(&SightingQuery { batch: Some(id), before: q.before, limit: PAGE, ..Default::default() }));
+    let rows = db!(db.sightings_page(&SightingQuery {
+        batch: Some(id),
+        before: q.before,
+        limit: PAGE,
+        ..Default::default()
+    }));
     let mut body = format!(
         "<div class=\"scroll\"><table><tbody><tr><th>Device</th><td>{}</td></tr><tr><th>Batch id</th><td>{}</td></tr>\
          <tr><th>File</th><td>{}</td></tr><tr><th>Channel</th><td>{}</td></tr><tr><th>Format</th><td>{}</td></tr>\
@@ -237,7 +278,12 @@ pub async fn batch(
         when(&b.received_at), b.sightings, b.inserted, b.duplicates, esc(&b.sha256)
     );
     body.push_str(&super::sightings::table(&rows));
-    body.push_str(&pager(&format!("/batches/{id}"), &[], rows.last().map(|r| r.cursor), rows.len() as i64 == PAGE));
+    body.push_str(&pager(
+        &format!("/batches/{id}"),
+        &[],
+        rows.last().map(|r| r.cursor),
+        rows.len() as i64 == PAGE,
+    ));
     page(&signed, "/batches", &format!("Batch {id}"), &body).into_response()
 }
 
@@ -248,7 +294,13 @@ pub async fn rejected(
 ) -> Response {
     let signed = guard!(require(&state, &headers).await);
     let (device, status) = (given(&q.device), given(&q.status));
-    let filter = BatchListFilter { device: device.clone(), status: status.clone(), before: q.before, limit: Some(PAGE), ..Default::default() };
+    let filter = BatchListFilter {
+        device: device.clone(),
+        status: status.clone(),
+        before: q.before,
+        limit: Some(PAGE),
+        ..Default::default()
+    };
     let rows = db!(state.ingestor.db.list_rejections(&filter));
     let mut body = format!(
         "<form class=\"filters\" method=\"get\" action=\"/rejected\"><label>Device \
@@ -261,12 +313,26 @@ pub async fn rejected(
     for r in &rows {
         let mut actions = String::new();
         if r.stored_path.is_some() {
-            let _ = write!(actions, "<a class=\"button\" href=\"/rejected/{}/file\">Download</a>", r.id);
+            let _ = write!(
+                actions,
+                "<a class=\"button\" href=\"/rejected/{}/file\">Download</a>",
+                r.id
+            );
         }
         if r.status == "pending" {
-            actions.push_str(&button(&signed, &format!("/rejected/{}/reprocess", r.id), "Reprocess", ""));
+            actions.push_str(&button(
+                &signed,
+                &format!("/rejected/{}/reprocess", r.id),
+                "Reprocess",
+                "",
+            ));
         }
-        actions.push_str(&button(&signed, &format!("/rejected/{}/delete", r.id), "Delete", "danger"));
+        actions.push_str(&button(
+            &signed,
+            &format!("/rejected/{}/delete", r.id),
+            "Delete",
+            "danger",
+        ));
         let _ = write!(
             body,
             "<tr id=\"r{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><pre class=\"reason\">{}</pre></td>\
@@ -279,7 +345,12 @@ pub async fn rejected(
         body.push_str("<tr><td colspan=\"7\">No rejected files.</td></tr>");
     }
     body.push_str("</tbody></table></div>");
-    body.push_str(&pager("/rejected", &[("device", device), ("status", status)], rows.last().map(|r| r.id), rows.len() as i64 == PAGE));
+    body.push_str(&pager(
+        "/rejected",
+        &[("device", device), ("status", status)],
+        rows.last().map(|r| r.id),
+        rows.len() as i64 == PAGE,
+    ));
     page(&signed, "/rejected", "Rejected files", &body).into_response()
 }
 
@@ -292,19 +363,33 @@ pub async fn rejected_file(
     guard!(require(&state, &headers).await);
     let r = db!(state.ingestor.db.rejection(id));
     let Some(stored) = r.and_then(|r| r.stored_path) else {
-        return (StatusCode::NOT_FOUND, super::html::message_page("Not found", &format!("Rejection {id} kept no file."))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            super::html::message_page("Not found", &format!("Rejection {id} kept no file.")),
+        )
+            .into_response();
     };
-    let name = std::path::Path::new(&stored).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = std::path::Path::new(&stored)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     match tokio::fs::read(state.drop_dir.join(&stored)).await {
         Ok(bytes) => (
             [
                 (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{}\"", name.replace('"', "_"))),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{}\"", name.replace('"', "_")),
+                ),
             ],
             bytes,
         )
             .into_response(),
-        Err(e) => (StatusCode::GONE, super::html::message_page("Gone", &format!("{stored} cannot be read: {e}"))).into_response(),
+        Err(e) => (
+            StatusCode::GONE,
+            super::html::message_page("Gone", &format!("{stored} cannot be read: {e}")),
+        )
+            .into_response(),
     }
 }
 
@@ -324,7 +409,10 @@ pub async fn reprocess(
             };
             outcome
         }
-        Err(e) => format!("<p class=\"error\" id=\"outcome\">{}</p>", esc(&e.to_string())),
+        Err(e) => format!(
+            "<p class=\"error\" id=\"outcome\">{}</p>",
+            esc(&e.to_string())
+        ),
     };
     let body = format!("{body}<p><a href=\"/rejected\">Back to rejected files</a></p>");
     page(&signed, "/rejected", &format!("Reprocess {id}"), &body).into_response()
@@ -340,7 +428,13 @@ pub async fn delete_rejected(
     let db = &state.ingestor.db;
     if let Some(stored) = db!(db.rejection(id)).and_then(|r| r.stored_path) {
         let path = state.drop_dir.join(&stored);
-        for p in [path.clone(), path.with_file_name(format!("{}.reason.txt", path.file_name().unwrap_or_default().to_string_lossy()))] {
+        for p in [
+            path.clone(),
+            path.with_file_name(format!(
+                "{}.reason.txt",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )),
+        ] {
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     return failure(format!("cannot delete {}: {e}", p.display()));

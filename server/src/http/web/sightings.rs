@@ -44,9 +44,16 @@ async fn render(state: &AppState, headers: &HeaderMap, f: Filters) -> Response {
         ("to", "Observed before", "2026-02-28"),
         ("device", "Device", ""),
         ("species", "Species", ""),
-        ("bbox", "Box (minLon,minLat,maxLon,maxLat)", "30.1,-2.5,30.4,-2.2"),
+        (
+            "bbox",
+            "Box (minLon,minLat,maxLon,maxLat)",
+            "30.1,-2.5,30.4,-2.2",
+        ),
     ] {
-        let value = keep.iter().find(|(k, _)| *k == name).and_then(|(_, v)| v.clone());
+        let value = keep
+            .iter()
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.clone());
         let _ = write!(
             form,
             "<label>{label}<input name=\"{name}\" id=\"f-{name}\" placeholder=\"{hint}\" value=\"{}\"></label>",
@@ -55,7 +62,11 @@ async fn render(state: &AppState, headers: &HeaderMap, f: Filters) -> Response {
     }
     form.push_str("<button id=\"filter\">Filter</button><a href=\"/sightings\">Clear</a></form>");
 
-    let mut q = SightingQuery { device: keep[2].1.clone(), species: keep[3].1.clone(), ..Default::default() };
+    let mut q = SightingQuery {
+        device: keep[2].1.clone(),
+        species: keep[3].1.clone(),
+        ..Default::default()
+    };
     let mut problems = Vec::new();
     for (i, slot) in [(0, &mut q.from), (1, &mut q.to)] {
         if let Some(t) = &keep[i].1 {
@@ -72,13 +83,24 @@ async fn render(state: &AppState, headers: &HeaderMap, f: Filters) -> Response {
         }
     }
     if !problems.is_empty() {
-        let msg = problems.iter().map(|p| esc(p)).collect::<Vec<_>>().join("<br>");
+        let msg = problems
+            .iter()
+            .map(|p| esc(p))
+            .collect::<Vec<_>>()
+            .join("<br>");
         let body = format!("{form}<p class=\"error\">{msg}</p>");
         return page(&signed, "/sightings", "Sightings", &body).into_response();
     }
     let db = &state.ingestor.db;
-    let points = db!(db.sightings_page(&SightingQuery { limit: MAP_POINTS, ..q.clone() }));
-    let rows = db!(db.sightings_page(&SightingQuery { before: f.before, limit: PAGE, ..q.clone() }));
+    let points = db!(db.sightings_page(&SightingQuery {
+        limit: MAP_POINTS,
+        ..q.clone()
+    }));
+    let rows = db!(db.sightings_page(&SightingQuery {
+        before: f.before,
+        limit: PAGE,
+        ..q.clone()
+    }));
 
     let export = query(&keep);
     let sep = if export.is_empty() { "" } else { "&" };
@@ -95,12 +117,17 @@ async fn render(state: &AppState, headers: &HeaderMap, f: Filters) -> Response {
     let _ = write!(
         body,
         "<h2>Map{}</h2><div class=\"maprow\">{}<div id=\"detail\">Click a point to see the sighting.</div></div>",
-        if points.len() as i64 == MAP_POINTS { format!(" (the newest {MAP_POINTS})") } else { format!(" ({} points)", points.len()) },
+        if points.len() as i64 == MAP_POINTS { format!(": the newest {MAP_POINTS} points") } else { format!(": {} point(s)", points.len()) },
         map(&points, q.bbox)
     );
     body.push_str("<h2>Table</h2>");
     body.push_str(&table(&rows));
-    body.push_str(&pager("/sightings", &keep, rows.last().map(|r| r.cursor), rows.len() as i64 == PAGE));
+    body.push_str(&pager(
+        "/sightings",
+        &keep,
+        rows.last().map(|r| r.cursor),
+        rows.len() as i64 == PAGE,
+    ));
     body.push_str("<script src=\"/assets/map.js\"></script>");
     page(&signed, "/sightings", "Sightings", &body).into_response()
 }
@@ -148,15 +175,29 @@ fn map(points: &[SightingRow], bbox: Option<BBox>) -> String {
     let (mut x0, mut y0, mut x1, mut y1) = match bbox {
         Some(b) => (b.min_lon, b.min_lat, b.max_lon, b.max_lat),
         None if points.is_empty() => (-180.0, -90.0, 180.0, 90.0),
-        None => points.iter().fold((f64::MAX, f64::MAX, f64::MIN, f64::MIN), |(a, b, c, d), p| {
-            (a.min(p.longitude), b.min(p.latitude), c.max(p.longitude), d.max(p.latitude))
-        }),
+        None => points.iter().fold(
+            (f64::MAX, f64::MAX, f64::MIN, f64::MIN),
+            |(a, b, c, d), p| {
+                (
+                    a.min(p.longitude),
+                    b.min(p.latitude),
+                    c.max(p.longitude),
+                    d.max(p.latitude),
+                )
+            },
+        ),
     };
     // Room around the points, and a visible area even for a single point.
     let pad = ((x1 - x0).max(y1 - y0) * 0.08).max(0.005);
     (x0, y0, x1, y1) = (x0 - pad, y0 - pad, x1 + pad, y1 + pad);
-    let (w, h) = (x1 - x0, y1 - y0);
-    let r = w.max(h) / 140.0;
+    // A fixed 16:10 frame fills the box on a laptop without letterboxing.
+    let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
+    let (w, h) = (
+        (x1 - x0).max((y1 - y0) * 1.6),
+        (y1 - y0).max((x1 - x0) / 1.6),
+    );
+    (x0, y0, x1, y1) = (cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0);
+    let r = w / 180.0;
     let mut svg = format!(
         "<svg class=\"map\" id=\"map\" viewBox=\"{x0} {} {w} {h}\" role=\"img\" aria-label=\"map of sightings\">",
         -y1
@@ -188,7 +229,10 @@ fn map(points: &[SightingRow], bbox: Option<BBox>) -> String {
             p.count.unwrap_or(1),
             p.latitude,
             p.longitude,
-            p.observer.as_deref().map(|o| format!(" · {o}")).unwrap_or_default()
+            p.observer
+                .as_deref()
+                .map(|o| format!(" · {o}"))
+                .unwrap_or_default()
         );
         let _ = write!(
             svg,
@@ -200,12 +244,19 @@ fn map(points: &[SightingRow], bbox: Option<BBox>) -> String {
             c = p.cursor
         );
     }
-    svg.push_str("</svg>");
-    svg
+    let _ = write!(
+        svg,
+        "</svg><p class=\"l\">Longitude {x0:.4}° to {x1:.4}°, latitude {y0:.4}° to {y1:.4}° (plain lon/lat, no tiles needed).</p>"
+    );
+    format!("<div>{svg}</div>")
 }
 
 /// 1, 2 or 5 times a power of ten, near `raw`.
 fn nice_step(raw: f64) -> f64 {
     let p = 10f64.powf(raw.max(1e-9).log10().floor());
-    [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * p).find(|s| *s >= raw).unwrap_or(10.0 * p)
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * p)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * p)
 }
