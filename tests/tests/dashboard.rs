@@ -301,6 +301,36 @@ async fn sign_in_sessions_expire_and_forms_need_their_token() {
     let (code, _, _) = curl(&["-d", &format!("name=ranger-51&csrf={csrf}"), &url]);
     assert_eq!(code, 403);
 
+    // A time range pages newest observed first, with the same filters on every page.
+    let token = env.device_token("ranger-02");
+    assert_eq!(
+        upload(&base, &token, &fixtures().join("good/csv-basic.csv")),
+        201
+    );
+    let range = "from=2024-05-03T04:30:00Z&to=2024-05-04";
+    let (code, _, page) = curl(&["-H", &cookie, &format!("{base}/sightings?{range}")]);
+    assert_eq!(code, 200);
+    let shown: Vec<&str> = page.split("<tr id=\"s").skip(1).collect();
+    let expected = db
+        .scalar("SELECT count(*) FROM sightings WHERE observed_at >= '2024-05-03T04:30:00Z' AND observed_at < '2024-05-04'")
+        .await;
+    assert!(
+        expected > 0 && expected < 4,
+        "the fixture spans the range edge"
+    );
+    assert_eq!(shown.len() as i64, expected, "{page}");
+    let times: Vec<&str> = shown
+        .iter()
+        .map(|r| r.split("<td>").nth(2).unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest observed first: {times:?}"
+    );
+    assert!(page.contains(
+        "href=\"/api/v1/sightings?format=csv&amp;from=2024-05-03T04%3A30%3A00Z&amp;to=2024-05-04\""
+    ));
+
     // The session expires: the page sends the browser back to the sign-in form.
     let expired = db
         .scalar("WITH u AS (UPDATE sessions SET expires_at = 0 RETURNING 1) SELECT count(*) FROM u")

@@ -53,7 +53,8 @@ pub struct SightingQuery {
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     pub bbox: Option<super::BBox>,
-    /// Only cursors below this (the previous page's last).
+    /// The previous page's last cursor: only rows after it in the page's order
+    /// (stored order, or observed order when a time range is given).
     pub before: Option<i64>,
     pub limit: i64,
 }
@@ -167,8 +168,26 @@ impl Db {
             args.push(arg);
             clauses.push(clause(args.len()));
         };
+        // With a time range, newest observed first: the observed_at index finds the
+        // range at once, where walking the cursor backwards could pass over most rows
+        // (cursor and observation time need not agree).
+        let by_time = q.from.is_some() || q.to.is_some();
         if let Some(b) = q.before {
-            add(&|n| format!("s.cursor < ${n}"), Arg::I(b));
+            if by_time {
+                let at = |n| format!("(SELECT observed_at FROM sightings WHERE cursor = ${n})");
+                add(
+                    &|n| {
+                        format!(
+                            "s.observed_at <= {} AND (s.observed_at, s.cursor) < ({}, ${n})",
+                            at(n),
+                            at(n)
+                        )
+                    },
+                    Arg::I(b),
+                );
+            } else {
+                add(&|n| format!("s.cursor < ${n}"), Arg::I(b));
+            }
         }
         if let Some(b) = q.batch {
             add(&|n| format!("s.batch = ${n}"), Arg::I(b));
@@ -208,8 +227,9 @@ impl Db {
         let sql = format!(
             "SELECT s.cursor, d.name AS device, s.batch, {} AS observed_at, s.latitude, s.longitude, \
              s.species, s.count, s.observer FROM sightings s JOIN devices d ON d.id = s.device_id \
-             {filter} ORDER BY s.cursor DESC LIMIT {}",
+             {filter} ORDER BY {} LIMIT {}",
             self.rfc3339("s.observed_at"),
+            if by_time { "s.observed_at DESC, s.cursor DESC" } else { "s.cursor DESC" },
             q.limit.clamp(1, 5000)
         );
         on_pool!(self, p => {

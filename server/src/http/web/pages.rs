@@ -229,8 +229,8 @@ pub(super) fn pager(
     last: Option<i64>,
     more: bool,
 ) -> String {
-    let base = query(keep);
-    let sep = if base.is_empty() { "" } else { "&" };
+    let base = esc(&query(keep));
+    let sep = if base.is_empty() { "" } else { "&amp;" };
     let mut s = format!("<div class=\"pager\"><a href=\"{path}?{base}\">First page</a>");
     if let (Some(last), true) = (last, more) {
         let _ = write!(

@@ -103,7 +103,7 @@ async fn render(state: &AppState, headers: &HeaderMap, f: Filters) -> Response {
     }));
 
     let export = query(&keep);
-    let sep = if export.is_empty() { "" } else { "&" };
+    let sep = if export.is_empty() { "" } else { "&amp;" };
     let mut body = form;
     body.push_str("<div class=\"actions\">Download these sightings:");
     for (format, label) in [("csv", "CSV"), ("geojson", "GeoJSON"), ("ndjson", "NDJSON")] {
