@@ -149,6 +149,15 @@ async fn dashboard_in_a_real_browser() {
     screenshots(&b, "06-rejected");
     let stored = db.texts("SELECT stored_path FROM rejections").await;
     let stored = stored[0][0].clone().expect("the rejected file is kept");
+    // Download the original: the same bytes as sent.
+    let original = b.property("#rejected a.button", "href");
+    let session = format!(
+        "Cookie: ctdata_session={}",
+        b.cookie("ctdata_session").unwrap()
+    );
+    let (code, _, body) = curl(&["-H", &session, &original]);
+    assert_eq!(code, 200);
+    assert_eq!(body.as_bytes(), std::fs::read(&bad).unwrap());
     std::fs::copy(
         fixtures().join("good/csv-darwin-core.csv"),
         env.drop_dir().join(stored),
@@ -158,6 +167,9 @@ async fn dashboard_in_a_real_browser() {
     b.wait_text("#outcome", "stored");
     b.goto(&format!("{base}/rejected"));
     b.wait_text("#rejected", "reprocessed");
+    b.click("#rejected button.danger");
+    b.wait_text("#rejected", "No rejected files.");
+    assert_eq!(db.scalar("SELECT count(*) FROM rejections").await, 0);
 
     // Sightings: filter by species, the map, a click on a point, the table.
     b.goto(&format!("{base}/sightings"));
@@ -226,6 +238,15 @@ async fn dashboard_in_a_real_browser() {
         db.scalar("SELECT count(*) FROM devices WHERE name = 'ranger-99'")
             .await,
         0
+    );
+
+    // Revoke: the device's token stops working at once.
+    b.goto(&format!("{base}/devices"));
+    b.click("form[action='/devices/ranger-01/revoke'] button");
+    b.wait_text("#notice", "ranger-01 is revoked");
+    assert_eq!(
+        upload(&base, &token, &fixtures().join("good/ndjson-basic.ndjson")),
+        403
     );
 
     // Sign out ends the session.
