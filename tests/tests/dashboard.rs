@@ -142,6 +142,10 @@ async fn dashboard_in_a_real_browser() {
     screenshots(&b, "05-batch");
     b.goto(&format!("{base}/batches?channel=ftp"));
     b.wait_text("#batches", "No batches.");
+    b.goto(&format!("{base}/batches?status=duplicate"));
+    b.wait_text("#batches", "No batches.");
+    b.goto(&format!("{base}/batches?status=new&device=ranger-01"));
+    b.wait_text("#batches", "ranger-01");
 
     // Rejected: the reason in full; the administrator fixes the file, then reprocesses.
     b.goto(&format!("{base}/rejected"));

@@ -190,26 +190,18 @@ pub async fn batches(
     let filter = BatchListFilter {
         device: device.clone(),
         channel: channel.clone(),
-        status: None,
+        status: status.clone(),
         before: q.before,
-        // One more than shown: whether a next page exists.
-        limit: Some(if status.is_some() { 500 } else { PAGE }),
+        limit: Some(PAGE),
     };
-    let mut rows = db!(state.ingestor.db.list_batches(&filter));
-    // Status is whether a batch added sightings; read from the page, not the table.
-    match status.as_deref() {
-        Some("new") => rows.retain(|b| b.inserted > 0),
-        Some("all duplicates") => rows.retain(|b| b.inserted == 0),
-        _ => {}
-    }
-    rows.truncate(PAGE as usize);
+    let rows = db!(state.ingestor.db.list_batches(&filter));
     let mut body = format!(
         "<form class=\"filters\" method=\"get\" action=\"/batches\"><label>Device \
          <input name=\"device\" id=\"f-device\" value=\"{}\"></label><label>Channel {}</label>\
          <label>Status {}</label><button>Filter</button></form>",
         esc(device.as_deref().unwrap_or("")),
         select("channel", &CHANNELS, channel.as_deref()),
-        select("status", &["new", "all duplicates"], status.as_deref()),
+        select("status", &["new", "duplicate"], status.as_deref()),
     );
     body.push_str(&batch_table(&rows));
     let keep = [("device", device), ("channel", channel), ("status", status)];
