@@ -115,6 +115,10 @@ pub struct HttpSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// A dashboard sign-in lasts this many hours.
+    pub session_hours: f64,
+    /// The dashboard calls a device stale after this many days without a batch.
+    pub stale_after_days: f64,
     /// Devices whose token may also download the consolidated sightings
     /// (`GET /api/v1/sightings`, the field client's `pull`). Empty: administrators only.
     pub read_devices: Vec<String>,
@@ -182,6 +186,8 @@ impl Default for HttpSettings {
             tls_cert: None,
             tls_key: None,
             read_devices: Vec::new(),
+            session_hours: 12.0,
+            stale_after_days: 3.0,
         }
     }
 }

@@ -196,6 +196,11 @@ async fn start_http(
         password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
         puller,
         read_devices: Arc::new(settings.http.read_devices.clone()),
+        dashboard: Arc::new(crate::http::DashboardSettings {
+            session: Duration::from_secs_f64(settings.http.session_hours.max(0.0) * 3600.0),
+            stale_after_days: settings.http.stale_after_days,
+            secure_cookie: tls.is_some(),
+        }),
     };
     let timeout = Duration::from_secs_f64(settings.http.header_read_timeout_secs.max(0.1));
     let app = crate::http::app(state, settings.http.max_concurrent_requests);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+pub mod browser;
 pub mod client;
 pub mod ftp;
 pub mod vsftpd;

@@ -12,7 +12,8 @@ pub const MAX_PAGE: i64 = 500;
 pub struct BatchListFilter {
     pub device: Option<String>,
     pub channel: Option<String>,
-    /// Rejections only: `pending`, `reprocessed`.
+    /// Batches: `new` (added sightings) or `duplicate` (added none); rejections:
+    /// `pending`, `reprocessed`.
     pub status: Option<String>,
     /// Only rows with an id below this (the previous page's last id).
     pub before: Option<i64>,
@@ -63,7 +64,7 @@ pub struct RejectionInfo {
 
 impl Db {
     /// A timestamp column as RFC 3339 UTC text, the same from both backends.
-    fn rfc3339(&self, column: &str) -> String {
+    pub(super) fn rfc3339(&self, column: &str) -> String {
         match self {
             Db::Postgres(_) => {
                 format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
@@ -79,13 +80,15 @@ impl Db {
              b.file_name, {} AS received_at, b.row_count AS sightings, b.inserted, b.duplicates, b.sha256, \
              b.cursor_last FROM batches b JOIN devices d ON d.id = b.device_id \
              WHERE b.id < $1 AND ($2 IS NULL OR d.name = $2) AND ($3 IS NULL OR b.channel = $3) \
-             ORDER BY b.id DESC LIMIT $4",
+             AND ($4 IS NULL OR ($4 = 'new' AND b.inserted > 0) OR ($4 = 'duplicate' AND b.inserted = 0)) \
+             ORDER BY b.id DESC LIMIT $5",
             self.rfc3339("b.received_at")
         );
         on_pool!(self, p => sqlx::query_as(&sql)
             .bind(f.before())
             .bind(&f.device)
             .bind(&f.channel)
+            .bind(&f.status)
             .bind(f.limit())
             .fetch_all(p)
             .await)

@@ -14,12 +14,14 @@ macro_rules! on_pool {
 
 mod admin;
 mod credentials;
+mod dashboard;
 mod pg;
 mod sources;
 mod sqlite;
 
 pub use admin::{BatchListFilter, BatchSummary, RejectionInfo};
 pub use credentials::{Change, DeviceInfo};
+pub use dashboard::{DayCount, DeviceStats, Session, SightingQuery, SightingRow};
 pub use sources::{PullRecord, RemoteKey};
 
 use std::str::FromStr;

@@ -105,6 +105,12 @@ async fn reprocess(
     UrlPath(id): UrlPath<i64>,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
     authenticate_admin(&state, &headers).await?;
+    let receipt = reprocess_rejection(&state, id).await?;
+    Ok((status_for(&receipt), Json(receipt)))
+}
+
+/// The API's and the dashboard's Reprocess.
+pub(super) async fn reprocess_rejection(state: &AppState, id: i64) -> Result<Receipt, ApiError> {
     let db = &state.ingestor.db;
     let r = db
         .rejection(id)
@@ -148,5 +154,5 @@ async fn reprocess(
             .await
             .map_err(unavailable)?;
     }
-    Ok((status_for(&receipt), Json(receipt)))
+    Ok(receipt)
 }

@@ -1,7 +1,7 @@
 //! The HTTP API: one state, a router per resource, served by hyper with a header-read
 //! timeout (axum::serve arms none) and graceful shutdown.
 
-mod admin;
+pub(crate) mod admin;
 mod auth;
 mod batches;
 mod download;
@@ -9,6 +9,7 @@ mod error;
 mod sightings;
 mod throttle;
 pub mod tls;
+mod web;
 mod whoami;
 
 use std::future::Future;
@@ -49,6 +50,17 @@ pub struct AppState {
     pub puller: Arc<crate::sources::Puller>,
     /// Devices allowed to download sightings (`http.read_devices`).
     pub read_devices: Arc<Vec<String>>,
+    pub dashboard: Arc<DashboardSettings>,
+}
+
+/// The web dashboard's settings.
+#[derive(Debug, Clone)]
+pub struct DashboardSettings {
+    /// How long a sign-in lasts.
+    pub session: Duration,
+    pub stale_after_days: f64,
+    /// Under TLS the session cookie is marked Secure.
+    pub secure_cookie: bool,
 }
 
 /// Folder (inside the drop directory) where request bodies are spooled.
@@ -58,6 +70,7 @@ pub fn app(state: AppState, max_concurrent_requests: usize) -> Router {
     let (router, api) = api_router().split_for_parts();
     let api = Arc::new(api);
     router
+        .merge(web::router())
         .route(
             "/api/v1/openapi.json",
             get(move || std::future::ready(Json(api.as_ref().clone()))),

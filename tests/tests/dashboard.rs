@@ -1,0 +1,373 @@
+//! The web dashboard in a real headless Chromium (WebDriver), against the real
+//! `ctdata-server serve` and PostgreSQL; sign-in, sessions and CSRF also with curl.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ctdata_tests::browser::Browser;
+use ctdata_tests::{eventually, fixtures, Backend, ServerEnv, TestDb};
+
+const PASSWORD: &str = "a long enough password";
+
+fn shots() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-screenshots")
+}
+
+/// Both sizes: a 1366×768 laptop and a phone.
+fn screenshots(b: &Browser, name: &str) {
+    b.screenshot(&shots().join(format!("{name}-1366x768.png")));
+    b.set_size(412, 915);
+    b.screenshot(&shots().join(format!("{name}-phone.png")));
+    b.set_size(1366, 768);
+}
+
+/// curl: status, headers and body.
+fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-D", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (rest, code) = text.rsplit_once('\n').unwrap();
+    let (headers, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+    (
+        code.trim().parse().unwrap(),
+        headers.to_string(),
+        body.to_string(),
+    )
+}
+
+fn upload(base: &str, token: &str, file: &Path) -> u16 {
+    let auth = format!("Authorization: Bearer {token}");
+    let data = format!("@{}", file.display());
+    curl(&[
+        "-H",
+        &auth,
+        "--data-binary",
+        &data,
+        &format!("{base}/api/v1/batches"),
+    ])
+    .0
+}
+
+/// Signs in with curl; returns the session token from Set-Cookie.
+fn sign_in(base: &str, password: &str) -> (u16, Option<String>) {
+    let form = format!("name=alice&password={}", password.replace(' ', "+"));
+    let (code, headers, _) = curl(&["-d", &form, &format!("{base}/login")]);
+    let token = headers.lines().find_map(|l| {
+        let v = l.strip_prefix("set-cookie: ctdata_session=")?;
+        Some(v.split(';').next()?.to_string())
+    });
+    (code, token)
+}
+
+fn csrf_of(body: &str) -> String {
+    let at = body.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    body[at..at + 64].to_string()
+}
+
+#[tokio::test]
+async fn dashboard_in_a_real_browser() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let env = ServerEnv::new(&db);
+    env.admin_token();
+    let share = tempfile::tempdir().unwrap();
+    let folder = share.path().join("CTData");
+    std::fs::create_dir_all(folder.join("ranger-06")).unwrap();
+    std::fs::copy(
+        fixtures().join("good/geojson-basic.geojson"),
+        folder.join("ranger-06/a.geojson"),
+    )
+    .unwrap();
+    let config = format!(
+        "[[sources]]\nname = \"share\"\nurl = \"{}\"\n",
+        folder.display()
+    );
+    std::fs::write(env.dir.path().join("ctdata.toml"), config).unwrap();
+    let server = env.serve().await;
+    let base = server.http_base();
+    let b = Browser::start();
+
+    // Sign in: any page sends a stranger to the sign-in form.
+    b.goto(&format!("{base}/batches"));
+    b.find("#sign-in");
+    screenshots(&b, "01-sign-in");
+    b.type_into("#name", "alice");
+    b.type_into("#password", "wrong password");
+    b.click("#sign-in");
+    b.wait_text("#login-error", "Wrong name or password");
+    b.type_into("#name", "alice");
+    b.type_into("#password", PASSWORD);
+    b.click("#sign-in");
+    b.wait_text("h1", "Overview");
+    assert!(b.cookie("ctdata_session").is_some());
+
+    // Register a device: its token is shown once, and works for an upload.
+    b.goto(&format!("{base}/devices"));
+    b.type_into("#new-device", "ranger-01");
+    b.click("#add-device");
+    let token = b.text("#token");
+    assert!(token.starts_with("ctd_"), "{token}");
+    assert_eq!(
+        upload(&base, &token, &fixtures().join("good/csv-basic.csv")),
+        201
+    );
+    let bad = fixtures().join("bad/01-truncated-json.json");
+    assert_eq!(upload(&base, &token, &bad), 422);
+    b.goto(&format!("{base}/devices"));
+    b.wait_text("#devices", "ranger-01");
+    screenshots(&b, "02-devices");
+
+    // Overview and Batches show the batch.
+    b.goto(&format!("{base}/"));
+    let totals = b.text("#totals");
+    assert!(totals.contains("4\nsightings today"), "{totals}");
+    b.wait_text("#batches", "ranger-01");
+    b.wait_text("#attention", "1 rejected file");
+    screenshots(&b, "03-overview");
+    b.goto(&format!("{base}/batches?channel=http"));
+    b.wait_text("#batches", "ranger-01");
+    screenshots(&b, "04-batches");
+    b.click("#batches tbody a");
+    b.wait_text("#sightings", "Loxodonta africana");
+    screenshots(&b, "05-batch");
+    b.goto(&format!("{base}/batches?channel=ftp"));
+    b.wait_text("#batches", "No batches.");
+    b.goto(&format!("{base}/batches?status=duplicate"));
+    b.wait_text("#batches", "No batches.");
+    b.goto(&format!("{base}/batches?status=new&device=ranger-01"));
+    b.wait_text("#batches", "ranger-01");
+
+    // Rejected: the reason in full; the administrator fixes the file, then reprocesses.
+    b.goto(&format!("{base}/rejected"));
+    b.wait_text("#rejected", "JSON document ends early");
+    screenshots(&b, "06-rejected");
+    let stored = db.texts("SELECT stored_path FROM rejections").await;
+    let stored = stored[0][0].clone().expect("the rejected file is kept");
+    // Download the original: the same bytes as sent.
+    let original = b.property("#rejected a.button", "href");
+    let session = format!(
+        "Cookie: ctdata_session={}",
+        b.cookie("ctdata_session").unwrap()
+    );
+    let (code, _, body) = curl(&["-H", &session, &original]);
+    assert_eq!(code, 200);
+    assert_eq!(body.as_bytes(), std::fs::read(&bad).unwrap());
+    std::fs::copy(
+        fixtures().join("good/csv-darwin-core.csv"),
+        env.drop_dir().join(stored),
+    )
+    .unwrap();
+    b.click("#rejected button:not(.danger)");
+    b.wait_text("#outcome", "stored");
+    b.goto(&format!("{base}/rejected"));
+    b.wait_text("#rejected", "reprocessed");
+    b.click("#rejected button.danger");
+    b.wait_text("#rejected", "No rejected files.");
+    assert_eq!(db.scalar("SELECT count(*) FROM rejections").await, 0);
+
+    // Sightings: filter by species, the map, a click on a point, the table.
+    b.goto(&format!("{base}/sightings"));
+    b.type_into("#f-species", "Loxodonta africana");
+    b.click("#filter");
+    b.wait_text("#sightings", "Loxodonta africana");
+    let rows = b.count("#sightings tbody tr");
+    let expected = db
+        .scalar("SELECT count(*) FROM sightings WHERE species = 'Loxodonta africana'")
+        .await as usize;
+    assert_eq!(rows, expected);
+    assert_eq!(b.count("#map circle"), expected);
+    b.click("#map circle");
+    b.wait_text("#detail", "Loxodonta africana");
+    screenshots(&b, "07-sightings");
+
+    // Download CSV: exactly the filtered sightings, through the streaming endpoint.
+    let href = b.property("#dl-csv", "href");
+    assert!(href.contains("species=Loxodonta"), "{href}");
+    b.click("#dl-csv");
+    let dir = b.download_dir();
+    let file = eventually("the CSV download", Duration::from_secs(20), || async {
+        let f = std::fs::read_dir(&dir).ok()?.flatten().find(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            !n.ends_with(".crdownload") && !n.starts_with('.')
+        })?;
+        Some(f.path())
+    })
+    .await;
+    let csv = std::fs::read_to_string(&file).unwrap();
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let species = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "species")
+        .unwrap();
+    let records: Vec<_> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), expected, "{csv}");
+    assert!(records.iter().all(|r| &r[species] == "Loxodonta africana"));
+
+    // Sources: Download now pulls the folder and reports it.
+    b.goto(&format!("{base}/sources"));
+    b.wait_text("#sources", "never");
+    b.click("#sources button");
+    b.wait_text("#report", "ingested 1");
+    b.wait_text("#sources", "ok");
+    screenshots(&b, "08-sources");
+    assert_eq!(db.scalar("SELECT count(*) FROM batches").await, 3);
+
+    // CSRF: the browser's own session cookie, a form post without the token: refused.
+    let cookie = format!(
+        "Cookie: ctdata_session={}",
+        b.cookie("ctdata_session").unwrap()
+    );
+    let (code, _, body) = curl(&[
+        "-H",
+        &cookie,
+        "-d",
+        "name=ranger-99",
+        &format!("{base}/devices"),
+    ]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("security token"));
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM devices WHERE name = 'ranger-99'")
+            .await,
+        0
+    );
+
+    // Revoke: the device's token stops working at once.
+    b.goto(&format!("{base}/devices"));
+    b.click("form[action='/devices/ranger-01/revoke'] button");
+    b.wait_text("#notice", "ranger-01 is revoked");
+    assert_eq!(
+        upload(&base, &token, &fixtures().join("good/ndjson-basic.ndjson")),
+        403
+    );
+
+    // Sign out ends the session.
+    b.goto(&format!("{base}/"));
+    b.click("header button.link");
+    b.find("#sign-in");
+    let (code, headers, _) = curl(&["-H", &cookie, &format!("{base}/")]);
+    assert_eq!(code, 303, "{headers}");
+    drop(b);
+    assert!(server.terminate().success());
+}
+
+#[tokio::test]
+async fn sign_in_sessions_expire_and_forms_need_their_token() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let env = ServerEnv::new(&db);
+    env.admin_token();
+    let server = env.serve().await;
+    let base = server.http_base();
+
+    // A wrong password: 401, the form again, no cookie.
+    let (code, token) = sign_in(&base, "not the password");
+    assert_eq!((code, token), (401, None));
+    let (code, token) = sign_in(&base, PASSWORD);
+    assert_eq!(code, 303);
+    let token = token.expect("a session cookie");
+    let (_, headers, _) = curl(&[
+        "-d",
+        "name=alice&password=a+long+enough+password",
+        &format!("{base}/login"),
+    ]);
+    let set_cookie = headers
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
+    assert!(!set_cookie.contains("Secure"), "plain HTTP: no Secure flag");
+    // Only the token's SHA-256 is stored.
+    let hashes = db.texts("SELECT token_hash FROM sessions").await;
+    assert!(hashes
+        .iter()
+        .all(|h| h[0].as_deref() != Some(token.as_str())));
+
+    let cookie = format!("Cookie: ctdata_session={token}");
+    let (code, _, page) = curl(&["-H", &cookie, &format!("{base}/devices")]);
+    assert_eq!(code, 200);
+    let csrf = csrf_of(&page);
+    // Without the token, or with another: 403, nothing changes. With it: done.
+    let url = format!("{base}/devices");
+    for form in [
+        "name=ranger-50".to_string(),
+        format!("name=ranger-50&csrf={}", "0".repeat(64)),
+    ] {
+        let (code, _, _) = curl(&["-H", &cookie, "-d", &form, &url]);
+        assert_eq!(code, 403, "{form}");
+    }
+    assert_eq!(db.scalar("SELECT count(*) FROM devices").await, 0);
+    let (code, _, page) = curl(&[
+        "-H",
+        &cookie,
+        "-d",
+        &format!("name=ranger-50&csrf={csrf}"),
+        &url,
+    ]);
+    assert_eq!(code, 200);
+    assert!(page.contains("id=\"token\">ctd_"), "{page}");
+    // A form without any session is refused too.
+    let (code, _, _) = curl(&["-d", &format!("name=ranger-51&csrf={csrf}"), &url]);
+    assert_eq!(code, 403);
+
+    // A time range pages newest observed first, with the same filters on every page.
+    let token = env.device_token("ranger-02");
+    assert_eq!(
+        upload(&base, &token, &fixtures().join("good/csv-basic.csv")),
+        201
+    );
+    let range = "from=2024-05-03T04:30:00Z&to=2024-05-04";
+    let (code, _, page) = curl(&["-H", &cookie, &format!("{base}/sightings?{range}")]);
+    assert_eq!(code, 200);
+    let shown: Vec<&str> = page.split("<tr id=\"s").skip(1).collect();
+    let expected = db
+        .scalar("SELECT count(*) FROM sightings WHERE observed_at >= '2024-05-03T04:30:00Z' AND observed_at < '2024-05-04'")
+        .await;
+    assert!(
+        expected > 0 && expected < 4,
+        "the fixture spans the range edge"
+    );
+    assert_eq!(shown.len() as i64, expected, "{page}");
+    let times: Vec<&str> = shown
+        .iter()
+        .map(|r| r.split("<td>").nth(2).unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest observed first: {times:?}"
+    );
+    assert!(page.contains(
+        "href=\"/api/v1/sightings?format=csv&amp;from=2024-05-03T04%3A30%3A00Z&amp;to=2024-05-04\""
+    ));
+
+    // The session expires: the page sends the browser back to the sign-in form.
+    let expired = db
+        .scalar("WITH u AS (UPDATE sessions SET expires_at = 0 RETURNING 1) SELECT count(*) FROM u")
+        .await;
+    assert!(expired >= 1);
+    let (code, headers, _) = curl(&["-H", &cookie, &format!("{base}/devices")]);
+    assert_eq!(code, 303);
+    assert!(
+        headers.to_lowercase().contains("location: /login"),
+        "{headers}"
+    );
+    let (code, _, _) = curl(&["-H", &cookie, &format!("{base}/api/v1/sightings")]);
+    assert_eq!(code, 401, "an expired session does not download either");
+    assert!(server.terminate().success());
+}
