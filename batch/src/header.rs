@@ -16,6 +16,8 @@ pub(crate) struct Header {
     pub device_id: String,
     pub created_at: DateTime<FixedOffset>,
     pub count: Option<u64>,
+    /// The device's running number of this batch, when it numbers them.
+    pub sequence: Option<u64>,
 }
 
 /// `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`: safe as a file and folder name on every system
@@ -54,12 +56,16 @@ pub(crate) fn validate(
     let count = f.get("count", count_required, COUNT, |v| {
         v.as_u64().ok_or(COUNT.into())
     });
+    let sequence = f.get("sequence", false, SEQUENCE, |v| {
+        v.as_u64().filter(|n| *n >= 1).ok_or(SEQUENCE.into())
+    });
     match (batch_id, device_id, created_at) {
         (Some(batch_id), Some(device_id), Some(created_at)) if problems.is_empty() => Ok(Header {
             batch_id,
             device_id,
             created_at,
             count,
+            sequence,
         }),
         _ => Err(header_rejection(problems)),
     }
@@ -106,6 +112,8 @@ const DEVICE_ID: &str =
     "device_id must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit, e.g. ranger-07";
 const CREATED_AT: &str =
     "created_at must be an RFC 3339 timestamp with UTC offset, e.g. 2024-05-01T06:30:00+02:00";
+const SEQUENCE: &str =
+    "sequence must be a whole number of 1 or more: the device's running number of this batch";
 const COUNT: &str =
     "count must be a whole number of 0 or more: the number of sightings in the batch";
 

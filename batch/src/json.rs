@@ -17,8 +17,9 @@ use crate::model::{Problem, RejectKind, Rejection, Sighting};
 use crate::problems::{problem, reject, reject_with, Rows};
 
 /// Keys of the top-level object that are kept; everything else is skipped unread.
-const HEADER_KEYS: [&str; 6] = [
+const HEADER_KEYS: [&str; 7] = [
     "ctdata_batch",
+    "sequence",
     "batch_id",
     "device_id",
     "created_at",

@@ -71,6 +71,7 @@ pub fn scan(path: &Path, limits: &Limits) -> Result<Scan, Rejection> {
         batch_id,
         device_id: header.as_ref().map(|(h, _)| h.device_id.clone()),
         created_at: header.as_ref().map(|(h, _)| h.created_at),
+        sequence: header.as_ref().and_then(|(h, _)| h.sequence),
         declared_count: header.map(|(_, n)| n),
         sha256,
         bytes,

@@ -79,6 +79,8 @@ pub struct Scan {
     /// The row count the file declares (header `count`, NDJSON trailer); `None` for CSV /
     /// GeoJSON.
     pub declared_count: Option<u64>,
+    /// The device's running number of this batch (header `sequence`), if it gave one.
+    pub sequence: Option<u64>,
 }
 
 /// Guards against hostile input.

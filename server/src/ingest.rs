@@ -137,6 +137,7 @@ impl Ingestor {
             file_name: d.file_name.clone(),
             claim_name: d.claim_name.clone(),
             created_at: scan.created_at,
+            sequence: scan.sequence.map(|n| n.min(i64::MAX as u64) as i64),
         };
         // The load itself finds a batch stored before (or by a concurrent delivery that
         // won the race), before it reads a single row.

@@ -41,6 +41,7 @@ fn new_batch(device: &str) -> NewBatch {
         file_name: "test.ndjson".into(),
         claim_name: None,
         created_at: None,
+        sequence: None,
     }
 }
 

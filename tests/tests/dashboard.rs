@@ -371,3 +371,90 @@ async fn sign_in_sessions_expire_and_forms_need_their_token() {
     assert_eq!(code, 401, "an expired session does not download either");
     assert!(server.terminate().success());
 }
+
+/// A CTData JSON batch of one sighting from `device`, numbered `sequence`.
+fn numbered_batch(dir: &Path, device: &str, sequence: u64) -> PathBuf {
+    let path = dir.join(format!("{device}-{sequence}.json"));
+    let body = serde_json::json!({
+        "ctdata_batch": 1,
+        "batch_id": uuid::Uuid::new_v4().to_string(),
+        "device_id": device,
+        "created_at": "2026-11-01T06:00:00+02:00",
+        "sequence": sequence,
+        "count": 1,
+        "sightings": [{
+            "id": uuid::Uuid::new_v4().to_string(),
+            "observed_at": "2026-11-01T05:58:00+02:00",
+            "latitude": -24.1,
+            "longitude": 31.2,
+            "species": "Panthera leo"
+        }]
+    });
+    std::fs::write(&path, body.to_string()).unwrap();
+    path
+}
+
+ctdata_tests::both_backends! {
+    devices_page_lists_batch_numbers_that_never_arrived,
+}
+
+async fn devices_page_lists_batch_numbers_that_never_arrived(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    env.admin_token();
+    let north = env.device_token("north");
+    let south = env.device_token("south");
+    let server = env.serve().await;
+    let base = server.http_base();
+    let dir = tempfile::tempdir().unwrap();
+    // north sends 2, 4, 5 and 9 (1, 3 and 6–8 never arrive); south sends 1 and 2.
+    for n in [2, 4, 5, 9, 4] {
+        let code = upload(&base, &north, &numbered_batch(dir.path(), "north", n));
+        assert!(code == 201, "upload {n}: {code}");
+    }
+    for n in [1, 2] {
+        assert_eq!(
+            upload(&base, &south, &numbered_batch(dir.path(), "south", n)),
+            201
+        );
+    }
+    // A number that is not a positive whole number is refused, and says why.
+    let bad = numbered_batch(dir.path(), "south", 3);
+    let text = std::fs::read_to_string(&bad)
+        .unwrap()
+        .replace("\"sequence\":3", "\"sequence\":0");
+    std::fs::write(&bad, text).unwrap();
+    let auth = format!("Authorization: Bearer {south}");
+    let (code, _, body) = curl(&[
+        "-H",
+        &auth,
+        "--data-binary",
+        &format!("@{}", bad.display()),
+        &format!("{base}/api/v1/batches"),
+    ]);
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("sequence must be a whole number of 1 or more"),
+        "{body}"
+    );
+
+    let (_, token) = sign_in(&base, PASSWORD);
+    let cookie = format!("Cookie: ctdata_session={}", token.expect("a session"));
+    let (code, _, page) = curl(&["-H", &cookie, &format!("{base}/devices")]);
+    assert_eq!(code, 200);
+    let row = |name: &str| {
+        let at = page
+            .find(&format!("<td>{name}</td>"))
+            .expect("a row per device");
+        page[at..at + page[at..].find("</tr>").unwrap()].to_string()
+    };
+    assert!(
+        row("north").contains("1, 3, 6–8 (5 batches)"),
+        "{}",
+        row("north")
+    );
+    assert!(
+        row("south").contains("<td class=\"gaps\">none</td>"),
+        "{}",
+        row("south")
+    );
+}

@@ -159,6 +159,23 @@ impl Db {
         on_pool!(self, p => sqlx::query_as(&sql).fetch_all(p).await)
     }
 
+    /// Runs of batch sequence numbers each device skipped, `(device, first, last)` in
+    /// order: numbers below the highest received that never arrived. Reads `batches`
+    /// only.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn sequence_gaps(&self) -> sqlx::Result<Vec<(String, i64, i64)>> {
+        const SQL: &str = "SELECT d.name, g.lo, g.hi FROM ( \
+             SELECT device_id, sequence + 1 AS lo, next - 1 AS hi FROM ( \
+               SELECT device_id, sequence, lead(sequence) OVER (PARTITION BY device_id ORDER BY sequence) AS next \
+               FROM (SELECT DISTINCT device_id, sequence FROM batches WHERE sequence IS NOT NULL) x) y \
+             WHERE next > sequence + 1 \
+             UNION ALL \
+             SELECT device_id, 1 AS lo, min(sequence) - 1 AS hi FROM batches WHERE sequence IS NOT NULL \
+             GROUP BY device_id HAVING min(sequence) > 1) g \
+           JOIN devices d ON d.id = g.device_id ORDER BY d.name, g.lo";
+        on_pool!(self, p => sqlx::query_as(SQL).fetch_all(p).await)
+    }
+
     /// One page of sightings, newest stored first.
     #[tracing::instrument(skip_all, err)]
     pub async fn sightings_page(&self, q: &SightingQuery) -> sqlx::Result<Vec<SightingRow>> {

@@ -71,6 +71,8 @@ pub struct NewBatch {
     pub file_name: String,
     pub claim_name: Option<String>,
     pub created_at: Option<DateTime<FixedOffset>>,
+    /// The device's running number of this batch, when the header gives one.
+    pub sequence: Option<i64>,
 }
 
 /// A file refused as a whole.

@@ -190,7 +190,7 @@ async fn start_batch(conn: &mut PgConnection, b: &NewBatch) -> anyhow::Result<St
         "WITH reg AS (SELECT pg_advisory_xact_lock_shared({LOAD_KEY_BASE} + {ALLOCATED}) AS l FROM sightings_cursor_seq), \
          dev AS (SELECT id FROM devices WHERE name = $1) \
          INSERT INTO batches (device_id, batch_id, sha256, format, channel, file_name, claim_name, created_at, \
-         row_count, inserted, duplicates) SELECT dev.id, $2, $3, $4, $5, $6, $7, $8, 0, 0, 0 FROM dev, reg \
+         sequence, row_count, inserted, duplicates) SELECT dev.id, $2, $3, $4, $5, $6, $7, $8, $9, 0, 0, 0 FROM dev, reg \
          ON CONFLICT (device_id, batch_id) DO NOTHING RETURNING id, device_id"
     );
     // At most twice: the second time after adding a device seen for the first time.
@@ -204,6 +204,7 @@ async fn start_batch(conn: &mut PgConnection, b: &NewBatch) -> anyhow::Result<St
             .bind(&b.file_name)
             .bind(&b.claim_name)
             .bind(b.created_at)
+            .bind(b.sequence)
             .fetch_optional(&mut *conn)
             .await?;
         if let Some((batch, device)) = inserted {

@@ -122,7 +122,7 @@ pub async fn load_batch(
     }
     let batch_pk: i64 = sqlx::query_scalar(
         "INSERT INTO batches (device_id, batch_id, sha256, format, channel, file_name, claim_name, created_at, \
-         received_at, row_count, inserted, duplicates) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0) RETURNING id",
+         received_at, sequence, row_count, inserted, duplicates) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0) RETURNING id",
     )
     .bind(device_pk)
     .bind(b.batch_id.to_string())
@@ -133,6 +133,7 @@ pub async fn load_batch(
     .bind(&b.claim_name)
     .bind(b.created_at.map(|t| t.to_rfc3339()))
     .bind(&now)
+    .bind(b.sequence)
     .fetch_one(&mut *tx)
     .await?;
     let ids = (batch_pk, device_pk);

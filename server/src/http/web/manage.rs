@@ -38,14 +38,16 @@ pub async fn devices(State(state): State<AppState>, headers: HeaderMap) -> Respo
 
 async fn devices_page(state: &AppState, signed: &Signed, notice: &str) -> Response {
     let rows = db!(state.ingestor.db.device_stats());
+    let gaps = db!(state.ingestor.db.sequence_gaps());
     let mut body = format!(
         "{notice}<form class=\"filters\" method=\"post\" action=\"/devices\">{}<label>New device name\
          <input name=\"name\" id=\"new-device\" required pattern=\"[A-Za-z0-9._-]+\"></label>\
          <button id=\"add-device\">Add device</button></form>\
-         <p>The batch format has no per-device sequence number, so gaps between batches cannot be \
-         detected; a device is stale after {} days without a batch.</p>\
+         <p>Missing: batch numbers a device gave (header <code>sequence</code>, as the field client \
+         numbers its batches) that never arrived here, below the highest received. A device is stale \
+         after {} days without a batch.</p>\
          <div class=\"scroll\"><table id=\"devices\"><thead><tr><th>Name</th><th>Last seen (UTC)</th>\
-         <th>Last batch (UTC)</th><th class=\"num\">Batches</th><th class=\"num\">Sightings</th><th>State</th>\
+         <th>Last batch (UTC)</th><th class=\"num\">Batches</th><th class=\"num\">Sightings</th><th>Missing</th><th>State</th>\
          <th></th></tr></thead><tbody>",
         csrf_field(signed),
         state.dashboard.stale_after_days
@@ -80,20 +82,51 @@ async fn devices_page(state: &AppState, signed: &Signed, notice: &str) -> Respon
         }
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{status}</td>\
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"gaps\">{}</td><td>{status}</td>\
              <td><div class=\"actions\">{actions}</div></td></tr>",
             esc(&d.name),
             d.last_seen_at.as_deref().map_or("never".into(), when),
             d.last_batch.as_deref().map_or("none".into(), when),
             d.batches,
-            d.sightings
+            d.sightings,
+            missing(&gaps, &d.name)
         );
     }
     if rows.is_empty() {
-        body.push_str("<tr><td colspan=\"7\">No devices yet.</td></tr>");
+        body.push_str("<tr><td colspan=\"8\">No devices yet.</td></tr>");
     }
     body.push_str("</tbody></table></div>");
     page(signed, "/devices", "Devices", &body).into_response()
+}
+
+/// "none", or the skipped numbers as runs, e.g. "3, 5–6 (3 batches)"; at most
+/// eight runs are spelled out.
+fn missing(gaps: &[(String, i64, i64)], device: &str) -> String {
+    let runs: Vec<(i64, i64)> = gaps
+        .iter()
+        .filter(|(name, _, _)| name == device)
+        .map(|(_, lo, hi)| (*lo, *hi))
+        .collect();
+    if runs.is_empty() {
+        return "none".into();
+    }
+    let total: i64 = runs.iter().map(|(lo, hi)| hi - lo + 1).sum();
+    let mut shown: Vec<String> = runs
+        .iter()
+        .take(8)
+        .map(|(lo, hi)| match lo == hi {
+            true => lo.to_string(),
+            false => format!("{lo}–{hi}"),
+        })
+        .collect();
+    if runs.len() > 8 {
+        shown.push("…".into());
+    }
+    let noun = if total == 1 { "batch" } else { "batches" };
+    format!(
+        "<span class=\"warn\">{} ({total} {noun})</span>",
+        shown.join(", ")
+    )
 }
 
 fn token_notice(name: &str, token: &str) -> String {
