@@ -1,97 +1,21 @@
-//! The field client sending over FTP and FTPS to Debian's vsftpd (a real FTP site as
-//! CyberTracker devices use), and its connection test against it.
-//!
-//! A minimal vsftpd launcher lives here (anonymous uploads into `CTData/`, loopback
-//! only); the shared harness is getting a fuller one on another branch.
+//! The field client sending over FTP and FTPS: to Debian's vsftpd (a plain FTP site as
+//! CyberTracker devices use, which the server then pulls from) and to the server's own
+//! embedded FTP server; and its connection test against both.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use ctdata_tests::client::Client;
-use ctdata_tests::eventually;
-
-struct Vsftpd {
-    child: Child,
-    port: u16,
-    root: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Vsftpd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use ctdata_tests::ftp::{self_signed, stored, wait_for_batches};
+use ctdata_tests::vsftpd::Vsftpd;
+use ctdata_tests::{both_backends, Backend, ServerEnv, TestDb};
 
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
-/// vsftpd on 127.0.0.1 with an anonymous, writable `CTData/`; FTPS when `tls` names a
-/// certificate and key.
-async fn vsftpd(tls: Option<(&Path, &Path)>) -> Option<Vsftpd> {
-    if !Path::new("/usr/sbin/vsftpd").exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but vsftpd is not installed"
-        );
-        eprintln!("SKIPPED: vsftpd is not installed");
-        return None;
-    }
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("site");
-    std::fs::create_dir_all(root.join("CTData")).unwrap();
-    // vsftpd refuses a writable anonymous root; the folder inside it takes uploads.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(root.join("CTData"), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let port = free_port();
-    let mut conf = format!(
-        "listen=YES\nlisten_ipv6=NO\nlisten_address=127.0.0.1\nlisten_port={port}\n\
-         background=NO\nanonymous_enable=YES\nno_anon_password=YES\nanon_root={}\n\
-         local_enable=NO\nwrite_enable=YES\nanon_upload_enable=YES\n\
-         anon_mkdir_write_enable=YES\nanon_other_write_enable=YES\n\
-         anon_world_readable_only=NO\nanon_umask=022\nseccomp_sandbox=NO\n\
-         secure_chroot_dir=/var/run/vsftpd/empty\nxferlog_enable=NO\n\
-         pasv_address=127.0.0.1\n",
-        root.display()
-    );
-    if let Some((cert, key)) = tls {
-        conf += &format!(
-            "ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\n\
-             force_anon_data_ssl=YES\nrequire_ssl_reuse=NO\nssl_ciphers=HIGH\n\
-             rsa_cert_file={}\nrsa_private_key_file={}\n",
-            cert.display(),
-            key.display()
-        );
-    }
-    let conf_path = dir.path().join("vsftpd.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new("/usr/sbin/vsftpd")
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start vsftpd");
-    eventually("vsftpd to listen", Duration::from_secs(30), || async {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-    Some(Vsftpd {
-        child,
-        port,
-        root,
-        _dir: dir,
-    })
-}
-
-fn init_ftp(client: &Client, url: &str, extra: &[&str]) {
+/// `ctdata init` for FTP(S) at `url` as `user` with `secret`.
+fn init_ftp(client: &Client, url: &str, user: &str, secret: &str, extra: &[&str]) {
     let protocol = url.split("://").next().unwrap();
     let mut args = vec![
         "init",
@@ -102,32 +26,50 @@ fn init_ftp(client: &Client, url: &str, extra: &[&str]) {
         "--device",
         "ranger-07",
         "--user",
-        "anonymous",
+        user,
         "--token",
-        "field@example.org",
+        secret,
     ];
     args.extend_from_slice(extra);
     client.ok(&args);
 }
 
-fn uploaded(site: &Vsftpd) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(site.root.join("CTData"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+/// `ctdata test`: its exit code and standard output.
+fn connection_test(client: &Client) -> (Option<i32>, String) {
+    let out = client.run(&["test"]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The server's configuration: one `[[sources]]` table pulling vsftpd's `CTData` and
+/// deleting what it ingested, the password in a file beside it.
+fn pull_from(env: &ServerEnv, site: &Vsftpd) {
+    let password = env.dir.path().join("site.pass");
+    std::fs::write(&password, format!("{}\n", site.password)).unwrap();
+    std::fs::write(
+        env.dir.path().join("ctdata.toml"),
+        format!(
+            "[[sources]]\nname = \"field-ftp\"\nurl = \"{}\"\nuser = \"{}\"\n\
+             password_file = \"{}\"\nafter_download = \"delete\"\ntimeout_secs = 20\n",
+            site.url("CTData"),
+            site.user,
+            password.display()
+        ),
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_over_ftp_into_the_ctdata_folder_of_vsftpd() {
-    let Some(site) = vsftpd(None).await else {
+async fn sends_to_vsftpd_then_the_server_pulls_the_batches_in() {
+    let (Some(db), Some(site)) = (TestDb::new(Backend::Postgres).await, Vsftpd::start()) else {
         return;
     };
     let client = Client::new();
-    init_ftp(&client, &format!("ftp://127.0.0.1:{}/", site.port), &[]);
-    let test = client.ok(&["test"]);
+    init_ftp(&client, &site.url(""), &site.user, &site.password, &[]);
+    let (code, test) = connection_test(&client);
+    assert_eq!(code, Some(0), "{test}");
     for step in [
         "✓ connect",
         "✓ FTP greeting",
@@ -137,21 +79,23 @@ async fn sends_over_ftp_into_the_ctdata_folder_of_vsftpd() {
     ] {
         assert!(test.contains(step), "{step}:\n{test}");
     }
+    assert!(site.files().is_empty(), "the probe file was deleted");
+
     client.record(3, "Loxodonta africana");
     client.ok(&["seal"]);
     client.record(1, "Syncerus caffer");
     let out = client.ok(&["send"]);
     assert!(out.contains("sent 2 batches (4 sightings"), "{out}");
     let sent = client.batches_in("sent");
-    assert_eq!(uploaded(&site), sent, "renamed into place, no .part left");
+    assert_eq!(site.files(), sent, "renamed into place, no .part left");
     for name in &sent {
-        let there = std::fs::read(site.root.join("CTData").join(name)).unwrap();
+        let there = std::fs::read(site.ctdata().join(name)).unwrap();
         let here = std::fs::read(client.path("sent").join(name)).unwrap();
         assert_eq!(there, here, "{name} arrived whole");
     }
 
     // Assisted sync with the site: a reference file comes down, the list says so.
-    std::fs::write(site.root.join("CTData/reference.csv"), "species\nLeo\n").unwrap();
+    site.put("reference.csv", b"species\nLeo\n");
     let out = client.ok(&["compare"]);
     assert!(out.contains("only there (3):"), "{out}");
     assert!(out.contains("  reference.csv  12 bytes"), "{out}");
@@ -160,34 +104,50 @@ async fn sends_over_ftp_into_the_ctdata_folder_of_vsftpd() {
         std::fs::read_to_string(client.path("inbox/reference.csv")).unwrap(),
         "species\nLeo\n"
     );
-    assert!(!site.root.join("CTData/reference.csv").exists());
+    assert!(!site.ctdata().join("reference.csv").exists());
     client.ok(&["push", "reference.csv"]);
-    assert!(site.root.join("CTData/reference.csv").exists());
+    assert!(site.ctdata().join("reference.csv").exists());
     assert!(!client.path("inbox/reference.csv").exists());
+    std::fs::remove_file(site.ctdata().join("reference.csv")).unwrap();
 
-    // A login the site refuses, and a port nobody listens on: the cause, in words.
-    client.ok(&[
-        "init",
-        "--protocol",
-        "ftp",
-        "--url",
-        &format!("ftp://127.0.0.1:{}/", site.port),
-        "--device",
-        "ranger-07",
-        "--token",
-        "wrong",
-    ]);
-    let out = client.run(&["test"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    // The server pulls what the client left on the site: the same batches, by name,
+    // came by the 'pull' channel, and the site is emptied.
+    let env = ServerEnv::new(&db);
+    pull_from(&env, &site);
+    let out = env.command(&["download"]).output().unwrap();
     assert!(
-        text.contains("✗ log in: the FTP server refused user \"ranger-07\""),
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = stored(&db).await;
+    let mut names: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
+    names.sort();
+    assert_eq!(names, sent);
+    assert!(
+        rows.iter().all(|r| r.0 == "ranger-07" && r.1 == "pull"),
+        "{rows:?}"
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 4);
+    assert!(site.files().is_empty(), "{:?}", site.files());
+
+    // A password the site refuses, and a port nobody listens on: the cause, in words.
+    init_ftp(&client, &site.url(""), &site.user, "wrong", &[]);
+    let (code, text) = connection_test(&client);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "✗ log in: the FTP server refused user \"{}\"",
+            site.user
+        )),
         "{text}"
     );
     assert!(text.contains("530"), "{text}");
-    init_ftp(&client, &format!("ftp://127.0.0.1:{}/", free_port()), &[]);
-    let out = client.run(&["test"]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let closed = format!("ftp://127.0.0.1:{}/", free_port());
+    init_ftp(&client, &closed, &site.user, &site.password, &[]);
+    let (code, text) = connection_test(&client);
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("✗ connect: "), "{text}");
     assert!(text.contains("refused the connection"), "{text}");
     client.record(1, "Panthera leo");
@@ -198,10 +158,13 @@ async fn sends_over_ftp_into_the_ctdata_folder_of_vsftpd() {
     // A folder that is not there.
     init_ftp(
         &client,
-        &format!("ftp://127.0.0.1:{}/missing", site.port),
+        &site.url("missing"),
+        &site.user,
+        &site.password,
         &[],
     );
-    let text = String::from_utf8_lossy(&client.run(&["test"]).stdout).into_owned();
+    let (code, text) = connection_test(&client);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("✗ find the CTData folder: folder /missing is not there"),
         "{text}"
@@ -209,31 +172,135 @@ async fn sends_over_ftp_into_the_ctdata_folder_of_vsftpd() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_over_ftps_with_the_sites_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let Some(site) = vsftpd(Some((&cert, &key))).await else {
+async fn sends_over_ftps_to_vsftpd_trusting_its_certificate() {
+    let Some(site) = Vsftpd::start_tls() else {
         return;
     };
+    let cert = site.cert.clone().expect("FTPS site has a certificate");
     let client = Client::new();
-    let url = format!("ftps://localhost:{}/", site.port);
-    init_ftp(&client, &url, &[]);
-    let out = client.run(&["test"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let url = site.url("");
+    init_ftp(&client, &url, &site.user, &site.password, &[]);
+    let (code, text) = connection_test(&client);
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("✗ TLS (AUTH TLS)"), "{text}");
     assert!(text.contains("--ca-file"), "{text}");
 
-    init_ftp(&client, &url, &["--ca-file", cert.to_str().unwrap()]);
-    let test = client.ok(&["test"]);
+    init_ftp(
+        &client,
+        &url,
+        &site.user,
+        &site.password,
+        &["--ca-file", cert.to_str().unwrap()],
+    );
+    let (code, test) = connection_test(&client);
+    assert_eq!(code, Some(0), "{test}");
     assert!(test.contains("✓ TLS (AUTH TLS)"), "{test}");
     assert!(test.contains("✓ write and delete a probe file"), "{test}");
     client.record(2, "Loxodonta africana");
     let out = client.ok(&["send"]);
     assert!(out.contains("sent 1 batch (2 sightings"), "{out}");
-    assert_eq!(uploaded(&site), client.batches_in("sent"));
+    assert_eq!(site.files(), client.batches_in("sent"));
+}
+
+both_backends!(sends_to_the_servers_own_ftp_server);
+
+async fn sends_to_the_servers_own_ftp_server(db: TestDb) {
+    let mut env = ServerEnv::new(&db);
+    env.enable_ftp();
+    let token = env.device_token("ranger-07");
+    let server = env.serve().await;
+    let url = format!("ftp://127.0.0.1:{}/", server.ftp_port());
+    let client = Client::new();
+    init_ftp(&client, &url, "ranger-07", &token, &[]);
+    let (code, test) = connection_test(&client);
+    assert_eq!(code, Some(0), "{test}");
+    for step in [
+        "✓ connect",
+        "✓ FTP greeting",
+        "✓ log in",
+        // The device's own folder on the server is its `/`.
+        "✓ find the CTData folder: batches go to /\n",
+        "✓ write and delete a probe file",
+    ] {
+        assert!(test.contains(step), "{step}:\n{test}");
+    }
+
+    client.record(2, "Loxodonta africana");
+    client.ok(&["seal"]);
+    client.record(3, "Syncerus caffer");
+    let out = client.ok(&["send"]);
+    assert!(out.contains("sent 2 batches (5 sightings"), "{out}");
+    let sent = client.batches_in("sent");
+    let rows = wait_for_batches(&db, 2).await;
+    let mut got: Vec<(String, String, String)> = rows.clone();
+    got.sort();
+    let expected: Vec<(String, String, String)> = sent
+        .iter()
+        .map(|n| ("ranger-07".to_string(), "ftp".to_string(), n.clone()))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 5);
+    // Nothing is sent twice.
+    let out = client.ok(&["send"]);
+    assert!(out.contains("sent 0 batches"), "{out}");
+    assert_eq!(stored(&db).await.len(), 2);
+
+    // A token the server does not know is refused at log in.
+    init_ftp(&client, &url, "ranger-07", "not-the-token", &[]);
+    let (code, text) = connection_test(&client);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("✗ log in: the FTP server refused user \"ranger-07\""),
+        "{text}"
+    );
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_over_ftps_to_the_servers_own_ftp_server() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let mut env = ServerEnv::new(&db);
+    env.enable_ftp();
+    let (cert, key) = self_signed(env.dir.path());
+    env.extra_env.extend([
+        ("CTDATA__FTP__TLS_CERT".to_string(), cert.clone()),
+        ("CTDATA__FTP__TLS_KEY".to_string(), key),
+        ("CTDATA__FTP__REQUIRE_TLS".to_string(), "true".to_string()),
+    ]);
+    let token = env.device_token("ranger-07");
+    let server = env.serve().await;
+    let port = server.ftp_port();
+    let client = Client::new();
+
+    // Plain FTP is refused by a server that requires TLS: the test says so.
+    init_ftp(
+        &client,
+        &format!("ftp://127.0.0.1:{port}/"),
+        "ranger-07",
+        &token,
+        &[],
+    );
+    let (code, text) = connection_test(&client);
+    assert_eq!(code, Some(1), "{text}");
+
+    init_ftp(
+        &client,
+        &format!("ftps://127.0.0.1:{port}/"),
+        "ranger-07",
+        &token,
+        &["--ca-file", &cert],
+    );
+    let (code, test) = connection_test(&client);
+    assert_eq!(code, Some(0), "{test}");
+    assert!(test.contains("✓ TLS (AUTH TLS)"), "{test}");
+    client.record(4, "Panthera leo");
+    let out = client.ok(&["send"]);
+    assert!(out.contains("sent 1 batch (4 sightings"), "{out}");
+    let rows = wait_for_batches(&db, 1).await;
+    assert_eq!(rows[0].0, "ranger-07");
+    assert_eq!(rows[0].1, "ftp");
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 4);
+    drop(server);
 }

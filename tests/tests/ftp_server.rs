@@ -2,11 +2,12 @@
 //! upload into the real `ctdata-server serve` and each upload is ingested as channel
 //! `ftp`; FTPS; uploads cut short or left half-done are never ingested.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ctdata_tests::ftp::{code, curl, ftp_url, ftplib, ok, pg, stored, wait_for_batches};
+use ctdata_tests::ftp::{
+    code, curl, ftp_url, ftplib, ok, pg, self_signed, stored, wait_for_batches,
+};
 use ctdata_tests::{both_backends, eventually, write_batch, ServerEnv, TestDb};
 
 both_backends! {
@@ -91,15 +92,6 @@ async fn curl_ftplib_and_lftp_uploads_are_ingested_as_ftp(db: TestDb) {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     assert!(server.terminate().success());
-}
-
-/// A self-signed certificate for 127.0.0.1, as PEM files.
-fn self_signed(dir: &Path) -> (String, String) {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    (cert.display().to_string(), key.display().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
