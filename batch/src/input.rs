@@ -211,6 +211,15 @@ impl Input {
         Ok(())
     }
 
+    /// True when everything left of the content is in the reader's buffer (the stream
+    /// ended within the last fill): a parser may then work on the buffer as a slice.
+    pub fn rest_is_buffered(&mut self) -> bool {
+        match self.reader.fill_buf() {
+            Ok(_) => self.reader.get_ref().eof,
+            Err(_) => false,
+        }
+    }
+
     /// Reads whatever the parser left, so the hash covers the whole content and the
     /// limits are enforced on all of it.
     pub fn drain(&mut self) -> Result<(), Rejection> {
