@@ -1,12 +1,14 @@
 -- One small batch stored in one round trip: the server calls this in autocommit mode for
 -- a file of at most a few thousand sightings (larger files go through COPY). It does what
 -- the COPY path does in five: registers the load for safe cursors (the same advisory key
--- as the COPY path), finds or adds the device, inserts the sightings (an id stored by
--- another batch is skipped and counted as a duplicate; the caller has refused files that
--- repeat an id) and the batch row with its final counts and cursor range, and marks the
--- device seen. Returns no row when the device already has a batch with this id; a
--- concurrent delivery of the same batch that commits first makes the batch insert fail
--- with unique_violation, and the caller reads the stored batch.
+-- as the COPY path), finds or adds the device, inserts the sightings and the batch row
+-- with its counts and cursor range, and marks the device seen (at most once a second:
+-- a busy device does not rewrite its row for every batch). Returns no row when the
+-- device already has a batch with this id. A unique_violation means either a concurrent
+-- delivery of the same batch committed first (on batches; the caller reads the stored
+-- batch) or a sighting id is stored already (on sightings; the caller takes the COPY path
+-- through a staging table, which skips and counts such ids). The caller has refused
+-- files that repeat an id.
 CREATE FUNCTION ctdata_load(
     p_device text, p_batch_id uuid, p_sha256 text, p_format text, p_channel text,
     p_file_name text, p_claim_name text, p_created_at timestamptz, p_sequence bigint,
@@ -42,7 +44,8 @@ BEGIN
 
     v_batch := nextval('batches_id_seq');
     -- The sightings reference the batch row inserted by the same statement: foreign
-    -- keys are checked at its end, when both are there.
+    -- keys are checked at its end, when both are there. A plain insert: cheaper than
+    -- ON CONFLICT, and a stored id is the rare case the staging path is for.
     RETURN QUERY
     WITH s AS (
         INSERT INTO sightings (id, batch, device_id, observed_at, observed_offset, latitude,
@@ -52,7 +55,6 @@ BEGIN
         FROM unnest(p_ids, p_observed_at, p_offsets, p_latitudes, p_longitudes, p_altitudes,
                     p_accuracies, p_observers, p_species, p_counts, p_attributes)
              AS r(id, at, off, lat, lon, alt, acc, obs, sp, n, attrs)
-        ON CONFLICT (id) DO NOTHING
         RETURNING sightings.cursor
     ), c AS (
         SELECT count(*) AS n, min(s.cursor) AS lo, max(s.cursor) AS hi FROM s
@@ -65,6 +67,7 @@ BEGIN
     FROM c
     RETURNING b.id, b.device_id, b.received_at, b.inserted, b.cursor_first, b.cursor_last;
 
-    UPDATE devices SET last_seen_at = now() WHERE id = v_device;
+    UPDATE devices SET last_seen_at = now()
+    WHERE id = v_device AND (last_seen_at IS NULL OR last_seen_at < now() - interval '1 second');
 END;
 $$;

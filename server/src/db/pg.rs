@@ -100,6 +100,10 @@ pub async fn load_batch(
             match load_small(pool, b, rows()).await {
                 Ok(Small::Done(attempt)) => Ok(attempt),
                 Ok(Small::Copy(stream)) => load_once(pool, b, stream, false).await,
+                Ok(Small::IdsExist(stream)) => {
+                    via_staging = true;
+                    load_once(pool, b, stream, true).await
+                }
                 Err(e) => Err(e),
             }
         };
@@ -134,6 +138,8 @@ enum Small {
     /// Not for the one-round-trip path: the rows (those read so far, then the rest) for
     /// the COPY path.
     Copy(RowStream),
+    /// Some sighting id is stored already: the rows, for the staging path.
+    IdsExist(RowStream),
 }
 
 /// The one-round-trip path for a small file. A larger file, invalid rows or an id
@@ -188,7 +194,10 @@ async fn load_small(pool: &PgPool, b: &NewBatch, mut stream: RowStream) -> anyho
         // first (unique_violation on the batch).
         Ok(None) => return exists(pool, b).await.map(Small::Done),
         Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-            return exists(pool, b).await.map(Small::Done)
+            if d.table() == Some("sightings") {
+                return Ok(Small::IdsExist(replay(all, Ok(summary))));
+            }
+            return exists(pool, b).await.map(Small::Done);
         }
         Err(e) => {
             return match classify(e)? {
