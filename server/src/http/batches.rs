@@ -44,7 +44,8 @@ async fn post_batch(
     let device = authenticate_device(&state, &headers).await?;
     check_encoding(&headers)?;
     let claim = format!("{}-upload", stamp());
-    let spool = state.drop_dir.join(INCOMING).join(&claim);
+    // A folder per device: concurrent uploads do not all queue for one directory lock.
+    let spool = state.drop_dir.join(INCOMING).join(&device).join(&claim);
     if let Err(e) = spool_body(&state, &headers, body, &spool).await {
         let _ = tokio::fs::remove_file(&spool).await;
         return Err(e);
