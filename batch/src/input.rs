@@ -12,7 +12,7 @@ use crate::model::{Limits, RejectKind, Rejection};
 use crate::problems::reject;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-/// Also the sniffing window: the first fill of the buffer is what `sniff` looks at.
+/// Also the largest sniffing window: the first fill of the buffer is what `sniff` looks at.
 pub(crate) const BUF_CAPACITY: usize = 64 * 1024;
 
 /// Counts the compressed bytes the gzip decoder pulls from the file, for the ratio check.
@@ -47,6 +47,11 @@ pub(crate) struct Source {
 }
 
 impl Source {
+    /// The content has been read to its end (what is left is in the reader's buffer).
+    pub(crate) fn ended(&self) -> bool {
+        self.eof
+    }
+
     fn compressed(&self) -> Option<u64> {
         match &self.inner {
             Inner::Plain(_) => None,
@@ -181,8 +186,17 @@ impl Input {
             eof: false,
             failure: None,
         };
+        // A small plain file needs no 64 KiB buffer (one allocation less per read, and
+        // the first fill still holds all of it).
+        let capacity = if gzip {
+            BUF_CAPACITY
+        } else {
+            usize::try_from(size.saturating_add(1))
+                .unwrap_or(BUF_CAPACITY)
+                .clamp(4096, BUF_CAPACITY)
+        };
         Ok(Input {
-            reader: BufReader::with_capacity(BUF_CAPACITY, source),
+            reader: BufReader::with_capacity(capacity, source),
             gzip,
             bom: false,
         })
@@ -209,6 +223,15 @@ impl Input {
             self.bom = true;
         }
         Ok(())
+    }
+
+    /// True when everything left of the content is in the reader's buffer (the stream
+    /// ended within the last fill): a parser may then work on the buffer as a slice.
+    pub fn rest_is_buffered(&mut self) -> bool {
+        match self.reader.fill_buf() {
+            Ok(_) => self.reader.get_ref().ended(),
+            Err(_) => false,
+        }
     }
 
     /// Reads whatever the parser left, so the hash covers the whole content and the

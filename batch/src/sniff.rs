@@ -5,7 +5,7 @@ use std::io::BufRead;
 
 use serde_json::Value;
 
-use crate::input::{Input, BUF_CAPACITY};
+use crate::input::Input;
 use crate::model::{RejectKind, Rejection};
 use crate::problems::reject;
 
@@ -26,7 +26,7 @@ pub(crate) fn sniff(input: &mut Input) -> Result<Sniffed, Rejection> {
         Err(e) => return Err(input.fail(e)),
     };
     // The source fills the buffer completely unless the content ends first.
-    let complete = prefix.len() < BUF_CAPACITY - 3;
+    let complete = input.reader.get_ref().ended();
     classify(&prefix, complete)
 }
 

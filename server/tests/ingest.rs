@@ -135,6 +135,7 @@ both_backends! {
     claimed_files_are_finished_after_a_crash,
     gzip_bomb_is_refused,
     unsettled_and_temporary_files_wait,
+    large_and_small_files_count_stored_ids_alike,
 }
 
 async fn golden_files_of_every_format(db: TestDb) {
@@ -620,4 +621,123 @@ async fn unsettled_and_temporary_files_wait(db: TestDb) {
     assert_eq!(report.receipts.len(), 1);
     assert_eq!(report.receipts[0].file, "x.json");
     assert_eq!(report.waiting, 1);
+}
+
+/// NDJSON of one sighting per id, for `device`.
+fn ndjson_with_ids(device: &str, ids: &[uuid::Uuid]) -> Vec<u8> {
+    use chrono::TimeZone;
+    use ctdata_batch::write::{BatchHeader, NdjsonWriter};
+    let tz = chrono::FixedOffset::east_opt(2 * 3600).unwrap();
+    let header = BatchHeader {
+        batch_id: uuid::Uuid::new_v4(),
+        device_id: device.to_string(),
+        created_at: tz.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap(),
+    };
+    let mut w = NdjsonWriter::new(Vec::new(), &header).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        w.push(&ctdata_batch::Sighting {
+            id: *id,
+            observed_at: tz.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap()
+                + chrono::Duration::seconds(i as i64),
+            latitude: -24.0 + (i as f64) * 1e-5,
+            longitude: 31.5,
+            altitude: None,
+            accuracy: Some(4.5),
+            observer: Some("tab\there".into()),
+            species: Some("Loxodonta africana".into()),
+            count: Some(1 + i as i64 % 7),
+            attributes: Default::default(),
+        })
+        .unwrap();
+    }
+    w.finish().unwrap()
+}
+
+/// Small files are stored in one round trip on PostgreSQL and large ones by COPY (with
+/// a staging table once an id is stored already): both count ids stored by another
+/// batch as duplicates, refuse an id repeated within the file, and give each batch its
+/// own contiguous cursors.
+async fn large_and_small_files_count_stored_ids_alike(db: TestDb) {
+    let mut fx = Fixture::new(&db).await;
+    let ids: Vec<uuid::Uuid> = (0..6000).map(|_| uuid::Uuid::new_v4()).collect();
+    // 3,000 new rows (large), then 20 rows of which 10 are stored (small), then 3,000
+    // rows of which 1,000 are stored (large).
+    fx.deliver_bytes(
+        "ranger-07/a.ndjson",
+        &ndjson_with_ids("ranger-07", &ids[..3000]),
+    );
+    let a = fx.pass().await.receipts.remove(0);
+    assert_eq!(
+        (a.status, a.inserted, a.duplicates),
+        (Status::Ingested, 3000, 0)
+    );
+    fx.deliver_bytes(
+        "ranger-07/b.ndjson",
+        &ndjson_with_ids("ranger-07", &ids[2990..3010]),
+    );
+    let b = fx.pass().await.receipts.remove(0);
+    assert_eq!(
+        (b.status, b.inserted, b.duplicates),
+        (Status::Ingested, 10, 10)
+    );
+    fx.deliver_bytes(
+        "ranger-07/c.ndjson",
+        &ndjson_with_ids("ranger-07", &ids[2000..5000]),
+    );
+    let c = fx.pass().await.receipts.remove(0);
+    assert_eq!(
+        (c.status, c.inserted, c.duplicates),
+        (Status::Ingested, 1990, 1010)
+    );
+    assert_eq!(fx.sightings().await, 5000);
+    assert_eq!(a.cursor, Some(3000));
+    assert_eq!(b.cursor.map(|n| n > 3000), Some(true));
+    // Each batch's cursors are contiguous and its counts are on record.
+    let rows = db
+        .texts(
+            "SELECT CAST(b.inserted AS TEXT), CAST(b.duplicates AS TEXT), \
+             CAST(b.cursor_last - b.cursor_first + 1 AS TEXT), CAST(count(s.cursor) AS TEXT) \
+             FROM batches b JOIN sightings s ON s.batch = b.id GROUP BY b.id ORDER BY b.id",
+        )
+        .await;
+    let got: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| r.into_iter().map(Option::unwrap_or_default).collect())
+        .collect();
+    let want = |v: [&str; 4]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    assert_eq!(
+        got,
+        [
+            want(["3000", "0", "3000", "3000"]),
+            want(["10", "10", "10", "10"]),
+            want(["1990", "1010", "1990", "1990"])
+        ]
+    );
+    // Text with a tab in it came through both paths unchanged.
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM sightings WHERE observer = '{}'",
+            "tab\there"
+        ))
+        .await,
+        5000
+    );
+
+    // An id twice within a small file and within a large one: refused, nothing stored.
+    let mut twice: Vec<uuid::Uuid> = ids[5000..5010].to_vec();
+    twice.push(ids[5003]);
+    fx.deliver_bytes("ranger-07/d.ndjson", &ndjson_with_ids("ranger-07", &twice));
+    let mut twice: Vec<uuid::Uuid> = ids[5010..6000].to_vec();
+    twice.extend_from_slice(&ids[5010..6000]);
+    twice.extend((0..1500).map(|_| uuid::Uuid::new_v4()));
+    fx.deliver_bytes("ranger-07/e.ndjson", &ndjson_with_ids("ranger-07", &twice));
+    let report = fx.pass().await;
+    assert_eq!(report.receipts.len(), 2);
+    for r in &report.receipts {
+        assert_eq!(r.status, Status::Rejected, "{r:?}");
+        let reason = r.reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("duplicate sighting id"), "{reason}");
+    }
+    assert_eq!(fx.sightings().await, 5000);
+    assert_eq!(db.scalar("SELECT count(*) FROM batches").await, 3);
 }

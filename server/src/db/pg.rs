@@ -4,9 +4,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ctdata_batch::Sighting;
+use ctdata_batch::{ReadSummary, Rejection, Sighting};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Row};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{
@@ -93,7 +94,20 @@ pub async fn load_batch(
     let mut via_staging = false;
     let mut attempt = 0;
     loop {
-        match load_once(pool, b, rows, via_staging).await {
+        let outcome = if via_staging {
+            load_once(pool, b, rows(), true).await
+        } else {
+            match load_small(pool, b, rows()).await {
+                Ok(Small::Done(attempt)) => Ok(attempt),
+                Ok(Small::Copy(stream)) => load_once(pool, b, stream, false).await,
+                Ok(Small::IdsExist(stream)) => {
+                    via_staging = true;
+                    load_once(pool, b, stream, true).await
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match outcome {
             Ok(Attempt::Finished(result)) => return Ok(*result),
             // Some sighting id is stored already: take the slower path that skips it.
             Ok(Attempt::IdsExist) => via_staging = true,
@@ -114,13 +128,201 @@ enum Attempt {
     IdsExist,
 }
 
+/// Files of at most this many sightings are stored with one call of `ctdata_load`
+/// (migration 0006): one round trip instead of five, which is what many devices
+/// uploading small batches at once wait on.
+const SMALL_ROWS: usize = 2048;
+
+enum Small {
+    Done(Attempt),
+    /// Not for the one-round-trip path: the rows (those read so far, then the rest) for
+    /// the COPY path.
+    Copy(RowStream),
+    /// Some sighting id is stored already: the rows, for the staging path.
+    IdsExist(RowStream),
+}
+
+/// The one-round-trip path for a small file. A larger file, invalid rows or an id
+/// repeated within the file go to the COPY path, which makes the same checks in the
+/// same order as for any other file.
+async fn load_small(pool: &PgPool, b: &NewBatch, mut stream: RowStream) -> anyhow::Result<Small> {
+    let mut all: Vec<Sighting> = Vec::new();
+    while let Some(chunk) = stream.rx.recv().await {
+        all.extend(chunk);
+        if all.len() > SMALL_ROWS {
+            return Ok(Small::Copy(chain(all, stream)));
+        }
+    }
+    let summary = match stream.done.await? {
+        Ok(summary) => summary,
+        Err(rejection) => return Ok(Small::Copy(replay(all, Err(rejection)))),
+    };
+    let mut seen = std::collections::HashSet::with_capacity(all.len());
+    if !all.iter().all(|s| seen.insert(s.id)) {
+        return Ok(Small::Copy(replay(all, Ok(summary))));
+    }
+    let columns = Columns::from(&all[..]);
+    let result: sqlx::Result<Option<SmallLoad>> = sqlx::query_as(
+        "SELECT batch, device, received_at, inserted, cursor_first, cursor_last FROM ctdata_load(\
+         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+    )
+    .bind(&b.device)
+    .bind(b.batch_id)
+    .bind(&b.sha256)
+    .bind(&b.format)
+    .bind(&b.channel)
+    .bind(&b.file_name)
+    .bind(&b.claim_name)
+    .bind(b.created_at)
+    .bind(b.sequence)
+    .bind(&columns.ids)
+    .bind(&columns.observed_at)
+    .bind(&columns.offsets)
+    .bind(&columns.latitudes)
+    .bind(&columns.longitudes)
+    .bind(&columns.altitudes)
+    .bind(&columns.accuracies)
+    .bind(&columns.observers)
+    .bind(&columns.species)
+    .bind(&columns.counts)
+    .bind(&columns.attributes)
+    .fetch_optional(pool)
+    .await;
+    let stored = match result {
+        Ok(Some(stored)) => stored,
+        // The device has this batch already; or a concurrent delivery of it committed
+        // first (unique_violation on the batch).
+        Ok(None) => return exists(pool, b).await.map(Small::Done),
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+            if d.table() == Some("sightings") {
+                return Ok(Small::IdsExist(replay(all, Ok(summary))));
+            }
+            return exists(pool, b).await.map(Small::Done);
+        }
+        Err(e) => {
+            return match classify(e)? {
+                Copied::Rejected(r) => finished(LoadResult::Rejected(r)).map(Small::Done),
+                _ => anyhow::bail!("ctdata_load reported a unique violation twice"),
+            }
+        }
+    };
+    let rows_total = summary.rows as i64;
+    finished(LoadResult::Loaded(BatchRecord {
+        pk: stored.batch,
+        device: b.device.clone(),
+        batch_id: b.batch_id,
+        sha256: b.sha256.clone(),
+        format: b.format.clone(),
+        channel: b.channel.clone(),
+        claim_name: b.claim_name.clone(),
+        received_at: stored.received_at,
+        rows: rows_total,
+        inserted: stored.inserted,
+        duplicates: rows_total - stored.inserted,
+        cursor_first: stored.cursor_first,
+        cursor_last: stored.cursor_last,
+    }))
+    .map(Small::Done)
+}
+
+/// The rows read ahead, then the rest of `rest`, as one stream.
+fn chain(ahead: Vec<Sighting>, mut rest: RowStream) -> RowStream {
+    let (tx, rx) = mpsc::channel(4);
+    let done = tokio::spawn(async move {
+        if tx.send(ahead).await.is_ok() {
+            while let Some(chunk) = rest.rx.recv().await {
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+        }
+        drop(rest.rx);
+        match rest.done.await {
+            Ok(result) => result,
+            Err(e) => panic!("the batch reader failed: {e}"),
+        }
+    });
+    RowStream { rx, done }
+}
+
+/// Rows read whole, and how reading them ended, as a stream again.
+fn replay(all: Vec<Sighting>, result: Result<ReadSummary, Rejection>) -> RowStream {
+    let (tx, rx) = mpsc::channel(1);
+    let done = tokio::spawn(async move {
+        let _ = tx.send(all).await;
+        result
+    });
+    RowStream { rx, done }
+}
+
+/// The stored batch a load found in its way.
+async fn exists(pool: &PgPool, b: &NewBatch) -> anyhow::Result<Attempt> {
+    match find_batch(pool, &b.device, b.batch_id).await? {
+        Some(record) => finished(LoadResult::Exists(record)),
+        None => anyhow::bail!(
+            "batch {} of device {} was reported stored but is not there",
+            b.batch_id,
+            b.device
+        ),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SmallLoad {
+    batch: i64,
+    #[allow(dead_code)]
+    device: i64,
+    received_at: DateTime<Utc>,
+    inserted: i64,
+    cursor_first: Option<i64>,
+    cursor_last: Option<i64>,
+}
+
+/// A small file's sightings as one array per column, for `ctdata_load`. Times and
+/// attributes go as text, as COPY would send them, so both paths store the same values.
+#[derive(Default)]
+struct Columns {
+    ids: Vec<Uuid>,
+    observed_at: Vec<String>,
+    offsets: Vec<i32>,
+    latitudes: Vec<f64>,
+    longitudes: Vec<f64>,
+    altitudes: Vec<Option<f64>>,
+    accuracies: Vec<Option<f64>>,
+    observers: Vec<Option<String>>,
+    species: Vec<Option<String>>,
+    counts: Vec<Option<i64>>,
+    attributes: Vec<String>,
+}
+
+impl From<&[Sighting]> for Columns {
+    fn from(all: &[Sighting]) -> Columns {
+        let mut c = Columns::default();
+        for s in all {
+            c.ids.push(s.id);
+            c.observed_at.push(s.observed_at.to_rfc3339());
+            c.offsets.push(s.observed_at.offset().local_minus_utc());
+            c.latitudes.push(s.latitude);
+            c.longitudes.push(s.longitude);
+            c.altitudes.push(s.altitude);
+            c.accuracies.push(s.accuracy);
+            c.observers.push(s.observer.clone());
+            c.species.push(s.species.clone());
+            c.counts.push(s.count);
+            c.attributes
+                .push(serde_json::to_string(&s.attributes).unwrap_or_else(|_| "{}".into()));
+        }
+        c
+    }
+}
+
 /// One try in one transaction: register the load, write the batch row, COPY the rows,
 /// fill in the counts. Five round trips on the fast path, and no lock that other
 /// batches wait for.
 async fn load_once(
     pool: &PgPool,
     b: &NewBatch,
-    rows: RowSource<'_>,
+    rows: RowStream,
     via_staging: bool,
 ) -> anyhow::Result<Attempt> {
     let mut tx = pool.begin().await?;
@@ -129,12 +331,12 @@ async fn load_once(
         Started::Exists(record) => return finished(LoadResult::Exists(record)),
     };
     let (summary, inserted) = if via_staging {
-        match load_via_staging(&mut tx, &ids, rows()).await? {
+        match load_via_staging(&mut tx, &ids, rows).await? {
             Staged::Rejected(r) => return finished(LoadResult::Rejected(r)),
             Staged::Done(summary, n) => (summary, n),
         }
     } else {
-        match copy_rows(&mut tx, "sightings", SIGHTING_COLUMNS, &ids, None, rows()).await? {
+        match copy_rows(&mut tx, "sightings", SIGHTING_COLUMNS, &ids, None, rows).await? {
             Copied::Rejected(r) => return finished(LoadResult::Rejected(r)),
             Copied::Done(summary, n) => (summary, n),
             Copied::UniqueViolation => return Ok(Attempt::IdsExist),

@@ -44,7 +44,8 @@ async fn post_batch(
     let device = authenticate_device(&state, &headers).await?;
     check_encoding(&headers)?;
     let claim = format!("{}-upload", stamp());
-    let spool = state.drop_dir.join(INCOMING).join(&claim);
+    // A folder per device: concurrent uploads do not all queue for one directory lock.
+    let spool = state.drop_dir.join(INCOMING).join(&device).join(&claim);
     if let Err(e) = spool_body(&state, &headers, body, &spool).await {
         let _ = tokio::fs::remove_file(&spool).await;
         return Err(e);
@@ -95,6 +96,18 @@ fn check_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Bodies up to this size are gathered in memory before they are written.
+const HELD_BODY_BYTES: usize = 256 * 1024;
+
+async fn create_spool(spool: &std::path::Path) -> Result<tokio::fs::File, ApiError> {
+    tokio::fs::create_dir_all(spool.parent().expect("spool has a folder"))
+        .await
+        .map_err(anyhow::Error::from)?;
+    Ok(tokio::fs::File::create(spool)
+        .await
+        .map_err(anyhow::Error::from)?)
+}
+
 /// Streams the body to `spool`, refusing it as soon as it passes the limit.
 async fn spool_body(
     state: &AppState,
@@ -109,14 +122,10 @@ async fn spool_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge(limit));
     }
-    tokio::fs::create_dir_all(spool.parent().expect("spool has a folder"))
-        .await
-        .map_err(anyhow::Error::from)?;
-    let mut file = tokio::io::BufWriter::new(
-        tokio::fs::File::create(spool)
-            .await
-            .map_err(anyhow::Error::from)?,
-    );
+    // A small body (most batches are a few KB) is gathered in memory and written with
+    // one blocking call; a large one goes to the file as it arrives.
+    let mut held: Vec<u8> = Vec::new();
+    let mut file: Option<tokio::io::BufWriter<tokio::fs::File>> = None;
     let mut written = 0u64;
     let mut stream = body.into_data_stream();
     let idle = state.body_idle_timeout;
@@ -131,8 +140,30 @@ async fn spool_body(
         if written > limit {
             return Err(ApiError::TooLarge(limit));
         }
-        file.write_all(&chunk).await.map_err(anyhow::Error::from)?;
+        match &mut file {
+            Some(f) => f.write_all(&chunk).await.map_err(anyhow::Error::from)?,
+            None if written as usize <= HELD_BODY_BYTES => held.extend_from_slice(&chunk),
+            None => {
+                let mut f = tokio::io::BufWriter::new(create_spool(spool).await?);
+                f.write_all(&held).await.map_err(anyhow::Error::from)?;
+                f.write_all(&chunk).await.map_err(anyhow::Error::from)?;
+                held = Vec::new();
+                file = Some(f);
+            }
+        }
     }
-    file.flush().await.map_err(anyhow::Error::from)?;
+    match file {
+        Some(mut f) => f.flush().await.map_err(anyhow::Error::from)?,
+        None => {
+            let spool = spool.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(spool.parent().expect("spool has a folder"))?;
+                std::fs::write(&spool, held)
+            })
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(anyhow::Error::from)?;
+        }
+    }
     Ok(())
 }
