@@ -119,6 +119,12 @@ pub struct HttpSettings {
     pub session_hours: f64,
     /// The dashboard calls a device stale after this many days without a batch.
     pub stale_after_days: f64,
+    /// Map tiles under the dashboard's sightings map: a URL template with `{z}`, `{x}`
+    /// and `{y}` (256-pixel Web Mercator tiles, e.g. a tile server on the station's
+    /// network). Unset: a plain lon/lat map that needs no network.
+    pub map_tile_url: Option<String>,
+    /// Shown under the map when tiles are drawn (most tile sources require it).
+    pub map_tile_attribution: Option<String>,
     /// Devices whose token may also download the consolidated sightings
     /// (`GET /api/v1/sightings`, the field client's `pull`). Empty: administrators only.
     pub read_devices: Vec<String>,
@@ -188,6 +194,8 @@ impl Default for HttpSettings {
             read_devices: Vec::new(),
             session_hours: 12.0,
             stale_after_days: 3.0,
+            map_tile_url: None,
+            map_tile_attribution: None,
         }
     }
 }
@@ -372,6 +380,14 @@ impl Settings {
                 names.insert(source.name.as_str()),
                 "two sources are named {:?}: names must differ",
                 source.name
+            );
+        }
+        if let Some(url) = &settings.http.map_tile_url {
+            anyhow::ensure!(
+                (url.starts_with("http://") || url.starts_with("https://"))
+                    && ["{z}", "{x}", "{y}"].iter().all(|p| url.contains(p)),
+                "http.map_tile_url {url:?} must be an http:// or https:// URL with {{z}}, {{x}} and {{y}} in it, \
+                 e.g. \"https://tiles.example.org/{{z}}/{{x}}/{{y}}.png\""
             );
         }
         Ok(settings)

@@ -200,6 +200,14 @@ async fn start_http(
             session: Duration::from_secs_f64(settings.http.session_hours.max(0.0) * 3600.0),
             stale_after_days: settings.http.stale_after_days,
             secure_cookie: tls.is_some(),
+            map_tiles: settings
+                .http
+                .map_tile_url
+                .clone()
+                .map(|url| crate::http::MapTiles {
+                    url,
+                    attribution: settings.http.map_tile_attribution.clone(),
+                }),
         }),
     };
     let timeout = Duration::from_secs_f64(settings.http.header_read_timeout_secs.max(0.1));

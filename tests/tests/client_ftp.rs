@@ -43,6 +43,22 @@ fn connection_test(client: &Client) -> (Option<i32>, String) {
     )
 }
 
+/// `ctdata test` passes every step of a plain FTP connection, and batches go to `folder`.
+fn every_step_passes(client: &Client, folder: &str) {
+    let (code, test) = connection_test(client);
+    assert_eq!(code, Some(0), "{test}");
+    let found = format!("✓ find the CTData folder: batches go to {folder}\n");
+    for step in [
+        "✓ connect",
+        "✓ FTP greeting",
+        "✓ log in",
+        &found,
+        "✓ write and delete a probe file",
+    ] {
+        assert!(test.contains(step), "{step}:\n{test}");
+    }
+}
+
 /// The server's configuration: one `[[sources]]` table pulling vsftpd's `CTData` and
 /// deleting what it ingested, the password in a file beside it.
 fn pull_from(env: &ServerEnv, site: &Vsftpd) {
@@ -68,17 +84,7 @@ async fn sends_to_vsftpd_then_the_server_pulls_the_batches_in() {
     };
     let client = Client::new();
     init_ftp(&client, &site.url(""), &site.user, &site.password, &[]);
-    let (code, test) = connection_test(&client);
-    assert_eq!(code, Some(0), "{test}");
-    for step in [
-        "✓ connect",
-        "✓ FTP greeting",
-        "✓ log in",
-        "✓ find the CTData folder: batches go to /CTData",
-        "✓ write and delete a probe file",
-    ] {
-        assert!(test.contains(step), "{step}:\n{test}");
-    }
+    every_step_passes(&client, "/CTData");
     assert!(site.files().is_empty(), "the probe file was deleted");
 
     client.record(3, "Loxodonta africana");
@@ -212,18 +218,8 @@ async fn sends_to_the_servers_own_ftp_server(db: TestDb) {
     let url = format!("ftp://127.0.0.1:{}/", server.ftp_port());
     let client = Client::new();
     init_ftp(&client, &url, "ranger-07", &token, &[]);
-    let (code, test) = connection_test(&client);
-    assert_eq!(code, Some(0), "{test}");
-    for step in [
-        "✓ connect",
-        "✓ FTP greeting",
-        "✓ log in",
-        // The device's own folder on the server is its `/`.
-        "✓ find the CTData folder: batches go to /\n",
-        "✓ write and delete a probe file",
-    ] {
-        assert!(test.contains(step), "{step}:\n{test}");
-    }
+    // The device's own folder on the server is its `/`.
+    every_step_passes(&client, "/");
 
     client.record(2, "Loxodonta africana");
     client.ok(&["seal"]);

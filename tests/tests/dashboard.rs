@@ -186,6 +186,7 @@ async fn dashboard_in_a_real_browser() {
         .await as usize;
     assert_eq!(rows, expected);
     assert_eq!(b.count("#map circle"), expected);
+    assert_eq!(b.count("#map image"), 0, "no tiles unless configured");
     b.click("#map circle");
     b.wait_text("#detail", "Loxodonta africana");
     screenshots(&b, "07-sightings");
@@ -457,4 +458,152 @@ async fn devices_page_lists_batch_numbers_that_never_arrived(db: TestDb) {
         "{}",
         row("south")
     );
+}
+
+/// A tile server on loopback: answers every request with a small PNG and records the
+/// paths asked for.
+fn tile_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use base64::Engine;
+    use std::io::{BufRead, BufReader, Write};
+    let png = base64::engine::general_purpose::STANDARD
+        .decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(1_000) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            if let Some(path) = line.split_whitespace().nth(1) {
+                record.lock().unwrap().push(path.to_string());
+            }
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                png.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&png);
+        }
+    });
+    (port, seen)
+}
+
+/// The Web Mercator tile holding a point at zoom `z`, worked out here independently.
+fn tile_of(lon: f64, lat: f64, z: u32) -> (i64, i64) {
+    let n = f64::from(1u32 << z);
+    let lat = lat.to_radians();
+    let x = ((lon + 180.0) / 360.0 * n).floor() as i64;
+    let y = ((1.0 - (lat.tan() + 1.0 / lat.cos()).ln() / std::f64::consts::PI) / 2.0 * n).floor()
+        as i64;
+    (x, y)
+}
+
+#[tokio::test]
+async fn sightings_map_draws_the_configured_tiles_under_the_points() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let mut env = ServerEnv::new(&db);
+    // A tile URL that is not one is refused with the reason, by every command.
+    env.extra_env.push((
+        "CTDATA__HTTP__MAP_TILE_URL".into(),
+        "ftp://tiles.example.org/map.png".into(),
+    ));
+    let out = env.command(&["migrate"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.map_tile_url") && err.contains("{z}, {x} and {y}"),
+        "{err}"
+    );
+    let (port, seen) = tile_server();
+    env.extra_env = vec![
+        (
+            "CTDATA__HTTP__MAP_TILE_URL".into(),
+            format!("http://127.0.0.1:{port}/tiles/{{z}}/{{x}}/{{y}}.png"),
+        ),
+        (
+            "CTDATA__HTTP__MAP_TILE_ATTRIBUTION".into(),
+            "Station tiles".into(),
+        ),
+    ];
+    env.admin_token();
+    let token = env.device_token("ranger-01");
+    let server = env.serve().await;
+    let base = server.http_base();
+    assert_eq!(
+        upload(&base, &token, &fixtures().join("good/csv-basic.csv")),
+        201
+    );
+    let points: Vec<(f64, f64)> = db
+        .texts("SELECT CAST(longitude AS TEXT), CAST(latitude AS TEXT) FROM sightings")
+        .await
+        .into_iter()
+        .map(|r| {
+            let v = |i: usize| r[i].as_deref().unwrap().parse::<f64>().unwrap();
+            (v(0), v(1))
+        })
+        .collect();
+    assert!(!points.is_empty());
+
+    let b = Browser::start();
+    b.goto(&format!("{base}/sightings"));
+    b.type_into("#name", "alice");
+    b.type_into("#password", PASSWORD);
+    b.click("#sign-in");
+    b.wait_text("h1", "Overview");
+    b.goto(&format!("{base}/sightings"));
+    b.wait_text("#attribution", "Station tiles");
+    assert_eq!(b.count("#map circle"), points.len());
+    let images = b.count("#map image");
+    assert!((1..=20).contains(&images), "{images} tiles");
+
+    // The browser fetched the tiles, all at one zoom, and they cover every point.
+    let asked: Vec<(u32, i64, i64)> = eventually(
+        "the browser to fetch every tile",
+        Duration::from_secs(30),
+        || {
+            let seen = seen.clone();
+            async move {
+                let paths = seen.lock().unwrap().clone();
+                let tiles: Vec<(u32, i64, i64)> = paths
+                    .iter()
+                    .filter_map(|p| {
+                        let rest = p.strip_prefix("/tiles/")?.strip_suffix(".png")?;
+                        let mut it = rest.split('/');
+                        Some((
+                            it.next()?.parse().ok()?,
+                            it.next()?.parse().ok()?,
+                            it.next()?.parse().ok()?,
+                        ))
+                    })
+                    .collect();
+                (tiles.len() >= images).then_some(tiles)
+            }
+        },
+    )
+    .await;
+    let z = asked[0].0;
+    assert!(asked.iter().all(|t| t.0 == z), "{asked:?}");
+    assert!(z > 3, "zoomed in on the points, not the world: {asked:?}");
+    for (lon, lat) in &points {
+        let (x, y) = tile_of(*lon, *lat, z);
+        assert!(
+            asked.contains(&(z, x, y)),
+            "the tile under {lon},{lat} ({z}/{x}/{y}) was not fetched: {asked:?}"
+        );
+    }
+    b.click("#map circle");
+    b.wait_text("#detail", "ranger-01");
+    screenshots(&b, "09-sightings-tiles");
+    drop(server);
 }

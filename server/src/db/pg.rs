@@ -162,19 +162,13 @@ async fn load_small(pool: &PgPool, b: &NewBatch, mut stream: RowStream) -> anyho
         return Ok(Small::Copy(replay(all, Ok(summary))));
     }
     let columns = Columns::from(&all[..]);
-    let result: sqlx::Result<Option<SmallLoad>> = sqlx::query_as(
-        "SELECT batch, device, received_at, inserted, cursor_first, cursor_last FROM ctdata_load(\
-         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+    let result: sqlx::Result<Option<SmallLoad>> = bind_batch(
+        sqlx::query_as(
+            "SELECT batch, device, received_at, inserted, cursor_first, cursor_last FROM ctdata_load(\
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+        ),
+        b,
     )
-    .bind(&b.device)
-    .bind(b.batch_id)
-    .bind(&b.sha256)
-    .bind(&b.format)
-    .bind(&b.channel)
-    .bind(&b.file_name)
-    .bind(&b.claim_name)
-    .bind(b.created_at)
-    .bind(b.sequence)
     .bind(&columns.ids)
     .bind(&columns.observed_at)
     .bind(&columns.offsets)
@@ -253,6 +247,22 @@ fn replay(all: Vec<Sighting>, result: Result<ReadSummary, Rejection>) -> RowStre
         result
     });
     RowStream { rx, done }
+}
+
+type PgQueryAs<'q, O> = sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
+
+/// Binds what is known of a batch as `$1`..`$9`: device name, batch id, sha256, format,
+/// channel, file name, claim name, created_at, sequence.
+fn bind_batch<'q, O>(q: PgQueryAs<'q, O>, b: &'q NewBatch) -> PgQueryAs<'q, O> {
+    q.bind(&b.device)
+        .bind(b.batch_id)
+        .bind(&b.sha256)
+        .bind(&b.format)
+        .bind(&b.channel)
+        .bind(&b.file_name)
+        .bind(&b.claim_name)
+        .bind(b.created_at)
+        .bind(b.sequence)
 }
 
 /// The stored batch a load found in its way.
@@ -397,16 +407,7 @@ async fn start_batch(conn: &mut PgConnection, b: &NewBatch) -> anyhow::Result<St
     );
     // At most twice: the second time after adding a device seen for the first time.
     for _ in 0..2 {
-        let inserted: Option<(i64, i64)> = sqlx::query_as(&sql)
-            .bind(&b.device)
-            .bind(b.batch_id)
-            .bind(&b.sha256)
-            .bind(&b.format)
-            .bind(&b.channel)
-            .bind(&b.file_name)
-            .bind(&b.claim_name)
-            .bind(b.created_at)
-            .bind(b.sequence)
+        let inserted: Option<(i64, i64)> = bind_batch(sqlx::query_as(&sql), b)
             .fetch_optional(&mut *conn)
             .await?;
         if let Some((batch, device)) = inserted {

@@ -61,6 +61,16 @@ pub struct DashboardSettings {
     pub stale_after_days: f64,
     /// Under TLS the session cookie is marked Secure.
     pub secure_cookie: bool,
+    /// Tiles under the sightings map (`http.map_tile_url`), if any.
+    pub map_tiles: Option<MapTiles>,
+}
+
+/// A Web Mercator tile source for the sightings map.
+#[derive(Debug, Clone)]
+pub struct MapTiles {
+    /// With `{z}`, `{x}` and `{y}`.
+    pub url: String,
+    pub attribution: Option<String>,
 }
 
 /// Folder (inside the drop directory) where request bodies are spooled.

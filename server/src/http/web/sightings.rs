@@ -13,7 +13,7 @@ use super::pages::{db, guard, pager};
 use super::require;
 use crate::commands::parse_time;
 use crate::db::{BBox, SightingQuery, SightingRow};
-use crate::http::AppState;
+use crate::http::{AppState, MapTiles};
 
 const PAGE: i64 = 50;
 /// Most points drawn on the map: the newest matching ones.
@@ -118,7 +118,7 @@ async fn render(state: &AppState, headers: &HeaderMap, f: Filters) -> Response {
         body,
         "<h2>Map{}</h2><div class=\"maprow\">{}<div id=\"detail\">Click a point to see the sighting.</div></div>",
         if points.len() as i64 == MAP_POINTS { format!(": the newest {MAP_POINTS} points") } else { format!(": {} point(s)", points.len()) },
-        map(&points, q.bbox)
+        map(&points, q.bbox, state.dashboard.map_tiles.as_ref())
     );
     body.push_str("<h2>Table</h2>");
     body.push_str(&table(&rows));
@@ -170,8 +170,9 @@ pub fn table(rows: &[SightingRow]) -> String {
     t
 }
 
-/// Plain lon/lat (equirectangular) SVG: needs no tiles and no network.
-fn map(points: &[SightingRow], bbox: Option<BBox>) -> String {
+/// The sightings map: plain lon/lat (equirectangular) SVG that needs no tiles and no
+/// network, or Web Mercator over the configured tiles.
+fn map(points: &[SightingRow], bbox: Option<BBox>, tiles: Option<&MapTiles>) -> String {
     let (mut x0, mut y0, mut x1, mut y1) = match bbox {
         Some(b) => (b.min_lon, b.min_lat, b.max_lon, b.max_lat),
         None if points.is_empty() => (-180.0, -90.0, 180.0, 90.0),
@@ -190,14 +191,26 @@ fn map(points: &[SightingRow], bbox: Option<BBox>) -> String {
     // Room around the points, and a visible area even for a single point.
     let pad = ((x1 - x0).max(y1 - y0) * 0.08).max(0.005);
     (x0, y0, x1, y1) = (x0 - pad, y0 - pad, x1 + pad, y1 + pad);
-    // A fixed 16:10 frame fills the box on a laptop without letterboxing.
+    match tiles {
+        Some(tiles) => tiled(points, (x0, y0, x1, y1), tiles),
+        None => plain(points, (x0, y0, x1, y1)),
+    }
+}
+
+/// A fixed 16:10 frame around the centre of a box: fills the map on a laptop
+/// without letterboxing.
+fn frame(x0: f64, y0: f64, x1: f64, y1: f64) -> (f64, f64, f64, f64) {
     let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
     let (w, h) = (
         (x1 - x0).max((y1 - y0) * 1.6),
         (y1 - y0).max((x1 - x0) / 1.6),
     );
-    (x0, y0, x1, y1) = (cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0);
-    let r = w / 180.0;
+    (cx - w / 2.0, cy - h / 2.0, w, h)
+}
+
+fn plain(points: &[SightingRow], (x0, y0, x1, y1): (f64, f64, f64, f64)) -> String {
+    let (x0, y0, w, h) = frame(x0, y0, x1, y1);
+    let (x1, y1) = (x0 + w, y0 + h);
     let mut svg = format!(
         "<svg class=\"map\" id=\"map\" viewBox=\"{x0} {} {w} {h}\" role=\"img\" aria-label=\"map of sightings\">",
         -y1
@@ -219,6 +232,85 @@ fn map(points: &[SightingRow], bbox: Option<BBox>) -> String {
         let _ = write!(svg, "<line x1=\"{x0}\" y1=\"{}\" x2=\"{x1}\" y2=\"{}\" vector-effect=\"non-scaling-stroke\"/>", -lat, -lat);
         lat += step;
     }
+    circles(&mut svg, points, w / 180.0, |lon, lat| (lon, -lat));
+    let _ = write!(
+        svg,
+        "</svg><p class=\"l\">Longitude {x0:.4}° to {x1:.4}°, latitude {y0:.4}° to {y1:.4}° (plain lon/lat, no tiles needed).</p>"
+    );
+    format!("<div>{svg}</div>")
+}
+
+/// Web Mercator "world pixels" at zoom `z` (256-pixel tiles).
+fn mercator(lon: f64, lat: f64, z: u32) -> (f64, f64) {
+    let world = 256.0 * f64::from(1u32 << z);
+    let lat = lat.clamp(-85.0511, 85.0511).to_radians();
+    (
+        (lon + 180.0) / 360.0 * world,
+        (1.0 - lat.tan().asinh() / std::f64::consts::PI) / 2.0 * world,
+    )
+}
+
+/// The map over tiles: the zoom that shows the box in at most about 1024 × 640 pixels
+/// (20 tiles at most), the tiles that cover it, and the points on top.
+fn tiled(
+    points: &[SightingRow],
+    (x0, y0, x1, y1): (f64, f64, f64, f64),
+    tiles: &MapTiles,
+) -> String {
+    let z = (0..=18u32)
+        .rev()
+        .find(|&z| {
+            let (a, b) = mercator(x0, y1, z);
+            let (c, d) = mercator(x1, y0, z);
+            c - a <= 1024.0 && d - b <= 640.0
+        })
+        .unwrap_or(0);
+    let (a, b) = mercator(x0, y1, z);
+    let (c, d) = mercator(x1, y0, z);
+    let (px0, py0, w, h) = frame(a, b, c, d);
+    let mut svg = format!(
+        "<svg class=\"map tiled\" id=\"map\" viewBox=\"{px0} {py0} {w} {h}\" role=\"img\" aria-label=\"map of sightings\">"
+    );
+    let n = 1i64 << z;
+    let tile = |v: f64| (v / 256.0).floor() as i64;
+    for ty in tile(py0).max(0)..=tile(py0 + h).min(n - 1) {
+        for tx in tile(px0)..=tile(px0 + w) {
+            let url = tiles
+                .url
+                .replace("{z}", &z.to_string())
+                .replace("{x}", &tx.rem_euclid(n).to_string())
+                .replace("{y}", &ty.to_string());
+            let _ = write!(
+                svg,
+                "<image href=\"{}\" x=\"{}\" y=\"{}\" width=\"256\" height=\"256\" preserveAspectRatio=\"none\"/>",
+                esc(&url),
+                tx * 256,
+                ty * 256
+            );
+        }
+    }
+    circles(&mut svg, points, w / 180.0, |lon, lat| {
+        mercator(lon, lat, z)
+    });
+    let _ = write!(
+        svg,
+        "</svg><p class=\"l\">Longitude {x0:.4}° to {x1:.4}°, latitude {y0:.4}° to {y1:.4}° (Web Mercator, zoom {z}){}.</p>",
+        tiles
+            .attribution
+            .as_deref()
+            .map(|a| format!("; tiles: <span id=\"attribution\">{}</span>", esc(a)))
+            .unwrap_or_default()
+    );
+    format!("<div>{svg}</div>")
+}
+
+/// One clickable circle per sighting at `project(lon, lat)`.
+fn circles(
+    svg: &mut String,
+    points: &[SightingRow],
+    r: f64,
+    project: impl Fn(f64, f64) -> (f64, f64),
+) {
     for p in points {
         let info = format!(
             "#{} · {} · {} · {} × {} · {:.5}, {:.5}{}",
@@ -234,21 +326,15 @@ fn map(points: &[SightingRow], bbox: Option<BBox>) -> String {
                 .map(|o| format!(" · {o}"))
                 .unwrap_or_default()
         );
+        let (x, y) = project(p.longitude, p.latitude);
         let _ = write!(
             svg,
-            "<a href=\"#s{c}\"><circle cx=\"{}\" cy=\"{}\" r=\"{r}\" data-info=\"{}\"><title>{}</title></circle></a>",
-            p.longitude,
-            -p.latitude,
+            "<a href=\"#s{c}\"><circle cx=\"{x}\" cy=\"{y}\" r=\"{r}\" data-info=\"{}\"><title>{}</title></circle></a>",
             esc(&info),
             esc(&info),
             c = p.cursor
         );
     }
-    let _ = write!(
-        svg,
-        "</svg><p class=\"l\">Longitude {x0:.4}° to {x1:.4}°, latitude {y0:.4}° to {y1:.4}° (plain lon/lat, no tiles needed).</p>"
-    );
-    format!("<div>{svg}</div>")
 }
 
 /// 1, 2 or 5 times a power of ten, near `raw`.
