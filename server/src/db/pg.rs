@@ -164,7 +164,7 @@ async fn load_small(pool: &PgPool, b: &NewBatch, mut stream: RowStream) -> anyho
     let columns = Columns::from(&all[..]);
     let result: sqlx::Result<Option<SmallLoad>> = bind_batch(
         sqlx::query_as(
-            "SELECT batch, device, received_at, inserted, cursor_first, cursor_last FROM ctdata_load(\
+            "SELECT batch, received_at, inserted, cursor_first, cursor_last FROM ctdata_load(\
              $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         ),
         b,
@@ -196,7 +196,9 @@ async fn load_small(pool: &PgPool, b: &NewBatch, mut stream: RowStream) -> anyho
         Err(e) => {
             return match classify(e)? {
                 Copied::Rejected(r) => finished(LoadResult::Rejected(r)).map(Small::Done),
-                _ => anyhow::bail!("ctdata_load reported a unique violation twice"),
+                _ => unreachable!(
+                    "unique violations are handled above and classify never finishes a load"
+                ),
             }
         }
     };
@@ -280,8 +282,6 @@ async fn exists(pool: &PgPool, b: &NewBatch) -> anyhow::Result<Attempt> {
 #[derive(sqlx::FromRow)]
 struct SmallLoad {
     batch: i64,
-    #[allow(dead_code)]
-    device: i64,
     received_at: DateTime<Utc>,
     inserted: i64,
     cursor_first: Option<i64>,
