@@ -142,6 +142,16 @@ impl<'de, E: Elements> Visitor<'de> for ArraySeed<'_, E> {
     }
 }
 
+/// The top-level object, then nothing but blank space.
+fn parse_top<'de, R: serde_json::de::Read<'de>, E: Elements>(
+    mut de: serde_json::Deserializer<R>,
+    handler: &mut E,
+) -> Result<Top, serde_json::Error> {
+    let top = de::Deserializer::deserialize_map(&mut de, TopVisitor { handler })?;
+    de.end()?;
+    Ok(top)
+}
+
 /// Parses the whole document (after sniffing said it starts with `{`), insisting that
 /// only blank space follows it. `Ok(None)` means the handler stopped the parse.
 pub(crate) fn parse<E: Elements>(
@@ -153,26 +163,12 @@ pub(crate) fn parse<E: Elements>(
         // several times faster than serde_json's byte-at-a-time reads through io::Read.
         let whole = input.reader.buffer();
         let len = whole.len();
-        let mut de = serde_json::Deserializer::from_slice(whole);
-        let result = de::Deserializer::deserialize_map(
-            &mut de,
-            TopVisitor {
-                handler: &mut *handler,
-            },
-        )
-        .and_then(|top| de.end().map(|()| top));
+        let result = parse_top(serde_json::Deserializer::from_slice(whole), handler);
         input.reader.consume(len);
         result
     } else {
         let reader: &mut BufReader<Source> = &mut input.reader;
-        let mut de = serde_json::Deserializer::from_reader(reader);
-        de::Deserializer::deserialize_map(
-            &mut de,
-            TopVisitor {
-                handler: &mut *handler,
-            },
-        )
-        .and_then(|top| de.end().map(|()| top))
+        parse_top(serde_json::Deserializer::from_reader(reader), handler)
     };
     match result {
         Ok(top) => Ok(Some(top)),
