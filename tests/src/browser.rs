@@ -22,6 +22,17 @@ fn free_port() -> u16 {
     l.local_addr().expect("local address").port()
 }
 
+/// The program's path, if `program` is a path that exists or a name found on `PATH`.
+fn which(program: &str) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if p.is_absolute() {
+        return p.exists().then(|| p.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
 fn call(method: &str, url: &str, body: Option<&Value>) -> Result<Value, String> {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "60", "-X", method, url]);
@@ -44,8 +55,20 @@ fn call(method: &str, url: &str, body: Option<&Value>) -> Result<Value, String> 
 
 impl Browser {
     /// Starts chromedriver and a fresh headless Chromium with a 1366×768 window;
-    /// downloads go to `self.download_dir()`.
-    pub fn start() -> Browser {
+    /// downloads go to `self.download_dir()`. `None` (the caller skips, saying so) when
+    /// either is not installed, except under CI, where that fails the test.
+    pub fn start() -> Option<Browser> {
+        for (program, package) in [
+            ("chromedriver", "chromium-driver"),
+            ("/usr/bin/chromium", "chromium"),
+        ] {
+            if which(program).is_none() {
+                let why = format!("{program} is not installed (apt-get install {package})");
+                assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
+                eprintln!("SKIPPED: {why}");
+                return None;
+            }
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         let downloads = dir.path().join("downloads");
         std::fs::create_dir_all(&downloads).expect("downloads dir");
@@ -84,12 +107,12 @@ impl Browser {
             .as_str()
             .expect("session id")
             .to_string();
-        Browser {
+        Some(Browser {
             driver,
             base,
             session,
             dir,
-        }
+        })
     }
 
     pub fn download_dir(&self) -> PathBuf {

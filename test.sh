@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The test command: installs and starts what the tests drive when it is missing
+# (PostgreSQL, vsftpd, lftp, Chromium and chromedriver, util-linux's `script`), then runs
+# every test suite, carrying on past a failing one so that each suite reports.
+# Installing needs root and Debian's apt-get; without them it says which tests will
+# print SKIPPED instead (outside CI; under CI, with `CI` set, those tests fail).
+# Extra arguments go to `cargo test` (e.g. `./test.sh -p ctdata-batch`).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+say() { printf '\n== %s\n' "$*"; }
+
+need=()
+command -v pg_ctlcluster >/dev/null 2>&1 || command -v pg_isready >/dev/null 2>&1 || need+=(postgresql)
+[ -x /usr/sbin/vsftpd ] || need+=(vsftpd)
+command -v lftp >/dev/null 2>&1 || need+=(lftp)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v script >/dev/null 2>&1 || need+=(util-linux)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+
+is_root=false
+[ "$(id -u)" = 0 ] && is_root=true
+
+if [ ${#need[@]} -gt 0 ]; then
+    if $is_root && command -v apt-get >/dev/null 2>&1; then
+        say "installing ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        say "missing ${need[*]}: install them (as root: apt-get install ${need[*]}); their tests print SKIPPED"
+    fi
+fi
+
+if $is_root && command -v pg_ctlcluster >/dev/null 2>&1; then
+    say "PostgreSQL"
+    bash .ci/postgres.sh
+    export CTDATA_TEST_PG="${CTDATA_TEST_PG:-postgres://ctdata_test:ctdata_test@127.0.0.1:5432/postgres}"
+elif [ -z "${CTDATA_TEST_PG:-}" ]; then
+    say "not root: PostgreSQL tests use postgres://postgres@127.0.0.1:5432/postgres (set CTDATA_TEST_PG to change)"
+fi
+
+say "cargo test --workspace --no-fail-fast"
+exec cargo test --workspace --no-fail-fast "$@"
