@@ -37,10 +37,25 @@ pub fn init(home: &Home, a: InitArgs) -> anyhow::Result<ExitCode> {
     let url = given_or_asked(a.url, ask, &format!("URL, e.g. {example}"), "--url")?;
     let device = given_or_asked(a.device, ask, "Device name, e.g. ranger-07", "--device")?;
     let mut token = a.token;
+    if a.token_stdin {
+        // On a terminal, without echo like the question below.
+        let line = if ask {
+            rpassword::prompt_password("Token: ")?
+        } else {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            bail!("--token-stdin: standard input held no token (its first line is empty)");
+        }
+        token = Some(line.to_string());
+    }
     if protocol != Protocol::Share && token.is_none() && a.token_file.is_none() {
         if !ask {
             bail!(
-                "--token or --token-file is missing ({protocol} needs the device token or FTP password)"
+                "--token-stdin, --token-file or --token is missing ({protocol} needs the device token or FTP password)"
             );
         }
         let question = match protocol {

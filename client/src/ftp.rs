@@ -134,7 +134,9 @@ pub fn login(t: &Target, session: &mut Session) -> Result<String, String> {
     fn on<T: TlsStream>(t: &Target, s: &mut ImplFtpStream<T>) -> Result<String, String> {
         s.login(t.user.as_str(), t.password.as_str()).map_err(|e| {
             format!(
-                "the FTP server refused user {:?}: {} (wrong user or password?)",
+                "the FTP server refused user {:?}: {} (wrong user or token? After repeated \
+                 failed logins from this address the server also refuses the right token for \
+                 a while (ftp.lockout_secs): wait, then try again)",
                 t.user,
                 explain(e)
             )

@@ -51,10 +51,10 @@ enum Command {
     /// Write the settings: where to send (upload) and where to download from.
     ///
     /// On a terminal, asks for whatever the flags leave out; in scripts give them all:
-    /// `ctdata init --protocol https --url https://host:8443 --device ranger-07 --token
-    /// TOKEN`, `ctdata init --protocol ftps --url ftps://host:2121/ --device ranger-07
-    /// --token TOKEN` or `ctdata init --protocol share --url /mnt/share/CTData --device
-    /// ranger-07`.
+    /// `ctdata init --protocol https --url https://host:8443 --device ranger-07
+    /// --token-stdin < token.txt`, `ctdata init --protocol ftps --url
+    /// ftps://host:2121/ --device ranger-07 --token-file /etc/ctdata/token` or `ctdata
+    /// init --protocol share --url /mnt/share/CTData --device ranger-07`.
     Init(InitArgs),
     /// Add one sighting to the open batch.
     Record(RecordArgs),
@@ -163,9 +163,15 @@ pub struct InitArgs {
     /// This device's name on the server, e.g. ranger-07
     #[arg(long)]
     pub device: Option<String>,
-    /// The device token from `ctdata-server device add NAME` (for ftp/ftps: the password)
-    #[arg(long, conflicts_with = "token_file")]
+    /// The device token from `ctdata-server device add NAME` (for ftp/ftps: the
+    /// password). Other users see it in `ps` while init runs: prefer --token-stdin or
+    /// --token-file
+    #[arg(long, conflicts_with_all = ["token_file", "token_stdin"])]
     pub token: Option<String>,
+    /// Read the token from the first line of standard input (e.g. `ctdata init …
+    /// --token-stdin < token.txt`), so it appears in no process list
+    #[arg(long, conflicts_with = "token_file")]
+    pub token_stdin: bool,
     /// A file holding the token instead (read at each use)
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,

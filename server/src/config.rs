@@ -128,6 +128,9 @@ pub struct HttpSettings {
     /// Devices whose token may also download the consolidated sightings
     /// (`GET /api/v1/sightings`, the field client's `pull`). Empty: administrators only.
     pub read_devices: Vec<String>,
+    /// Reverse proxies (IP addresses) whose `Forwarded` / `X-Forwarded-For` names the
+    /// client, for counting failed logins per client. Empty: the peer is the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -196,6 +199,7 @@ impl Default for HttpSettings {
             stale_after_days: 3.0,
             map_tile_url: None,
             map_tile_attribution: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::io::{BufRead, IsTerminal};
 
 use crate::auth::{hash_password, new_token, token_hash, MIN_PASSWORD_LEN};
-use crate::db::{Change, Db, DeviceInfo};
+use crate::db::{AdminInfo, AdminTokenInfo, Change, Db, DeviceInfo, Revoked, TokenChoice};
 use crate::dropdir::is_reserved_name;
 use crate::ingest::valid_device_name;
 
@@ -26,6 +26,13 @@ pub fn check_device_name(name: &str) -> anyhow::Result<()> {
 /// Registers a device and returns its token (shown once, never stored).
 pub async fn add_device(db: &Db, name: &str) -> anyhow::Result<String> {
     check_device_name(name)?;
+    if let Some(twin) = db.device_case_twin(name).await? {
+        anyhow::bail!(
+            "device {name} differs only in letter case from the existing device {twin}: device \
+             names are unique in any case (they are folders and FTP logins); use {twin}, or \
+             another name"
+        );
+    }
     let token = new_token();
     match db.register_device(name, &token_hash(&token)).await? {
         Change::Done => Ok(token),
@@ -118,11 +125,119 @@ pub async fn add_admin(db: &Db, name: &str, password: &str) -> anyhow::Result<()
     }
 }
 
-/// A new API token for scripts (shown once).
+/// A new API token for scripts (shown once). Its first characters are kept, to tell
+/// it apart in `admin token NAME --list` and revoke it by them.
 pub async fn admin_token(db: &Db, name: &str) -> anyhow::Result<String> {
     let token = new_token();
-    match db.add_admin_token(name, &token_hash(&token)).await? {
+    match db
+        .add_admin_token(name, &token_hash(&token), token_prefix(&token))
+        .await?
+    {
         Change::Done => Ok(token),
         _ => anyhow::bail!("no administrator named {name}; `admin add {name}` creates one"),
+    }
+}
+
+/// `ctd_` and 8 hex digits: 32 of the token's 256 bits, enough to tell tokens apart.
+pub fn token_prefix(token: &str) -> &str {
+    token.get(..12).unwrap_or(token)
+}
+
+/// `admin list` as a table.
+pub fn admin_table(admins: &[AdminInfo]) -> String {
+    let mut out = format!(
+        "{:<24} {:<16} {:>10}\n",
+        "ADMINISTRATOR", "CREATED", "API TOKENS"
+    );
+    for a in admins {
+        let created = a
+            .created_at
+            .get(..16)
+            .unwrap_or(&a.created_at)
+            .replace('T', " ");
+        out.push_str(&format!(
+            "{:<24} {:<16} {:>10}\n",
+            a.name, created, a.tokens
+        ));
+    }
+    out
+}
+
+/// An administrator's API tokens as a table.
+pub fn token_table(tokens: &[AdminTokenInfo]) -> String {
+    let minutes = |t: &str| t.get(..16).unwrap_or(t).replace('T', " ");
+    let mut out = format!(
+        "{:<6} {:<14} {:<16}  {}\n",
+        "ID", "PREFIX", "CREATED", "STATE"
+    );
+    for t in tokens {
+        let state = t
+            .revoked_at
+            .as_deref()
+            .map(|r| format!("revoked {}", minutes(r)))
+            .unwrap_or_else(|| "active".into());
+        out.push_str(&format!(
+            "{:<6} {:<14} {:<16}  {state}\n",
+            t.id,
+            t.prefix.as_deref().unwrap_or("(not kept)"),
+            minutes(&t.created_at)
+        ));
+    }
+    out
+}
+
+pub async fn remove_admin(db: &Db, name: &str) -> anyhow::Result<()> {
+    match db.remove_admin(name).await? {
+        Change::Done => Ok(()),
+        _ => anyhow::bail!("no administrator named {name}"),
+    }
+}
+
+/// Sets a new password; every dashboard sign-in of the administrator ends, except
+/// `keep` (the session that made the change).
+pub async fn set_admin_password(
+    db: &Db,
+    name: &str,
+    password: &str,
+    keep: Option<&str>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        password.chars().count() >= MIN_PASSWORD_LEN,
+        "the password must have at least {MIN_PASSWORD_LEN} characters"
+    );
+    let hash = tokio::task::spawn_blocking({
+        let password = password.to_string();
+        move || hash_password(&password)
+    })
+    .await??;
+    match db.set_admin_password(name, &hash, keep).await? {
+        Change::Done => Ok(()),
+        _ => anyhow::bail!("no administrator named {name}"),
+    }
+}
+
+pub async fn admin_tokens(db: &Db, name: &str) -> anyhow::Result<Vec<AdminTokenInfo>> {
+    db.admin_tokens(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no administrator named {name}"))
+}
+
+/// Revokes tokens; the number revoked.
+pub async fn revoke_admin_tokens(db: &Db, name: &str, which: &TokenChoice) -> anyhow::Result<u64> {
+    let what = match which {
+        TokenChoice::All => "any".to_string(),
+        TokenChoice::Prefix(p) => format!("a token starting {p:?}"),
+        TokenChoice::Id(id) => format!("token {id}"),
+    };
+    match db.revoke_admin_tokens(name, which).await? {
+        Revoked::Done(n) => Ok(n),
+        Revoked::UnknownAdmin => anyhow::bail!("no administrator named {name}"),
+        Revoked::NoMatch => anyhow::bail!(
+            "administrator {name} has no active API token matching {what}; \
+             `admin token {name} --list` lists them"
+        ),
+        Revoked::Ambiguous(n) => {
+            anyhow::bail!("{n} active API tokens of {name} match {what}: give more of the token")
+        }
     }
 }

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use ctdata_server::commands::{self, ExportArgs};
 use ctdata_server::config::{Settings, EXAMPLE_CONFIG};
 use ctdata_server::credentials;
+use ctdata_server::db::TokenChoice;
 use ctdata_server::ingest::Status;
 
 /// CTData server: collects field batches from the CTData drop directory, over HTTP(S)
@@ -80,8 +81,28 @@ enum AdminCommand {
     /// Add an administrator. The password is read from standard input (first line) when
     /// it is not a terminal, else prompted for twice; at least 10 characters.
     Add { name: String },
-    /// Create an API token for scripts and print it, once.
-    Token { name: String },
+    /// Administrators, when they were created, and their active API tokens.
+    List,
+    /// Remove an administrator, with its API tokens and dashboard sign-ins.
+    Remove { name: String },
+    /// Set a new password (read like `admin add`); the administrator's dashboard
+    /// sign-ins end.
+    Passwd { name: String },
+    /// Create an API token for scripts and print it, once. With --list, --revoke or
+    /// --all, manage the existing ones instead.
+    Token {
+        name: String,
+        /// List the administrator's tokens (their first characters, never the rest).
+        #[arg(long, conflicts_with_all = ["revoke", "all"])]
+        list: bool,
+        /// Revoke the one active token that starts with TOKEN_PREFIX (as listed, or
+        /// the whole token).
+        #[arg(long, value_name = "TOKEN_PREFIX", conflicts_with = "all")]
+        revoke: Option<String>,
+        /// Revoke all of the administrator's active tokens.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -209,7 +230,33 @@ async fn admin(settings: &Settings, cmd: AdminCommand) -> anyhow::Result<()> {
             credentials::add_admin(&db, &name, &password).await?;
             eprintln!("administrator {name} added");
         }
-        AdminCommand::Token { name } => {
+        AdminCommand::List => print!("{}", credentials::admin_table(&db.list_admins().await?)),
+        AdminCommand::Remove { name } => {
+            credentials::remove_admin(&db, &name).await?;
+            eprintln!("administrator {name} removed, with its API tokens and sign-ins");
+        }
+        AdminCommand::Passwd { name } => {
+            let password = credentials::read_new_password()?;
+            credentials::set_admin_password(&db, &name, &password, None).await?;
+            eprintln!("administrator {name} has a new password; its dashboard sign-ins ended");
+        }
+        AdminCommand::Token {
+            name, list: true, ..
+        } => print!(
+            "{}",
+            credentials::token_table(&credentials::admin_tokens(&db, &name).await?)
+        ),
+        AdminCommand::Token {
+            name, revoke, all, ..
+        } if all || revoke.is_some() => {
+            let which = match revoke {
+                Some(prefix) => TokenChoice::Prefix(credentials::token_prefix(&prefix).to_string()),
+                None => TokenChoice::All,
+            };
+            let n = credentials::revoke_admin_tokens(&db, &name, &which).await?;
+            eprintln!("{n} API token(s) of {name} revoked");
+        }
+        AdminCommand::Token { name, .. } => {
             let token = credentials::admin_token(&db, &name).await?;
             eprintln!("API token for {name} (shown only now):");
             println!("{token}");

@@ -61,6 +61,14 @@ impl Metrics {
         m.latency_total += 1;
     }
 
+    /// One administrator password checked (Argon2), whether the name exists or not.
+    pub fn password_checked(&self) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *m.counters
+            .entry(("ctdata_password_checks_total", String::new()))
+            .or_default() += 1;
+    }
+
     pub fn exported_bytes(&self, n: u64) {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         *m.counters

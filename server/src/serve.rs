@@ -192,7 +192,9 @@ async fn start_http(
         drop_dir: Arc::new(drop_dir),
         max_body_bytes: settings.http.max_body_bytes,
         body_idle_timeout: Duration::from_secs_f64(settings.http.body_idle_timeout_secs.max(0.1)),
-        auth_failures: Arc::default(),
+        auth_failures: Arc::new(crate::http::throttle::AuthFailures::new(
+            settings.http.trusted_proxies.clone(),
+        )),
         password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
         puller,
         read_devices: Arc::new(settings.http.read_devices.clone()),

@@ -57,10 +57,20 @@ fn upload(base: &str, token: &str, file: &Path) -> u16 {
     .0
 }
 
+/// Posts the sign-in form as a browser would: the page first, for its login CSRF
+/// cookie and field.
+fn login_post(base: &str, form: &str) -> (u16, String, String) {
+    let jar = tempfile::NamedTempFile::new().unwrap();
+    let jar = jar.path().to_str().unwrap();
+    let (_, _, page) = curl(&["-c", jar, &format!("{base}/login")]);
+    let form = format!("{form}&csrf={}", csrf_of(&page));
+    curl(&["-b", jar, "-d", &form, &format!("{base}/login")])
+}
+
 /// Signs in with curl; returns the session token from Set-Cookie.
 fn sign_in(base: &str, password: &str) -> (u16, Option<String>) {
     let form = format!("name=alice&password={}", password.replace(' ', "+"));
-    let (code, headers, _) = curl(&["-d", &form, &format!("{base}/login")]);
+    let (code, headers, _) = login_post(base, &form);
     let token = headers.lines().find_map(|l| {
         let v = l.strip_prefix("set-cookie: ctdata_session=")?;
         Some(v.split(';').next()?.to_string())
@@ -282,11 +292,7 @@ async fn sign_in_sessions_expire_and_forms_need_their_token() {
     let (code, token) = sign_in(&base, PASSWORD);
     assert_eq!(code, 303);
     let token = token.expect("a session cookie");
-    let (_, headers, _) = curl(&[
-        "-d",
-        "name=alice&password=a+long+enough+password",
-        &format!("{base}/login"),
-    ]);
+    let (_, headers, _) = login_post(&base, "name=alice&password=a+long+enough+password");
     let set_cookie = headers
         .lines()
         .find(|l| l.starts_with("set-cookie:"))

@@ -55,6 +55,14 @@ impl Db {
         })
     }
 
+    /// Another device whose name differs from `name` only in letter case, if any.
+    #[tracing::instrument(skip_all, err, fields(device = name))]
+    pub async fn device_case_twin(&self, name: &str) -> sqlx::Result<Option<String>> {
+        const SQL: &str = "SELECT name FROM devices WHERE lower(name) = lower($1) AND name <> $1 \
+                           ORDER BY id LIMIT 1";
+        on_pool!(self, p => sqlx::query_scalar(SQL).bind(name).fetch_optional(p).await)
+    }
+
     /// Replaces a registered device's token: the old one stops working at once.
     #[tracing::instrument(skip_all, err, fields(device = name))]
     pub async fn rotate_device(&self, name: &str, token_hash: &str) -> sqlx::Result<Change> {
@@ -133,9 +141,15 @@ impl Db {
 
     /// Stores a new API token for an administrator.
     #[tracing::instrument(skip_all, err, fields(admin = name))]
-    pub async fn add_admin_token(&self, name: &str, token_hash: &str) -> sqlx::Result<Change> {
-        const SQL: &str = "INSERT INTO admin_tokens (admin_id, token_hash) SELECT id, $2 FROM admins WHERE name = $1";
-        let done = on_pool!(self, p => sqlx::query(SQL).bind(name).bind(token_hash).execute(p).await?.rows_affected());
+    pub async fn add_admin_token(
+        &self,
+        name: &str,
+        token_hash: &str,
+        token_prefix: &str,
+    ) -> sqlx::Result<Change> {
+        const SQL: &str = "INSERT INTO admin_tokens (admin_id, token_hash, token_prefix) \
+                           SELECT id, $2, $3 FROM admins WHERE name = $1";
+        let done = on_pool!(self, p => sqlx::query(SQL).bind(name).bind(token_hash).bind(token_prefix).execute(p).await?.rows_affected());
         Ok(if done == 1 {
             Change::Done
         } else {

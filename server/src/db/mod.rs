@@ -13,6 +13,7 @@ macro_rules! on_pool {
 }
 
 mod admin;
+mod admins;
 mod credentials;
 mod dashboard;
 mod pg;
@@ -20,6 +21,7 @@ mod sources;
 mod sqlite;
 
 pub use admin::{BatchListFilter, BatchSummary, RejectionInfo};
+pub use admins::{AdminInfo, AdminTokenInfo, Revoked, TokenChoice};
 pub use credentials::{Change, DeviceInfo};
 pub use dashboard::{DayCount, DeviceStats, Session, SightingQuery, SightingRow};
 pub use sources::{PullRecord, RemoteKey};

@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 
 use super::auth::authenticate_admin;
 use super::batches::status_for;
+use super::throttle::Client;
 use super::{ApiError, AppState, ErrorBody};
 use crate::db::{BatchListFilter, BatchSummary, DeviceInfo, RejectionInfo};
 use crate::dropdir::file_away;
@@ -33,9 +34,10 @@ fn unavailable(e: sqlx::Error) -> ApiError {
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn devices(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
 ) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
-    authenticate_admin(&state, &headers).await?;
+    authenticate_admin(&state, client, &headers).await?;
     Ok(Json(
         state
             .ingestor
@@ -52,10 +54,11 @@ async fn devices(
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn batches(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     Query(f): Query<BatchListFilter>,
 ) -> Result<Json<Vec<BatchSummary>>, ApiError> {
-    authenticate_admin(&state, &headers).await?;
+    authenticate_admin(&state, client, &headers).await?;
     Ok(Json(
         state
             .ingestor
@@ -72,10 +75,11 @@ async fn batches(
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn rejected(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     Query(f): Query<BatchListFilter>,
 ) -> Result<Json<Vec<RejectionInfo>>, ApiError> {
-    authenticate_admin(&state, &headers).await?;
+    authenticate_admin(&state, client, &headers).await?;
     Ok(Json(
         state
             .ingestor
@@ -101,10 +105,11 @@ async fn rejected(
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn reprocess(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     UrlPath(id): UrlPath<i64>,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
-    authenticate_admin(&state, &headers).await?;
+    authenticate_admin(&state, client, &headers).await?;
     let receipt = reprocess_rejection(&state, id).await?;
     Ok((status_for(&receipt), Json(receipt)))
 }

@@ -1,12 +1,16 @@
 //! Who is calling: devices by token (Bearer, or Basic NAME:TOKEN), administrators by
 //! API token (Bearer) or name and password (Basic, Argon2id, a few checks at a time).
+//! Failures are counted per name and client address (see `throttle`): a name that
+//! failed too often is refused with 429 before its secret is even looked at.
 
 use axum::http::{header, HeaderMap};
 use base64::Engine;
 
+use super::throttle::{Client, UNKNOWN_TOKEN};
 use super::{ApiError, AppState};
-use crate::auth::{token_hash, verify_password};
+use crate::auth::{token_hash, verify_admin_password};
 
+#[derive(Clone)]
 enum Credentials {
     Bearer(String),
     Basic(String, String),
@@ -32,13 +36,66 @@ fn credentials(headers: &HeaderMap) -> Result<Credentials, ApiError> {
     Ok(Credentials::Basic(name.to_string(), secret.to_string()))
 }
 
+/// Runs `check` under the failed-login throttle. A named account that is locked is
+/// refused before its secret is checked; a token names no account until it matches,
+/// so a locked address's unknown tokens are refused only after the (cheap) look-up,
+/// and a valid token still works.
+async fn throttled<F, Fut>(
+    state: &AppState,
+    client: Client,
+    creds: Credentials,
+    check: F,
+) -> Result<String, ApiError>
+where
+    F: FnOnce(Credentials) -> Fut,
+    Fut: std::future::Future<Output = Result<String, ApiError>>,
+{
+    let failures = &state.auth_failures;
+    let ip = client.0;
+    let too_many = |account: &str| {
+        failures
+            .wait(account, ip)
+            .map(|w| ApiError::TooManyFailures(w.as_secs().max(1)))
+    };
+    let account = match &creds {
+        Credentials::Basic(name, _) => {
+            if let Some(e) = too_many(name) {
+                return Err(e);
+            }
+            Some(name.clone())
+        }
+        Credentials::Bearer(_) => None,
+    };
+    match check(creds).await {
+        Ok(name) => {
+            failures.succeeded(&name, ip);
+            Ok(name)
+        }
+        Err(e @ ApiError::Unauthorized(_)) => {
+            let account = account.as_deref().unwrap_or(UNKNOWN_TOKEN);
+            if let Some(locked) = too_many(account) {
+                return Err(locked);
+            }
+            failures.failed(account, ip);
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// `Authorization: Bearer TOKEN`, or Basic `NAME:TOKEN` for field software that only
 /// knows Basic. A revoked device is told so (403), anything else unknown gets 401.
 pub async fn authenticate_device(
     state: &AppState,
+    client: Client,
     headers: &HeaderMap,
 ) -> Result<String, ApiError> {
-    let (name, token) = match credentials(headers)? {
+    let creds = credentials(headers)?;
+    throttled(state, client, creds, |c| check_device(state, c)).await
+}
+
+async fn check_device(state: &AppState, creds: Credentials) -> Result<String, ApiError> {
+    let (name, token) = match creds {
         Credentials::Bearer(token) => (None, token),
         Credentials::Basic(name, token) => (Some(name), token),
     };
@@ -60,55 +117,88 @@ pub async fn authenticate_device(
     Ok(device)
 }
 
-/// An administrator: an API token, or name and password. Password checks cost ~20 ms
-/// of CPU and memory each, so only a few run at once.
-pub async fn authenticate_admin(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+/// An administrator: an API token, or name and password.
+pub async fn authenticate_admin(
+    state: &AppState,
+    client: Client,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
+    let creds = credentials(headers)?;
+    throttled(state, client, creds, |c| check_admin(state, c)).await
+}
+
+async fn check_admin(state: &AppState, creds: Credentials) -> Result<String, ApiError> {
     let refused =
         || ApiError::Unauthorized("unknown administrator or wrong password or token".into());
-    let db = &state.ingestor.db;
-    match credentials(headers)? {
-        Credentials::Bearer(token) => db
+    match creds {
+        Credentials::Bearer(token) => state
+            .ingestor
+            .db
             .admin_for_token(&token_hash(&token))
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?
             .ok_or_else(refused),
         Credentials::Basic(name, password) => {
-            let stored = db
-                .admin_password_hash(&name)
-                .await
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?
-                .ok_or_else(refused)?;
-            let _permit = state
-                .password_checks
-                .acquire()
-                .await
-                .map_err(anyhow::Error::from)?;
-            let ok = tokio::task::spawn_blocking(move || verify_password(&password, &stored))
-                .await
-                .map_err(anyhow::Error::from)?;
-            ok.then_some(name).ok_or_else(refused)
+            if admin_password_ok(state, &name, password).await? {
+                Ok(name)
+            } else {
+                Err(refused())
+            }
         }
     }
+}
+
+/// Checks an administrator's password. Each check costs ~20 ms of CPU and 19 MiB, so
+/// only a few run at once; an unknown name costs the same (see `verify_admin_password`).
+pub async fn admin_password_ok(
+    state: &AppState,
+    name: &str,
+    password: String,
+) -> Result<bool, ApiError> {
+    let stored = state
+        .ingestor
+        .db
+        .admin_password_hash(name)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let _permit = state
+        .password_checks
+        .acquire()
+        .await
+        .map_err(anyhow::Error::from)?;
+    state.ingestor.metrics.password_checked();
+    let ok =
+        tokio::task::spawn_blocking(move || verify_admin_password(&password, stored.as_deref()))
+            .await
+            .map_err(anyhow::Error::from)?;
+    Ok(ok)
 }
 
 /// Who may download sightings: an administrator, or a device the administrator listed
 /// in `http.read_devices`. Any other device is told why (403), not just refused.
 pub async fn authenticate_reader(
     state: &AppState,
+    client: Client,
     headers: &HeaderMap,
 ) -> Result<String, ApiError> {
-    let refused = match authenticate_admin(state, headers).await {
-        Ok(admin) => return Ok(admin),
-        Err(e @ ApiError::Unauthorized(_)) => e,
-        Err(e) => return Err(e),
-    };
-    match authenticate_device(state, headers).await {
-        Ok(device) if state.read_devices.contains(&device) => Ok(device),
-        Ok(device) => Err(ApiError::Forbidden(format!(
-            "device {device} may not download sightings: an administrator can allow it \
-             in http.read_devices"
-        ))),
-        Err(ApiError::Forbidden(m)) => Err(ApiError::Forbidden(m)),
-        Err(_) => Err(refused),
-    }
+    let creds = credentials(headers)?;
+    // One attempt, counted once, whichever kind of account it turns out to be.
+    throttled(state, client, creds, |c| async move {
+        let copy = c.clone();
+        let refused = match check_admin(state, c).await {
+            Ok(admin) => return Ok(admin),
+            Err(e @ ApiError::Unauthorized(_)) => e,
+            Err(e) => return Err(e),
+        };
+        match check_device(state, copy).await {
+            Ok(device) if state.read_devices.contains(&device) => Ok(device),
+            Ok(device) => Err(ApiError::Forbidden(format!(
+                "device {device} may not download sightings: an administrator can allow it \
+                 in http.read_devices"
+            ))),
+            Err(ApiError::Forbidden(m)) => Err(ApiError::Forbidden(m)),
+            Err(_) => Err(refused),
+        }
+    })
+    .await
 }

@@ -10,6 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::authenticate_device;
+use super::throttle::Client;
 use super::{ApiError, AppState, ErrorBody, INCOMING};
 use crate::dropdir::{file_away, rejected_path, stamp};
 use crate::ingest::{channel, Delivery, Receipt, Status, DEVICE_MISMATCH};
@@ -38,10 +39,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 async fn post_batch(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
-    let device = authenticate_device(&state, &headers).await?;
+    let device = authenticate_device(&state, client, &headers).await?;
     check_encoding(&headers)?;
     let claim = format!("{}-upload", stamp());
     // A folder per device: concurrent uploads do not all queue for one directory lock.

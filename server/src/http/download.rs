@@ -8,6 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::authenticate_admin;
+use super::throttle::Client;
 use super::{ApiError, AppState, ErrorBody};
 use crate::sources::DownloadReport;
 
@@ -36,10 +37,11 @@ pub struct DownloadQuery {
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn download(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     Query(q): Query<DownloadQuery>,
 ) -> Result<Json<DownloadReport>, ApiError> {
-    let admin = authenticate_admin(&state, &headers).await?;
+    let admin = authenticate_admin(&state, client, &headers).await?;
     tracing::info!(
         admin,
         source = q.source.as_deref().unwrap_or("(all)"),

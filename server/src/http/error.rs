@@ -34,6 +34,8 @@ pub enum ApiError {
     Gone(String),
     #[error("the request body stalled for more than {0} s")]
     BodyTimeout(u64),
+    #[error("too many failed logins for this name from this address; try again in {0} s")]
+    TooManyFailures(u64),
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -52,6 +54,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Gone(_) => "gone",
             ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::TooManyFailures(_) => "too_many_failures",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -88,6 +92,11 @@ impl IntoResponse for ApiError {
             message,
         });
         let mut response = (status, body).into_response();
+        if let ApiError::TooManyFailures(secs) = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(*secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

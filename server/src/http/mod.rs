@@ -6,8 +6,9 @@ mod auth;
 mod batches;
 mod download;
 mod error;
+mod headers;
 mod sightings;
-mod throttle;
+pub(crate) mod throttle;
 pub mod tls;
 mod web;
 mod whoami;
@@ -42,7 +43,7 @@ pub struct AppState {
     pub max_body_bytes: u64,
     /// Longest silence inside a request body.
     pub body_idle_timeout: Duration,
-    /// Failed logins by address.
+    /// Failed logins by name and client address.
     pub auth_failures: Arc<throttle::AuthFailures>,
     /// Caps concurrent Argon2 password checks.
     pub password_checks: Arc<tokio::sync::Semaphore>,
@@ -87,9 +88,10 @@ pub fn app(state: AppState, max_concurrent_requests: usize) -> Router {
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            throttle::throttle_failed_logins,
+            throttle::client_address,
         ))
         .with_state(state)
+        .layer(axum::middleware::from_fn(headers::security_headers))
         .layer(axum::middleware::from_fn(trace_request))
         .layer(tower::limit::ConcurrencyLimitLayer::new(
             max_concurrent_requests.max(1),

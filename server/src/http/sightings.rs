@@ -11,6 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::authenticate_reader;
+use super::throttle::Client;
 use super::{ApiError, AppState, ErrorBody};
 use crate::commands::parse_time;
 use crate::db::{BBox, ExportFilter};
@@ -59,13 +60,14 @@ struct Params {
 )]
 async fn download(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     Query(p): Query<Params>,
 ) -> Result<Response, ApiError> {
     // The dashboard's Download buttons are plain links: a signed-in browser sends its
     // session cookie (safe here: this GET changes nothing).
     if super::web::signed_in(&state, &headers).await.is_none() {
-        authenticate_reader(&state, &headers).await?;
+        authenticate_reader(&state, client, &headers).await?;
     }
     let format: ExportFormat = p
         .format

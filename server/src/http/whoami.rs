@@ -8,6 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::authenticate_device;
+use super::throttle::Client;
 use super::{ApiError, AppState, ErrorBody};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -34,8 +35,9 @@ pub struct WhoAmI {
 )]
 async fn whoami(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
 ) -> Result<Json<WhoAmI>, ApiError> {
-    let device = authenticate_device(&state, &headers).await?;
+    let device = authenticate_device(&state, client, &headers).await?;
     Ok(Json(WhoAmI { device }))
 }

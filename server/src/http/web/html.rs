@@ -75,7 +75,7 @@ pub fn page(signed: &Signed, active: &str, title: &str, body: &str) -> Html<Stri
     }
     Html(format!(
         "{}<body><header><a class=\"brand\" href=\"/\">CTData</a><nav>{nav}</nav>\
-         <div class=\"who\">{}{}</div></header><main><h1>{}</h1>{body}</main></body></html>",
+         <div class=\"who\"><a href=\"/account\" id=\"account\">{}</a>{}</div></header><main><h1>{}</h1>{body}</main></body></html>",
         head(title),
         esc(&signed.admin),
         button(signed, "/logout", "Sign out", "link"),
@@ -93,18 +93,27 @@ pub fn message_page(title: &str, message: &str) -> Html<String> {
     ))
 }
 
-pub fn login_page(error: Option<&str>) -> Html<String> {
+pub fn login_page(error: Option<&str>, csrf: &str, no_admins: bool) -> Html<String> {
     let error = error
         .map(|e| format!("<p class=\"error\" id=\"login-error\">{}</p>", esc(e)))
         .unwrap_or_default();
+    let first = if no_admins {
+        "<p id=\"no-admin\">No administrator exists yet. On the server, create the first one \
+         with <code>ctdata-server admin add NAME</code> (it asks for the password), then sign \
+         in here.</p>"
+    } else {
+        ""
+    };
     Html(format!(
-        "{}<body><main class=\"narrow\"><h1>CTData sign in</h1>{error}\
+        "{}<body><main class=\"narrow\"><h1>CTData sign in</h1>{error}{first}\
          <form method=\"post\" action=\"/login\" class=\"stack\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
          <label>Administrator <input name=\"name\" id=\"name\" autocomplete=\"username\" required></label>\
          <label>Password <input type=\"password\" name=\"password\" id=\"password\" \
          autocomplete=\"current-password\" required></label>\
          <button id=\"sign-in\">Sign in</button></form></main></body></html>",
-        head("Sign in")
+        head("Sign in"),
+        esc(csrf)
     ))
 }
 

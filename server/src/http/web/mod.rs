@@ -3,6 +3,7 @@
 //! its SHA-256 in `sessions`); every form that changes something carries the session's
 //! CSRF token, checked here.
 
+mod account;
 mod html;
 mod manage;
 mod pages;
@@ -15,8 +16,9 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
+use super::throttle::Client;
 use super::AppState;
-use crate::auth::{token_hash, verify_password};
+use crate::auth::token_hash;
 
 const COOKIE: &str = "ctdata_session";
 
@@ -36,6 +38,9 @@ pub fn router() -> Router<AppState> {
         .route("/devices/{name}/rotate", post(manage::rotate))
         .route("/devices/{name}/revoke", post(manage::revoke))
         .route("/sources", get(manage::sources).post(manage::download))
+        .route("/account", get(account::account))
+        .route("/account/password", post(account::change_password))
+        .route("/account/tokens/{id}/revoke", post(account::revoke_token))
         .route("/assets/style.css", get(style))
         .route("/assets/map.js", get(map_js))
 }
@@ -58,7 +63,7 @@ async fn map_js() -> Response {
 pub struct Signed {
     pub admin: String,
     pub csrf: String,
-    token_hash: String,
+    pub token_hash: String,
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
@@ -116,16 +121,7 @@ pub(super) async fn require_form(
             "You are not signed in (or the sign-in expired). Sign in and try again.",
         ));
     };
-    let given = csrf.unwrap_or_default().as_bytes();
-    let expected = signed.csrf.as_bytes();
-    // Length first, then every byte, so the comparison's time says nothing.
-    let same = given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
+    if !same_secret(csrf.unwrap_or_default(), &signed.csrf) {
         return Err(refused(
             "This form did not carry its security token (CSRF). Reload the page and try again.",
         ));
@@ -139,41 +135,93 @@ pub(super) fn failure(e: impl std::fmt::Display) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
+/// The sign-in form's own CSRF guard (double submit): a random value in a cookie and in
+/// the form, which must agree. Another site can post to /login but can neither read
+/// nor set the cookie, so it cannot sign a browser in to an account it chose.
+const LOGIN_COOKIE: &str = "ctdata_login";
+
+fn login_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(&format!("{LOGIN_COOKIE}="))
+                .map(str::to_string)
+        })
+}
+
+/// The sign-in page with a fresh login CSRF value, and a hint when no administrator
+/// exists yet. `status` is 200, or 401/429 after a refused attempt.
+async fn login_form(state: &AppState, status: StatusCode, error: Option<&str>) -> Response {
+    let no_admins = matches!(state.ingestor.db.admin_count().await, Ok(0));
+    let csrf = hex::encode(rand::random::<[u8; 32]>());
+    let secure = if state.dashboard.secure_cookie {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!("{LOGIN_COOKIE}={csrf}; Path=/login; HttpOnly; SameSite=Strict{secure}");
+    let body = html::login_page(error, &csrf, no_admins);
+    (status, [(header::SET_COOKIE, cookie)], body).into_response()
+}
+
 async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if signed_in(&state, &headers).await.is_some() {
         return Redirect::to("/").into_response();
     }
-    html::login_page(None).into_response()
+    login_form(&state, StatusCode::OK, None).await
 }
 
 #[derive(Deserialize)]
 pub(super) struct LoginForm {
     name: String,
     password: String,
+    csrf: Option<String>,
 }
 
-async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
-    let wrong = || {
-        let body = html::login_page(Some("Wrong name or password."));
-        // 401, so the failed-login throttle counts it like an API login.
-        (StatusCode::UNAUTHORIZED, body).into_response()
-    };
-    let db = &state.ingestor.db;
-    let stored = match db.admin_password_hash(&f.name).await {
-        Ok(Some(h)) => h,
-        Ok(None) => return wrong(),
+async fn login(
+    State(state): State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let cookie = login_cookie(&headers);
+    if cookie.is_none()
+        || !same_secret(
+            f.csrf.as_deref().unwrap_or_default(),
+            cookie.as_deref().unwrap_or_default(),
+        )
+    {
+        let why = "This sign-in form did not come from this server's sign-in page (CSRF). Reload the page and try again.";
+        return login_form(&state, StatusCode::FORBIDDEN, Some(why)).await;
+    }
+    let failures = &state.auth_failures;
+    if let Some(wait) = failures.wait(&f.name, client.0) {
+        let why = format!(
+            "Too many failed sign-ins for this name from this address; try again in {} s.",
+            wait.as_secs().max(1)
+        );
+        return login_form(&state, StatusCode::TOO_MANY_REQUESTS, Some(&why)).await;
+    }
+    match super::auth::admin_password_ok(&state, &f.name, f.password).await {
+        Ok(true) => failures.succeeded(&f.name, client.0),
+        Ok(false) => {
+            failures.failed(&f.name, client.0);
+            return login_form(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                Some("Wrong name or password."),
+            )
+            .await;
+        }
         Err(e) => return failure(e),
-    };
-    let Ok(_permit) = state.password_checks.acquire().await else {
-        return failure("the server is shutting down");
-    };
-    let password = f.password;
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &stored)).await;
-    if !ok.unwrap_or(false) {
-        return wrong();
     }
     let token = hex::encode(rand::random::<[u8; 32]>());
     let csrf = hex::encode(rand::random::<[u8; 32]>());
+    let db = &state.ingestor.db;
     let life = state.dashboard.session.as_secs() as i64;
     if let Err(e) = db
         .create_session(&token_hash(&token), &f.name, &csrf, now(), now() + life)
@@ -189,14 +237,26 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
     };
     let cookie =
         format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={life}{secure}");
-    (
-        StatusCode::SEE_OTHER,
-        [
-            (header::SET_COOKIE, cookie),
-            (header::LOCATION, "/".to_string()),
-        ],
-    )
-        .into_response()
+    let spent = format!("{LOGIN_COOKIE}=; Path=/login; HttpOnly; Max-Age=0");
+    let mut response =
+        (StatusCode::SEE_OTHER, [(header::LOCATION, "/".to_string())]).into_response();
+    for c in [cookie, spent] {
+        if let Ok(v) = header::HeaderValue::from_str(&c) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    response
+}
+
+/// Equal secrets, compared in a time that says nothing about where they differ.
+fn same_secret(given: &str, expected: &str) -> bool {
+    let (given, expected) = (given.as_bytes(), expected.as_bytes());
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 #[derive(Deserialize)]
