@@ -155,10 +155,15 @@ pub struct FtpSettings {
     pub max_login_failures: u32,
     /// How long a locked-out name and address stays refused.
     pub lockout_secs: u64,
-    /// `.part` uploads untouched for this long are deleted.
+    /// Unfinished uploads (temporary names: `.part`, `.tmp`, `~`, dotfiles…)
+    /// untouched for this long are deleted.
     pub stale_part_secs: u64,
     /// Fsync each upload before answering the client, not only before ingesting it.
     pub fsync_before_reply: bool,
+    /// Largest single upload; a bigger one is cut off with 552 and removed.
+    pub max_file_bytes: u64,
+    /// Most bytes a device's folder may hold (unfinished uploads included).
+    pub device_quota_bytes: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -219,6 +224,8 @@ impl Default for FtpSettings {
             lockout_secs: 300,
             stale_part_secs: 86_400,
             fsync_before_reply: false,
+            max_file_bytes: 1 << 30,
+            device_quota_bytes: 10 << 30,
         }
     }
 }

@@ -1,18 +1,22 @@
 //! What a device sees over FTP: its own folder `<drop_dir>/<device>/` as `/`, and
-//! nothing else. Complete uploads are handed to the ingest loop the moment they are
+//! nothing else (resolved by the kernel beneath the opened folder: see `beneath`). Complete uploads are handed to the ingest loop the moment they are
 //! complete (see [`Handoff`]).
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use nix::fcntl::OFlag;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use unftp_core::storage::{Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend};
 
 use super::auth::Device;
+use super::beneath::{remove_at, Rel, Root};
+use super::control::{self, Control, Held};
 use super::handoff::{Handoff, UPLOAD_PREFIX};
 use crate::dropdir::is_candidate_name;
 
@@ -20,76 +24,59 @@ use crate::dropdir::is_candidate_name;
 #[derive(Debug)]
 pub struct DeviceFs {
     handoff: Arc<Handoff>,
-    data_timeout: Duration,
+    limits: Limits,
+    /// The session's control connection (none in the server built to check settings).
+    control: Option<Arc<Control>>,
     /// The device and its folder, once logged in.
-    home: Option<(String, PathBuf)>,
+    home: Option<(String, Root)>,
+}
+
+/// What one device may upload.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub data_timeout: Duration,
+    pub max_file_bytes: u64,
+    pub device_quota_bytes: u64,
 }
 
 impl DeviceFs {
-    pub fn new(handoff: Arc<Handoff>, data_timeout: Duration) -> DeviceFs {
+    pub fn new(handoff: Arc<Handoff>, limits: Limits, control: Option<Arc<Control>>) -> DeviceFs {
         DeviceFs {
             handoff,
-            data_timeout,
+            limits,
+            control,
             home: None,
         }
     }
 
-    fn home(&self) -> Result<(&str, &Path)> {
+    fn home(&self) -> Result<(&str, &Root)> {
         self.home
             .as_ref()
-            .map(|(d, p)| (d.as_str(), p.as_path()))
+            .map(|(d, r)| (d.as_str(), r))
             .ok_or_else(|| Error::from(ErrorKind::PermissionDenied))
     }
 
-    /// Maps an FTP path onto the device's folder. `..` may not climb above `/`, and no
-    /// existing component may be a symlink (it could point anywhere): both are 550.
-    fn resolve(&self, path: &Path) -> Result<PathBuf> {
+    /// An FTP path as a path below the device's folder (`..` may not climb above `/`).
+    fn resolve(&self, path: &Path) -> Result<(&Root, Rel)> {
         let (_, root) = self.home()?;
-        let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
-        for c in path.components() {
-            match c {
-                Component::Prefix(_) | Component::RootDir => parts.clear(),
-                Component::CurDir => {}
-                Component::ParentDir => {
-                    parts.pop().ok_or_else(|| denied("`..` above the root"))?;
-                }
-                Component::Normal(n) => parts.push(n),
-            }
-        }
-        let mut full = root.to_path_buf();
-        // Once a component is missing, nothing below it exists to be a symlink.
-        let mut exists = true;
-        for part in parts {
-            full.push(part);
-            if exists {
-                match std::fs::symlink_metadata(&full) {
-                    Ok(m) if m.file_type().is_symlink() => return Err(denied("a symlink")),
-                    Ok(_) => {}
-                    Err(_) => exists = false,
-                }
-            }
-        }
-        Ok(full)
+        Ok((root, Rel::parse(path).map_err(fs_error)?))
     }
 
-    /// `resolve`, refusing the root itself (it may not be deleted or renamed).
-    fn resolve_below_root(&self, path: &Path) -> Result<PathBuf> {
-        let full = self.resolve(path)?;
-        if full == self.home()?.1 {
-            return Err(denied("the root folder"));
-        }
-        Ok(full)
-    }
-
+    /// Copies the upload into `file`, counting from `start` bytes: cut off when it
+    /// passes the per-file limit or the device's quota (`used` is what the folder
+    /// held before).
     async fn write_all_from<R: AsyncRead + Unpin>(
         &self,
         mut input: R,
         file: &mut tokio::fs::File,
-    ) -> io::Result<u64> {
+        start: u64,
+        used: u64,
+    ) -> Result<u64> {
+        let limits = self.limits;
         let mut buf = vec![0u8; 64 * 1024];
         let mut total = 0u64;
         loop {
-            let n = tokio::time::timeout(self.data_timeout, input.read(&mut buf))
+            let n = tokio::time::timeout(limits.data_timeout, input.read(&mut buf))
                 .await
                 .map_err(|_| {
                     io::Error::new(
@@ -100,11 +87,70 @@ impl DeviceFs {
             if n == 0 {
                 break;
             }
-            file.write_all(&buf[..n]).await?;
             total += n as u64;
+            if start + total > limits.max_file_bytes {
+                return Err(over("the file is larger than ftp.max_file_bytes"));
+            }
+            if used + total > limits.device_quota_bytes {
+                return Err(over(
+                    "the device's folder would pass ftp.device_quota_bytes",
+                ));
+            }
+            file.write_all(&buf[..n]).await?;
         }
         file.flush().await?;
         Ok(total)
+    }
+
+    /// Hands off the uploads whose 226 the client has heard: this call is for a
+    /// later command, so it has.
+    async fn release(&self) -> Result<()> {
+        if let Some(control) = &self.control {
+            control::hand_off(&self.handoff, control.take_confirmed()).await?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the device's folder holds now (symlinks not followed).
+    async fn used(&self) -> u64 {
+        let Ok((_, root)) = self.home() else {
+            return 0;
+        };
+        let path = root.path.clone();
+        tokio::task::spawn_blocking(move || folder_bytes(&path, 0))
+            .await
+            .unwrap_or(0)
+    }
+}
+
+fn over(why: &'static str) -> Error {
+    tracing::warn!("FTP upload refused: {why}");
+    Error::new(ErrorKind::ExceededStorageAllocationError, why)
+}
+
+fn folder_bytes(dir: &Path, depth: usize) -> u64 {
+    // Device folders are shallow; a deep tree is not ours to walk.
+    if depth > 8 {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match std::fs::symlink_metadata(e.path()) {
+            Ok(m) if m.is_dir() => folder_bytes(&e.path(), depth + 1),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn fs_error(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => Error::new(ErrorKind::PermissionDenied, e),
+        io::ErrorKind::NotFound => Error::new(ErrorKind::PermanentFileNotAvailable, e),
+        _ => Error::from(e),
     }
 }
 
@@ -112,10 +158,10 @@ fn denied(why: &'static str) -> Error {
     Error::new(ErrorKind::PermissionDenied, why)
 }
 
-fn file_name(path: &Path) -> Result<String> {
-    path.file_name()
+fn file_name(rel: &Rel) -> Result<String> {
+    rel.name()
         .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::from(ErrorKind::FileNameNotAllowedError))
+        .map_err(|_| Error::from(ErrorKind::FileNameNotAllowedError))
 }
 
 /// Whether a name is one the server writes while an upload of a final name runs.
@@ -155,7 +201,7 @@ impl StorageBackend<Device> for DeviceFs {
     type Metadata = Meta;
 
     fn enter(&mut self, user: &Device) -> io::Result<()> {
-        let root = self.handoff.device_root(&user.name)?;
+        let root = Root::open(&self.handoff.device_root(&user.name)?)?;
         self.home = Some((user.name.clone(), root));
         Ok(())
     }
@@ -169,8 +215,9 @@ impl StorageBackend<Device> for DeviceFs {
         _user: &Device,
         path: P,
     ) -> Result<Meta> {
-        let full = self.resolve(path.as_ref())?;
-        Ok(Meta(tokio::fs::symlink_metadata(full).await?))
+        self.release().await?;
+        let (root, rel) = self.resolve(path.as_ref())?;
+        Ok(Meta(root.stat(&rel).map_err(fs_error)?))
     }
 
     async fn list<P: AsRef<Path> + Send + fmt::Debug>(
@@ -178,20 +225,16 @@ impl StorageBackend<Device> for DeviceFs {
         _user: &Device,
         path: P,
     ) -> Result<Vec<Fileinfo<PathBuf, Meta>>> {
-        let full = self.resolve(path.as_ref())?;
+        self.release().await?;
+        let (root, rel) = self.resolve(path.as_ref())?;
         let mut out = Vec::new();
-        let mut entries = tokio::fs::read_dir(full).await?;
-        while let Some(entry) = entries.next_entry().await? {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(meta) = entry.metadata().await else {
-                continue;
-            };
+        for (name, meta) in root.list(&rel).map_err(fs_error)? {
             // Symlinks lead nowhere a device may go; our own upload temps are not its files.
-            if meta.file_type().is_symlink() || is_own_temp(&name) {
+            if meta.file_type().is_symlink() || is_own_temp(&name.to_string_lossy()) {
                 continue;
             }
             out.push(Fileinfo {
-                path: entry.path(),
+                path: PathBuf::from(name),
                 metadata: Meta(meta),
             });
         }
@@ -204,12 +247,21 @@ impl StorageBackend<Device> for DeviceFs {
         path: P,
         start_pos: u64,
     ) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
-        let full = self.resolve(path.as_ref())?;
-        let mut file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(full)
-            .await?;
+        self.release().await?;
+        let (root, rel) = self.resolve(path.as_ref())?;
+        // O_NONBLOCK: a FIFO planted over the share must not hang the open.
+        let fd = root
+            .open_at(
+                &rel,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK,
+                0,
+            )
+            .map_err(fs_error)?;
+        let file = std::fs::File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(Error::from(ErrorKind::PermanentFileNotAvailable));
+        }
+        let mut file = tokio::fs::File::from_std(file);
         if start_pos > 0 {
             file.seek(io::SeekFrom::Start(start_pos)).await?;
         }
@@ -226,24 +278,40 @@ impl StorageBackend<Device> for DeviceFs {
         path: P,
         start_pos: u64,
     ) -> Result<u64> {
+        self.release().await?;
         let (device, _) = self.home()?;
-        let full = self.resolve_below_root(path.as_ref())?;
-        let name = file_name(&full)?;
+        let (root, rel) = self.resolve(path.as_ref())?;
+        let name = file_name(&rel)?;
+        let used = self.used().await;
         if !is_candidate_name(&name) {
             // A temporary name (x.part): written in place, never ingested from here; a
             // client may resume it (REST).
-            let mut file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(start_pos == 0)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&full)
-                .await?;
+            let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW;
+            if start_pos == 0 {
+                flags |= OFlag::O_TRUNC;
+            }
+            let fd = root.open_at(&rel, flags, 0o644).map_err(fs_error)?;
+            let mut file = tokio::fs::File::from_std(std::fs::File::from(fd));
+            let before = file.metadata().await?.len();
             if start_pos > 0 {
                 file.set_len(start_pos).await?;
                 file.seek(io::SeekFrom::Start(start_pos)).await?;
             }
-            return Ok(self.write_all_from(input, &mut file).await?);
+            // The bytes it replaces are not counted twice against the quota.
+            let used = used.saturating_sub(before);
+            let written = self
+                .write_all_from(input, &mut file, start_pos, used + start_pos)
+                .await;
+            if written
+                .as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::ExceededStorageAllocationError)
+            {
+                // Kept, it would hold the quota for nothing; a cut connection's part is
+                // kept for the client to resume.
+                drop(file);
+                let _ = root.remove(&rel, false);
+            }
+            return written;
         }
         // A final name: written under a hidden name beside it, so nobody (the share
         // scanner included) sees half a file under the final name; complete, it goes
@@ -254,44 +322,68 @@ impl StorageBackend<Device> for DeviceFs {
                 "resume only uploads to a temporary name (x.part)",
             ));
         }
-        let dir = full.parent().unwrap_or(&full).to_path_buf();
-        let temp = dir.join(format!(
-            "{UPLOAD_PREFIX}{}-{name}.part",
-            crate::dropdir::stamp()
-        ));
-        let result = async {
-            let mut file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp)
-                .await?;
-            self.write_all_from(input, &mut file).await
+        let (parent, _) = rel.split().map_err(fs_error)?;
+        let dir = root.dir(&parent).map_err(fs_error)?;
+        let temp = format!("{UPLOAD_PREFIX}{}-{name}.part", crate::dropdir::stamp());
+        let fd = root
+            .open_at(
+                &parent.join(&temp),
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+                0o644,
+            )
+            .map_err(fs_error)?;
+        let mut file = tokio::fs::File::from_std(std::fs::File::from(fd));
+        let mut written = self.write_all_from(input, &mut file, 0, used).await;
+        if written.is_ok() && self.handoff.fsync_before_reply {
+            written = file
+                .sync_all()
+                .await
+                .map(|_| 0)
+                .map_err(Error::from)
+                .and(written);
         }
-        .await;
-        match result {
-            Ok(n) => {
-                self.handoff.complete(device, &temp, &name).await?;
-                Ok(n)
-            }
+        drop(file);
+        let n = match written {
+            Ok(n) => n,
             Err(e) => {
-                let _ = tokio::fs::remove_file(&temp).await;
-                Err(e.into())
+                let _ = remove_at(&dir, OsStr::new(&temp), false);
+                return Err(e);
             }
+        };
+        let held = Held::new(device, dir, temp, name, n);
+        let Some(control) = &self.control else {
+            control::hand_off(&self.handoff, vec![held]).await?;
+            return Ok(n);
+        };
+        // The end of the data is the end of the file only if the client is still
+        // there to hear the 226: held until it shows it was (see `control`).
+        if !control.client_present() {
+            held.incomplete("the client left before the upload was answered");
+            return Err(Error::new(
+                ErrorKind::ConnectionClosed,
+                "the client left before the upload was answered",
+            ));
         }
+        control.hold(held);
+        Ok(n)
     }
 
     async fn del<P: AsRef<Path> + Send + fmt::Debug>(&self, _user: &Device, path: P) -> Result<()> {
-        let full = self.resolve_below_root(path.as_ref())?;
-        let meta = tokio::fs::symlink_metadata(&full).await?;
-        if !meta.is_file() {
+        self.release().await?;
+        let (root, rel) = self.resolve(path.as_ref())?;
+        if rel.is_root() {
+            return Err(denied("the root folder"));
+        }
+        if !root.stat(&rel).map_err(fs_error)?.is_file() {
             return Err(Error::from(ErrorKind::PermanentFileNotAvailable));
         }
-        Ok(tokio::fs::remove_file(full).await?)
+        Ok(root.remove(&rel, false).map_err(fs_error)?)
     }
 
     async fn mkd<P: AsRef<Path> + Send + fmt::Debug>(&self, _user: &Device, path: P) -> Result<()> {
-        let full = self.resolve_below_root(path.as_ref())?;
-        Ok(tokio::fs::create_dir(full).await?)
+        self.release().await?;
+        let (root, rel) = self.resolve(path.as_ref())?;
+        Ok(root.create_dir(&rel).map_err(fs_error)?)
     }
 
     async fn rename<P: AsRef<Path> + Send + fmt::Debug>(
@@ -300,34 +392,42 @@ impl StorageBackend<Device> for DeviceFs {
         from: P,
         to: P,
     ) -> Result<()> {
+        self.release().await?;
         let (device, _) = self.home()?;
-        let from = self.resolve_below_root(from.as_ref())?;
-        let to = self.resolve_below_root(to.as_ref())?;
-        let meta = tokio::fs::symlink_metadata(&from).await?;
+        let (root, from) = self.resolve(from.as_ref())?;
+        let (_, to) = self.resolve(to.as_ref())?;
+        if from.is_root() || to.is_root() {
+            return Err(denied("the root folder"));
+        }
+        let meta = root.stat(&from).map_err(fs_error)?;
         let to_name = file_name(&to)?;
-        let onto_folder = tokio::fs::symlink_metadata(&to)
-            .await
-            .is_ok_and(|m| m.is_dir());
+        let onto_folder = root.stat(&to).is_ok_and(|m| m.is_dir());
         if meta.is_file() && is_candidate_name(&to_name) && !onto_folder {
             // x.part → x.json: the upload is complete. Whichever folder it names, it
             // is this device's delivery: ingest it now.
-            return Ok(self.handoff.complete(device, &from, &to_name).await?);
+            let (parent, from_name) = from.split().map_err(fs_error)?;
+            let dir = root.dir(&parent).map_err(fs_error)?;
+            return Ok(self
+                .handoff
+                .complete(device, dir, from_name, &to_name)
+                .await?);
         }
-        Ok(tokio::fs::rename(from, to).await?)
+        Ok(root.rename(&from, &to).map_err(fs_error)?)
     }
 
     async fn rmd<P: AsRef<Path> + Send + fmt::Debug>(&self, _user: &Device, path: P) -> Result<()> {
-        let full = self.resolve_below_root(path.as_ref())?;
-        Ok(tokio::fs::remove_dir(full).await?)
+        self.release().await?;
+        let (root, rel) = self.resolve(path.as_ref())?;
+        Ok(root.remove(&rel, true).map_err(fs_error)?)
     }
 
     async fn cwd<P: AsRef<Path> + Send + fmt::Debug>(&self, _user: &Device, path: P) -> Result<()> {
-        let full = self.resolve(path.as_ref())?;
-        let meta = tokio::fs::symlink_metadata(full).await?;
-        if meta.is_dir() {
-            Ok(())
-        } else {
-            Err(Error::from(ErrorKind::PermanentDirectoryNotAvailable))
-        }
+        self.release().await?;
+        let (root, rel) = self.resolve(path.as_ref())?;
+        root.dir(&rel).map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => fs_error(e),
+            _ => Error::from(ErrorKind::PermanentDirectoryNotAvailable),
+        })?;
+        Ok(())
     }
 }

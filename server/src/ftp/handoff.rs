@@ -21,7 +21,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
-use crate::dropdir::{claim_into, is_server_folder};
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use crate::dropdir::{is_candidate_name, is_server_folder, stamp, PROCESSING};
 use crate::ingest::channel;
 
 /// Hidden name prefix of an upload of a final name still being written.
@@ -56,25 +62,43 @@ impl Handoff {
         Ok(root)
     }
 
-    /// `path` (a complete upload) is `device`'s delivery `name`: claim it and wake the
-    /// ingest loop.
-    pub async fn complete(&self, device: &str, path: &Path, name: &str) -> io::Result<()> {
+    /// `temp` in the opened folder `dir` (a complete upload) is `device`'s delivery
+    /// `name`: claim it and wake the ingest loop. Acting on the opened folder, not a
+    /// path, so a symlink swapped in above it cannot redirect the claim.
+    pub async fn complete(
+        &self,
+        device: &str,
+        dir: OwnedFd,
+        temp: &OsStr,
+        name: &str,
+    ) -> io::Result<()> {
         let sync = self.fsync_before_reply;
-        let (root, path, device, name) = (
+        let (root, temp, device, name) = (
             self.drop_dir.clone(),
-            path.to_path_buf(),
+            temp.to_os_string(),
             device.to_string(),
             name.to_string(),
         );
         let claimed = tokio::task::spawn_blocking(move || {
             if sync {
-                fs::File::open(&path)?.sync_all()?;
+                let file = nix::fcntl::openat(
+                    &dir,
+                    temp.as_os_str(),
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                fs::File::from(file).sync_all()?;
             }
-            let claimed = claim_into(&root, &path, &device, &name, channel::FTP)?;
-            if let (true, Some(dir)) = (sync, claimed.parent()) {
-                fs::File::open(dir)?.sync_all()?;
+            let into = root.join(PROCESSING).join(&device);
+            fs::create_dir_all(&into)?;
+            let into_dir = fs::File::open(&into)?;
+            // The claim name `claim_into` gives, so a restart still sees the channel.
+            let claim = format!("{}.{}-{name}", stamp(), channel::FTP);
+            nix::fcntl::renameat(&dir, temp.as_os_str(), &into_dir, claim.as_str())?;
+            if sync {
+                into_dir.sync_all()?;
             }
-            Ok::<_, io::Error>(claimed)
+            Ok::<_, io::Error>(into.join(claim))
         })
         .await
         .map_err(io::Error::other)??;
@@ -84,8 +108,9 @@ impl Handoff {
     }
 }
 
-/// Deletes unfinished uploads (`*.part`, and our own hidden ones) in the device folders
-/// that were last written more than `age` ago. Returns how many went.
+/// Deletes unfinished uploads in the device folders that were last written more than
+/// `age` ago: every temporary name (`*.part`, `*.tmp`, `*~`, dotfiles… — what the
+/// drop directory never ingests), our own hidden ones included. Returns how many went.
 pub fn remove_stale_parts(drop_dir: &Path, age: Duration) -> usize {
     let Ok(devices) = fs::read_dir(drop_dir) else {
         return 0;
@@ -119,7 +144,7 @@ fn sweep(dir: &Path, age: Duration, depth: usize) -> usize {
         let name = entry.file_name().to_string_lossy().into_owned();
         if meta.is_dir() {
             removed += sweep(&entry.path(), age, depth + 1);
-        } else if meta.is_file() && name.ends_with(".part") {
+        } else if meta.is_file() && !is_candidate_name(&name) {
             let idle = meta
                 .modified()
                 .ok()

@@ -7,6 +7,8 @@
 //! that, and because owning the listener lets `bind` use port 0 and log the real port.
 
 mod auth;
+mod beneath;
+mod control;
 mod fs;
 mod handoff;
 
@@ -38,13 +40,20 @@ struct Setup {
 }
 
 impl Setup {
-    fn server(&self) -> anyhow::Result<Server<fs::DeviceFs, auth::Device>> {
-        let (handoff, data_timeout) = (
-            self.handoff.clone(),
-            Duration::from_secs_f64(self.settings.data_timeout_secs.max(0.1)),
-        );
+    /// The server for one control connection (`None`: only to check the settings).
+    fn server(
+        &self,
+        control: Option<Arc<control::Control>>,
+    ) -> anyhow::Result<Server<fs::DeviceFs, auth::Device>> {
+        let handoff = self.handoff.clone();
+        let limits = fs::Limits {
+            data_timeout: Duration::from_secs_f64(self.settings.data_timeout_secs.max(0.1)),
+            max_file_bytes: self.settings.max_file_bytes,
+            device_quota_bytes: self.settings.device_quota_bytes,
+        };
+        let events = control.clone().map(control::Events);
         let mut builder = ServerBuilder::<fs::DeviceFs, auth::Device>::with_user_detail_provider(
-            Box::new(move || fs::DeviceFs::new(handoff.clone(), data_timeout)),
+            Box::new(move || fs::DeviceFs::new(handoff.clone(), limits, control.clone())),
             Arc::new(auth::Devices),
         )
         .authenticator(self.auth.clone())
@@ -52,6 +61,9 @@ impl Setup {
         .passive_ports(self.passive.clone())
         .idle_session_timeout(self.settings.idle_timeout_secs.max(1))
         .active_passive_mode(ActivePassiveMode::PassiveOnly);
+        if let Some(events) = events {
+            builder = builder.notify_data(events.clone()).notify_presence(events);
+        }
         if let Some((cert, key)) = &self.tls {
             builder = builder.ftps(cert.clone(), key.clone());
         }
@@ -105,7 +117,7 @@ pub async fn start(
         tls,
     });
     // Building once now turns a bad setting into a startup error.
-    setup.server().context("ftp settings")?;
+    setup.server(None).context("ftp settings")?;
     let listener = tokio::net::TcpListener::bind(&settings.bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on ftp.bind {}: {e}", settings.bind))?;
@@ -155,12 +167,22 @@ async fn serve_connections(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::warn!(%peer, "could not set TCP_NODELAY on an FTP connection: {e}");
         }
-        match setup.server() {
+        let control = match control::Control::of(&stream) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::warn!(%peer, "FTP connection refused, its socket could not be duplicated: {e}");
+                continue;
+            }
+        };
+        match setup.server(Some(control.clone())) {
             Ok(server) => {
+                let handoff = setup.handoff.clone();
                 sessions.spawn(async move {
                     if let Err(e) = server.service(stream).await {
                         tracing::warn!(%peer, "FTP session ended with an error: {e}");
                     }
+                    // Uploads the client confirmed by how it left; errors are logged.
+                    let _ = control::hand_off(&handoff, control.finish()).await;
                 });
             }
             Err(e) => {
