@@ -108,7 +108,7 @@ pub struct HttpSettings {
     pub max_body_bytes: u64,
     /// A request body that sends nothing for this long is abandoned (408).
     pub body_idle_timeout_secs: f64,
-    /// Requests handled at once; more wait their turn.
+    /// Requests handled at once, uploads and all others each; more wait their turn.
     pub max_concurrent_requests: usize,
     /// PEM certificate chain (server certificate first). With `tls_key`, `bind` speaks
     /// HTTPS instead of HTTP; set both or neither.
@@ -128,6 +128,18 @@ pub struct HttpSettings {
     /// Devices whose token may also download the consolidated sightings
     /// (`GET /api/v1/sightings`, the field client's `pull`). Empty: administrators only.
     pub read_devices: Vec<String>,
+    /// Open connections at once; more are refused as they arrive.
+    pub max_connections: usize,
+    /// Open connections from one address at once.
+    pub max_connections_per_ip: usize,
+    /// A connection with no request in progress (before its first byte, or between
+    /// requests, HTTP/1 keep-alive or HTTP/2) is closed after this long.
+    pub idle_timeout_secs: f64,
+    /// A request body slower than this on average (after a 10 s start) is abandoned (408).
+    pub min_body_bytes_per_sec: u64,
+    /// Uploads one device sends at once; more wait their turn, so one device cannot
+    /// take every upload slot.
+    pub max_uploads_per_device: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -156,6 +168,10 @@ pub struct FtpSettings {
     pub stale_part_secs: u64,
     /// Fsync each upload before answering the client, not only before ingesting it.
     pub fsync_before_reply: bool,
+    /// Open control connections at once; more are refused with 421.
+    pub max_connections: usize,
+    /// Open control connections from one address at once.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for DatabaseSettings {
@@ -196,6 +212,11 @@ impl Default for HttpSettings {
             stale_after_days: 3.0,
             map_tile_url: None,
             map_tile_attribution: None,
+            max_connections: 2048,
+            max_connections_per_ip: 64,
+            idle_timeout_secs: 30.0,
+            min_body_bytes_per_sec: 1024,
+            max_uploads_per_device: 4,
         }
     }
 }
@@ -215,6 +236,8 @@ impl Default for FtpSettings {
             lockout_secs: 300,
             stale_part_secs: 86_400,
             fsync_before_reply: false,
+            max_connections: 256,
+            max_connections_per_ip: 32,
         }
     }
 }
@@ -394,12 +417,14 @@ impl Settings {
     }
 }
 
-/// Hides the password in a database URL (`postgres://user:secret@host` → `user:***@host`).
+/// Hides the password in a URL (`postgres://user:secret@host` → `user:***@host`).
+/// The last `@` ends the credentials, since a password may hold `@` (or `/`) written
+/// as is; a path with `@` in it is hidden too, the safe mistake.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    match rest.split_once('@') {
+    match rest.rsplit_once('@') {
         Some((auth, host)) => match auth.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
             None => url.to_string(),
@@ -541,6 +566,22 @@ mod tests {
         }
         let s = Settings::load_from(None, env(&[("CTDATA__FTP__ENABLED", "true")])).unwrap();
         assert!(s.ftp.enabled);
+    }
+
+    #[test]
+    fn redacted_urls_show_no_part_of_the_password() {
+        for (url, shown) in [
+            ("postgres://u:secret@db/x", "postgres://u:***@db/x"),
+            (
+                "ftp://cam:p@ss@w0rd@ftp.example.org/CTData",
+                "ftp://cam:***@ftp.example.org/CTData",
+            ),
+            ("ftp://cam:a/b@host/dir", "ftp://cam:***@host/dir"),
+            ("ftp://anon@host/dir", "ftp://anon@host/dir"),
+            ("/srv/CTData", "/srv/CTData"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
     }
 
     #[test]

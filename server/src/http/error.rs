@@ -38,6 +38,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+    /// The body stalled or trickled below `http.min_body_bytes_per_sec`.
+    #[error("{0}")]
+    SlowBody(String),
 }
 
 impl ApiError {
@@ -54,6 +57,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::SlowBody(_) => "body_too_slow",
         }
     }
 }
