@@ -41,7 +41,7 @@ impl Home {
     pub fn create(&self) -> anyhow::Result<()> {
         for dir in [OUTBOX, SENT, REJECTED, INBOX, DOCKED] {
             let path = self.root.join(dir);
-            fs::create_dir_all(&path)
+            create_private_dir(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
         }
         Ok(())
@@ -88,7 +88,7 @@ impl Home {
     }
 
     fn lock_file(&self, name: &str) -> anyhow::Result<File> {
-        fs::create_dir_all(&self.root)
+        create_private_dir(&self.root)
             .with_context(|| format!("cannot create {}", self.root.display()))?;
         let path = self.root.join(name);
         OpenOptions::new()
@@ -112,6 +112,20 @@ impl Home {
             eprintln!("cannot write {}: {e}", self.log_path().display());
         }
     }
+}
+
+/// Creates `dir` and any missing parents, only their owner may open them (0700): the
+/// client's folders hold unsent sightings, its token and state. Folders that exist keep
+/// their modes (`--home` may name one shared on purpose).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new content:

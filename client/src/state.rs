@@ -1,6 +1,6 @@
 //! `state.json`: the little the client must remember across runs and crashes.
 //!
-//! Written whole with [`write_atomic`] (temporary file, fsync, rename, fsync of the
+//! Written whole with [`write_atomic_private`] (temporary file, fsync, rename, fsync of the
 //! folder) and only while `.state.lock` is held, so a crash leaves the previous or the
 //! next version, never a torn one, and two processes never interleave updates.
 
@@ -13,7 +13,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::home::{write_atomic, Home};
+use crate::home::{write_atomic_private, Home};
 
 const LOCK: &str = ".state.lock";
 
@@ -96,7 +96,8 @@ impl Locked {
     pub fn save(&self) -> anyhow::Result<()> {
         let path = self.home.state_path();
         let bytes = serde_json::to_vec_pretty(&self.state)?;
-        write_atomic(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+        write_atomic_private(&path, &bytes)
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 }
 

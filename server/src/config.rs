@@ -108,7 +108,7 @@ pub struct HttpSettings {
     pub max_body_bytes: u64,
     /// A request body that sends nothing for this long is abandoned (408).
     pub body_idle_timeout_secs: f64,
-    /// Requests handled at once; more wait their turn.
+    /// Requests handled at once, uploads and all others each; more wait their turn.
     pub max_concurrent_requests: usize,
     /// PEM certificate chain (server certificate first). With `tls_key`, `bind` speaks
     /// HTTPS instead of HTTP; set both or neither.
@@ -131,6 +131,18 @@ pub struct HttpSettings {
     /// Reverse proxies (IP addresses) whose `Forwarded` / `X-Forwarded-For` names the
     /// client, for counting failed logins per client. Empty: the peer is the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Open connections at once; more are refused as they arrive.
+    pub max_connections: usize,
+    /// Open connections from one address at once.
+    pub max_connections_per_ip: usize,
+    /// A connection with no request in progress (before its first byte, or between
+    /// requests, HTTP/1 keep-alive or HTTP/2) is closed after this long.
+    pub idle_timeout_secs: f64,
+    /// A request body slower than this on average (after a 10 s start) is abandoned (408).
+    pub min_body_bytes_per_sec: u64,
+    /// Uploads one device sends at once; more wait their turn, so one device cannot
+    /// take every upload slot.
+    pub max_uploads_per_device: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -164,6 +176,10 @@ pub struct FtpSettings {
     pub max_file_bytes: u64,
     /// Most bytes a device's folder may hold (unfinished uploads included).
     pub device_quota_bytes: u64,
+    /// Open control connections at once; more are refused with 421.
+    pub max_connections: usize,
+    /// Open control connections from one address at once.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for DatabaseSettings {
@@ -205,6 +221,11 @@ impl Default for HttpSettings {
             map_tile_url: None,
             map_tile_attribution: None,
             trusted_proxies: Vec::new(),
+            max_connections: 2048,
+            max_connections_per_ip: 64,
+            idle_timeout_secs: 30.0,
+            min_body_bytes_per_sec: 1024,
+            max_uploads_per_device: 4,
         }
     }
 }
@@ -226,6 +247,8 @@ impl Default for FtpSettings {
             fsync_before_reply: false,
             max_file_bytes: 1 << 30,
             device_quota_bytes: 10 << 30,
+            max_connections: 256,
+            max_connections_per_ip: 32,
         }
     }
 }
@@ -405,12 +428,14 @@ impl Settings {
     }
 }
 
-/// Hides the password in a database URL (`postgres://user:secret@host` → `user:***@host`).
+/// Hides the password in a URL (`postgres://user:secret@host` → `user:***@host`).
+/// The last `@` ends the credentials, since a password may hold `@` (or `/`) written
+/// as is; a path with `@` in it is hidden too, the safe mistake.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    match rest.split_once('@') {
+    match rest.rsplit_once('@') {
         Some((auth, host)) => match auth.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
             None => url.to_string(),
@@ -552,6 +577,22 @@ mod tests {
         }
         let s = Settings::load_from(None, env(&[("CTDATA__FTP__ENABLED", "true")])).unwrap();
         assert!(s.ftp.enabled);
+    }
+
+    #[test]
+    fn redacted_urls_show_no_part_of_the_password() {
+        for (url, shown) in [
+            ("postgres://u:secret@db/x", "postgres://u:***@db/x"),
+            (
+                "ftp://cam:p@ss@w0rd@ftp.example.org/CTData",
+                "ftp://cam:***@ftp.example.org/CTData",
+            ),
+            ("ftp://cam:a/b@host/dir", "ftp://cam:***@host/dir"),
+            ("ftp://anon@host/dir", "ftp://anon@host/dir"),
+            ("/srv/CTData", "/srv/CTData"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
     }
 
     #[test]

@@ -7,12 +7,14 @@
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod connlimit;
 pub mod credentials;
 pub mod db;
 pub mod dropdir;
 pub mod export;
 pub mod ftp;
 pub mod http;
+pub mod hygiene;
 pub mod ingest;
 pub mod metrics;
 pub mod serve;

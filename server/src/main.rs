@@ -121,11 +121,13 @@ fn main() -> ExitCode {
     if !std::env::var("CTDATA_LOG").is_ok_and(|v| v.contains("libunftp")) {
         filter = filter.add_directive("libunftp=warn".parse().expect("a valid directive"));
     }
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(ctdata_server::hygiene::EscapedStderr { ansi })
+        .with_ansi(ansi)
         .init();
+    ctdata_server::hygiene::private_files();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,

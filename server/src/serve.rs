@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
 
 use crate::config::Settings;
+use crate::connlimit::ConnLimits;
 use crate::db::Db;
 use crate::dropdir::DropDir;
 use crate::ingest::Ingestor;
@@ -31,9 +32,10 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Ingestor> {
 /// Runs the ingest loop until `shutdown` resolves, then finishes the file in hand and
 /// returns.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    fit_connections(&mut settings);
     let ingestor = open(&settings).await?;
     let mut drop_dir = DropDir::new(
         &settings.ingest.drop_dir,
@@ -145,6 +147,32 @@ pub async fn run(
     Ok(())
 }
 
+/// Raises the open-files limit and lowers the connection caps to what it can hold with
+/// descriptors to spare, so full listeners leave the database and the drop directory
+/// room to work.
+fn fit_connections(settings: &mut Settings) {
+    let limit = crate::connlimit::raise_open_files_limit();
+    let ftp_max = match settings.ftp.enabled {
+        true => settings.ftp.max_connections,
+        false => 0,
+    };
+    let (http, ftp) = crate::connlimit::fit_caps(limit, settings.http.max_connections, ftp_max);
+    if http < settings.http.max_connections || ftp < ftp_max {
+        tracing::warn!(
+            open_files_limit = limit,
+            "http.max_connections lowered from {} to {http} and ftp.max_connections from {ftp_max} \
+             to {ftp} to fit the open-files limit with {} descriptors to spare; raise the limit \
+             (LimitNOFILE= in the service unit) to keep the configured caps",
+            settings.http.max_connections,
+            crate::connlimit::RESERVED_FDS
+        );
+        settings.http.max_connections = http;
+        if settings.ftp.enabled {
+            settings.ftp.max_connections = ftp;
+        }
+    }
+}
+
 /// Takes every queued change notification: renames mark files complete.
 fn note_changes(
     drop_dir: &mut DropDir,
@@ -198,6 +226,13 @@ async fn start_http(
         password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
         puller,
         read_devices: Arc::new(settings.http.read_devices.clone()),
+        request_slots: Arc::new(tokio::sync::Semaphore::new(
+            settings.http.max_concurrent_requests.max(1),
+        )),
+        uploads: Arc::new(crate::http::fair::UploadSlots::new(
+            settings.http.max_concurrent_requests,
+            settings.http.max_uploads_per_device,
+        )),
         dashboard: Arc::new(crate::http::DashboardSettings {
             session: Duration::from_secs_f64(settings.http.session_hours.max(0.0) * 3600.0),
             stale_after_days: settings.http.stale_after_days,
@@ -212,10 +247,18 @@ async fn start_http(
                 }),
         }),
     };
-    let timeout = Duration::from_secs_f64(settings.http.header_read_timeout_secs.max(0.1));
-    let app = crate::http::app(state, settings.http.max_concurrent_requests);
+    let http = &settings.http;
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
+    let policy = crate::http::ConnPolicy {
+        header_read_timeout: secs(http.header_read_timeout_secs),
+        idle_timeout: secs(http.idle_timeout_secs),
+        limits: ConnLimits::new("http", http.max_connections, http.max_connections_per_ip),
+        min_body_rate: http.min_body_bytes_per_sec,
+        body_idle_timeout: secs(http.body_idle_timeout_secs),
+    };
+    let app = crate::http::app(state);
     Ok(tokio::spawn(crate::http::serve(
-        listener, app, timeout, tls, shutdown,
+        listener, app, policy, tls, shutdown,
     )))
 }
 

@@ -140,12 +140,18 @@ pub async fn start(
 }
 
 /// Accepts control connections until `shutdown`, each with `TCP_NODELAY` and its own
-/// libunftp server; then gives open sessions a grace period.
+/// libunftp server, within `ftp.max_connections` and `ftp.max_connections_per_ip`;
+/// then gives open sessions a grace period.
 async fn serve_connections(
     listener: tokio::net::TcpListener,
     setup: Arc<Setup>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let limits = crate::connlimit::ConnLimits::new(
+        "ftp",
+        setup.settings.max_connections,
+        setup.settings.max_connections_per_ip,
+    );
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -156,11 +162,16 @@ async fn serve_connections(
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin.
-                    tracing::warn!("FTP accept failed: {e}");
+                    limits.accept_failed(&e);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
+        };
+        let Ok(slot) = limits.admit(peer.ip()) else {
+            // Told why if the socket takes the line now; closed at once either way.
+            let _ = stream.try_write(b"421 Too many connections, try again later.\r\n");
+            continue;
         };
         // Replies are small writes; with Nagle on, each waits for the client's delayed
         // ACK (~40 ms), which caps a client at ~23 files/s.
@@ -178,6 +189,7 @@ async fn serve_connections(
             Ok(server) => {
                 let handoff = setup.handoff.clone();
                 sessions.spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = server.service(stream).await {
                         tracing::warn!(%peer, "FTP session ended with an error: {e}");
                     }

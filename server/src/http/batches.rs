@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 401, description = "No or wrong device token", body = ErrorBody),
         (status = 403, description = "Revoked device, or a batch naming another device", body = ErrorBody),
         (status = 409, description = "Same batch id, other content", body = Receipt),
+        (status = 408, description = "The body stalled, or arrived slower than http.min_body_bytes_per_sec", body = ErrorBody),
         (status = 413, description = "Too large, also once inflated", body = ErrorBody),
         (status = 415, description = "Unknown format or Content-Encoding", body = ErrorBody),
         (status = 422, description = "Invalid rows: the reason names line and field", body = Receipt),
@@ -45,6 +46,11 @@ async fn post_batch(
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
     let device = authenticate_device(&state, client, &headers).await?;
     check_encoding(&headers)?;
+    let _slot = state
+        .uploads
+        .acquire(&device)
+        .await
+        .map_err(ApiError::Internal)?;
     let claim = format!("{}-upload", stamp());
     // A folder per device: concurrent uploads do not all queue for one directory lock.
     let spool = state.drop_dir.join(INCOMING).join(&device).join(&claim);
@@ -136,8 +142,10 @@ async fn spool_body(
             .await
             .map_err(|_| ApiError::BodyTimeout(idle.as_secs()))?;
         let Some(chunk) = next else { break };
-        let chunk = chunk
-            .map_err(|e| ApiError::BadRequest(format!("reading the request body failed: {e}")))?;
+        let chunk = chunk.map_err(|e| match super::paced::TooSlow::find(&e) {
+            Some(slow) => ApiError::SlowBody(slow.to_string()),
+            None => ApiError::BadRequest(format!("reading the request body failed: {e}")),
+        })?;
         written += chunk.len() as u64;
         if written > limit {
             return Err(ApiError::TooLarge(limit));

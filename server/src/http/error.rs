@@ -40,6 +40,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+    /// The body stalled or trickled below `http.min_body_bytes_per_sec`.
+    #[error("{0}")]
+    SlowBody(String),
 }
 
 impl ApiError {
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -74,6 +78,7 @@ impl ApiError {
             ApiError::TooManyFailures(_) => "too_many_failures",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::SlowBody(_) => "body_too_slow",
         }
     }
 }

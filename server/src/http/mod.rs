@@ -1,19 +1,20 @@
-//! The HTTP API: one state, a router per resource, served by hyper with a header-read
-//! timeout (axum::serve arms none) and graceful shutdown.
+//! The HTTP API: one state, a router per resource, served by [`serve`].
 
 pub(crate) mod admin;
 mod auth;
 mod batches;
+mod conn;
 mod download;
 mod error;
 mod headers;
+pub mod fair;
+pub mod paced;
 mod sightings;
 pub(crate) mod throttle;
 pub mod tls;
 mod web;
 mod whoami;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,14 +22,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use conn::{serve, ConnPolicy};
 pub use error::{ApiError, ErrorBody};
 
 use crate::ingest::Ingestor;
@@ -52,6 +50,10 @@ pub struct AppState {
     /// Devices allowed to download sightings (`http.read_devices`).
     pub read_devices: Arc<Vec<String>>,
     pub dashboard: Arc<DashboardSettings>,
+    /// Slots for every request but uploads (`http.max_concurrent_requests`).
+    pub request_slots: Arc<tokio::sync::Semaphore>,
+    /// Slots for uploads, per device and in total.
+    pub uploads: Arc<fair::UploadSlots>,
 }
 
 /// The web dashboard's settings.
@@ -77,7 +79,7 @@ pub struct MapTiles {
 /// Folder (inside the drop directory) where request bodies are spooled.
 pub const INCOMING: &str = ".incoming";
 
-pub fn app(state: AppState, max_concurrent_requests: usize) -> Router {
+pub fn app(state: AppState) -> Router {
     let (router, api) = api_router().split_for_parts();
     let api = Arc::new(api);
     router
@@ -90,12 +92,13 @@ pub fn app(state: AppState, max_concurrent_requests: usize) -> Router {
             state.clone(),
             throttle::client_address,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            fair::general_slots,
+        ))
         .with_state(state)
         .layer(axum::middleware::from_fn(headers::security_headers))
         .layer(axum::middleware::from_fn(trace_request))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
-            max_concurrent_requests.max(1),
-        ))
 }
 
 /// Every route, with the OpenAPI description generated from the same registrations, so
@@ -192,86 +195,4 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok("ready\n")
-}
-
-/// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight
-/// finish. With `tls`, each connection first completes a TLS handshake on its own task
-/// (never in the accept loop), bounded by `header_read_timeout` like the request
-/// headers that follow it.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    header_read_timeout: Duration,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    let builder = Arc::new(builder);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        // Watched from here on: shutdown also waits for a handshake in progress.
-        let watcher = graceful.watcher();
-        let app = app
-            .clone()
-            .layer(axum::Extension(throttle::Peer(peer.ip())));
-        let (builder, tls) = (builder.clone(), tls.clone());
-        tokio::spawn(async move {
-            let ended = match tls {
-                None => serve_connection(&builder, stream, app, watcher).await,
-                Some(tls) => {
-                    match tokio::time::timeout(header_read_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(&builder, stream, app, watcher).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, "TLS handshake failed: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
-}
-
-/// One connection (HTTP/1.1 or HTTP/2, plain or TLS) until it closes, or until shutdown
-/// has let its requests in flight finish.
-async fn serve_connection<I>(
-    builder: &Builder<TokioExecutor>,
-    io: I,
-    app: Router,
-    watcher: hyper_util::server::graceful::Watcher,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = TowerToHyperService::new(app);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    watcher.watch(conn).await
 }

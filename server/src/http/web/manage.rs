@@ -252,7 +252,7 @@ async fn sources_page(state: &AppState, signed: &Signed, report: &str) -> Respon
             "<tr><td>{}</td><td>{}</td>{cells}<td>{result}</td><td><form method=\"post\" action=\"/sources\" class=\"inline\">{}\
              <input type=\"hidden\" name=\"source\" value=\"{}\"><button>Download now</button></form></td></tr>",
             esc(&s.name),
-            esc(&s.url),
+            esc(&crate::config::redact_url(&s.url)),
             csrf_field(signed),
             esc(&s.name)
         );

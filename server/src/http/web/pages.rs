@@ -371,7 +371,7 @@ pub async fn rejected_file(
                 (header::CONTENT_TYPE, "application/octet-stream".to_string()),
                 (
                     header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"{}\"", name.replace('"', "_")),
+                    crate::hygiene::attachment(&name),
                 ),
             ],
             bytes,
