@@ -169,6 +169,15 @@ async fn a_killed_upload_is_never_stored_and_its_resend_is_stored_once(db: TestD
     assert_eq!(sightings, 2000 + 1500, "exactly the rows of the two files");
     assert_eq!(batches, 2);
     assert_eq!(pending, 0);
+    // Logged from the server's own tasks: read once all six lines are out.
+    eventually(
+        "six incomplete uploads logged",
+        Duration::from_secs(10),
+        || async {
+            (server.log_text().matches("incomplete FTP upload").count() >= 6).then_some(())
+        },
+    )
+    .await;
     let log = server.log_text();
     assert_eq!(log.matches("incomplete FTP upload").count(), 6, "{log}");
     // Left under their temporary names for the stale sweep, and not listed.
@@ -279,7 +288,13 @@ async fn oversized_uploads_and_a_full_quota_get_552_and_leave_nothing() {
     left.sort();
     assert_eq!(left, ["p1.part", "p2.part", "p3.part"]);
     assert!(stored(&db).await.is_empty());
-    assert!(server.log_text().contains("ftp.device_quota_bytes"));
+    eventually("the refusal logged", Duration::from_secs(10), || async {
+        server
+            .log_text()
+            .contains("ftp.device_quota_bytes")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
