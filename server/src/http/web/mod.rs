@@ -3,6 +3,7 @@
 //! its SHA-256 in `sessions`); every form that changes something carries the session's
 //! CSRF token, checked here.
 
+mod conflicts;
 mod html;
 mod manage;
 mod pages;
