@@ -3,7 +3,9 @@
 
 use std::ops::ControlFlow;
 
-use csv::{ByteRecord, ErrorKind, ReaderBuilder};
+use std::io::BufRead;
+
+use csv::{ByteRecord, ErrorKind, ReaderBuilder, Terminator};
 use serde_json::Value;
 
 use crate::fields::{Draft, Field, ALL_FIELDS};
@@ -25,9 +27,32 @@ fn accepted(f: Field) -> String {
     format!("{} or {}", f.name(), f.darwin_core())
 }
 
+/// More columns than any real export has (Darwin Core has about 200 terms): a header
+/// wider than this is not a sightings table, and refusing it keeps a hostile header
+/// from costing more than reading it.
+pub(crate) const MAX_COLUMNS: usize = 1000;
+
+/// What makes two columns the same: one field, or one attribute name in any case.
+#[derive(PartialEq, Eq, Hash)]
+enum Meaning {
+    Field(usize),
+    Attribute(String),
+}
+
 fn columns(header: &ByteRecord) -> Result<Columns, Rejection> {
+    if header.len() > MAX_COLUMNS {
+        return Err(reject(
+            RejectKind::Header,
+            format!(
+                "CSV header row has {} columns; at most {MAX_COLUMNS} are accepted: remove unused columns",
+                header.len()
+            ),
+        ));
+    }
     let mut cols = Vec::with_capacity(header.len());
     let mut problems = Vec::new();
+    // First column of each meaning: one lookup per column keeps a wide header linear.
+    let mut first = std::collections::HashMap::with_capacity(header.len());
     for (i, raw) in header.iter().enumerate() {
         let Ok(name) = std::str::from_utf8(raw).map(str::trim) else {
             return Err(reject(
@@ -40,9 +65,18 @@ fn columns(header: &ByteRecord) -> Result<Columns, Rejection> {
             Some(f) => Column::Field(f),
             None => Column::Attribute(name.to_owned()),
         };
-        if let Some(dup) = cols.iter().position(|c| same(c, &col)) {
-            let msg = format!("column {} repeats column {} (same meaning)", i + 1, dup + 1);
-            problems.push(problem(at_line(1), Some(name), None, msg));
+        let meaning = match &col {
+            Column::Field(f) => Some(Meaning::Field(*f as usize)),
+            Column::Attribute(a) => Some(Meaning::Attribute(a.to_ascii_lowercase())),
+            Column::Unnamed => None,
+        };
+        if let Some(meaning) = meaning {
+            if let Some(dup) = first.get(&meaning) {
+                let msg = format!("column {} repeats column {} (same meaning)", i + 1, dup + 1);
+                problems.push(problem(at_line(1), Some(name), None, msg));
+            } else {
+                first.insert(meaning, i);
+            }
         }
         cols.push(col);
     }
@@ -51,6 +85,16 @@ fn columns(header: &ByteRecord) -> Result<Columns, Rejection> {
             .any(|c| matches!(c, Column::Field(g) if *g == f))
     };
     if !ALL_FIELDS.iter().any(|f| has(*f)) {
+        if let Some(sep) = other_separator(header) {
+            return Err(reject(
+                RejectKind::Header,
+                format!(
+                    "CSV header row is separated by {sep:?}, not by commas (as spreadsheets set to a \
+                     European locale save CSV): save it again as CSV with comma separators, e.g. \
+                     \"CSV UTF-8 (Comma delimited)\", or export it as CTData JSON"
+                ),
+            ));
+        }
         return Err(reject(
             RejectKind::UnknownFormat,
             "not a CTData batch: not JSON, and not a CSV with a header row naming observed_at, latitude and longitude",
@@ -85,22 +129,84 @@ fn columns(header: &ByteRecord) -> Result<Columns, Rejection> {
     })
 }
 
-fn same(a: &Column, b: &Column) -> bool {
-    match (a, b) {
-        (Column::Field(x), Column::Field(y)) => x == y,
-        (Column::Attribute(x), Column::Attribute(y)) => x.eq_ignore_ascii_case(y),
-        _ => false,
+/// `;` or tab when the header names the sighting fields split by it instead of commas.
+fn other_separator(header: &ByteRecord) -> Option<char> {
+    let cells: Vec<_> = header.iter().map(String::from_utf8_lossy).collect();
+    [';', '\t'].into_iter().find(|sep| {
+        cells
+            .iter()
+            .flat_map(|cell| cell.split(*sep))
+            .filter(|name| Field::from_alias(name).is_some_and(Field::required))
+            .count()
+            >= 2
+    })
+}
+
+/// Rows end at `\n` (`\r` before it is trimmed with the other blanks): csv's own CRLF
+/// handling counts a line only once the next record starts. A file with no `\n` in its
+/// first buffer but with `\r` ends its lines the old Mac way, and keeps csv's handling.
+fn reader(input: &mut Input) -> csv::Reader<Ends<&mut std::io::BufReader<crate::input::Source>>> {
+    let cr_only = match input.reader.fill_buf() {
+        Ok(buf) => !buf.contains(&b'\n') && buf.contains(&b'\r'),
+        Err(_) => false,
+    };
+    let terminator = if cr_only {
+        Terminator::CRLF
+    } else {
+        Terminator::Any(b'\n')
+    };
+    ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .terminator(terminator)
+        .from_reader(Ends {
+            inner: &mut input.reader,
+            total: 0,
+            last: None,
+            eof: false,
+        })
+}
+
+/// Passes the content through, remembering how it ends: whether the last row has a
+/// line break after it decides that row's line number.
+struct Ends<R> {
+    inner: R,
+    total: u64,
+    last: Option<u8>,
+    eof: bool,
+}
+
+impl<R: std::io::Read> std::io::Read for Ends<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.total += n as u64;
+        if n == 0 {
+            self.eof |= !buf.is_empty();
+        } else {
+            self.last = Some(buf[n - 1]);
+        }
+        Ok(n)
     }
 }
 
-fn reader(input: &mut Input) -> csv::Reader<&mut std::io::BufReader<crate::input::Source>> {
-    ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(&mut input.reader)
+/// The line a record starts on, read off where it ends. The parser's own record
+/// position is taken before blank lines are skipped, so it is too low after one.
+fn start_line<R: std::io::Read>(rdr: &csv::Reader<Ends<R>>, rec: &ByteRecord) -> u64 {
+    let after = rdr.position();
+    let ends = rdr.get_ref();
+    let unterminated =
+        ends.eof && after.byte() == ends.total && ends.last.is_some_and(|b| b != b'\n');
+    let end = after.line() - u64::from(!unterminated);
+    let inside = rec.as_slice().iter().filter(|b| **b == b'\n').count() as u64;
+    end.saturating_sub(inside).max(1)
 }
 
-fn header_row(rdr: &mut csv::Reader<impl std::io::Read>) -> Result<ByteRecord, csv::Error> {
+/// A line holding only `\r` (a blank line of a Windows file): not a row.
+fn blank(rec: &ByteRecord) -> bool {
+    rec.len() == 1 && rec[0].iter().all(u8::is_ascii_whitespace)
+}
+
+fn header_row<R: std::io::Read>(rdr: &mut csv::Reader<R>) -> Result<ByteRecord, csv::Error> {
     rdr.byte_headers().cloned()
 }
 
@@ -129,26 +235,18 @@ where
         match rdr.read_byte_record(&mut rec) {
             Ok(false) => return Ok(()),
             Ok(true) => {
-                let line = rec.position().map_or(0, |p| p.line());
+                let line = start_line(&rdr, &rec);
+                if rec.len() != header.len() {
+                    if !blank(&rec) {
+                        unequal(rows, line, header.len() as u64, rec.len() as u64);
+                    }
+                    continue;
+                }
                 if row(&cols, &rec, line, rows).is_break() {
                     return Ok(());
                 }
             }
             Err(e) => {
-                if let ErrorKind::UnequalLengths {
-                    pos,
-                    expected_len,
-                    len,
-                } = e.kind()
-                {
-                    unequal(
-                        rows,
-                        pos.as_ref().map_or(0, |p| p.line()),
-                        *expected_len,
-                        *len,
-                    );
-                    continue;
-                }
                 drop(rdr);
                 return Err(csv_error(input, e));
             }

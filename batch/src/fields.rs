@@ -237,10 +237,29 @@ impl Draft {
         self.set_text_value(f, s)
     }
 
-    /// Sets a field from a JSON value. `null` means absent. Numbers must be JSON numbers
-    /// and text must be JSON strings: a typed format gets typed checks.
+    /// Sets a field from a JSON value. `null` means absent. Text must be JSON strings;
+    /// a number may also come as a string holding exactly a JSON number, as GIS tools
+    /// (ogr2ogr from CSV, say) write every property.
     pub fn set_json(&mut self, f: Field, v: &Value) -> Result<(), String> {
         let bad = || f.expectation().to_owned();
+        let quoted;
+        let v = match (f, v) {
+            (
+                Field::Count
+                | Field::Latitude
+                | Field::Longitude
+                | Field::Altitude
+                | Field::Accuracy,
+                Value::String(s),
+            ) => match number_text(s) {
+                Some(n) => {
+                    quoted = Value::Number(n);
+                    &quoted
+                }
+                None => return Err(bad()),
+            },
+            _ => v,
+        };
         match (f, v) {
             (_, Value::Null) => Ok(()),
             (
@@ -283,6 +302,13 @@ impl Draft {
             attributes: self.attributes,
         })
     }
+}
+
+/// The number a string holds when it is exactly a JSON number: no blanks, no `+`, no
+/// `NaN` or `inf`, nothing after it.
+fn number_text(s: &str) -> Option<serde_json::Number> {
+    let exact = !s.is_empty() && s.trim() == s;
+    exact.then(|| serde_json::from_str(s).ok()).flatten()
 }
 
 /// Where a row is, to build its problems' locations: NDJSON/CSV rows have a line, JSON

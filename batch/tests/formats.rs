@@ -289,3 +289,124 @@ fn size_limit_applies_to_decompressed_bytes() {
         assert_eq!(r.kind, RejectKind::TooLarge, "{r}");
     }
 }
+
+/// The BOM+CRLF fixture with a row made invalid, so the reason names its line.
+fn darwin_core_lines() -> Vec<String> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/good/csv-darwin-core.csv");
+    let text = String::from_utf8(std::fs::read(path).unwrap()).unwrap();
+    assert!(text.starts_with('\u{feff}') && text.contains("\r\n"));
+    text.split_terminator("\r\n").map(str::to_owned).collect()
+}
+
+fn lines_of(r: &Rejection) -> Vec<Option<u64>> {
+    r.problems.iter().map(|p| p.at.line).collect()
+}
+
+#[test]
+fn csv_crlf_line_numbers_are_those_an_editor_shows() {
+    let mut lines = darwin_core_lines();
+    // Line 3 of the file: latitude out of range.
+    lines[2] = lines[2].replacen(",-25.12030,", ",-95,", 1);
+    let r = load_bytes((lines.join("\r\n") + "\r\n").as_bytes()).unwrap_err();
+    assert_eq!(lines_of(&r), [Some(3)], "{r}");
+
+    // A blank line before it: now it is line 4.
+    lines.insert(2, String::new());
+    let r = load_bytes((lines.join("\r\n") + "\r\n").as_bytes()).unwrap_err();
+    assert_eq!(lines_of(&r), [Some(4)], "{r}");
+
+    // A row cut short after the blank line: line 5.
+    lines[4] = "fd06ee52-6319-49b3-b35a-c288aac7bb11,2024-05-04T17:40:51+02:00".into();
+    let r = load_bytes((lines.join("\r\n") + "\r\n").as_bytes()).unwrap_err();
+    assert_eq!(lines_of(&r), [Some(4), Some(5)], "{r}");
+}
+
+#[test]
+fn csv_crlf_fixture_still_loads_and_lf_lines_are_unchanged() {
+    let lines = darwin_core_lines();
+    let (_, rows) = load_bytes((lines.join("\r\n") + "\r\n").as_bytes()).unwrap();
+    assert_eq!(rows.len(), lines.len() - 1);
+    let mut lf = lines.clone();
+    lf.insert(2, String::new());
+    lf[3] = lf[3].replacen(",-25.12030,", ",-95,", 1);
+    let r = load_bytes((lf.join("\n") + "\n").as_bytes()).unwrap_err();
+    assert_eq!(lines_of(&r), [Some(4)], "{r}");
+}
+
+#[test]
+fn numbers_written_as_strings_are_numbers() {
+    let doc = json!({"type": "FeatureCollection", "features": [{
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [31.5, -24.9]},
+        "properties": {"observed_at": "2024-05-01T06:30:00+02:00", "count": "12", "accuracy": "4.5"}
+    }]});
+    let (_, rows) = load_bytes(doc.to_string().as_bytes()).unwrap();
+    assert_eq!((rows[0].count, rows[0].accuracy), (Some(12), Some(4.5)));
+
+    let line = |extra: serde_json::Value| {
+        let mut s =
+            json!({"observed_at": "2024-05-01T06:30:00Z", "latitude": "-24.5", "longitude": "31"});
+        s.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"ctdata_batch": 1, "batch_id": Uuid::new_v4(), "device_id": "ranger-07",
+            "created_at": "2024-05-02T18:05:11+02:00", "count": 1, "sightings": [s]})
+        .to_string()
+    };
+    let (_, rows) = load_bytes(line(json!({"count": "7"})).as_bytes()).unwrap();
+    assert_eq!((rows[0].latitude, rows[0].count), (-24.5, Some(7)));
+    // Only the exact text of a number: not blanks, words, fractions of a count or NaN.
+    for bad in [" 12", "12 ", "twelve", "12.5", "1,5", "NaN", "+3", ""] {
+        let r = load_bytes(line(json!({"count": bad})).as_bytes()).unwrap_err();
+        assert!(
+            r.to_string().contains("count must be a whole number"),
+            "{bad:?}: {r}"
+        );
+    }
+    let r = load_bytes(line(json!({"latitude": "91"})).as_bytes()).unwrap_err();
+    assert!(
+        r.to_string()
+            .contains("latitude must be a number from -90 to 90"),
+        "{r}"
+    );
+}
+
+#[test]
+fn semicolon_separated_csv_names_the_separator() {
+    let text = "observed_at;latitude;longitude;species\r\n2024-05-01T06:30:00+02:00;-24,9;31,5;Panthera leo\r\n";
+    let r = load_bytes(text.as_bytes()).unwrap_err();
+    assert_eq!(r.kind, RejectKind::Header, "{r}");
+    assert!(r.summary.contains("separated by ';'"), "{r}");
+    assert!(r.summary.contains("comma"), "{r}");
+}
+
+#[test]
+fn very_wide_csv_header_is_refused_with_a_reason() {
+    let mut text = String::from("observed_at,latitude,longitude");
+    for i in 0..100_000 {
+        text.push_str(&format!(",c{i}"));
+    }
+    text.push_str("\n2024-05-01T06:30:00Z,1,1\n");
+    let r = load_bytes(text.as_bytes()).unwrap_err();
+    assert_eq!(r.kind, RejectKind::Header, "{r}");
+    assert!(
+        r.summary.contains("100003 columns") && r.summary.contains("at most 1000"),
+        "{r}"
+    );
+    // Just below the cap, repeated names are still found, each once.
+    let mut text = String::from("observed_at,latitude,longitude,Notes");
+    for i in 0..990 {
+        text.push_str(&format!(",c{i}"));
+    }
+    text.push_str(",NOTES,decimalLatitude\n");
+    let r = load_bytes(text.as_bytes()).unwrap_err();
+    let msgs: Vec<&str> = r.problems.iter().map(|p| p.message.as_str()).collect();
+    assert_eq!(
+        msgs,
+        [
+            "column 995 repeats column 4 (same meaning)",
+            "column 996 repeats column 2 (same meaning)"
+        ]
+    );
+}

@@ -10,7 +10,7 @@ use ctdata_batch::{Limits, Problem, RejectKind, Rejection, Scan, Sighting};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::db::{BatchRecord, Db, LoadResult, NewBatch, NewRejection, RowStream};
+use crate::db::{BatchRecord, Db, LoadResult, NewBatch, NewRejection, RowStream, Skipped};
 use crate::metrics::Metrics;
 
 /// How a batch reached the server.
@@ -83,6 +83,10 @@ pub struct Receipt {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// The sightings skipped because their id was stored already: the first ids, and
+    /// which of them came with other content (conflicts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<Skipped>,
 }
 
 /// Shared, cheap to clone: one per server.
@@ -144,13 +148,33 @@ impl Ingestor {
         let source = || self.rows(&d.path, &scan);
         match self.db.load_batch(&batch, &source).await? {
             LoadResult::Loaded(record) => {
+                let mut r = receipt(Status::Ingested, d, &record);
+                r.skipped = self.skipped(&record).await?;
+                let conflicts = r.skipped.as_ref().map_or(0, |s| s.conflicts);
                 tracing::info!(
                     device,
+                    batch_id = %record.batch_id,
                     rows = record.rows,
                     inserted = record.inserted,
+                    duplicates_skipped = record.duplicates,
+                    conflicts,
                     "batch ingested"
                 );
-                Ok(receipt(Status::Ingested, d, &record))
+                if conflicts > 0 {
+                    let first = r
+                        .skipped
+                        .iter()
+                        .flat_map(|s| &s.ids)
+                        .find(|i| !i.differs.is_empty());
+                    tracing::warn!(
+                        device,
+                        batch_id = %record.batch_id,
+                        conflicts,
+                        first = ?first.map(|i| (i.id, i.differs.join(","))),
+                        "sighting ids stored before arrived with other content; the stored versions were kept"
+                    );
+                }
+                Ok(r)
             }
             LoadResult::Rejected(rejection) => {
                 self.reject(d, Some(&scan), Some(&device), rejection).await
@@ -187,11 +211,21 @@ impl Ingestor {
                 .await;
         }
         if d.claim_name.is_some() && existing.claim_name == d.claim_name {
-            return Ok(receipt(Status::Ingested, d, &existing));
+            let mut r = receipt(Status::Ingested, d, &existing);
+            r.skipped = self.skipped(&existing).await?;
+            return Ok(r);
         }
         self.db.record_delivery(&existing, d).await?;
         tracing::info!(device = existing.device, batch_id = %existing.batch_id, "duplicate delivery, nothing added");
         Ok(receipt(Status::Duplicate, d, &existing))
+    }
+
+    /// What a stored batch skipped, for its receipt.
+    async fn skipped(&self, b: &BatchRecord) -> anyhow::Result<Option<Skipped>> {
+        if b.duplicates == 0 {
+            return Ok(None);
+        }
+        Ok(self.db.skipped(b.pk).await?)
     }
 
     /// Which device a file belongs to: its header, its location, or the default, and
@@ -297,9 +331,15 @@ impl Ingestor {
                 problems: serde_json::to_value(problems)?,
             })
             .await?;
+        // The first problem is what an operator reads first; the rest is in the reason.
+        let first = rejection.problems.first().map(|p| p.to_string());
         tracing::warn!(
             file = d.file_name,
+            device = device.as_deref().unwrap_or("-"),
+            channel = d.channel,
+            claim = d.claim_name.as_deref().unwrap_or("-"),
             kind,
+            first_problem = first.as_deref().unwrap_or("-"),
             "batch rejected: {}",
             rejection.summary
         );
@@ -318,6 +358,7 @@ impl Ingestor {
             received_at: Utc::now(),
             reason: Some(reason),
             kind: Some(kind.to_string()),
+            skipped: None,
         })
     }
 }
@@ -350,6 +391,7 @@ fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
         },
         reason: None,
         kind: None,
+        skipped: None,
     }
 }
 

@@ -37,8 +37,14 @@ impl Metrics {
                 add("ctdata_batches_ingested_total", channel.clone(), 1);
                 add(
                     "ctdata_sightings_ingested_total",
-                    channel,
+                    channel.clone(),
                     r.inserted.max(0) as u64,
+                );
+                let conflicts = r.skipped.as_ref().map_or(0, |s| s.conflicts);
+                add(
+                    "ctdata_sighting_conflicts_total",
+                    channel,
+                    conflicts.max(0) as u64,
                 );
             }
             Status::Duplicate => add("ctdata_duplicate_deliveries_total", channel, 1),

@@ -665,6 +665,8 @@ async fn openapi_document_matches_the_routes() {
     documented.sort();
     let expected = [
         ("GET", "/api/v1/batches"),
+        ("GET", "/api/v1/batches/{id}"),
+        ("GET", "/api/v1/conflicts"),
         ("GET", "/api/v1/devices"),
         ("GET", "/api/v1/rejected"),
         ("GET", "/api/v1/sightings"),

@@ -14,14 +14,16 @@ macro_rules! on_pool {
 
 mod admin;
 mod admins;
+mod conflicts;
 mod credentials;
 mod dashboard;
 mod pg;
 mod sources;
 mod sqlite;
 
-pub use admin::{BatchListFilter, BatchSummary, RejectionInfo};
 pub use admins::{AdminInfo, AdminTokenInfo, Revoked, TokenChoice};
+pub use admin::{BatchListFilter, BatchSummary, RejectionInfo, MAX_PAGE};
+pub use conflicts::{ConflictInfo, SightingVersion, Skipped, SkippedId, SKIPPED_LISTED};
 pub use credentials::{Change, DeviceInfo};
 pub use dashboard::{DayCount, DeviceStats, Session, SightingQuery, SightingRow};
 pub use sources::{PullRecord, RemoteKey};

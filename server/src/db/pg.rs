@@ -603,6 +603,9 @@ async fn load_via_staging(
     .execute(&mut *conn)
     .await?
     .rows_affected();
+    // After the insert: a concurrent load's rows that made this one skip an id are
+    // committed by now, so each skipped id is compared against what was kept.
+    super::conflicts::record_pg(conn, ids.batch).await?;
     Ok(Staged::Done(summary, inserted as i64))
 }
 

@@ -300,6 +300,7 @@ async fn load_via_staging(
     .execute(&mut *conn)
     .await?
     .rows_affected();
+    super::conflicts::record_sqlite(conn, ids.0).await?;
     sqlx::query("DROP TABLE temp.staging")
         .execute(&mut *conn)
         .await?;

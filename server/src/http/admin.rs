@@ -12,7 +12,7 @@ use super::auth::authenticate_admin;
 use super::batches::status_for;
 use super::throttle::Client;
 use super::{ApiError, AppState, ErrorBody};
-use crate::db::{BatchListFilter, BatchSummary, DeviceInfo, RejectionInfo};
+use crate::db::{BatchListFilter, BatchSummary, ConflictInfo, DeviceInfo, RejectionInfo, Skipped};
 use crate::dropdir::file_away;
 use crate::ingest::{Delivery, Receipt};
 
@@ -20,6 +20,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(devices))
         .routes(routes!(batches))
+        .routes(routes!(batch))
+        .routes(routes!(conflicts))
         .routes(routes!(rejected))
         .routes(routes!(reprocess))
 }
@@ -64,6 +66,77 @@ async fn batches(
             .ingestor
             .db
             .list_batches(&f)
+            .await
+            .map_err(unavailable)?,
+    ))
+}
+
+/// One stored batch and the sightings it skipped.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BatchDetail {
+    #[serde(flatten)]
+    pub batch: BatchSummary,
+    /// Sightings skipped because their id was stored already: the first ids, and which
+    /// came with other content (conflicts). Absent when none was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<Skipped>,
+}
+
+/// One stored batch (the `id` of the batch list) with the sighting ids it skipped.
+#[utoipa::path(get, path = "/api/v1/batches/{id}", tag = "administrators",
+    params(("id" = i64, Path, description = "The batch's id in the batch list")),
+    responses((status = 200, body = BatchDetail), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_token" = []), ("admin_basic" = [])))]
+async fn batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<i64>,
+) -> Result<Json<BatchDetail>, ApiError> {
+    authenticate_admin(&state, &headers).await?;
+    let db = &state.ingestor.db;
+    // The list's page just below `id + 1` starts with the batch, if there is one.
+    let page = BatchListFilter {
+        before: Some(id.saturating_add(1)),
+        limit: Some(1),
+        ..Default::default()
+    };
+    let batch = db
+        .list_batches(&page)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .find(|b| b.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("no batch {id}")))?;
+    let skipped = db.skipped(id).await.map_err(unavailable)?;
+    Ok(Json(BatchDetail { batch, skipped }))
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConflictPage {
+    /// Only conflicts with an id below this (the previous page's last id).
+    pub before: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+/// Sighting ids that arrived again with other content, newest first: the stored
+/// version (kept) and the new one (not stored) side by side, and the fields that differ.
+#[utoipa::path(get, path = "/api/v1/conflicts", tag = "administrators", params(ConflictPage),
+    responses((status = 200, body = [ConflictInfo]), (status = 401, body = ErrorBody)),
+    security(("admin_token" = []), ("admin_basic" = [])))]
+async fn conflicts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(p): Query<ConflictPage>,
+) -> Result<Json<Vec<ConflictInfo>>, ApiError> {
+    authenticate_admin(&state, &headers).await?;
+    let before = p.before.unwrap_or(i64::MAX);
+    let limit = p.limit.unwrap_or(100).clamp(1, crate::db::MAX_PAGE);
+    Ok(Json(
+        state
+            .ingestor
+            .db
+            .list_conflicts(before, limit)
             .await
             .map_err(unavailable)?,
     ))

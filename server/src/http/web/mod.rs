@@ -4,6 +4,7 @@
 //! CSRF token, checked here.
 
 mod account;
+mod conflicts;
 mod html;
 mod manage;
 mod pages;

@@ -58,6 +58,8 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
     let rejected = db!(db.pending_rejections());
     let devices = db!(db.device_stats());
     let pulls = db!(db.last_pulls());
+    let conflict_total = db!(db.conflict_count());
+    let conflicts = db!(db.list_conflicts(i64::MAX, super::conflicts::SHOWN));
 
     let mut body = String::from("<div class=\"cards\" id=\"totals\">");
     for (n, label) in [
@@ -79,6 +81,10 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
         calm = false;
         let _ = write!(body, "<li class=\"error\"><a href=\"/rejected?status=pending\">{rejected} rejected file(s)</a> waiting</li>");
     }
+    if conflict_total > 0 {
+        calm = false;
+        body.push_str(&super::conflicts::attention(&conflicts, conflict_total));
+    }
     for d in devices.iter().filter(|d| super::manage::stale(&state, d)) {
         calm = false;
         let _ = write!(
@@ -99,7 +105,7 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
     }
     if calm {
         body.push_str(
-            "<li class=\"ok\">Nothing: no rejected files, stale devices or failed pulls.</li>",
+            "<li class=\"ok\">Nothing: no rejected files, sighting conflicts, stale devices or failed pulls.</li>",
         );
     }
     body.push_str("</ul><h2>Sightings stored per day (last 30 days, UTC)</h2>");
