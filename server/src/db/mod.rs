@@ -15,6 +15,7 @@ macro_rules! on_pool {
 mod admin;
 mod credentials;
 mod dashboard;
+mod health;
 mod pg;
 mod sources;
 mod sqlite;
@@ -22,6 +23,7 @@ mod sqlite;
 pub use admin::{BatchListFilter, BatchSummary, RejectionInfo};
 pub use credentials::{Change, DeviceInfo};
 pub use dashboard::{DayCount, DeviceStats, Session, SightingQuery, SightingRow};
+pub use health::{WriteFailure, WriteHealth};
 pub use sources::{PullRecord, RemoteKey};
 
 use std::str::FromStr;
