@@ -112,7 +112,13 @@ fn properties(r: &ExportRow, with_position: bool) -> Map<String, Value> {
     m.insert("id".into(), s.id.to_string().into());
     m.insert("device".into(), r.device.clone().into());
     m.insert("batch_id".into(), r.batch_id.to_string().into());
-    m.insert("observed_at".into(), s.observed_at.to_rfc3339().into());
+    match &r.problem {
+        None => m.insert("observed_at".into(), s.observed_at.to_rfc3339().into()),
+        Some(problem) => {
+            m.insert("problem".into(), problem.clone().into());
+            m.insert("observed_at".into(), Value::Null)
+        }
+    };
     if with_position {
         m.insert("latitude".into(), s.latitude.into());
         m.insert("longitude".into(), s.longitude.into());
@@ -148,14 +154,16 @@ fn csv_row(r: &ExportRow, out: &mut String) {
     // export's CPU.
     let _ = write!(out, "{},{},", r.cursor, s.id);
     csv_field(out, &r.device);
-    let _ = write!(
-        out,
-        ",{},{},{},{},",
-        r.batch_id,
-        s.observed_at.to_rfc3339(),
-        s.latitude,
-        s.longitude
-    );
+    let _ = write!(out, ",{},", r.batch_id);
+    match &r.problem {
+        None => {
+            let _ = write!(out, "{}", s.observed_at.to_rfc3339());
+        }
+        // The cell of the value that is wrong names the problem, so the columns stay
+        // what every reader expects.
+        Some(problem) => csv_field(out, &format!("problem: {problem}")),
+    }
+    let _ = write!(out, ",{},{},", s.latitude, s.longitude);
     opt_csv(out, s.altitude);
     out.push(',');
     opt_csv(out, s.accuracy);

@@ -237,6 +237,9 @@ pub struct ExportRow {
     /// CSV export need not parse and re-serialise them for every row.
     pub sighting: Sighting,
     pub attributes_json: String,
+    /// Why this stored row cannot be rendered as it is (its `observed_at` is then a
+    /// placeholder): exported with the problem named rather than ending the export.
+    pub problem: Option<String>,
 }
 
 impl ExportRow {
@@ -448,6 +451,32 @@ where
 
 fn parse_uuid(s: &str) -> sqlx::Result<Uuid> {
     Uuid::from_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// A stored observed time an export can render, or the placeholder and the problem: rows
+/// stored before the years were checked in UTC can hold the year 10000.
+fn renderable_time(
+    stored: Result<DateTime<Utc>, String>,
+    offset_secs: i32,
+) -> (DateTime<FixedOffset>, Option<String>) {
+    use chrono::Datelike;
+    match stored {
+        Ok(t) if (1..=9999).contains(&t.year()) => (with_offset(t, offset_secs), None),
+        Ok(t) => (
+            with_offset(DateTime::UNIX_EPOCH, 0),
+            Some(format!(
+                "stored observed_at is in the year {} (UTC); valid years are 1 to 9999: correct or delete this sighting",
+                t.year()
+            )),
+        ),
+        Err(raw) => (
+            with_offset(DateTime::UNIX_EPOCH, 0),
+            Some(format!(
+                "stored observed_at {raw:?} is not a timestamp between the years 1 and 9999 (UTC): \
+                 correct or delete this sighting"
+            )),
+        ),
+    }
 }
 
 /// Rebuilds a device-local timestamp from UTC and the stored offset.

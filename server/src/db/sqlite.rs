@@ -12,8 +12,8 @@ use sqlx::{query::Query, Acquire, Connection, Row, Sqlite, SqliteConnection, Sql
 use uuid::Uuid;
 
 use super::{
-    duplicate_ids_rejection, export_sql, forward, parse_uuid, spawn_rows, with_offset, BatchRecord,
-    ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream,
+    duplicate_ids_rejection, export_sql, forward, parse_uuid, renderable_time, spawn_rows,
+    BatchRecord, ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream,
 };
 
 const SIGHTING_COLUMNS: &str =
@@ -437,6 +437,9 @@ pub fn export(
 
 fn export_row(r: &SqliteRow) -> sqlx::Result<ExportRow> {
     let attrs: String = r.try_get(14)?;
+    let observed: String = r.try_get(5)?;
+    let (observed_at, problem) =
+        renderable_time(parse_time(&observed).map_err(|_| observed), r.try_get(6)?);
     Ok(ExportRow {
         cursor: r.try_get(0)?,
         device: r.try_get(1)?,
@@ -444,7 +447,7 @@ fn export_row(r: &SqliteRow) -> sqlx::Result<ExportRow> {
         received_at: parse_time(r.try_get(3)?)?,
         sighting: Sighting {
             id: parse_uuid(r.try_get(4)?)?,
-            observed_at: with_offset(parse_time(r.try_get(5)?)?, r.try_get(6)?),
+            observed_at,
             latitude: r.try_get(7)?,
             longitude: r.try_get(8)?,
             altitude: r.try_get(9)?,
@@ -455,5 +458,6 @@ fn export_row(r: &SqliteRow) -> sqlx::Result<ExportRow> {
             attributes: Default::default(),
         },
         attributes_json: attrs,
+        problem,
     })
 }
