@@ -114,9 +114,17 @@ impl Field {
 /// only) specifically because those are what spreadsheets and naive loggers produce.
 pub(crate) fn parse_time(field: &str, s: &str) -> Result<DateTime<FixedOffset>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        // Every backend stores years 1 to 9999; beyond that is a typo, not a date.
-        return if (1..=9999).contains(&t.year()) {
+        // Every backend stores years 1 to 9999 in UTC, and that is what they store:
+        // 9999-12-31T23:59:59-23:59 is in the year 10000 there, which SQLite keeps as
+        // text no export can read back. Beyond that is a typo, not a date.
+        let utc = t.with_timezone(&chrono::Utc);
+        return if (1..=9999).contains(&t.year()) && (1..=9999).contains(&utc.year()) {
             Ok(t)
+        } else if (1..=9999).contains(&t.year()) {
+            Err(format!(
+                "{field} must be between the years 1 and 9999 in UTC; {s} is in the year {} in UTC",
+                utc.year()
+            ))
         } else {
             Err(format!("{field} must be between the years 1 and 9999"))
         };

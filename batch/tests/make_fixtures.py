@@ -209,6 +209,9 @@ def bad_cases():
         ("nul-in-species.ndjson", nd(mutate(species="Lox\u0000odonta")), "line 2, field species"),
         ("nul-in-attribute.json", jdoc(1, [{**k[0], "note": "a\u0000b"}]), "sightings[0].note, field note: attribute contains a NUL"),
         ("year-zero.ndjson", nd(mutate(observed_at="0000-01-01T00:00:00Z")), "observed_at must be between the years 1 and 9999"),
+        # In range as written, year 10000 once converted to UTC, which is what is stored.
+        ("year-10000-in-utc.ndjson", nd(mutate(observed_at="9999-12-31T23:59:59-23:59")),
+         "observed_at must be between the years 1 and 9999 in UTC; 9999-12-31T23:59:59-23:59 is in the year 10000 in UTC"),
     ]
 
 

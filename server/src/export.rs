@@ -64,11 +64,22 @@ pub const CSV_COLUMNS: [&str; 14] = [
 pub struct Encoder {
     format: ExportFormat,
     rows: u64,
+    /// CSV text cells that a spreadsheet would take for a formula get a leading `'`.
+    excel_safe: bool,
 }
 
 impl Encoder {
     pub fn new(format: ExportFormat) -> Encoder {
-        Encoder { format, rows: 0 }
+        Encoder {
+            format,
+            rows: 0,
+            excel_safe: false,
+        }
+    }
+
+    pub fn excel_safe(mut self, on: bool) -> Encoder {
+        self.excel_safe = on;
+        self
     }
 
     pub fn head(&self) -> String {
@@ -81,7 +92,7 @@ impl Encoder {
 
     pub fn row(&mut self, r: &ExportRow, out: &mut String) {
         match self.format {
-            ExportFormat::Csv => csv_row(r, out),
+            ExportFormat::Csv => csv_row(r, self.excel_safe, out),
             ExportFormat::Ndjson => {
                 out.push_str(&Value::Object(properties(r, true)).to_string());
                 out.push('\n');
@@ -112,7 +123,13 @@ fn properties(r: &ExportRow, with_position: bool) -> Map<String, Value> {
     m.insert("id".into(), s.id.to_string().into());
     m.insert("device".into(), r.device.clone().into());
     m.insert("batch_id".into(), r.batch_id.to_string().into());
-    m.insert("observed_at".into(), s.observed_at.to_rfc3339().into());
+    match &r.problem {
+        None => m.insert("observed_at".into(), s.observed_at.to_rfc3339().into()),
+        Some(problem) => {
+            m.insert("problem".into(), problem.clone().into());
+            m.insert("observed_at".into(), Value::Null)
+        }
+    };
     if with_position {
         m.insert("latitude".into(), s.latitude.into());
         m.insert("longitude".into(), s.longitude.into());
@@ -142,32 +159,41 @@ fn feature(r: &ExportRow) -> Value {
     })
 }
 
-fn csv_row(r: &ExportRow, out: &mut String) {
+fn csv_row(r: &ExportRow, excel_safe: bool, out: &mut String) {
     let s = &r.sighting;
+    let text = |out: &mut String, f: &str| {
+        if excel_safe && f.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            csv_field(out, &format!("'{f}"));
+        } else {
+            csv_field(out, f);
+        }
+    };
     // Straight into the output buffer: a String per field per row was a third of the
     // export's CPU.
     let _ = write!(out, "{},{},", r.cursor, s.id);
-    csv_field(out, &r.device);
-    let _ = write!(
-        out,
-        ",{},{},{},{},",
-        r.batch_id,
-        s.observed_at.to_rfc3339(),
-        s.latitude,
-        s.longitude
-    );
+    text(out, &r.device);
+    let _ = write!(out, ",{},", r.batch_id);
+    match &r.problem {
+        None => {
+            let _ = write!(out, "{}", s.observed_at.to_rfc3339());
+        }
+        // The cell of the value that is wrong names the problem, so the columns stay
+        // what every reader expects.
+        Some(problem) => csv_field(out, &format!("problem: {problem}")),
+    }
+    let _ = write!(out, ",{},{},", s.latitude, s.longitude);
     opt_csv(out, s.altitude);
     out.push(',');
     opt_csv(out, s.accuracy);
     out.push(',');
-    csv_field(out, s.observer.as_deref().unwrap_or(""));
+    text(out, s.observer.as_deref().unwrap_or(""));
     out.push(',');
-    csv_field(out, s.species.as_deref().unwrap_or(""));
+    text(out, s.species.as_deref().unwrap_or(""));
     out.push(',');
     opt_csv(out, s.count);
     out.push(',');
     if r.attributes_json.trim() != "{}" {
-        csv_field(out, &r.attributes_json);
+        text(out, &r.attributes_json);
     }
     let _ = write!(out, ",{}\r\n", r.received_at.to_rfc3339());
 }
@@ -195,8 +221,9 @@ pub fn byte_stream(
     db: &Db,
     filter: ExportFilter,
     format: ExportFormat,
+    excel_safe: bool,
 ) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
-    let encoder = Encoder::new(format);
+    let encoder = Encoder::new(format).excel_safe(excel_safe);
     let head = encoder.head();
     let state = Some((db.export(filter), encoder, head));
     futures::stream::unfold(state, |state| async move {

@@ -10,7 +10,9 @@ use ctdata_batch::{Limits, Problem, RejectKind, Rejection, Scan, Sighting};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::db::{BatchRecord, Db, LoadResult, NewBatch, NewRejection, RowStream, Skipped};
+use crate::db::{
+    BatchRecord, Db, LoadResult, NewBatch, NewRejection, RowStream, Skipped, WriteHealth,
+};
 use crate::metrics::Metrics;
 
 /// How a batch reached the server.
@@ -94,6 +96,8 @@ pub struct Receipt {
 pub struct Ingestor {
     pub db: Db,
     pub metrics: Arc<Metrics>,
+    /// Whether the last load could write: `/readyz` and the dashboard report it.
+    pub writes: Arc<WriteHealth>,
     limits: Limits,
     default_device: Arc<str>,
 }
@@ -103,6 +107,7 @@ impl Ingestor {
         Ingestor {
             db,
             metrics: Arc::default(),
+            writes: Arc::default(),
             limits,
             default_device: default_device.into(),
         }
@@ -146,7 +151,12 @@ impl Ingestor {
         // The load itself finds a batch stored before (or by a concurrent delivery that
         // won the race), before it reads a single row.
         let source = || self.rows(&d.path, &scan);
-        match self.db.load_batch(&batch, &source).await? {
+        let loaded = self.db.load_batch(&batch, &source).await;
+        match &loaded {
+            Ok(_) => self.writes.succeeded(),
+            Err(e) => self.writes.failed(e),
+        }
+        match loaded? {
             LoadResult::Loaded(record) => {
                 let mut r = receipt(Status::Ingested, d, &record);
                 r.skipped = self.skipped(&record).await?;

@@ -17,15 +17,17 @@ mod admins;
 mod conflicts;
 mod credentials;
 mod dashboard;
+mod health;
 mod pg;
 mod sources;
 mod sqlite;
 
-pub use admins::{AdminInfo, AdminTokenInfo, Revoked, TokenChoice};
 pub use admin::{BatchListFilter, BatchSummary, RejectionInfo, MAX_PAGE};
+pub use admins::{AdminInfo, AdminTokenInfo, Revoked, TokenChoice};
 pub use conflicts::{ConflictInfo, SightingVersion, Skipped, SkippedId, SKIPPED_LISTED};
 pub use credentials::{Change, DeviceInfo};
 pub use dashboard::{DayCount, DeviceStats, Session, SightingQuery, SightingRow};
+pub use health::{WriteFailure, WriteHealth};
 pub use sources::{PullRecord, RemoteKey};
 
 use std::str::FromStr;
@@ -239,6 +241,9 @@ pub struct ExportRow {
     /// CSV export need not parse and re-serialise them for every row.
     pub sighting: Sighting,
     pub attributes_json: String,
+    /// Why this stored row cannot be rendered as it is (its `observed_at` is then a
+    /// placeholder): exported with the problem named rather than ending the export.
+    pub problem: Option<String>,
 }
 
 impl ExportRow {
@@ -450,6 +455,32 @@ where
 
 fn parse_uuid(s: &str) -> sqlx::Result<Uuid> {
     Uuid::from_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// A stored observed time an export can render, or the placeholder and the problem: rows
+/// stored before the years were checked in UTC can hold the year 10000.
+fn renderable_time(
+    stored: Result<DateTime<Utc>, String>,
+    offset_secs: i32,
+) -> (DateTime<FixedOffset>, Option<String>) {
+    use chrono::Datelike;
+    match stored {
+        Ok(t) if (1..=9999).contains(&t.year()) => (with_offset(t, offset_secs), None),
+        Ok(t) => (
+            with_offset(DateTime::UNIX_EPOCH, 0),
+            Some(format!(
+                "stored observed_at is in the year {} (UTC); valid years are 1 to 9999: correct or delete this sighting",
+                t.year()
+            )),
+        ),
+        Err(raw) => (
+            with_offset(DateTime::UNIX_EPOCH, 0),
+            Some(format!(
+                "stored observed_at {raw:?} is not a timestamp between the years 1 and 9999 (UTC): \
+                 correct or delete this sighting"
+            )),
+        ),
+    }
 }
 
 /// Rebuilds a device-local timestamp from UTC and the stored offset.

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{
-    duplicate_ids_rejection, export_sql, forward, spawn_rows, with_offset, BatchRecord,
+    duplicate_ids_rejection, export_sql, forward, renderable_time, spawn_rows, BatchRecord,
     ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream,
 };
 
@@ -749,6 +749,7 @@ pub fn export(
 fn export_row(r: &PgRow) -> sqlx::Result<ExportRow> {
     let observed: DateTime<Utc> = r.try_get(5)?;
     let attrs: String = r.try_get(14)?;
+    let (observed_at, problem) = renderable_time(Ok(observed), r.try_get(6)?);
     Ok(ExportRow {
         cursor: r.try_get(0)?,
         device: r.try_get(1)?,
@@ -756,7 +757,7 @@ fn export_row(r: &PgRow) -> sqlx::Result<ExportRow> {
         received_at: r.try_get(3)?,
         sighting: Sighting {
             id: r.try_get(4)?,
-            observed_at: with_offset(observed, r.try_get(6)?),
+            observed_at,
             latitude: r.try_get(7)?,
             longitude: r.try_get(8)?,
             altitude: r.try_get(9)?,
@@ -767,5 +768,6 @@ fn export_row(r: &PgRow) -> sqlx::Result<ExportRow> {
             attributes: Default::default(),
         },
         attributes_json: attrs,
+        problem,
     })
 }

@@ -8,12 +8,12 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{query::Query, Acquire, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{query::Query, Acquire, Connection, Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    duplicate_ids_rejection, export_sql, forward, parse_uuid, spawn_rows, with_offset, BatchRecord,
-    ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream,
+    duplicate_ids_rejection, export_sql, forward, parse_uuid, renderable_time, spawn_rows,
+    BatchRecord, ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream,
 };
 
 const SIGHTING_COLUMNS: &str =
@@ -39,6 +39,17 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<SqlitePo
     }
     Ok(SqlitePoolOptions::new()
         .max_connections(max_connections)
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                // After SQLITE_FULL (or IOERR, NOMEM…) SQLite may roll a transaction back on
+                // its own; sqlx's rollback then fails and it still counts the transaction as
+                // open, so the next `begin` on this connection would only take a savepoint
+                // and its "commit" would write nothing. The ping runs any queued rollback
+                // first; a connection still in a transaction afterwards is closed.
+                conn.ping().await?;
+                Ok(!conn.is_in_transaction())
+            })
+        })
         .connect_with(opts)
         .await?)
 }
@@ -105,7 +116,50 @@ pub async fn load_batch(
     b: &NewBatch,
     rows: RowSource<'_>,
 ) -> anyhow::Result<LoadResult> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    let result = match load_on(&mut conn, b, rows).await {
+        Ok(LoadResult::Loaded(record)) => verify_committed(&mut conn, &record)
+            .await
+            .map(|()| LoadResult::Loaded(record)),
+        other => other,
+    };
+    if result.is_err() {
+        // Whatever failed may have rolled the transaction back behind sqlx's back: this
+        // connection's idea of its transaction state cannot be trusted any more.
+        conn.close_on_drop();
+    }
+    result
+}
+
+/// Proves a load's commit reached the database before anyone is told so: `BEGIN` fails
+/// while the connection is still inside a transaction (the "commit" then only released
+/// a savepoint), and outside one the batch row can only be seen once it is committed.
+async fn verify_committed(conn: &mut SqliteConnection, record: &BatchRecord) -> anyhow::Result<()> {
+    sqlx::query("BEGIN")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("the load's commit left a transaction open: {e}"))?;
+    let stored: Option<(i64, i64)> =
+        sqlx::query_as("SELECT row_count, inserted FROM batches WHERE id = ?")
+            .bind(record.pk)
+            .fetch_optional(&mut *conn)
+            .await?;
+    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+    anyhow::ensure!(
+        stored == Some((record.rows, record.inserted)),
+        "batch {} of device {} is not in the database after its commit",
+        record.batch_id,
+        record.device
+    );
+    Ok(())
+}
+
+async fn load_on(
+    conn: &mut SqliteConnection,
+    b: &NewBatch,
+    rows: RowSource<'_>,
+) -> anyhow::Result<LoadResult> {
+    let mut tx = Connection::begin(conn).await?;
     // Write first: it takes SQLite's write lock before anything is read, so a second
     // writer waits (busy_timeout) instead of failing on a stale snapshot.
     let now = utc_text(Utc::now());
@@ -138,7 +192,7 @@ pub async fn load_batch(
     .await?;
     let ids = (batch_pk, device_pk);
 
-    let mut fast = tx.begin().await?;
+    let mut fast = Acquire::begin(&mut *tx).await?;
     let (summary, inserted) = match insert_rows(&mut fast, "sightings", false, ids, rows()).await? {
         Inserted::Rejected(r) => return Ok(LoadResult::Rejected(r)),
         Inserted::Done(summary, n) => {
@@ -384,6 +438,9 @@ pub fn export(
 
 fn export_row(r: &SqliteRow) -> sqlx::Result<ExportRow> {
     let attrs: String = r.try_get(14)?;
+    let observed: String = r.try_get(5)?;
+    let (observed_at, problem) =
+        renderable_time(parse_time(&observed).map_err(|_| observed), r.try_get(6)?);
     Ok(ExportRow {
         cursor: r.try_get(0)?,
         device: r.try_get(1)?,
@@ -391,7 +448,7 @@ fn export_row(r: &SqliteRow) -> sqlx::Result<ExportRow> {
         received_at: parse_time(r.try_get(3)?)?,
         sighting: Sighting {
             id: parse_uuid(r.try_get(4)?)?,
-            observed_at: with_offset(parse_time(r.try_get(5)?)?, r.try_get(6)?),
+            observed_at,
             latitude: r.try_get(7)?,
             longitude: r.try_get(8)?,
             altitude: r.try_get(9)?,
@@ -402,5 +459,6 @@ fn export_row(r: &SqliteRow) -> sqlx::Result<ExportRow> {
             attributes: Default::default(),
         },
         attributes_json: attrs,
+        problem,
     })
 }

@@ -89,10 +89,11 @@ pub struct BatchDetail {
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn batch(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     UrlPath(id): UrlPath<i64>,
 ) -> Result<Json<BatchDetail>, ApiError> {
-    authenticate_admin(&state, &headers).await?;
+    authenticate_admin(&state, client, &headers).await?;
     let db = &state.ingestor.db;
     // The list's page just below `id + 1` starts with the batch, if there is one.
     let page = BatchListFilter {
@@ -126,10 +127,11 @@ pub struct ConflictPage {
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn conflicts(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     Query(p): Query<ConflictPage>,
 ) -> Result<Json<Vec<ConflictInfo>>, ApiError> {
-    authenticate_admin(&state, &headers).await?;
+    authenticate_admin(&state, client, &headers).await?;
     let before = p.before.unwrap_or(i64::MAX);
     let limit = p.limit.unwrap_or(100).clamp(1, crate::db::MAX_PAGE);
     Ok(Json(

@@ -43,6 +43,9 @@ pub enum ApiError {
     /// The body stalled or trickled below `http.min_body_bytes_per_sec`.
     #[error("{0}")]
     SlowBody(String),
+    /// 503 that says why, for operators and load balancers.
+    #[error("not ready: {0}")]
+    NotReady(String),
 }
 
 impl ApiError {
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -79,6 +83,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
             ApiError::SlowBody(_) => "body_too_slow",
+            ApiError::NotReady(_) => "not_ready",
         }
     }
 }
@@ -86,7 +91,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = if status.is_server_error() {
+        let message = if let ApiError::NotReady(why) = &self {
+            tracing::warn!("not ready: {why}");
+            self.to_string()
+        } else if status.is_server_error() {
             tracing::error!("request failed: {self:#}");
             "the server could not complete the request; it is logged".to_string()
         } else {

@@ -6,8 +6,8 @@ mod batches;
 mod conn;
 mod download;
 mod error;
-mod headers;
 pub mod fair;
+mod headers;
 pub mod paced;
 mod sightings;
 pub(crate) mod throttle;
@@ -184,15 +184,19 @@ async fn metrics(
     ([content_type], state.ingestor.metrics.render())
 }
 
-/// The database answers: the server can take batches.
+/// The database answers and takes writes: the server can take batches. Not ready (503,
+/// naming the reason) while the database refuses writes, such as on a full disk.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = String), (status = 503, body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state
-        .ingestor
+    let ingestor = &state.ingestor;
+    ingestor
         .db
         .totals()
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if let Some(failure) = ingestor.writes.check(&ingestor.db).await {
+        return Err(ApiError::NotReady(failure.to_string()));
+    }
     Ok("ready\n")
 }

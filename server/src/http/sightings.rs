@@ -39,6 +39,9 @@ struct Params {
     species: Option<String>,
     /// minLon,minLat,maxLon,maxLat
     bbox: Option<String>,
+    /// CSV only: text cells starting with `=`, `+`, `-` or `@` get a leading `'` so a
+    /// spreadsheet shows them instead of running them as formulas
+    excel_safe: Option<bool>,
 }
 
 /// The administrator's Download: every matching sighting, streamed.
@@ -69,6 +72,21 @@ async fn download(
     if super::web::signed_in(&state, &headers).await.is_none() {
         authenticate_reader(&state, client, &headers).await?;
     }
+    // PostgreSQL refuses NUL in text outright; no stored value holds one.
+    for (name, value) in [
+        ("from", &p.from),
+        ("to", &p.to),
+        ("device", &p.device),
+        ("species", &p.species),
+        ("bbox", &p.bbox),
+    ] {
+        if value.as_deref().is_some_and(|v| v.contains('\0')) {
+            return Err(ApiError::BadRequest(format!(
+                "{name} contains a NUL character"
+            )));
+        }
+    }
+    let excel_safe = p.excel_safe.unwrap_or(false);
     let format: ExportFormat = p
         .format
         .as_deref()
@@ -107,11 +125,12 @@ async fn download(
     };
     let next = next.max(since);
     let metrics = state.ingestor.metrics.clone();
-    let chunks = byte_stream(&state.ingestor.db, filter, format).inspect(move |chunk| {
-        if let Ok(bytes) = chunk {
-            metrics.exported_bytes(bytes.len() as u64);
-        }
-    });
+    let chunks =
+        byte_stream(&state.ingestor.db, filter, format, excel_safe).inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                metrics.exported_bytes(bytes.len() as u64);
+            }
+        });
     let body = Body::from_stream(chunks);
     let file = format!("ctdata-sightings-{since}-{next}.{}", format.extension());
     let mut response = Response::new(body);

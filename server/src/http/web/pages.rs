@@ -77,6 +77,14 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
     }
     body.push_str("</div><h2>Needs attention</h2><ul class=\"attention\" id=\"attention\">");
     let mut calm = true;
+    if let Some(failure) = state.ingestor.writes.check(db).await {
+        calm = false;
+        let _ = write!(
+            body,
+            "<li class=\"error\" id=\"write-failure\">{}: uploads are refused until it can write again</li>",
+            esc(&failure.to_string())
+        );
+    }
     if rejected > 0 {
         calm = false;
         let _ = write!(body, "<li class=\"error\"><a href=\"/rejected?status=pending\">{rejected} rejected file(s)</a> waiting</li>");

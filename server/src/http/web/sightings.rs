@@ -82,6 +82,12 @@ async fn render(state: &AppState, headers: &HeaderMap, f: Filters) -> Response {
             Err(e) => problems.push(e),
         }
     }
+    // PostgreSQL refuses NUL in text outright; no stored value holds one.
+    for (name, value) in &keep {
+        if value.as_deref().is_some_and(|v| v.contains('\0')) {
+            problems.push(format!("{name} contains a NUL character"));
+        }
+    }
     if !problems.is_empty() {
         let msg = problems
             .iter()
@@ -109,8 +115,10 @@ async fn render(state: &AppState, headers: &HeaderMap, f: Filters) -> Response {
     for (format, label) in [("csv", "CSV"), ("geojson", "GeoJSON"), ("ndjson", "NDJSON")] {
         let _ = write!(
             body,
-            "<a class=\"button\" id=\"dl-{format}\" href=\"/api/v1/sightings?format={format}{sep}{}\" download>{label}</a>",
-            esc(&export)
+            "<a class=\"button\" id=\"dl-{format}\" href=\"/api/v1/sightings?format={format}{excel}{sep}{}\" download>{label}</a>",
+            esc(&export),
+            // A spreadsheet would run a cell such as =HYPERLINK(…) sent by a device.
+            excel = if format == "csv" { "&amp;excel_safe=true" } else { "" }
         );
     }
     body.push_str("</div>");

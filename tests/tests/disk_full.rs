@@ -1,0 +1,287 @@
+//! A full disk under the database never turns an acknowledgement into a lie: the SQLite
+//! file lives on a 3 MB tmpfs that fills up while batches arrive over HTTP and through
+//! the drop directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ctdata_tests::{eventually, write_batch, ServerEnv};
+use sqlx::Connection;
+use uuid::Uuid;
+
+const DEVICE: &str = "ranger-01";
+/// Small enough that the space freed holds every batch sent again: SQLite keeps them all
+/// in its write-ahead log, which it cannot checkpoint into a full filesystem.
+const ROWS: usize = 200;
+
+/// A tmpfs mounted on a temporary folder, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (with a visible SKIPPED) where mounting is not possible.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let uid = Command::new("id").arg("-u").output().expect("run id");
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            eprintln!("SKIPPED: needs root to mount a tmpfs");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but mounting a tmpfs failed: {why}"
+            );
+            eprintln!("SKIPPED: cannot mount a tmpfs: {why}");
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Writes zeros to `path` until the filesystem is full (or `limit` bytes).
+fn fill(path: &Path, limit: usize) {
+    let mut f = std::fs::File::create(path).expect("create filler");
+    let block = vec![0u8; 16 * 1024];
+    let mut written = 0;
+    while written < limit {
+        if f.write_all(&block).is_err() || f.sync_all().is_err() {
+            break;
+        }
+        written += block.len();
+    }
+}
+
+fn post(base: &str, token: &str, file: &Path) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "120",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{base}/api/v1/batches"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn readyz(base: &str) -> u16 {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("{base}/readyz"))
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// (batches with this id, their sightings) in the database at `url`.
+async fn stored(url: &str, batch_id: Uuid) -> (i64, i64) {
+    let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+    sqlx::query_as(
+        "SELECT count(DISTINCT b.id), count(s.id) FROM batches b LEFT JOIN sightings s ON s.batch = b.id \
+         WHERE b.batch_id = ?",
+    )
+    .bind(batch_id.to_string())
+    .fetch_one(&mut c)
+    .await
+    .expect("count stored")
+}
+
+struct Sent {
+    id: Uuid,
+    file: PathBuf,
+    status: u16,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_on_a_full_disk_never_acknowledges_what_it_lost() {
+    let Some(fs) = Tmpfs::mount("3m") else {
+        return;
+    };
+    let env = ServerEnv {
+        dir: tempfile::tempdir().expect("temp dir"),
+        db_url: format!("sqlite://{}", fs.path().join("ctdata.db").display()),
+        extra_env: Vec::new(),
+    };
+    let token = env.device_token(DEVICE);
+    // Room for a few batches, then none; deleting the fillers frees it again.
+    fill(&fs.path().join("filler-1"), 1536 * 1024);
+    let server = env.serve().await;
+    let base = server.http_base();
+    let mut sent: Vec<Sent> = Vec::new();
+    let new_batch = |n: usize| {
+        let file = env.dir.path().join(format!("batch-{n}.ndjson"));
+        let id = write_batch(&file, DEVICE, ROWS);
+        (id, file)
+    };
+
+    // Until the disk is full (bounded: 3 MB holds far fewer than 40 batches).
+    for n in 0..40 {
+        let (id, file) = new_batch(n);
+        let (status, body) = post(&base, &token, &file);
+        eprintln!("batch {n}: {status} {body}");
+        sent.push(Sent { id, file, status });
+        if status >= 500 {
+            break;
+        }
+    }
+    assert!(
+        sent.last().is_some_and(|s| s.status >= 500),
+        "the disk never filled up"
+    );
+    // Take the last free page, then keep sending into the full disk.
+    fill(&fs.path().join("filler-2"), usize::MAX);
+    for n in 40..43 {
+        let (id, file) = new_batch(n);
+        let (status, body) = post(&base, &token, &file);
+        eprintln!("batch {n} (disk full): {status} {body}");
+        sent.push(Sent { id, file, status });
+    }
+    let during = readyz(&base);
+    eprintln!("readyz while the disk is full: {during}");
+
+    // A drop-directory file in the same window: it must not be archived as ingested.
+    let drop_file = env.dir.path().join("dropped.ndjson");
+    let drop_id = write_batch(&drop_file, DEVICE, ROWS);
+    let device_dir = env.drop_dir().join(DEVICE);
+    std::fs::create_dir_all(&device_dir).expect("device folder");
+    std::fs::rename(&drop_file, device_dir.join("dropped.ndjson")).expect("drop the file");
+    let receipt_path = env
+        .drop_dir()
+        .join("receipts")
+        .join(DEVICE)
+        .join("dropped.ndjson.receipt.json");
+    eventually(
+        "the drop-directory file to be tried",
+        Duration::from_secs(120),
+        || async {
+            let log = server.log_text();
+            (receipt_path.exists()
+                || log
+                    .lines()
+                    .any(|l| l.contains("dropped.ndjson") && l.contains("ERROR")))
+            .then_some(())
+        },
+    )
+    .await;
+    let receipt_during_full = receipt_path.exists();
+
+    // Free the space: the server recovers without a restart.
+    std::fs::remove_file(fs.path().join("filler-2")).expect("free space");
+    std::fs::remove_file(fs.path().join("filler-1")).expect("free space");
+    // Bounded retries rather than `eventually`: the counts below are printed even when
+    // the server never recovers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut resent = Vec::new();
+    for s in sent.iter().filter(|s| s.status >= 300) {
+        while std::time::Instant::now() < deadline {
+            let (status, body) = post(&base, &token, &s.file);
+            eprintln!("re-sent {}: {status} {body}", s.id);
+            if matches!(status, 200 | 201) {
+                resent.push(s.id);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let mut ready_again = false;
+    while !ready_again && std::time::Instant::now() < deadline {
+        ready_again = readyz(&base) == 200;
+    }
+    while !receipt_path.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let receipt: serde_json::Value = std::fs::read(&receipt_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+
+    // A restart finds everything that was acknowledged.
+    let server = env.serve().await;
+    let ready_after_restart = readyz(&server.http_base());
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+
+    let acknowledged: Vec<&Sent> = sent.iter().filter(|s| s.status == 201).collect();
+    let mut lost = Vec::new();
+    for s in &acknowledged {
+        if stored(&env.db_url, s.id).await != (1, ROWS as i64) {
+            lost.push(s.id);
+        }
+    }
+    let drop_stored = stored(&env.db_url, drop_id).await;
+    eprintln!(
+        "acknowledged {} of {} batches; lost {} of them; receipt for the dropped file while the \
+         disk was full: {receipt_during_full} (stored now: {drop_stored:?}); readyz while full: {during}",
+        acknowledged.len(),
+        sent.len(),
+        lost.len(),
+    );
+    assert!(lost.is_empty(), "acknowledged with 201 but lost: {lost:?}");
+    assert_eq!(ready_after_restart, 200);
+    assert_eq!(receipt["status"], "ingested", "{receipt}");
+    assert_eq!(drop_stored, (1, ROWS as i64), "the dropped file's batch");
+    let failed = sent.iter().filter(|s| s.status >= 300).count();
+    assert!(
+        ready_again,
+        "/readyz never said ready again after space was freed"
+    );
+    assert_eq!(
+        resent.len(),
+        failed,
+        "every failed batch is taken when sent again"
+    );
+    for id in &resent {
+        assert_eq!(
+            stored(&env.db_url, *id).await,
+            (1, ROWS as i64),
+            "re-sent {id}"
+        );
+    }
+    assert_eq!(
+        during, 503,
+        "/readyz must say not ready while the database refuses writes"
+    );
+}
