@@ -179,7 +179,7 @@ async fn metrics(
     ([content_type], state.ingestor.metrics.render())
 }
 
-/// The database answers: the server can take batches.
+/// The database answers and the drop directory can be read: the server can take batches.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = String), (status = 503, body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
@@ -189,7 +189,16 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
         .totals()
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    drop_dir_ready(&state)?;
     Ok("ready\n")
+}
+
+/// The ingest loop reports a drop directory it cannot read (an unmounted share).
+fn drop_dir_ready(state: &AppState) -> Result<(), ApiError> {
+    match state.ingestor.metrics.drop_dir_problem() {
+        Some(problem) => Err(ApiError::Unavailable(problem)),
+        None => Ok(()),
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight
