@@ -26,9 +26,16 @@ pub async fn ingest(
         // Two looks, a settle time apart: a file that did not change in between is
         // complete; one that did is left for the next run.
         let settle = settings.ingest.settle();
-        let mut drop_dir = DropDir::new(&settings.ingest.drop_dir, ingestor.clone(), settle)?;
+        let mut drop_dir = DropDir::new(&settings.ingest.drop_dir, ingestor.clone(), settle)?
+            .with_incomplete_grace(settings.ingest.incomplete_grace())
+            .dating_by_mtime();
         let stop = AtomicBool::new(false);
         let mut report = drop_dir.ingest_once(&stop).await?;
+        anyhow::ensure!(
+            !report.unavailable,
+            "the drop directory {} cannot be read",
+            settings.ingest.drop_dir.display()
+        );
         if report.waiting > 0 {
             tokio::time::sleep(settle).await;
             let second = drop_dir.ingest_once(&stop).await?;
@@ -47,6 +54,7 @@ pub async fn ingest(
         // archive lifecycle (and re-read archive/ and rejected/ every run).
         let drop_dir = std::fs::canonicalize(&settings.ingest.drop_dir).ok();
         let mut files = Vec::new();
+        let mut skipped = Vec::new();
         for p in paths {
             let inside = std::fs::canonicalize(p)
                 .ok()
@@ -58,7 +66,10 @@ pub async fn ingest(
                  `ctdata-server ingest` without a path",
                 p.display()
             );
-            collect_files(p, &mut files)?;
+            collect_files(p, &mut Walk::default(), &mut files, &mut skipped)?;
+        }
+        for (path, why) in &skipped {
+            tracing::warn!(path = %path.display(), "skipped: {why}");
         }
         let mut receipts = Vec::with_capacity(files.len());
         for file in files {
@@ -74,6 +85,7 @@ pub async fn ingest(
         }
         StepReport {
             receipts,
+            skipped,
             ..StepReport::default()
         }
     };
@@ -81,18 +93,57 @@ pub async fn ingest(
     Ok(report)
 }
 
-fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+/// Folders already walked, by device and inode: a symlink back up the tree is seen once.
+#[derive(Default)]
+struct Walk {
+    folders: std::collections::HashSet<(u64, u64)>,
+}
+
+/// Regular files below `path`, following symlinks. Whatever is not a regular file or a
+/// folder (a FIFO would block the read forever, a socket or device cannot be a batch)
+/// and symlinks that lead nowhere or round in a loop are skipped with the reason. A
+/// path named on the command line that does not exist is an error.
+fn collect_files(
+    path: &Path,
+    walk: &mut Walk,
+    out: &mut Vec<PathBuf>,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if walk.folders.is_empty() && e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("{}: {e}", path.display())
+        }
+        Err(e) => {
+            let why = match e.raw_os_error() {
+                Some(code) if code == nix::libc::ELOOP => "a symlink loop".to_string(),
+                _ => format!("cannot be read: {e}"),
+            };
+            skipped.push((path.to_path_buf(), why));
+            return Ok(());
+        }
+    };
     if meta.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
+        if !walk.folders.insert((meta.dev(), meta.ino())) {
+            let why = "a folder already walked (a symlink loop)".to_string();
+            skipped.push((path.to_path_buf(), why));
+            return Ok(());
+        }
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            .collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             if crate::dropdir::is_candidate_name(&e.file_name().to_string_lossy()) {
-                collect_files(&e.path(), out)?;
+                collect_files(&e.path(), walk, out, skipped)?;
             }
         }
-    } else {
+    } else if meta.is_file() {
         out.push(path.to_path_buf());
+    } else {
+        let why = "not a regular file (a FIFO, socket or device is never a batch)".to_string();
+        skipped.push((path.to_path_buf(), why));
     }
     Ok(())
 }

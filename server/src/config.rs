@@ -96,6 +96,10 @@ pub struct IngestSettings {
     pub max_file_bytes: u64,
     /// Largest gzip expansion ratio accepted (gzip bomb guard).
     pub max_gzip_ratio: u64,
+    /// A file written in place that is cut short (truncated, or cut inside a row or a
+    /// JSON document) while it changed within this many seconds is left in place and
+    /// looked at again when it changes; only after this long unchanged is it rejected.
+    pub incomplete_grace_secs: f64,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -201,6 +205,7 @@ impl Default for IngestSettings {
             default_device: "unassigned".into(),
             max_file_bytes: limits.max_bytes,
             max_gzip_ratio: limits.max_gzip_ratio,
+            incomplete_grace_secs: 300.0,
         }
     }
 }
@@ -274,6 +279,10 @@ impl FtpSettings {
 impl IngestSettings {
     pub fn settle(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.settle_secs.max(0.0))
+    }
+
+    pub fn incomplete_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.incomplete_grace_secs.max(0.0))
     }
 
     pub fn limits(&self) -> ctdata_batch::Limits {

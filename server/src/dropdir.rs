@@ -6,7 +6,7 @@
 //! and `receipts/<device>/<name>.receipt.json` for file-based clients to read back.
 //! `<device>` is `_` for files delivered at the top level.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::Utc;
 use futures::StreamExt;
 
-use crate::ingest::{channel, Delivery, Ingestor, Receipt, Status};
+use crate::ingest::{channel, Delivery, Ingestor, Outcome, Receipt, Status};
 
 pub const PROCESSING: &str = ".processing";
 pub const ARCHIVE: &str = "archive";
@@ -24,6 +24,14 @@ pub const REJECTED: &str = "rejected";
 pub const RECEIPTS: &str = "receipts";
 /// Folder standing for "no device" in the server's own folders.
 const NO_DEVICE: &str = "_";
+/// Longest claim name: the claim plus `.reason.txt` and a temporary-name prefix and
+/// suffix must fit a filesystem's 255-byte name limit.
+const CLAIM_MAX: usize = 200;
+/// Longest sender file name accepted: its receipt, `<name>.receipt.json` written
+/// under a temporary `.<name>.receipt.json.tmp`, must fit the same limit.
+pub const MAX_NAME_BYTES: usize = 255 - ".receipt.json.tmp".len() - 1;
+/// Marks a claim whose sender name was cut to fit; the full name is in the sidecar.
+const CUT_TAG: &str = "cut";
 
 /// What one pass did.
 #[derive(Debug, Default, Clone)]
@@ -33,6 +41,10 @@ pub struct StepReport {
     pub waiting: usize,
     /// Files that could not be decided (database unreachable…): kept for the next pass.
     pub errors: usize,
+    /// The drop directory itself cannot be read (share unmounted): nothing was done.
+    pub unavailable: bool,
+    /// Paths a one-shot ingest passed over, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
 impl StepReport {
@@ -49,11 +61,45 @@ struct Seen {
     renamed: bool,
 }
 
+/// A share file that was cut short when taken, put back to be finished.
+struct Held {
+    size: u64,
+    mtime: Option<SystemTime>,
+    /// When it last changed, by this server's clock.
+    changed: Instant,
+}
+
+/// A settled share file about to be claimed, and whether it may still be being written.
+struct Take {
+    original: PathBuf,
+    changed: Instant,
+}
+
+/// What processing one claimed file came to.
+enum Processed {
+    Decided(Receipt),
+    /// Cut short within the grace: back under its own name.
+    PutBack(PathBuf, Held),
+    /// Rejected as cut short: watched in `rejected/` (at the first path, with the size
+    /// and mtime it was judged by) in case its writer goes on.
+    RejectedIncomplete(Receipt, PathBuf, Held, PathBuf),
+}
+
 pub struct DropDir {
     root: PathBuf,
     ingestor: Ingestor,
     settle: Duration,
     seen: HashMap<PathBuf, Seen>,
+    grace: Duration,
+    /// One-shot runs have no memory of earlier looks: a file's mtime dates its last change.
+    date_by_mtime: bool,
+    /// Share files with a write seen since their last close (inotify), and when.
+    writing: HashMap<PathBuf, Instant>,
+    held: HashMap<PathBuf, Held>,
+    /// Incomplete files rejected: `rejected/` path → (size, mtime, original path).
+    rejected_incomplete: HashMap<PathBuf, (u64, Option<SystemTime>, PathBuf)>,
+    /// Why the drop directory cannot be read, while it cannot.
+    unavailable: Option<String>,
 }
 
 impl DropDir {
@@ -66,7 +112,40 @@ impl DropDir {
             ingestor,
             settle,
             seen: HashMap::new(),
+            grace: Duration::ZERO,
+            date_by_mtime: false,
+            writing: HashMap::new(),
+            held: HashMap::new(),
+            rejected_incomplete: HashMap::new(),
+            unavailable: None,
         })
+    }
+
+    /// How long a file that is cut short may wait for the rest after its last change.
+    pub fn with_incomplete_grace(mut self, grace: Duration) -> DropDir {
+        self.grace = grace;
+        self
+    }
+
+    /// For one-shot runs: date a file's last change by its mtime (when in the past).
+    pub fn dating_by_mtime(mut self) -> DropDir {
+        self.date_by_mtime = true;
+        self
+    }
+
+    /// A watcher saw data written to `path`: it is open for writing until closed.
+    pub fn note_written(&mut self, path: &Path) {
+        self.writing.insert(path.to_path_buf(), Instant::now());
+    }
+
+    /// A watcher saw `path` closed after writing.
+    pub fn note_closed(&mut self, path: &Path) {
+        self.writing.remove(path);
+    }
+
+    /// Whether the last pass found the drop directory unreadable.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable.is_some()
     }
 
     pub fn root(&self) -> &Path {
@@ -75,6 +154,7 @@ impl DropDir {
 
     /// A watcher saw `path` renamed into place: it is complete now.
     pub fn note_renamed(&mut self, path: &Path) {
+        self.writing.remove(path);
         if let Ok(meta) = fs::symlink_metadata(path) {
             self.seen.insert(path.to_path_buf(), Seen::new(&meta, true));
         }
@@ -92,12 +172,23 @@ impl DropDir {
     /// files claimed before a crash), oldest first, starting no new file once `stop` is set.
     pub async fn ingest_once(&mut self, stop: &AtomicBool) -> anyhow::Result<StepReport> {
         let mut report = StepReport::default();
+        if !self.check_available() {
+            report.unavailable = true;
+            return Ok(report);
+        }
+        self.requeue_grown_rejections().await;
+        let mut takes = HashMap::new();
         // Files claimed earlier are ingested even when the delivery area cannot be read.
         match self.settled_files(&mut report) {
             Ok(ready) => {
-                for path in ready {
-                    if let Err(e) = self.claim(&path) {
-                        tracing::warn!(path = %path.display(), "could not claim: {e}");
+                for (path, take) in ready {
+                    match self.claim(&path) {
+                        Ok(claimed) => {
+                            if let Some(take) = take {
+                                takes.insert(claimed, take);
+                            }
+                        }
+                        Err(e) => tracing::warn!(path = %path.display(), "could not claim: {e}"),
                     }
                 }
             }
@@ -114,48 +205,188 @@ impl DropDir {
         let this = &*self;
         let mut results = futures::stream::iter(claimed)
             .take_while(|_| std::future::ready(!stop.load(Ordering::SeqCst)))
-            .map(|claimed| async move {
-                let result = this.process(&claimed).await;
-                (claimed, result)
+            .map(|claimed| {
+                let take = takes.get(&claimed);
+                async move {
+                    let result = this.process(&claimed, take).await;
+                    (claimed, result)
+                }
             })
             .buffered(workers);
+        let mut held = Vec::new();
+        let mut watch = Vec::new();
         while let Some((claimed, result)) = results.next().await {
             match result {
-                Ok(receipt) => report.receipts.push(receipt),
+                Ok(Processed::Decided(receipt)) => report.receipts.push(receipt),
+                Ok(Processed::PutBack(original, h)) => {
+                    report.waiting += 1;
+                    held.push((original, h));
+                }
+                Ok(Processed::RejectedIncomplete(receipt, at, judged, original)) => {
+                    report.receipts.push(receipt);
+                    watch.push((at, (judged.size, judged.mtime, original)));
+                }
                 Err(e) => {
                     tracing::error!(file = %claimed.display(), "ingest failed, will retry: {e:#}");
                     report.errors += 1;
                 }
             }
         }
+        drop(results);
+        self.held.extend(held);
+        self.rejected_incomplete.extend(watch);
         Ok(report)
+    }
+
+    /// Whether the drop directory can be read; reports a change either way once. A
+    /// missing drop directory is waited for, never created: that would be a folder on
+    /// the disk below an unmounted share.
+    fn check_available(&mut self) -> bool {
+        let problem = match fs::metadata(&self.root) {
+            Ok(meta) if meta.is_dir() => fs::read_dir(&self.root).err().map(|e| e.to_string()),
+            Ok(_) => Some("not a directory".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        let problem = problem.or_else(|| {
+            [PROCESSING, ARCHIVE, REJECTED, RECEIPTS]
+                .iter()
+                .find_map(|dir| match fs::create_dir(self.root.join(dir)) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                        Some(format!("cannot create {dir}: {e}"))
+                    }
+                    _ => None,
+                })
+        });
+        match (&problem, &self.unavailable) {
+            (Some(p), None) => tracing::error!(
+                drop_dir = %self.root.display(),
+                "the drop directory cannot be read ({p}); ingest from it waits until it is back"
+            ),
+            (None, Some(_)) => {
+                tracing::info!(drop_dir = %self.root.display(), "the drop directory is back")
+            }
+            _ => {}
+        }
+        let changed = problem != self.unavailable;
+        self.unavailable = problem;
+        if changed {
+            let shown = self
+                .unavailable
+                .as_ref()
+                .map(|p| format!("drop directory {}: {p}", self.root.display()));
+            self.ingestor.metrics.set_drop_dir_problem(shown);
+        }
+        self.unavailable.is_none()
+    }
+
+    /// A file rejected as cut short whose writer still had it open goes on growing in
+    /// `rejected/`: put it back under its own name to be looked at again.
+    async fn requeue_grown_rejections(&mut self) {
+        let mut grown = Vec::new();
+        self.rejected_incomplete
+            .retain(|at, (size, mtime, original)| match fs::metadata(at) {
+                Err(_) => false,
+                Ok(meta) if meta.len() == *size && meta.modified().ok() == *mtime => true,
+                Ok(_) => {
+                    grown.push((at.clone(), original.clone()));
+                    false
+                }
+            });
+        for (at, original) in grown {
+            match put_back(&at, &original) {
+                Ok(()) => {
+                    let name = at.file_name().unwrap_or_default().to_string_lossy();
+                    let _ = fs::remove_file(at.with_file_name(format!("{name}.reason.txt")));
+                    let device_dir = at
+                        .parent()
+                        .and_then(Path::file_name)
+                        .unwrap_or_default()
+                        .to_string_lossy();
+                    let claim = format!("{device_dir}/{name}");
+                    if let Err(e) = self.ingestor.db.requeue_rejection(&claim).await {
+                        tracing::warn!(claim, "could not mark the rejection requeued: {e}");
+                    }
+                    tracing::info!(file = %original.display(), "a file rejected as cut short grew: looking at it again");
+                }
+                Err(e) => tracing::warn!(
+                    file = %at.display(),
+                    "a file rejected as cut short grew but cannot go back to {}: {e}",
+                    original.display()
+                ),
+            }
+        }
     }
 
     /// Walks the delivery folders and returns files whose size and mtime held still for
     /// the settle time (or that were renamed into place).
-    fn settled_files(&mut self, report: &mut StepReport) -> io::Result<Vec<PathBuf>> {
+    /// A file cut short, or one still open for writing, waits for its writer until it
+    /// has not changed for the incomplete grace; then it is taken and decided.
+    fn settled_files(
+        &mut self,
+        report: &mut StepReport,
+    ) -> io::Result<Vec<(PathBuf, Option<Take>)>> {
         let mut found = Vec::new();
         walk(&self.root, true, &mut found)?;
+        let present: HashSet<&PathBuf> = found.iter().map(|(p, _)| p).collect();
+        self.held.retain(|p, _| present.contains(p));
+        self.writing.retain(|p, _| present.contains(p));
         let mut ready = Vec::new();
         let mut still = HashMap::with_capacity(found.len());
         for (path, meta) in found {
             let mut entry = self
                 .seen
                 .remove(&path)
-                .unwrap_or_else(|| Seen::new(&meta, false));
+                .unwrap_or_else(|| self.first_sight(&meta));
             if entry.size != meta.len() || entry.mtime != meta.modified().ok() {
                 entry = Seen::new(&meta, false);
             }
-            if entry.renamed || entry.since.elapsed() >= self.settle {
-                ready.push(path);
-            } else {
+            if let Some(held) = self.held.get(&path) {
+                if held.size == meta.len() && held.mtime == meta.modified().ok() {
+                    if held.changed.elapsed() < self.grace {
+                        report.waiting += 1;
+                        continue;
+                    }
+                    // Nothing more came within the grace: decide it as it is.
+                    let changed = held.changed;
+                    self.held.remove(&path);
+                    let take = Take {
+                        original: path.clone(),
+                        changed,
+                    };
+                    ready.push((path, Some(take)));
+                    continue;
+                }
+                self.held.remove(&path);
+            }
+            // An empty file is a writer that has not started yet.
+            let open = (meta.len() == 0 || self.writing.contains_key(&path))
+                && entry.since.elapsed() < self.grace;
+            if !entry.renamed && (open || entry.since.elapsed() < self.settle) {
                 report.waiting += 1;
                 still.insert(path, entry);
+                continue;
             }
+            let take = (!entry.renamed).then(|| Take {
+                original: path.clone(),
+                changed: entry.since,
+            });
+            ready.push((path, take));
         }
         self.seen = still;
-        ready.sort();
+        ready.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(ready)
+    }
+
+    fn first_sight(&self, meta: &fs::Metadata) -> Seen {
+        let mut seen = Seen::new(meta, false);
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok());
+        if let Some(age) = age.filter(|_| self.date_by_mtime) {
+            seen.since = Instant::now().checked_sub(age).unwrap_or(seen.since);
+        }
+        seen
     }
 
     /// Atomically takes a file out of the delivery area into `.processing/`.
@@ -203,7 +434,8 @@ impl DropDir {
             }
             for f in fs::read_dir(dev.path())? {
                 let f = f?;
-                if f.file_type()?.is_file() {
+                // Dot names are the sidecars of cut claim names.
+                if f.file_type()?.is_file() && !f.file_name().to_string_lossy().starts_with('.') {
                     out.push(f.path());
                 }
             }
@@ -213,7 +445,7 @@ impl DropDir {
         Ok(out)
     }
 
-    async fn process(&self, claimed: &Path) -> anyhow::Result<Receipt> {
+    async fn process(&self, claimed: &Path, take: Option<&Take>) -> anyhow::Result<Processed> {
         let claim_name = claimed
             .file_name()
             .unwrap_or_default()
@@ -225,8 +457,11 @@ impl DropDir {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let (channel, original) = parse_claim_name(&claim_name);
-        let original = original.to_string();
+        let (channel, original, cut) = parse_claim_name(&claim_name);
+        let original = match cut {
+            true => fs::read_to_string(sidecar(claimed)).unwrap_or_else(|_| original.to_string()),
+            false => original.to_string(),
+        };
         let delivery = Delivery {
             path: claimed.to_path_buf(),
             file_name: original.clone(),
@@ -235,17 +470,61 @@ impl DropDir {
             claim_name: Some(format!("{device_dir}/{claim_name}")),
             rejected_path: Some(rejected_path(&device_dir, &claim_name)),
         };
-        let receipt = self.ingestor.ingest(&delivery).await?;
-        if let Some(device) = &receipt.device {
+        // What the decision is based on: a writer may go on after it.
+        let judged = Held::new(claimed, Instant::now());
+        let mut incomplete = false;
+        let receipt = if original.len() > MAX_NAME_BYTES {
+            let why = format!(
+                "the file name is {} bytes long; at most {MAX_NAME_BYTES} are accepted (the receipt beside it \
+                 must fit the filesystem's 255-byte limit): send it under a shorter name",
+                original.len()
+            );
+            self.ingestor.refuse(&delivery, "file_name", why).await?
+        } else if let Some(take) = take {
+            match self.ingestor.ingest_or_wait(&delivery, true).await? {
+                Outcome::Decided(receipt) => receipt,
+                Outcome::Incomplete(cut) => {
+                    if take.changed.elapsed() < self.grace {
+                        match put_back(claimed, &take.original) {
+                            Ok(()) => {
+                                return Ok(Processed::PutBack(
+                                    take.original.clone(),
+                                    Held::new(&take.original, take.changed),
+                                ))
+                            }
+                            Err(e) => tracing::warn!(
+                                file = %take.original.display(),
+                                "a file cut short cannot go back to wait for the rest: {e}"
+                            ),
+                        }
+                    }
+                    incomplete = true;
+                    self.ingestor.reject_incomplete(&delivery, cut).await?
+                }
+            }
+        } else {
+            self.ingestor.ingest(&delivery).await?
+        };
+        let receipt_name = format!("{original}.receipt.json");
+        if let Some(device) = receipt
+            .device
+            .as_ref()
+            .filter(|_| original.len() <= MAX_NAME_BYTES)
+        {
             let dir = self.root.join(RECEIPTS).join(device);
-            write_atomic(
-                &dir,
-                &format!("{original}.receipt.json"),
-                &serde_json::to_vec_pretty(&receipt)?,
-            )?;
+            write_atomic(&dir, &receipt_name, &serde_json::to_vec_pretty(&receipt)?)?;
         }
         file_away(&self.root, claimed, &device_dir, &receipt)?;
-        Ok(receipt)
+        if cut {
+            let _ = fs::remove_file(sidecar(claimed));
+        }
+        if incomplete {
+            if let Some(original) = take.map(|t| t.original.clone()) {
+                let at = self.root.join(rejected_path(&device_dir, &claim_name));
+                return Ok(Processed::RejectedIncomplete(receipt, at, judged, original));
+            }
+        }
+        Ok(Processed::Decided(receipt))
     }
 }
 
@@ -288,6 +567,35 @@ pub fn rejected_path(device_dir: &str, claim_name: &str) -> String {
         .into_owned()
 }
 
+impl Held {
+    fn new(path: &Path, changed: Instant) -> Held {
+        let meta = fs::metadata(path).ok();
+        Held {
+            size: meta.as_ref().map_or(0, fs::Metadata::len),
+            mtime: meta.and_then(|m| m.modified().ok()),
+            changed,
+        }
+    }
+}
+
+/// Moves `from` back to `to` unless something else now has that name (a writer that
+/// reopened it by name): a hard link cannot replace a file, a plain rename could.
+fn put_back(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::hard_link(from, to) {
+        Ok(()) => fs::remove_file(from),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        // Some shares have no hard links: the small window of a plain rename it is.
+        Err(_) if !to.exists() => fs::rename(from, to),
+        Err(e) => Err(e),
+    }
+}
+
+/// Holds the full sender name of a claim whose name was cut to fit.
+fn sidecar(claimed: &Path) -> PathBuf {
+    let name = claimed.file_name().unwrap_or_default().to_string_lossy();
+    claimed.with_file_name(format!(".{name}.name"))
+}
+
 impl Seen {
     /// Settling is timed by this server's clock from the first sight of a size and
     /// mtime: a file's mtime comes from whoever wrote it (a share's clock may be behind,
@@ -318,19 +626,42 @@ pub fn claim_into(
         channel::SHARE => String::new(),
         other => format!(".{other}"),
     };
-    let dest = dir.join(format!("{}{tag}-{name}", stamp()));
+    let head = format!("{}{tag}", stamp());
+    // A long sender name is cut to keep the claim (and the names made from it) within
+    // the filesystem's limit; the whole name waits in a sidecar for the database.
+    let room = CLAIM_MAX - head.len() - CUT_TAG.len() - 2;
+    let dest = if name.len() + head.len() < CLAIM_MAX {
+        dir.join(format!("{head}-{name}"))
+    } else {
+        let mut end = room;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let dest = dir.join(format!("{head}.{CUT_TAG}-{}", &name[..end]));
+        let side = sidecar(&dest);
+        write_atomic(
+            &dir,
+            &side.file_name().unwrap_or_default().to_string_lossy(),
+            name.as_bytes(),
+        )?;
+        dest
+    };
     fs::rename(path, &dest)?;
     Ok(dest)
 }
 
-/// The channel and the sender's file name in a claim name `<stamp>[.<channel>]-<name>`.
-fn parse_claim_name(claim_name: &str) -> (&str, &str) {
+/// The channel, the sender's file name and whether that name was cut, in a claim name
+/// `<stamp>[.<channel>][.cut]-<name>`.
+fn parse_claim_name(claim_name: &str) -> (&str, &str, bool) {
     let Some((head, name)) = claim_name.split_once('-') else {
-        return (channel::SHARE, claim_name);
+        return (channel::SHARE, claim_name, false);
     };
-    match head.split_once('.') {
-        Some((_, tag)) if tag == channel::FTP => (channel::FTP, name),
-        _ => (channel::SHARE, name),
+    let mut tags = head.split('.').skip(1);
+    let (first, second) = (tags.next(), tags.next());
+    let cut = first == Some(CUT_TAG) || second == Some(CUT_TAG);
+    match first {
+        Some(tag) if tag == channel::FTP => (channel::FTP, name, cut),
+        _ => (channel::SHARE, name, cut),
     }
 }
 
@@ -445,15 +776,23 @@ mod tests {
         let c = |name| parse_claim_name(name);
         assert_eq!(
             c("20261122T101010123456789000001-a-b.json"),
-            ("share", "a-b.json")
+            ("share", "a-b.json", false)
         );
         assert_eq!(
             c("20261122T101010123456789000001.ftp-x.json"),
-            ("ftp", "x.json")
+            ("ftp", "x.json", false)
         );
         assert_eq!(
             c("20261122T101010123456789000001.zz-x.json"),
-            ("share", "x.json")
+            ("share", "x.json", false)
+        );
+        assert_eq!(
+            c("20261122T101010123456789000001.ftp.cut-x"),
+            ("ftp", "x", true)
+        );
+        assert_eq!(
+            c("20261122T101010123456789000001.cut-x"),
+            ("share", "x", true)
         );
         assert!(is_reserved_name("Archive") && is_reserved_name("RECEIPTS"));
         assert!(!is_reserved_name("archive2") && !is_server_folder("Archive"));

@@ -3,10 +3,11 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use ctdata_batch::{Limits, Problem, RejectKind, Rejection, Scan, Sighting};
+use ctdata_batch::{Format, Limits, Problem, RejectKind, Rejection, Scan, Sighting};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -91,6 +92,22 @@ pub struct Receipt {
     pub skipped: Option<Skipped>,
 }
 
+/// What a delivery that may still be being written came to.
+#[derive(Debug)]
+pub enum Outcome {
+    Decided(Receipt),
+    /// Cut short: nothing recorded, the caller may wait for the rest.
+    Incomplete(Incomplete),
+}
+
+/// A delivery found cut short, with what is known of it, until it is rejected.
+#[derive(Debug)]
+pub struct Incomplete {
+    rejection: Rejection,
+    scan: Option<Scan>,
+    device: Option<String>,
+}
+
 /// Shared, cheap to clone: one per server.
 #[derive(Clone)]
 pub struct Ingestor {
@@ -100,6 +117,9 @@ pub struct Ingestor {
     pub writes: Arc<WriteHealth>,
     limits: Limits,
     default_device: Arc<str>,
+    /// Whether a `truncated` rejection may be waiting for a complete delivery to
+    /// resolve it; while none is, a stored batch costs no extra statement.
+    truncated_pending: Arc<AtomicBool>,
 }
 
 impl Ingestor {
@@ -110,6 +130,7 @@ impl Ingestor {
             writes: Arc::default(),
             limits,
             default_device: default_device.into(),
+            truncated_pending: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -117,24 +138,113 @@ impl Ingestor {
     /// database is down, say): the caller keeps the file and tries again later.
     #[tracing::instrument(skip_all, err, fields(file = %d.file_name, channel = %d.channel))]
     pub async fn ingest(&self, d: &Delivery) -> anyhow::Result<Receipt> {
+        match self.ingest_or_wait(d, false).await? {
+            Outcome::Decided(receipt) => Ok(receipt),
+            Outcome::Incomplete(_) => unreachable!("only asked to wait for a file when allowed to"),
+        }
+    }
+
+    /// Like [`Ingestor::ingest`], but with `wait_if_incomplete` a file that is cut short
+    /// (it may still be being written) is neither stored nor rejected.
+    pub async fn ingest_or_wait(
+        &self,
+        d: &Delivery,
+        wait_if_incomplete: bool,
+    ) -> anyhow::Result<Outcome> {
         let started = std::time::Instant::now();
-        let receipt = self.decide(d).await?;
-        self.metrics.ingested(&receipt, started.elapsed());
+        let outcome = self.decide(d, wait_if_incomplete).await?;
+        if let Outcome::Decided(receipt) = &outcome {
+            self.metrics.ingested(receipt, started.elapsed());
+            if receipt.status != Status::Rejected {
+                self.resolve_superseded(receipt).await?;
+            } else if receipt.kind.as_deref() == Some(TRUNCATED) {
+                self.truncated_pending.store(true, Ordering::SeqCst);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// A complete delivery supersedes the device's earlier truncated copies of the same
+    /// file name or batch id: those rejections need no one's attention any more.
+    async fn resolve_superseded(&self, r: &Receipt) -> anyhow::Result<()> {
+        let (Some(device), Some(batch_id)) = (&r.device, r.batch_id) else {
+            return Ok(());
+        };
+        if !self.truncated_pending.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let resolved = self.db.resolve_truncated(device, &r.file, batch_id).await?;
+        if resolved > 0 {
+            tracing::info!(
+                device,
+                file = r.file,
+                resolved,
+                "truncated copies superseded by a complete delivery"
+            );
+        }
+        let left = self.db.truncated_pending().await?;
+        self.truncated_pending.store(left, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Rejects a delivery that stayed cut short as `truncated`, whatever part of it
+    /// showed the cut.
+    pub async fn reject_incomplete(
+        &self,
+        d: &Delivery,
+        cut: Incomplete,
+    ) -> anyhow::Result<Receipt> {
+        let receipt = self
+            .reject_as(
+                d,
+                cut.scan.as_ref(),
+                cut.device.as_deref(),
+                cut.rejection,
+                TRUNCATED,
+            )
+            .await?;
+        self.truncated_pending.store(true, Ordering::SeqCst);
         Ok(receipt)
     }
 
-    async fn decide(&self, d: &Delivery) -> anyhow::Result<Receipt> {
+    /// Refuses a delivery without reading it (its name alone rules it out).
+    pub async fn refuse(
+        &self,
+        d: &Delivery,
+        kind: &str,
+        summary: String,
+    ) -> anyhow::Result<Receipt> {
+        self.reject_as(d, None, None, header_rejection(summary), kind)
+            .await
+    }
+
+    async fn decide(&self, d: &Delivery, wait_if_incomplete: bool) -> anyhow::Result<Outcome> {
         let path = d.path.clone();
         let limits = self.limits;
         let scan = tokio::task::spawn_blocking(move || ctdata_batch::scan(&path, &limits)).await?;
         let scan = match scan {
             Ok(scan) => scan,
-            Err(rejection) => return self.reject(d, None, None, rejection).await,
+            Err(rejection) if wait_if_incomplete && incomplete(&rejection, None, &d.path) => {
+                return Ok(Outcome::Incomplete(Incomplete {
+                    rejection,
+                    scan: None,
+                    device: None,
+                }))
+            }
+            Err(rejection) => {
+                return self
+                    .reject(d, None, None, rejection)
+                    .await
+                    .map(Outcome::Decided)
+            }
         };
         let device = match self.device_for(d, &scan) {
             Ok(device) => device,
             Err((rejection, kind)) => {
-                return self.reject_as(d, Some(&scan), None, rejection, kind).await
+                return self
+                    .reject_as(d, Some(&scan), None, rejection, kind)
+                    .await
+                    .map(Outcome::Decided)
             }
         };
         let batch = NewBatch {
@@ -156,7 +266,7 @@ impl Ingestor {
             Ok(_) => self.writes.succeeded(),
             Err(e) => self.writes.failed(e),
         }
-        match loaded? {
+        let receipt = match loaded? {
             LoadResult::Loaded(record) => {
                 let mut r = receipt(Status::Ingested, d, &record);
                 r.skipped = self.skipped(&record).await?;
@@ -184,13 +294,24 @@ impl Ingestor {
                         "sighting ids stored before arrived with other content; the stored versions were kept"
                     );
                 }
-                Ok(r)
+                r
+            }
+            LoadResult::Rejected(rejection)
+                if wait_if_incomplete && incomplete(&rejection, Some(&scan), &d.path) =>
+            {
+                return Ok(Outcome::Incomplete(Incomplete {
+                    rejection,
+                    scan: Some(scan),
+                    device: Some(device),
+                }));
             }
             LoadResult::Rejected(rejection) => {
-                self.reject(d, Some(&scan), Some(&device), rejection).await
+                self.reject(d, Some(&scan), Some(&device), rejection)
+                    .await?
             }
-            LoadResult::Exists(existing) => self.seen_before(d, &scan, existing).await,
-        }
+            LoadResult::Exists(existing) => self.seen_before(d, &scan, existing).await?,
+        };
+        Ok(Outcome::Decided(receipt))
     }
 
     /// The same device and batch id arrived before: a duplicate, a conflict, or our own
@@ -403,6 +524,32 @@ fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
         kind: None,
         skipped: None,
     }
+}
+
+/// Kind of a rejection for a file that ends early.
+pub const TRUNCATED: &str = "truncated";
+
+/// Whether a file failed because it ends early, as one still being written does: a
+/// missing trailer, a JSON document or count cut short, or a CSV whose last row is
+/// cut (a broken row with no line break after it).
+fn incomplete(rejection: &Rejection, scan: Option<&Scan>, path: &Path) -> bool {
+    let plain_csv = scan.is_some_and(|s| s.format == Format::Csv && !s.gzip);
+    match rejection.kind {
+        RejectKind::Truncated => true,
+        RejectKind::Syntax | RejectKind::InvalidRows if plain_csv => !ends_with_line_break(path),
+        _ => false,
+    }
+}
+
+fn ends_with_line_break(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut last = [0u8; 1];
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::End(-1))?;
+            f.read_exact(&mut last)
+        })
+        .is_ok_and(|()| last[0] == b'\n')
 }
 
 fn header_rejection(summary: String) -> Rejection {

@@ -30,7 +30,8 @@ enum Command {
     /// Apply database migrations and exit (serve also does this at start).
     Migrate,
     /// Ingest now, for a scheduled task. With no PATH: one pass over the drop directory
-    /// (claim, ingest, archive). With PATHs: ingest those files or folders in place.
+    /// (claim, ingest, archive). With PATHs: ingest those files or folders in place;
+    /// FIFOs, sockets, devices and symlink loops are skipped with the reason.
     /// Exit code 2 when any file was rejected.
     Ingest {
         /// Files or folders to ingest in place.
@@ -156,6 +157,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = commands::ingest(&settings, &paths, device.as_deref()).await?;
             for r in &report.receipts {
                 println!("{}", commands::describe(r));
+            }
+            for (path, why) in &report.skipped {
+                println!("skipped   {}: {why}", path.display());
             }
             let rejected = report.count(Status::Rejected);
             eprintln!(

@@ -13,6 +13,8 @@ const LATENCY_BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 1
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// Why the drop directory cannot be read right now (share unmounted…), if it cannot.
+    drop_dir_problem: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -25,6 +27,20 @@ struct Inner {
 }
 
 impl Metrics {
+    pub fn set_drop_dir_problem(&self, problem: Option<String>) {
+        *self
+            .drop_dir_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    pub fn drop_dir_problem(&self) -> Option<String> {
+        self.drop_dir_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Records one decided delivery.
     pub fn ingested(&self, r: &Receipt, took: Duration) {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
@@ -41,7 +41,8 @@ pub async fn run(
         &settings.ingest.drop_dir,
         ingestor.clone(),
         settings.ingest.settle(),
-    )?;
+    )?
+    .with_incomplete_grace(settings.ingest.incomplete_grace());
     let puller = Arc::new(Puller::new(
         settings.sources.clone(),
         &settings.ingest.drop_dir,
@@ -92,14 +93,28 @@ pub async fn run(
     }
     let pulls = crate::sources::spawn_schedules(puller, pulls_stopping, stop.clone());
     let (events, mut changes) = mpsc::unbounded_channel();
-    let _watcher = watch(&settings.ingest.drop_dir, events);
+    let mut watcher = watch(&settings.ingest.drop_dir, events.clone());
     let mut rescan = tokio::time::interval(Duration::from_secs_f64(
         settings.ingest.rescan_secs.max(0.1),
     ));
     rescan.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
+    // Doubles while the drop directory stays away (share unmounted), up to a minute.
+    let mut away_pause = Duration::from_millis(500);
     while !stop.load(Ordering::SeqCst) {
+        // Writes and closes seen since the last pass decide what is still open.
+        note_changes(&mut drop_dir, &mut changes, None);
         match drop_dir.ingest_once(&stop).await {
+            Ok(report) if report.unavailable => {
+                tokio::select! {
+                    _ = tokio::time::sleep(away_pause) => {}
+                    _ = woken.notified() => {}
+                }
+                away_pause = (away_pause * 2).min(Duration::from_secs(60));
+                // Events from a watch on a vanished folder say nothing any more.
+                while changes.try_recv().is_ok() {}
+                continue;
+            }
             Ok(report) if report.errors > 0 => {
                 // Something outside our control failed (the database, the disk): pause
                 // before trying the same files again.
@@ -112,6 +127,11 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => tracing::error!("drop directory scan failed: {e:#}"),
+        }
+        if away_pause > Duration::from_millis(500) {
+            // Back from away: the old watch died with the folder it watched.
+            away_pause = Duration::from_millis(500);
+            watcher = watch(&settings.ingest.drop_dir, events.clone());
         }
         let settle_wait = drop_dir
             .next_settle()
@@ -133,6 +153,7 @@ pub async fn run(
             }
         }
     }
+    drop(watcher);
     tracing::info!("ingest stopped");
     for pull in pulls {
         let _ = pull.await;
@@ -181,8 +202,11 @@ fn note_changes(
 ) {
     let mut next = first.or_else(|| changes.try_recv().ok());
     while let Some(change) = next {
-        if let Change::Renamed(path) = change {
-            drop_dir.note_renamed(&path);
+        match change {
+            Change::Renamed(path) => drop_dir.note_renamed(&path),
+            Change::Written(path) => drop_dir.note_written(&path),
+            Change::Closed(path) => drop_dir.note_closed(&path),
+            Change::Touched => {}
         }
         next = changes.try_recv().ok();
     }
@@ -266,7 +290,11 @@ async fn start_http(
 enum Change {
     /// Renamed into place: complete now.
     Renamed(PathBuf),
-    /// Written or created: worth a look once it settles.
+    /// Data written: open for writing until closed.
+    Written(PathBuf),
+    /// Closed after writing.
+    Closed(PathBuf),
+    /// Anything else: worth a look once it settles.
     Touched,
 }
 
@@ -290,8 +318,14 @@ fn watch(dir: &Path, events: mpsc::UnboundedSender<Change>) -> Option<notify::Re
         if event.paths.iter().all(ours) {
             return;
         }
-        let change = match target {
-            Some(path) if !ours(path) => Change::Renamed(path.clone()),
+        let first = event.paths.first().filter(|p| !ours(p)).cloned();
+        let change = match (target, event.kind, first) {
+            (Some(path), _, _) if !ours(path) => Change::Renamed(path.clone()),
+            // Not a creation: a hard link putting a file back creates, and writes nothing.
+            (_, EventKind::Modify(ModifyKind::Data(_)), Some(path)) => Change::Written(path),
+            (_, EventKind::Access(AccessKind::Close(AccessMode::Write)), Some(path)) => {
+                Change::Closed(path)
+            }
             _ => Change::Touched,
         };
         let _ = events.send(change);

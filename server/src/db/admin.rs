@@ -13,7 +13,8 @@ pub struct BatchListFilter {
     pub device: Option<String>,
     pub channel: Option<String>,
     /// Batches: `new` (added sightings) or `duplicate` (added none); rejections:
-    /// `pending`, `reprocessed`.
+    /// `pending`, `reprocessed`, `resolved` (a truncated copy superseded by a complete
+    /// delivery).
     pub status: Option<String>,
     /// Only rows with an id below this (the previous page's last id).
     pub before: Option<i64>,
@@ -128,5 +129,44 @@ impl Db {
         const SQL: &str = "UPDATE rejections SET status = $2 WHERE id = $1";
         on_pool!(self, p => sqlx::query(SQL).bind(id).bind(status).execute(p).await.map(|_| ()))?;
         Ok(())
+    }
+
+    /// Marks the device's pending `truncated` rejections of this file name or batch id
+    /// `resolved`: a complete delivery superseded them. A file rejected before its
+    /// device was known (top of the drop directory) matches by name.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn resolve_truncated(
+        &self,
+        device: &str,
+        file_name: &str,
+        batch_id: uuid::Uuid,
+    ) -> sqlx::Result<u64> {
+        let batch_id_text = match self {
+            Db::Postgres(_) => "batch_id::text",
+            Db::Sqlite(_) => "batch_id",
+        };
+        let sql = format!(
+            "UPDATE rejections SET status = 'resolved' WHERE status = 'pending' AND kind = 'truncated' \
+             AND ((file_name = $2 AND (device = $1 OR device IS NULL)) OR (device = $1 AND {batch_id_text} = $3))"
+        );
+        let batch_id = batch_id.to_string();
+        on_pool!(self, p => sqlx::query(&sql).bind(device).bind(file_name).bind(&batch_id).execute(p).await.map(|r| r.rows_affected()))
+    }
+
+    /// Whether any `truncated` rejection is still pending.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn truncated_pending(&self) -> sqlx::Result<bool> {
+        const SQL: &str =
+            "SELECT EXISTS (SELECT 1 FROM rejections WHERE status = 'pending' AND kind = 'truncated')";
+        on_pool!(self, p => sqlx::query_scalar(SQL).fetch_one(p).await)
+    }
+
+    /// A rejected file that went back to be looked at again (it grew: its writer was
+    /// not done) leaves its rejection dealt with.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn requeue_rejection(&self, claim_name: &str) -> sqlx::Result<()> {
+        const SQL: &str =
+            "UPDATE rejections SET status = 'reprocessed' WHERE claim_name = $1 AND status = 'pending'";
+        on_pool!(self, p => sqlx::query(SQL).bind(claim_name).execute(p).await.map(|_| ()))
     }
 }

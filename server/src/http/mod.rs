@@ -184,8 +184,9 @@ async fn metrics(
     ([content_type], state.ingestor.metrics.render())
 }
 
-/// The database answers and takes writes: the server can take batches. Not ready (503,
-/// naming the reason) while the database refuses writes, such as on a full disk.
+/// The database answers and takes writes, and the drop directory can be read: the server
+/// can take batches. Not ready (503, naming the reason) while the database refuses
+/// writes (a full disk, say) or the drop directory is gone (an unmounted share).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = String), (status = 503, body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
@@ -198,5 +199,14 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
     if let Some(failure) = ingestor.writes.check(&ingestor.db).await {
         return Err(ApiError::NotReady(failure.to_string()));
     }
+    drop_dir_ready(&state)?;
     Ok("ready\n")
+}
+
+/// The ingest loop reports a drop directory it cannot read (an unmounted share).
+fn drop_dir_ready(state: &AppState) -> Result<(), ApiError> {
+    match state.ingestor.metrics.drop_dir_problem() {
+        Some(problem) => Err(ApiError::Unavailable(problem)),
+        None => Ok(()),
+    }
 }

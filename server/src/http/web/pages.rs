@@ -85,6 +85,14 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
             esc(&failure.to_string())
         );
     }
+    if let Some(problem) = state.ingestor.metrics.drop_dir_problem() {
+        calm = false;
+        let _ = write!(
+            body,
+            "<li class=\"error\" id=\"drop-dir-problem\">The drop directory cannot be read: {}. Nothing delivered to the share is ingested until it is back.</li>",
+            esc(&problem)
+        );
+    }
     if rejected > 0 {
         calm = false;
         let _ = write!(body, "<li class=\"error\"><a href=\"/rejected?status=pending\">{rejected} rejected file(s)</a> waiting</li>");
@@ -314,7 +322,7 @@ pub async fn rejected(
          <div class=\"scroll\"><table id=\"rejected\"><thead><tr><th>File</th><th>Device</th><th>When (UTC)</th>\
          <th>Channel</th><th>Reason</th><th>Status</th><th></th></tr></thead><tbody>",
         esc(device.as_deref().unwrap_or("")),
-        select("status", &["pending", "reprocessed"], status.as_deref())
+        select("status", &["pending", "reprocessed", "resolved"], status.as_deref())
     );
     for r in &rows {
         let mut actions = String::new();
