@@ -6,6 +6,9 @@
 #       rst      the data connection is reset (SO_LINGER 0), then the process dies
 #       ctl_rst  the control connection is reset, then the data connection is closed
 #                normally (the data alone looks like a complete file)
+#   hold PORT USER TOKEN LOCAL REMOTE SECONDS
+#       STORs all of LOCAL to REMOTE, prints {"reply": "226 ..."} and stays connected,
+#       silent, for SECONDS (the server's shutdown cuts the session meanwhile)
 #   race PORT USER TOKEN SECONDS MAX PATH...
 #       RETRs each PATH in turn until SECONDS pass or MAX attempts; prints
 #       {"attempts": N, "read": [distinct contents read]}
@@ -36,6 +39,14 @@ if kind == "cut":
         conn.close()
         os._exit(0)
     raise ValueError(how)
+
+if kind == "hold":
+    local, remote, seconds = sys.argv[5], sys.argv[6], float(sys.argv[7])
+    with open(local, "rb") as f:
+        reply = ftp.storbinary("STOR " + remote, f)
+    print(json.dumps({"reply": reply}), flush=True)
+    time.sleep(seconds)
+    sys.exit(0)
 
 if kind == "race":
     seconds, most, paths = float(sys.argv[5]), int(sys.argv[6]), sys.argv[7:]

@@ -74,6 +74,7 @@ fn own_temps(dir: &Path) -> Vec<u64> {
 
 both_backends! {
     a_killed_upload_is_never_stored_and_its_resend_is_stored_once,
+    an_upload_answered_226_survives_a_shutdown_that_cuts_its_session,
 }
 
 async fn a_killed_upload_is_never_stored_and_its_resend_is_stored_once(db: TestDb) {
@@ -325,4 +326,45 @@ async fn files_left_under_any_temporary_name_are_swept() {
     )
     .await;
     assert!(folder.join("sub").is_dir(), "folders stay");
+}
+
+/// A client that heard its 226 and stays connected is held until it says more; a
+/// shutdown that cuts its session must still ingest the upload (at the next start).
+async fn an_upload_answered_226_survives_a_shutdown_that_cuts_its_session(db: TestDb) {
+    use std::io::BufRead;
+    let mut env = ServerEnv::new(&db);
+    env.enable_ftp();
+    let token = env.device_token("ranger-07");
+    let server = env.serve().await;
+    let nd = env.dir.path().join("held.ndjson");
+    write_batch(&nd, "ranger-07", 300);
+    let mut client = Command::new("python3")
+        .args([
+            "-c",
+            CLIENT,
+            "hold",
+            &server.ftp_port().to_string(),
+            "ranger-07",
+        ])
+        .arg(&token)
+        .arg(&nd)
+        .args(["held.ndjson", "120"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let mut line = String::new();
+    std::io::BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("226"), "the upload was not answered: {line}");
+    assert!(server.terminate().success());
+    let _ = client.kill();
+    let _ = client.wait();
+    let _server = env.serve().await;
+    eventually(
+        "the acknowledged upload stored",
+        Duration::from_secs(60),
+        || async { (db.scalar("SELECT COUNT(*) FROM sightings").await == 300).then_some(()) },
+    )
+    .await;
 }

@@ -153,6 +153,9 @@ async fn serve_connections(
         setup.settings.max_connections_per_ip,
     );
     let mut sessions = JoinSet::new();
+    // Every live session's control, so that uploads its client has confirmed are still
+    // handed off when shutdown cuts the session before it ends by itself.
+    let mut controls: Vec<std::sync::Weak<control::Control>> = Vec::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -185,6 +188,8 @@ async fn serve_connections(
                 continue;
             }
         };
+        controls.retain(|c| c.strong_count() > 0);
+        controls.push(Arc::downgrade(&control));
         match setup.server(Some(control.clone())) {
             Ok(server) => {
                 let handoff = setup.handoff.clone();
@@ -207,6 +212,11 @@ async fn serve_connections(
         while sessions.join_next().await.is_some() {}
     })
     .await;
+    // A client still connected when its session is cut has read its 226s: those
+    // uploads were acknowledged, so they go to ingest (resumed at the next start).
+    for control in controls.iter().filter_map(std::sync::Weak::upgrade) {
+        let _ = control::hand_off(&setup.handoff, control.finish()).await;
+    }
     sessions.abort_all();
     Ok(())
 }
