@@ -227,7 +227,7 @@ impl Default for HttpSettings {
             map_tile_attribution: None,
             trusted_proxies: Vec::new(),
             max_connections: 2048,
-            max_connections_per_ip: 64,
+            max_connections_per_ip: 256,
             idle_timeout_secs: 30.0,
             min_body_bytes_per_sec: 1024,
             max_uploads_per_device: 4,

@@ -30,6 +30,9 @@ pub struct ConnLimits {
     name: &'static str,
     max_total: usize,
     max_per_ip: usize,
+    /// Reverse proxies (`http.trusted_proxies`): every client behind one arrives from
+    /// its address, so only the listener's cap applies to them.
+    trusted: Vec<IpAddr>,
     open: Mutex<Open>,
     report: Mutex<Report>,
 }
@@ -56,10 +59,21 @@ pub struct ConnGuard {
 
 impl ConnLimits {
     pub fn new(name: &'static str, max_total: usize, max_per_ip: usize) -> Arc<ConnLimits> {
+        ConnLimits::trusting(name, max_total, max_per_ip, &[])
+    }
+
+    /// The same limits, with no cap per address for `trusted` reverse proxies.
+    pub fn trusting(
+        name: &'static str,
+        max_total: usize,
+        max_per_ip: usize,
+        trusted: &[IpAddr],
+    ) -> Arc<ConnLimits> {
         Arc::new(ConnLimits {
             name,
             max_total: max_total.max(1),
             max_per_ip: max_per_ip.max(1),
+            trusted: trusted.to_vec(),
             open: Mutex::default(),
             report: Mutex::new(Report {
                 last: None,
@@ -79,7 +93,7 @@ impl ConnLimits {
             let from_ip = open.by_ip.get(&ip).copied().unwrap_or(0);
             if open.total >= self.max_total {
                 Some(Full::Listener)
-            } else if from_ip >= self.max_per_ip {
+            } else if from_ip >= self.max_per_ip && !self.trusted.contains(&ip) {
                 Some(Full::Address)
             } else {
                 open.total += 1;
@@ -210,6 +224,14 @@ mod tests {
         assert_eq!(limits.open(), 2);
         let _b2 = limits.admit(b).unwrap();
         assert_eq!(limits.open(), 3);
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_capped_only_by_the_listener() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let limits = ConnLimits::trusting("test", 4, 1, &[proxy]);
+        let _held: Vec<_> = (0..4).map(|_| limits.admit(proxy).unwrap()).collect();
+        assert_eq!(limits.admit(proxy).err(), Some(Full::Listener));
     }
 
     #[test]

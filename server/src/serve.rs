@@ -276,7 +276,12 @@ async fn start_http(
     let policy = crate::http::ConnPolicy {
         header_read_timeout: secs(http.header_read_timeout_secs),
         idle_timeout: secs(http.idle_timeout_secs),
-        limits: ConnLimits::new("http", http.max_connections, http.max_connections_per_ip),
+        limits: ConnLimits::trusting(
+            "http",
+            http.max_connections,
+            http.max_connections_per_ip,
+            &http.trusted_proxies,
+        ),
         min_body_rate: http.min_body_bytes_per_sec,
         body_idle_timeout: secs(http.body_idle_timeout_secs),
     };

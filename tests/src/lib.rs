@@ -14,6 +14,7 @@ pub mod browser;
 pub mod client;
 pub mod ftp;
 pub mod vsftpd;
+pub mod web;
 
 /// Where the test PostgreSQL server is; a database per test is created on it.
 pub fn pg_admin_url() -> String {

@@ -238,26 +238,8 @@ async fn a_reused_sighting_id_with_other_content_is_a_visible_conflict(db: TestD
     );
 
     // The dashboard: under Needs attention, the two versions side by side.
-    let form = "name=alice&password=a+long+enough+password";
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-            "-d",
-            form,
-            &format!("{base}/login"),
-        ])
-        .output()
-        .unwrap();
-    let headers = String::from_utf8_lossy(&out.stdout);
-    let session = headers
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: ctdata_session="))
-        .and_then(|v| v.split(';').next())
-        .expect("a session cookie");
+    let (_, session) = ctdata_tests::web::sign_in(&base, "alice", "a long enough password");
+    let session = session.expect("a session cookie");
     let cookie = format!("Cookie: ctdata_session={session}");
     let (code, page) = curl(&["-H", &cookie, &format!("{base}/")]);
     assert_eq!(code, 200);

@@ -106,8 +106,7 @@ fn curl_status(args: &[&str]) -> u16 {
 }
 
 fn sign_in(base: &str) -> u16 {
-    let form = format!("name=alice&password={}", PASSWORD.replace(' ', "+"));
-    curl_status(&["-d", &form, &format!("{base}/login")])
+    ctdata_tests::web::sign_in(base, "alice", PASSWORD).0
 }
 
 fn upload(base: &str, token: &str, file: &std::path::Path) -> u16 {

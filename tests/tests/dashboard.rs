@@ -2,10 +2,10 @@
 //! `ctdata-server serve` and PostgreSQL; sign-in, sessions and CSRF also with curl.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use ctdata_tests::browser::Browser;
+use ctdata_tests::web::{self, csrf_of, curl, login_post};
 use ctdata_tests::{eventually, fixtures, Backend, ServerEnv, TestDb};
 
 const PASSWORD: &str = "a long enough password";
@@ -22,28 +22,6 @@ fn screenshots(b: &Browser, name: &str) {
     b.set_size(1366, 768);
 }
 
-/// curl: status, headers and body.
-fn curl(args: &[&str]) -> (u16, String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-D", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (rest, code) = text.rsplit_once('\n').unwrap();
-    let (headers, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
-    (
-        code.trim().parse().unwrap(),
-        headers.to_string(),
-        body.to_string(),
-    )
-}
-
 fn upload(base: &str, token: &str, file: &Path) -> u16 {
     let auth = format!("Authorization: Bearer {token}");
     let data = format!("@{}", file.display());
@@ -57,30 +35,9 @@ fn upload(base: &str, token: &str, file: &Path) -> u16 {
     .0
 }
 
-/// Posts the sign-in form as a browser would: the page first, for its login CSRF
-/// cookie and field.
-fn login_post(base: &str, form: &str) -> (u16, String, String) {
-    let jar = tempfile::NamedTempFile::new().unwrap();
-    let jar = jar.path().to_str().unwrap();
-    let (_, _, page) = curl(&["-c", jar, &format!("{base}/login")]);
-    let form = format!("{form}&csrf={}", csrf_of(&page));
-    curl(&["-b", jar, "-d", &form, &format!("{base}/login")])
-}
-
-/// Signs in with curl; returns the session token from Set-Cookie.
+/// Signs in as alice with curl; returns the session token from Set-Cookie.
 fn sign_in(base: &str, password: &str) -> (u16, Option<String>) {
-    let form = format!("name=alice&password={}", password.replace(' ', "+"));
-    let (code, headers, _) = login_post(base, &form);
-    let token = headers.lines().find_map(|l| {
-        let v = l.strip_prefix("set-cookie: ctdata_session=")?;
-        Some(v.split(';').next()?.to_string())
-    });
-    (code, token)
-}
-
-fn csrf_of(body: &str) -> String {
-    let at = body.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
-    body[at..at + 64].to_string()
+    web::sign_in(base, "alice", password)
 }
 
 #[tokio::test]
@@ -362,7 +319,7 @@ async fn sign_in_sessions_expire_and_forms_need_their_token() {
         "newest observed first: {times:?}"
     );
     assert!(page.contains(
-        "href=\"/api/v1/sightings?format=csv&amp;from=2024-05-03T04%3A30%3A00Z&amp;to=2024-05-04\""
+        "href=\"/api/v1/sightings?format=csv&amp;excel_safe=true&amp;from=2024-05-03T04%3A30%3A00Z&amp;to=2024-05-04\""
     ));
 
     // The session expires: the page sends the browser back to the sign-in form.

@@ -749,7 +749,8 @@ async fn repeated_failed_logins_from_one_address_are_slowed_down() {
         headers.to_ascii_lowercase().contains("retry-after:"),
         "{headers}"
     );
-    // While throttled, even the right credentials wait: guessing gains nothing.
-    assert_eq!(status(&good).0, 429);
+    // Guesses lock out the guessed (unknown) tokens, not the device whose token is
+    // right: failures are counted per name, and a name locked does not lock another.
+    assert_eq!(status(&good).0, 200);
     assert!(server.terminate().success());
 }

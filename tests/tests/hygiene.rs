@@ -31,15 +31,9 @@ fn curl(args: &[&str]) -> (u16, String, String) {
 
 /// Signs in; the session cookie.
 fn session(base: &str) -> String {
-    let form = format!("name=alice&password={}", PASSWORD.replace(' ', "+"));
-    let (code, headers, _) = curl(&["-d", &form, &format!("{base}/login")]);
-    assert_eq!(code, 303, "{headers}");
-    let token = headers
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: ctdata_session="))
-        .and_then(|v| v.split(';').next())
-        .expect("a session cookie");
-    format!("ctdata_session={token}")
+    let (code, token) = ctdata_tests::web::sign_in(base, "alice", PASSWORD);
+    assert_eq!(code, 303);
+    format!("ctdata_session={}", token.expect("a session cookie"))
 }
 
 fn mode(path: &Path) -> u32 {
