@@ -1,13 +1,14 @@
 //! A full disk under the database never turns an acknowledgement into a lie: the SQLite
-//! file lives on a 3 MB tmpfs that fills up while batches arrive over HTTP and through
-//! the drop directory.
+//! file, or a PostgreSQL tablespace, lives on a small tmpfs that fills up while batches
+//! arrive over HTTP and through the drop directory.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::str::FromStr;
 use std::time::Duration;
 
-use ctdata_tests::{eventually, write_batch, ServerEnv};
+use ctdata_tests::{eventually, pg_admin_url, write_batch, ServerEnv};
 use sqlx::Connection;
 use uuid::Uuid;
 
@@ -15,6 +16,8 @@ const DEVICE: &str = "ranger-01";
 /// Small enough that the space freed holds every batch sent again: SQLite keeps them all
 /// in its write-ahead log, which it cannot checkpoint into a full filesystem.
 const ROWS: usize = 200;
+/// Free space left in the tablespace's filesystem before the first batch.
+const PG_ROOM: u64 = 768 * 1024;
 
 /// A tmpfs mounted on a temporary folder, unmounted when dropped.
 struct Tmpfs {
@@ -24,6 +27,10 @@ struct Tmpfs {
 impl Tmpfs {
     /// `None` (with a visible SKIPPED) where mounting is not possible.
     fn mount(size: &str) -> Option<Tmpfs> {
+        Self::mount_with(&format!("size={size}"))
+    }
+
+    fn mount_with(options: &str) -> Option<Tmpfs> {
         let uid = Command::new("id").arg("-u").output().expect("run id");
         if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
             eprintln!("SKIPPED: needs root to mount a tmpfs");
@@ -31,7 +38,7 @@ impl Tmpfs {
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir.path())
             .output()
             .expect("run mount");
@@ -116,15 +123,24 @@ fn readyz(base: &str) -> u16 {
 
 /// (batches with this id, their sightings) in the database at `url`.
 async fn stored(url: &str, batch_id: Uuid) -> (i64, i64) {
-    let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
-    sqlx::query_as(
+    // A UUID is safe to inline, and one literal suits a TEXT (SQLite) and a UUID column.
+    let sql = format!(
         "SELECT count(DISTINCT b.id), count(s.id) FROM batches b LEFT JOIN sightings s ON s.batch = b.id \
-         WHERE b.batch_id = ?",
-    )
-    .bind(batch_id.to_string())
-    .fetch_one(&mut c)
-    .await
-    .expect("count stored")
+         WHERE b.batch_id = '{batch_id}'"
+    );
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+        sqlx::query_as(&sql)
+            .fetch_one(&mut c)
+            .await
+            .expect("count stored")
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+        sqlx::query_as(&sql)
+            .fetch_one(&mut c)
+            .await
+            .expect("count stored")
+    }
 }
 
 struct Sent {
@@ -146,6 +162,14 @@ async fn sqlite_on_a_full_disk_never_acknowledges_what_it_lost() {
     let token = env.device_token(DEVICE);
     // Room for a few batches, then none; deleting the fillers frees it again.
     fill(&fs.path().join("filler-1"), 1536 * 1024);
+    full_disk_scenario(&env, &token, fs.path()).await;
+}
+
+/// Sends batches (HTTP and the drop directory) into the database on the tmpfs at `fs`
+/// until it is full and beyond, frees the space, sends the failures again, restarts,
+/// and checks that nothing acknowledged was lost and nothing re-sent was stored twice.
+/// The backend's setup has left room for a few batches only, in `fs`/filler-1.
+async fn full_disk_scenario(env: &ServerEnv, token: &str, fs: &Path) {
     let server = env.serve().await;
     let base = server.http_base();
     let mut sent: Vec<Sent> = Vec::new();
@@ -158,7 +182,7 @@ async fn sqlite_on_a_full_disk_never_acknowledges_what_it_lost() {
     // Until the disk is full (bounded: 3 MB holds far fewer than 40 batches).
     for n in 0..40 {
         let (id, file) = new_batch(n);
-        let (status, body) = post(&base, &token, &file);
+        let (status, body) = post(&base, token, &file);
         eprintln!("batch {n}: {status} {body}");
         sent.push(Sent { id, file, status });
         if status >= 500 {
@@ -170,10 +194,10 @@ async fn sqlite_on_a_full_disk_never_acknowledges_what_it_lost() {
         "the disk never filled up"
     );
     // Take the last free page, then keep sending into the full disk.
-    fill(&fs.path().join("filler-2"), usize::MAX);
+    fill(&fs.join("filler-2"), usize::MAX);
     for n in 40..43 {
         let (id, file) = new_batch(n);
-        let (status, body) = post(&base, &token, &file);
+        let (status, body) = post(&base, token, &file);
         eprintln!("batch {n} (disk full): {status} {body}");
         sent.push(Sent { id, file, status });
     }
@@ -207,15 +231,15 @@ async fn sqlite_on_a_full_disk_never_acknowledges_what_it_lost() {
     let receipt_during_full = receipt_path.exists();
 
     // Free the space: the server recovers without a restart.
-    std::fs::remove_file(fs.path().join("filler-2")).expect("free space");
-    std::fs::remove_file(fs.path().join("filler-1")).expect("free space");
+    std::fs::remove_file(fs.join("filler-2")).expect("free space");
+    std::fs::remove_file(fs.join("filler-1")).expect("free space");
     // Bounded retries rather than `eventually`: the counts below are printed even when
     // the server never recovers.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut resent = Vec::new();
     for s in sent.iter().filter(|s| s.status >= 300) {
         while std::time::Instant::now() < deadline {
-            let (status, body) = post(&base, &token, &s.file);
+            let (status, body) = post(&base, token, &s.file);
             eprintln!("re-sent {}: {status} {body}", s.id);
             if matches!(status, 200 | 201) {
                 resent.push(s.id);
@@ -284,4 +308,153 @@ async fn sqlite_on_a_full_disk_never_acknowledges_what_it_lost() {
         during, 503,
         "/readyz must say not ready while the database refuses writes"
     );
+}
+
+/// A fresh database whose default tablespace lives on a tmpfs; dropped, with the
+/// tablespace, before the tmpfs is unmounted.
+struct PgOnTmpfs {
+    fs: Tmpfs,
+    name: String,
+    url: String,
+}
+
+impl PgOnTmpfs {
+    /// `None` (with a visible SKIPPED) when not root, or PostgreSQL is unreachable
+    /// outside CI.
+    async fn create(size: &str) -> Option<PgOnTmpfs> {
+        let id = |flag: &str| {
+            let out = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .expect("run id");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        if uid.is_empty() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but there is no postgres user"
+            );
+            eprintln!("SKIPPED: no local postgres user to own a tablespace");
+            return None;
+        }
+        let fs = Tmpfs::mount_with(&format!("size={size},uid={uid},gid={gid},mode=0700"))?;
+        // The server and the checks use the test role; only a superuser makes tablespaces.
+        let admin = pg_admin_url();
+        if let Err(e) = sqlx::PgConnection::connect(&admin).await {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but PostgreSQL at {admin} is unreachable: {e}"
+            );
+            eprintln!("SKIPPED: PostgreSQL at {admin} is unreachable ({e}); set CTDATA_TEST_PG");
+            return None;
+        }
+        // The tablespace folder must be empty; the fillers go next to it.
+        let location = fs.path().join("tablespace");
+        std::fs::create_dir(&location).expect("tablespace folder");
+        std::os::unix::fs::chown(
+            &location,
+            Some(uid.parse().expect("uid")),
+            Some(gid.parse().expect("gid")),
+        )
+        .expect("chown the tablespace folder");
+        let name = format!("ctdata_full_{}", Uuid::new_v4().simple());
+        let (base, _) = admin
+            .rsplit_once('/')
+            .expect("CTDATA_TEST_PG ends with /DATABASE");
+        let user = sqlx::postgres::PgConnectOptions::from_str(&admin)
+            .expect("CTDATA_TEST_PG")
+            .get_username()
+            .to_string();
+        let this = PgOnTmpfs {
+            fs,
+            url: format!("{base}/{name}"),
+            name,
+        };
+        let created = as_postgres(&format!(
+            "CREATE TABLESPACE {0} LOCATION '{1}';\n\
+             CREATE DATABASE {0} OWNER \"{user}\" TABLESPACE {0};",
+            this.name,
+            location.display()
+        ));
+        if let Err(e) = created {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but the tablespace cannot be created: {e}"
+            );
+            eprintln!("SKIPPED: cannot create a tablespace as the postgres user: {e}");
+            return None;
+        }
+        Some(this)
+    }
+}
+
+/// Runs `sql` with psql as the `postgres` system user: the superuser that Debian's
+/// PostgreSQL lets in through its socket without a password.
+fn as_postgres(sql: &str) -> Result<(), String> {
+    use std::process::Stdio;
+    let mut child = Command::new("su")
+        .args(["postgres", "-s", "/bin/sh", "-c"])
+        .arg("psql -q -X -v ON_ERROR_STOP=1 -p 5432 -d postgres")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run su: {e}"))?;
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(sql.as_bytes())
+        .map_err(|e| format!("write to psql: {e}"))?;
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("run psql: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Drop for PgOnTmpfs {
+    fn drop(&mut self) {
+        // Each on its own: a database never created must not keep its tablespace.
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE);", self.name),
+            format!("DROP TABLESPACE IF EXISTS {};", self.name),
+        ] {
+            if let Err(e) = as_postgres(&sql) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_on_a_full_tablespace_never_acknowledges_what_it_lost() {
+    // A new database copies its template (several MB) into the tablespace.
+    let Some(pg) = PgOnTmpfs::create("24m").await else {
+        return;
+    };
+    let env = ServerEnv {
+        dir: tempfile::tempdir().expect("temp dir"),
+        db_url: pg.url.clone(),
+        extra_env: Vec::new(),
+    };
+    let token = env.device_token(DEVICE);
+    // Fill it all, then give back room for a few batches.
+    let filler = pg.fs.path().join("filler-1");
+    fill(&filler, usize::MAX);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .expect("open filler");
+    let len = f.metadata().expect("filler size").len();
+    f.set_len(len.saturating_sub(PG_ROOM))
+        .expect("shrink filler");
+    drop(f);
+    full_disk_scenario(&env, &token, pg.fs.path()).await;
 }
