@@ -11,6 +11,7 @@ both_backends! {
     a_restart_names_the_claimed_files_it_resumes,
     exports_log_who_and_how_many_rows,
     a_burst_of_files_logs_progress_not_every_file,
+    an_export_cut_short_by_the_client_says_so,
 }
 
 /// The log lines containing `what`.
@@ -159,4 +160,63 @@ async fn a_burst_of_files_logs_progress_not_every_file(db: TestDb) {
     let rejected = lines(&log, "batch rejected");
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert!(rejected[0].contains("broken.ndjson"), "{}", rejected[0]);
+}
+
+async fn an_export_cut_short_by_the_client_says_so(db: TestDb) {
+    use std::io::{Read, Write};
+    // Far more than loopback socket buffers hold, so the server is still sending when
+    // the client goes.
+    const ROWS: usize = 60_000;
+    let env = ServerEnv::new(&db);
+    let admin = env.admin_token();
+    let server = env.serve().await;
+    let dir = env.drop_dir().join("ranger-04");
+    std::fs::create_dir_all(&dir).unwrap();
+    write_batch(&dir.join("big.ndjson"), "ranger-04", ROWS);
+    eventually(
+        "the batch to be stored",
+        Duration::from_secs(120),
+        || async {
+            (db.scalar("SELECT count(*) FROM sightings").await == ROWS as i64).then_some(())
+        },
+    )
+    .await;
+    let base = server.http_base();
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&addr).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        socket,
+        "GET /api/v1/sightings?format=ndjson HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut first = [0u8; 4096];
+    let n = socket.read(&mut first).expect("the start of the export");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(socket);
+    let line = eventually(
+        "the cut export to be logged",
+        Duration::from_secs(30),
+        || {
+            let log = server.log_text();
+            async move {
+                lines(&log, "export cut short")
+                    .first()
+                    .map(|l| l.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(line.contains("admin alice"), "{line}");
+    let rows: u64 = line
+        .split("rows=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no row count in {line}"));
+    assert!(rows < ROWS as u64, "{line}");
+    assert!(lines(&server.log_text(), "export sent").is_empty());
 }
