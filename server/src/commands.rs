@@ -239,6 +239,21 @@ pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exp
         let name = file.file_name().unwrap_or_default().to_string_lossy();
         write_atomic(dir, &name, format!("{}\n", summary.next_cursor).as_bytes())?;
     }
+    // The command line has no account: the system user who ran it is who exported.
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    tracing::info!(
+        who = format!("command line, user {user}"),
+        format = args.format.extension(),
+        rows = summary.rows,
+        bytes = summary.bytes,
+        output = args
+            .output
+            .as_ref()
+            .map_or("stdout".into(), |p| p.display().to_string()),
+        "export written"
+    );
     ingestor.db.close().await;
     Ok(summary)
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::Utc;
 use futures::StreamExt;
 
-use crate::ingest::{channel, Delivery, Ingestor, Outcome, Receipt, Status};
+use crate::ingest::{channel, Delivery, Ingestor, Outcome, Receipt, Status, BURST};
 
 pub const PROCESSING: &str = ".processing";
 pub const ARCHIVE: &str = "archive";
@@ -75,6 +75,72 @@ struct Take {
     changed: Instant,
 }
 
+/// More files than this in one pass are a burst: progress lines instead of one per file.
+const BURST_FILES: usize = 5;
+/// How often a burst logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Claimed files named one by one when resuming after a crash; the rest are counted.
+const RESUMED_NAMED: usize = 20;
+
+/// How far a pass through a burst of files got.
+struct Progress {
+    queued: usize,
+    done: usize,
+    ingested: usize,
+    duplicate: usize,
+    rejected: usize,
+    errors: usize,
+    started: Instant,
+    logged: Instant,
+}
+
+impl Progress {
+    fn new(queued: usize) -> Progress {
+        Progress {
+            queued,
+            done: 0,
+            ingested: 0,
+            duplicate: 0,
+            rejected: 0,
+            errors: 0,
+            started: Instant::now(),
+            logged: Instant::now(),
+        }
+    }
+
+    fn count(&mut self, result: &anyhow::Result<Processed>) {
+        self.done += 1;
+        let status = match result {
+            Ok(Processed::Decided(r)) | Ok(Processed::RejectedIncomplete(r, ..)) => r.status,
+            Ok(Processed::PutBack(..)) => return,
+            Err(_) => {
+                self.errors += 1;
+                return;
+            }
+        };
+        match status {
+            Status::Ingested => self.ingested += 1,
+            Status::Duplicate => self.duplicate += 1,
+            Status::Rejected => self.rejected += 1,
+        }
+    }
+
+    fn log(&mut self, what: &str) {
+        self.logged = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64();
+        tracing::info!(
+            done = self.done,
+            queued = self.queued,
+            ingested = self.ingested,
+            duplicate = self.duplicate,
+            rejected = self.rejected,
+            errors = self.errors,
+            files_per_sec = format!("{:.1}", self.done as f64 / secs.max(0.001)),
+            "{what}"
+        );
+    }
+}
+
 /// What processing one claimed file came to.
 enum Processed {
     Decided(Receipt),
@@ -100,6 +166,8 @@ pub struct DropDir {
     rejected_incomplete: HashMap<PathBuf, (u64, Option<SystemTime>, PathBuf)>,
     /// Why the drop directory cannot be read, while it cannot.
     unavailable: Option<String>,
+    /// Whether the claims a crash left behind were looked for (once, at the first pass).
+    resumes_told: bool,
 }
 
 impl DropDir {
@@ -118,6 +186,7 @@ impl DropDir {
             held: HashMap::new(),
             rejected_incomplete: HashMap::new(),
             unavailable: None,
+            resumes_told: false,
         })
     }
 
@@ -177,6 +246,10 @@ impl DropDir {
             return Ok(report);
         }
         self.requeue_grown_rejections().await;
+        if !self.resumes_told {
+            self.resumes_told = true;
+            self.tell_resumed();
+        }
         let mut takes = HashMap::new();
         // Files claimed earlier are ingested even when the delivery area cannot be read.
         match self.settled_files(&mut report) {
@@ -202,13 +275,22 @@ impl DropDir {
         let workers = self.ingestor.db.concurrent_loads();
         let claimed = self.claimed_files()?;
         self.make_durable(&claimed).await?;
+        let burst = claimed.len() > BURST_FILES;
+        let mut progress = burst.then(|| Progress::new(claimed.len()));
+        if burst {
+            tracing::info!(
+                files = claimed.len(),
+                "ingesting a burst of files: progress every {}s, each file at debug level",
+                PROGRESS_EVERY.as_secs()
+            );
+        }
         let this = &*self;
         let mut results = futures::stream::iter(claimed)
             .take_while(|_| std::future::ready(!stop.load(Ordering::SeqCst)))
             .map(|claimed| {
                 let take = takes.get(&claimed);
                 async move {
-                    let result = this.process(&claimed, take).await;
+                    let result = BURST.scope(burst, this.process(&claimed, take)).await;
                     (claimed, result)
                 }
             })
@@ -216,6 +298,12 @@ impl DropDir {
         let mut held = Vec::new();
         let mut watch = Vec::new();
         while let Some((claimed, result)) = results.next().await {
+            if let Some(p) = &mut progress {
+                p.count(&result);
+                if p.logged.elapsed() >= PROGRESS_EVERY {
+                    p.log("ingesting a burst of files");
+                }
+            }
             match result {
                 Ok(Processed::Decided(receipt)) => report.receipts.push(receipt),
                 Ok(Processed::PutBack(original, h)) => {
@@ -233,9 +321,47 @@ impl DropDir {
             }
         }
         drop(results);
+        if let Some(p) = &mut progress {
+            p.log("burst of files done");
+        }
         self.held.extend(held);
         self.rejected_incomplete.extend(watch);
         Ok(report)
+    }
+
+    /// Names the files a crash left claimed in `.processing/`: they are ingested now,
+    /// and an operator who wonders what happened to them finds them here.
+    fn tell_resumed(&self) {
+        let claimed = match self.claimed_files() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(drop_dir = %self.root.display(), "cannot list {PROCESSING}: {e}");
+                return;
+            }
+        };
+        if claimed.is_empty() {
+            return;
+        }
+        let mut names: Vec<String> = claimed
+            .iter()
+            .take(RESUMED_NAMED)
+            .map(|p| {
+                p.strip_prefix(self.root.join(PROCESSING))
+                    .unwrap_or(p)
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        if claimed.len() > RESUMED_NAMED {
+            names.push(format!("and {} more", claimed.len() - RESUMED_NAMED));
+        }
+        tracing::info!(
+            drop_dir = %self.root.display(),
+            count = claimed.len(),
+            "resuming {} file(s) claimed before the last stop: {}",
+            claimed.len(),
+            names.join(", ")
+        );
     }
 
     /// Whether the drop directory can be read; reports a change either way once. A

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
@@ -216,39 +218,130 @@ fn csv_field(out: &mut String, f: &str) {
 }
 
 /// The encoded export as a stream of chunks of about 64 KiB, for an HTTP body: rows
-/// are read from the database only as fast as the client takes them.
+/// are read from the database only as fast as the client takes them. When the stream
+/// goes (sent in full, or the client hung up), one line logs `who` got how much.
 pub fn byte_stream(
     db: &Db,
     filter: ExportFilter,
     format: ExportFormat,
     excel_safe: bool,
+    who: String,
 ) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
     let encoder = Encoder::new(format).excel_safe(excel_safe);
     let head = encoder.head();
+    let tally = Arc::new(Tally::default());
+    let mut log = ExportLog {
+        who,
+        format,
+        tally: tally.clone(),
+        bytes: 0,
+    };
     let state = Some((db.export(filter), encoder, head));
-    futures::stream::unfold(state, |state| async move {
-        let (mut rows, mut encoder, mut buf) = state?;
-        while buf.len() < 64 * 1024 {
-            match rows.next().await {
-                Some(Ok(row)) => encoder.row(&row, &mut buf),
-                Some(Err(e)) => return Some((Err(std::io::Error::other(e)), None)),
-                None => {
-                    buf.push_str(encoder.tail());
-                    return Some((Ok(bytes::Bytes::from(buf)), None));
+    futures::stream::unfold(state, move |state| {
+        let tally = tally.clone();
+        async move {
+            let (mut rows, mut encoder, mut buf) = state?;
+            while buf.len() < 64 * 1024 {
+                match rows.next().await {
+                    Some(Ok(row)) => {
+                        encoder.row(&row, &mut buf);
+                        tally.rows.store(encoder.rows, Ordering::Relaxed);
+                    }
+                    Some(Err(e)) => {
+                        *tally.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("{e:#}"));
+                        return Some((Err(std::io::Error::other(e)), None));
+                    }
+                    None => {
+                        buf.push_str(encoder.tail());
+                        tally.complete.store(true, Ordering::Relaxed);
+                        return Some((Ok(bytes::Bytes::from(buf)), None));
+                    }
                 }
             }
+            Some((
+                Ok(bytes::Bytes::from(buf)),
+                Some((rows, encoder, String::new())),
+            ))
         }
-        Some((
-            Ok(bytes::Bytes::from(buf)),
-            Some((rows, encoder, String::new())),
-        ))
     })
+    .map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            // A method call moves the whole log into the closure, so it lives (and
+            // logs) as long as the body does; a field update would capture only the field.
+            log.sent(bytes.len());
+        }
+        chunk
+    })
+}
+
+/// What a streamed export has read so far, shared between the reader and its log line.
+#[derive(Default)]
+struct Tally {
+    rows: AtomicU64,
+    complete: AtomicBool,
+    failed: Mutex<Option<String>>,
+}
+
+/// Logs one line when the HTTP body is dropped, which happens both when the last
+/// chunk went out and when the client disconnected before that.
+struct ExportLog {
+    who: String,
+    format: ExportFormat,
+    tally: Arc<Tally>,
+    /// Handed to the HTTP layer; with an early disconnect, more than the client got.
+    bytes: u64,
+}
+
+impl ExportLog {
+    fn sent(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+    }
+}
+
+impl Drop for ExportLog {
+    fn drop(&mut self) {
+        let rows = self.tally.rows.load(Ordering::Relaxed);
+        let format = self.format.extension();
+        let failed = self
+            .tally
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(e) = failed {
+            tracing::warn!(
+                who = self.who,
+                format,
+                rows,
+                bytes = self.bytes,
+                "export failed: {e}"
+            );
+        } else if self.tally.complete.load(Ordering::Relaxed) {
+            tracing::info!(
+                who = self.who,
+                format,
+                rows,
+                bytes = self.bytes,
+                "export sent"
+            );
+        } else {
+            tracing::warn!(
+                who = self.who,
+                format,
+                rows,
+                bytes = self.bytes,
+                "export cut short: the client disconnected before the end"
+            );
+        }
+    }
 }
 
 /// What an export wrote.
 #[derive(Debug, Clone, Copy)]
 pub struct ExportSummary {
     pub rows: u64,
+    pub bytes: u64,
     /// Give this as `since` next time to get only newer rows.
     pub next_cursor: i64,
 }
@@ -266,20 +359,24 @@ pub async fn write_export<W: AsyncWrite + Unpin>(
     let mut enc = Encoder::new(format);
     let mut buf = enc.head();
     let mut rows = db.export(filter);
+    let mut bytes = 0;
     while let Some(row) = rows.next().await {
         let row = row?;
         next_cursor = row.cursor;
         enc.row(&row, &mut buf);
         if buf.len() >= 64 * 1024 {
             out.write_all(buf.as_bytes()).await?;
+            bytes += buf.len() as u64;
             buf.clear();
         }
     }
     buf.push_str(enc.tail());
     out.write_all(buf.as_bytes()).await?;
+    bytes += buf.len() as u64;
     out.flush().await?;
     Ok(ExportSummary {
         rows: enc.rows,
+        bytes,
         next_cursor: bound.unwrap_or(next_cursor),
     })
 }

@@ -32,6 +32,23 @@ pub const DEVICE_MISMATCH: &str = "device_mismatch";
 /// Sightings per message from the parser thread to the database writer.
 const CHUNK: usize = 1024;
 
+tokio::task_local! {
+    /// Set while the drop directory drains a burst: the per-file lines of stored and
+    /// duplicate files drop to debug, and the drop directory logs progress instead.
+    pub static BURST: bool;
+}
+
+/// A per-file info line, at debug level within a burst. Rejections keep their warning.
+macro_rules! per_file {
+    ($($arg:tt)+) => {
+        if BURST.try_with(|b| *b).unwrap_or(false) {
+            tracing::debug!($($arg)+)
+        } else {
+            tracing::info!($($arg)+)
+        }
+    };
+}
+
 /// One file to ingest and what its surroundings say about it.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -271,7 +288,7 @@ impl Ingestor {
                 let mut r = receipt(Status::Ingested, d, &record);
                 r.skipped = self.skipped(&record).await?;
                 let conflicts = r.skipped.as_ref().map_or(0, |s| s.conflicts);
-                tracing::info!(
+                per_file!(
                     device,
                     batch_id = %record.batch_id,
                     rows = record.rows,
@@ -347,7 +364,7 @@ impl Ingestor {
             return Ok(r);
         }
         self.db.record_delivery(&existing, d).await?;
-        tracing::info!(device = existing.device, batch_id = %existing.batch_id, "duplicate delivery, nothing added");
+        per_file!(device = existing.device, batch_id = %existing.batch_id, "duplicate delivery, nothing added");
         Ok(receipt(Status::Duplicate, d, &existing))
     }
 

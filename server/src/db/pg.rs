@@ -548,17 +548,56 @@ fn classify(e: sqlx::Error) -> anyhow::Result<Copied> {
     if !(code.starts_with("22") || code.starts_with("54")) {
         return Err(e.into());
     }
-    let context = d
-        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-        .and_then(|pg| pg.r#where())
-        .map(|w| format!(" ({w}: counting sightings from 1)"))
-        .unwrap_or_default();
+    let pg = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+    let place = pg.and_then(|pg| pg.r#where());
+    // The context names our tables and statements: of use to us, not to the sender.
+    tracing::debug!(
+        sqlstate = code.as_ref(),
+        detail = pg.and_then(|pg| pg.detail()).unwrap_or("-"),
+        place = place.unwrap_or("-"),
+        "PostgreSQL refused a value: {}",
+        d.message()
+    );
     Ok(Copied::Rejected(ctdata_batch::Rejection {
         kind: ctdata_batch::RejectKind::InvalidRows,
-        summary: format!("the database refused a value: {}{context}", d.message()),
+        summary: refusal(d.message(), place),
         problems: vec![],
         total_problems: 1,
     }))
+}
+
+/// The reason a sender reads for a value PostgreSQL refused: the sighting (counting
+/// from 1), the field and the value, taken from the COPY context
+/// `COPY <table>, line <n>, column <field>: "<value>"`, and nothing else of it.
+fn refusal(message: &str, place: Option<&str>) -> String {
+    // Context lines run innermost first (a jsonb value's own parse position, say);
+    // the COPY line is the one that points into the sender's file.
+    let copy = place
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("COPY "))
+        .unwrap_or_default();
+    // The value may hold ", " itself: split only as far as the field name.
+    let mut at = Vec::new();
+    let rest = copy.split_once(", ").map_or("", |(_, r)| r);
+    if let Some(rest) = rest.strip_prefix("line ") {
+        let (line, rest) = rest.split_once(", ").unwrap_or((rest, ""));
+        at.push(format!("sighting {}", line.trim()));
+        if let Some(column) = rest.strip_prefix("column ") {
+            match column.split_once(": ") {
+                Some((field, value)) => at.push(format!("field {field}, value {value}")),
+                None => at.push(format!("field {column}")),
+            }
+        }
+    }
+    if at.is_empty() {
+        format!("the database refused a value: {message}")
+    } else {
+        format!(
+            "{}: the database refused the value: {message}",
+            at.join(", ")
+        )
+    }
 }
 
 /// The slow path: stage the file's rows, refuse ids used twice within it, then insert
@@ -770,4 +809,52 @@ fn export_row(r: &PgRow) -> sqlx::Result<ExportRow> {
         attributes_json: attrs,
         problem,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+
+    /// A value our parser lets through but PostgreSQL refuses, sent the way a load sends
+    /// it (COPY into a staging table): the reason names the sighting and the field, and
+    /// none of the table, the statement or PostgreSQL's internal detail.
+    #[tokio::test]
+    async fn a_refused_value_names_the_sighting_and_field_not_the_sql() {
+        let Some(db) = ctdata_tests::TestDb::new(ctdata_tests::Backend::Postgres).await else {
+            return;
+        };
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        sqlx::query("CREATE TEMP TABLE staging (ord bigint, species text, attributes jsonb)")
+            .execute(&mut conn)
+            .await
+            .expect("staging table");
+        let mut copy = conn
+            .copy_in_raw("COPY staging (ord, species, attributes) FROM STDIN")
+            .await
+            .expect("copy");
+        // The second row's attributes hold an escaped NUL, which jsonb cannot store.
+        let rows = "0\tpica\t{}\n1\tcorvus\t{\"n\": 1, \"note\": \"a\\\\u0000b\"}\n";
+        let err = match copy.send(rows.as_bytes()).await {
+            Ok(_) => copy
+                .finish()
+                .await
+                .expect_err("PostgreSQL refuses \\u0000 in jsonb"),
+            Err(e) => e,
+        };
+        let Ok(Copied::Rejected(r)) = classify(err) else {
+            panic!("a refused value rejects the file");
+        };
+        assert!(r.summary.contains("sighting 2"), "{}", r.summary);
+        assert!(
+            r.summary
+                .contains(r#"field attributes, value "{"n": 1, "note""#),
+            "{}",
+            r.summary
+        );
+        for internal in ["COPY", "staging", "line 2", "cannot be converted"] {
+            assert!(!r.summary.contains(internal), "{internal} in {}", r.summary);
+        }
+    }
 }

@@ -176,6 +176,7 @@ pub async fn admin_password_ok(
 
 /// Who may download sightings: an administrator, or a device the administrator listed
 /// in `http.read_devices`. Any other device is told why (403), not just refused.
+/// Returns who it is for the log: `admin <name>` or `device <name>`.
 pub async fn authenticate_reader(
     state: &AppState,
     client: Client,
@@ -186,12 +187,12 @@ pub async fn authenticate_reader(
     throttled(state, client, creds, |c| async move {
         let copy = c.clone();
         let refused = match check_admin(state, c).await {
-            Ok(admin) => return Ok(admin),
+            Ok(admin) => return Ok(format!("admin {admin}")),
             Err(e @ ApiError::Unauthorized(_)) => e,
             Err(e) => return Err(e),
         };
         match check_device(state, copy).await {
-            Ok(device) if state.read_devices.contains(&device) => Ok(device),
+            Ok(device) if state.read_devices.contains(&device) => Ok(format!("device {device}")),
             Ok(device) => Err(ApiError::Forbidden(format!(
                 "device {device} may not download sightings: an administrator can allow it \
                  in http.read_devices"

@@ -69,9 +69,10 @@ async fn download(
 ) -> Result<Response, ApiError> {
     // The dashboard's Download buttons are plain links: a signed-in browser sends its
     // session cookie (safe here: this GET changes nothing).
-    if super::web::signed_in(&state, &headers).await.is_none() {
-        authenticate_reader(&state, client, &headers).await?;
-    }
+    let who = match super::web::signed_in(&state, &headers).await {
+        Some(session) => format!("admin {}", session.admin),
+        None => authenticate_reader(&state, client, &headers).await?,
+    };
     // PostgreSQL refuses NUL in text outright; no stored value holds one.
     for (name, value) in [
         ("from", &p.from),
@@ -126,7 +127,7 @@ async fn download(
     let next = next.max(since);
     let metrics = state.ingestor.metrics.clone();
     let chunks =
-        byte_stream(&state.ingestor.db, filter, format, excel_safe).inspect(move |chunk| {
+        byte_stream(&state.ingestor.db, filter, format, excel_safe, who).inspect(move |chunk| {
             if let Ok(bytes) = chunk {
                 metrics.exported_bytes(bytes.len() as u64);
             }
