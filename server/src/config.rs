@@ -184,6 +184,8 @@ pub struct FtpSettings {
     pub max_connections: usize,
     /// Open control connections from one address at once.
     pub max_connections_per_ip: usize,
+    /// A control connection not logged in this long after it opened is closed.
+    pub login_timeout_secs: f64,
 }
 
 impl Default for DatabaseSettings {
@@ -254,6 +256,7 @@ impl Default for FtpSettings {
             device_quota_bytes: 10 << 30,
             max_connections: 256,
             max_connections_per_ip: 32,
+            login_timeout_secs: 30.0,
         }
     }
 }

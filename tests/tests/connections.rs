@@ -282,7 +282,7 @@ async fn silent_and_idle_connections_are_closed(db: TestDb) {
             "2".to_string(),
         ),
         (
-            "CTDATA__FTP__IDLE_TIMEOUT_SECS".to_string(),
+            "CTDATA__FTP__LOGIN_TIMEOUT_SECS".to_string(),
             "2".to_string(),
         ),
     ]);
@@ -305,7 +305,8 @@ async fn silent_and_idle_connections_are_closed(db: TestDb) {
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .unwrap();
-    // FTP: the greeting, then no command.
+    // FTP: the greeting, then no command (the idle timeout stays at its 600 s: the
+    // login timeout must close it).
     let ftp_silent = TcpStream::connect(ftp).await.unwrap();
 
     let limit = Duration::from_secs(20);

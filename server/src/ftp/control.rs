@@ -59,6 +59,7 @@ pub struct Control {
 #[derive(Debug, Default)]
 struct State {
     held: Vec<Held>,
+    logged_in: bool,
     logged_out: bool,
 }
 
@@ -117,6 +118,17 @@ impl Control {
             Ok(_) => true,
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
         }
+    }
+
+    /// Ends the connection of a client that has not logged in (libunftp then reads the
+    /// end of the stream and ends the session): a socket that only waits, before any
+    /// login, holds a slot and a descriptor for nothing. True when it was closed.
+    pub fn close_unless_logged_in(&self) -> bool {
+        if self.state().logged_in {
+            return false;
+        }
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        true
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -183,8 +195,9 @@ impl DataListener for Events {
 #[async_trait]
 impl PresenceListener for Events {
     async fn receive_presence_event(&self, e: PresenceEvent, _m: EventMeta) {
-        if matches!(e, PresenceEvent::LoggedOut) {
-            self.0.state().logged_out = true;
+        match e {
+            PresenceEvent::LoggedIn => self.0.state().logged_in = true,
+            PresenceEvent::LoggedOut => self.0.state().logged_out = true,
         }
     }
 }

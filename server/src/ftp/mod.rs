@@ -190,6 +190,14 @@ async fn serve_connections(
         };
         controls.retain(|c| c.strong_count() > 0);
         controls.push(Arc::downgrade(&control));
+        let watch = Arc::downgrade(&control);
+        let login_by = Duration::from_secs_f64(setup.settings.login_timeout_secs.max(0.1));
+        tokio::spawn(async move {
+            tokio::time::sleep(login_by).await;
+            if watch.upgrade().is_some_and(|c| c.close_unless_logged_in()) {
+                tracing::debug!(%peer, "FTP connection closed: no login within ftp.login_timeout_secs");
+            }
+        });
         match setup.server(Some(control.clone())) {
             Ok(server) => {
                 let handoff = setup.handoff.clone();
