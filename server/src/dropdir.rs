@@ -265,6 +265,11 @@ impl DropDir {
                     }
                 }
             }
+            // Gone since the check above (unmounted mid-pass): reported once, as such.
+            Err(_) if !self.check_available() => {
+                report.unavailable = true;
+                return Ok(report);
+            }
             Err(e) => {
                 tracing::error!(drop_dir = %self.root.display(), "cannot read the drop directory: {e}");
                 report.errors += 1;
@@ -273,7 +278,14 @@ impl DropDir {
         // While one file holds the database's ingest lock, the next is read and hashed
         // and the last one's receipt written, so the database never waits on us.
         let workers = self.ingestor.db.concurrent_loads();
-        let claimed = self.claimed_files()?;
+        let claimed = match self.claimed_files() {
+            Ok(claimed) => claimed,
+            Err(_) if !self.check_available() => {
+                report.unavailable = true;
+                return Ok(report);
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.make_durable(&claimed).await?;
         let burst = claimed.len() > BURST_FILES;
         let mut progress = burst.then(|| Progress::new(claimed.len()));
