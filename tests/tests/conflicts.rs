@@ -3,7 +3,6 @@
 //! the metrics and the dashboard. Real server, real HTTP (curl), both backends.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use ctdata_tests::{both_backends, ServerEnv, TestDb};
 use serde_json::{json, Value};
@@ -11,19 +10,8 @@ use uuid::Uuid;
 
 /// curl with extra arguments; the status and the body.
 fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap(), body.to_string())
+    let (code, _, body) = ctdata_tests::web::curl(args);
+    (code, body)
 }
 
 fn post(base: &str, token: &str, file: &Path) -> (u16, Value) {

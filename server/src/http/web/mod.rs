@@ -68,16 +68,18 @@ pub struct Signed {
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, COOKIE)
+}
+
+/// The value of the request's cookie `name`, if it sent one.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            c.trim()
-                .strip_prefix(&format!("{COOKIE}="))
-                .map(str::to_string)
-        })
+        .find_map(|c| c.trim().strip_prefix(&prefix).map(str::to_string))
 }
 
 fn now() -> i64 {
@@ -142,16 +144,7 @@ pub(super) fn failure(e: impl std::fmt::Display) -> Response {
 const LOGIN_COOKIE: &str = "ctdata_login";
 
 fn login_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            c.trim()
-                .strip_prefix(&format!("{LOGIN_COOKIE}="))
-                .map(str::to_string)
-        })
+    cookie(headers, LOGIN_COOKIE)
 }
 
 /// The sign-in page with a fresh login CSRF value, and a hint when no administrator
