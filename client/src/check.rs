@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use ctdata_api::{ErrorBody, WhoAmI};
 use reqwest::Url;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -126,7 +127,7 @@ async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, String> {
 }
 
 async fn tls(up: &Endpoint, host: &str, stream: TcpStream) -> Step {
-    let tls = ftp::tls_config(up)?;
+    let tls = ftp::tls_config(up).map_err(|e| e.to_string())?;
     let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
     let connector = tokio_rustls::TlsConnector::from(tls);
     match tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, stream)).await {
@@ -167,11 +168,15 @@ async fn login(client: &reqwest::Client, config: &Config) -> Step {
         .await
         .map_err(|e| http::describe(&e, &up.url))?;
     let status = r.status();
-    let body: serde_json::Value = r.json().await.unwrap_or_default();
-    let message = body["message"].as_str().unwrap_or_default().to_string();
+    let body = r.bytes().await.unwrap_or_default();
+    let message = serde_json::from_slice::<ErrorBody>(&body)
+        .map(|b| b.message)
+        .unwrap_or_default();
     match status.as_u16() {
         200 => {
-            let device = body["device"].as_str().unwrap_or_default();
+            let device = serde_json::from_slice::<WhoAmI>(&body)
+                .map(|w| w.device)
+                .unwrap_or_default();
             if device == config.device {
                 Ok(format!("the token is accepted for device {device}"))
             } else {
@@ -206,12 +211,12 @@ fn probe_share(config: &Config) -> Step {
 fn ftp_steps(config: &Config) -> bool {
     let t = match ftp::Target::new(config) {
         Ok(t) => t,
-        Err(cause) => return show("settings", Err(cause)),
+        Err(cause) => return show("settings", Err(cause.to_string())),
     };
     let addrs = match t.addrs() {
         Ok(a) if !a.is_empty() => a,
         Ok(_) => return show("resolve host", Err(format!("{} has no address", t.host))),
-        Err(cause) => return show("resolve host", Err(cause)),
+        Err(cause) => return show("resolve host", Err(cause.to_string())),
     };
     let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
     show(
@@ -220,7 +225,7 @@ fn ftp_steps(config: &Config) -> bool {
     );
     let tcp = match ftp::connect(&t, addrs[0]) {
         Ok(tcp) => tcp,
-        Err(cause) => return show("connect", Err(cause)),
+        Err(cause) => return show("connect", Err(cause.to_string())),
     };
     show("connect", Ok(format!("{} accepts connections", addrs[0])));
     let step = if t.secure {
@@ -230,7 +235,7 @@ fn ftp_steps(config: &Config) -> bool {
     };
     let mut session = match ftp::greet(&t, &config.upload, tcp) {
         Ok(s) => s,
-        Err(cause) => return show(step, Err(cause)),
+        Err(cause) => return show(step, Err(cause.to_string())),
     };
     if t.secure {
         show(step, Ok(format!("certificate valid for {}", t.host)));
@@ -238,19 +243,23 @@ fn ftp_steps(config: &Config) -> bool {
         show(step, Ok("the server speaks FTP".into()));
         println!("- TLS: skipped, plain ftp:// (the password crosses the network unencrypted)");
     }
-    let ok = show("log in", ftp::login(&t, &mut session))
-        && match ftp::enter_folder(&t, &mut session) {
-            Ok(folder) => {
-                show(
-                    "find the CTData folder",
-                    Ok(format!("batches go to {folder}")),
-                ) && show(
-                    "write and delete a probe file",
-                    ftp::probe(&mut session).map(|()| format!("{folder} is writable")),
-                )
-            }
-            Err(cause) => show("find the CTData folder", Err(cause)),
-        };
+    let ok = show(
+        "log in",
+        ftp::login(&t, &mut session).map_err(|e| e.to_string()),
+    ) && match ftp::enter_folder(&t, &mut session) {
+        Ok(folder) => {
+            show(
+                "find the CTData folder",
+                Ok(format!("batches go to {folder}")),
+            ) && show(
+                "write and delete a probe file",
+                ftp::probe(&mut session)
+                    .map(|()| format!("{folder} is writable"))
+                    .map_err(|e| e.to_string()),
+            )
+        }
+        Err(cause) => show("find the CTData folder", Err(cause.to_string())),
+    };
     ftp::quit(session);
     ok
 }

@@ -14,9 +14,47 @@ use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::config::{Config, Endpoint, Protocol};
-use crate::send::Outcome;
+use crate::send::{Outcome, Proof};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What went wrong talking to an FTP server, by what the caller can do about it; each
+/// carries the explanation for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The upload settings cannot work (not a URL, unreadable token or `ca_file`):
+    /// fix the configuration.
+    #[error("{0}")]
+    Settings(String),
+    /// No such host, nothing listening, no answer, no FTP greeting, or the connection
+    /// broke: worth trying again later.
+    #[error("{0}")]
+    Connection(String),
+    /// The secure connection (AUTH TLS) failed: usually a certificate to trust.
+    #[error("{0}")]
+    Tls(String),
+    /// The server refused the user or password: no other file will go either.
+    #[error("{0}")]
+    Login(String),
+    /// The server refused a command on a file or folder (missing folder, no permission,
+    /// disk full).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl Error {
+    /// From a failed FTP command: an answer from the server is a refusal, anything else
+    /// a broken connection. `what` puts the explanation in context.
+    fn command(e: FtpError, what: impl FnOnce(String) -> String) -> Error {
+        let refused = matches!(e, FtpError::UnexpectedResponse(_));
+        let text = what(explain(e));
+        if refused {
+            Error::Refused(text)
+        } else {
+            Error::Connection(text)
+        }
+    }
+}
 
 /// A logged-in session, in the folder batches go to.
 pub enum Session {
@@ -35,12 +73,13 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(config: &Config) -> Result<Target, String> {
+    pub fn new(config: &Config) -> Result<Target, Error> {
         let up = &config.upload;
-        let url = Url::parse(&up.url).map_err(|e| format!("{:?} is not a URL: {e}", up.url))?;
+        let url = Url::parse(&up.url)
+            .map_err(|e| Error::Settings(format!("{:?} is not a URL: {e}", up.url)))?;
         let password = up
             .token()
-            .map_err(|e| format!("{e:#}"))?
+            .map_err(|e| Error::Settings(format!("{e:#}")))?
             .unwrap_or_default();
         Ok(Target {
             host: url.host_str().unwrap_or_default().to_string(),
@@ -52,53 +91,55 @@ impl Target {
         })
     }
 
-    pub fn addrs(&self) -> Result<Vec<SocketAddr>, String> {
+    pub fn addrs(&self) -> Result<Vec<SocketAddr>, Error> {
         (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map(Iterator::collect)
             .map_err(|e| {
-                format!(
+                Error::Connection(format!(
                     "cannot find host {:?} (is the name right, is there a network?): {e}",
                     self.host
-                )
+                ))
             })
     }
 }
 
 /// rustls (ring) with the public roots and the endpoint's own `ca_file`; also used by
 /// the HTTPS connection test.
-pub fn tls_config(up: &Endpoint) -> Result<Arc<ClientConfig>, String> {
+pub fn tls_config(up: &Endpoint) -> Result<Arc<ClientConfig>, Error> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = &up.ca_file {
         let certs = CertificateDer::pem_file_iter(ca)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
+            .map_err(|e| Error::Settings(format!("cannot read ca_file {}: {e}", ca.display())))?;
         for cert in certs {
             roots
                 .add(cert)
-                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+                .map_err(|e| Error::Settings(format!("ca_file {}: {e}", ca.display())))?;
         }
     }
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Error::Tls(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
 /// The TCP connection (the first step of `ctdata test`).
-pub fn connect(t: &Target, addr: SocketAddr) -> Result<TcpStream, String> {
-    let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => format!(
-            "{addr} refused the connection: nothing is listening on port {} \
+pub fn connect(t: &Target, addr: SocketAddr) -> Result<TcpStream, Error> {
+    let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| {
+        Error::Connection(match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => format!(
+                "{addr} refused the connection: nothing is listening on port {} \
              (is the FTP server running, is the port right?)",
-            t.port
-        ),
-        std::io::ErrorKind::TimedOut => format!("{addr} did not answer within {TIMEOUT:?}"),
-        _ => format!("{addr}: {e}"),
+                t.port
+            ),
+            std::io::ErrorKind::TimedOut => format!("{addr} did not answer within {TIMEOUT:?}"),
+            _ => format!("{addr}: {e}"),
+        })
     })?;
     let _ = tcp.set_read_timeout(Some(TIMEOUT));
     let _ = tcp.set_write_timeout(Some(TIMEOUT));
@@ -108,8 +149,8 @@ pub fn connect(t: &Target, addr: SocketAddr) -> Result<TcpStream, String> {
 
 /// The server's greeting, then for FTPS the switch to TLS (AUTH TLS) before any
 /// password is sent.
-pub fn greet(t: &Target, up: &Endpoint, tcp: TcpStream) -> Result<Session, String> {
-    let not_ftp = |e| format!("no FTP server greeting: {}", explain(e));
+pub fn greet(t: &Target, up: &Endpoint, tcp: TcpStream) -> Result<Session, Error> {
+    let not_ftp = |e| Error::Connection(format!("no FTP server greeting: {}", explain(e)));
     if !t.secure {
         return FtpStream::connect_with_stream(tcp)
             .map(Session::Plain)
@@ -121,27 +162,31 @@ pub fn greet(t: &Target, up: &Endpoint, tcp: TcpStream) -> Result<Session, Strin
         .into_secure(connector, &t.host)
         .map(|s| Session::Tls(Box::new(s)))
         .map_err(|e| {
-            format!(
+            Error::Tls(format!(
                 "the secure connection (AUTH TLS) failed: {} (a self-signed server needs \
                  `ctdata init --ca-file`)",
                 explain(e)
-            )
+            ))
         })
 }
 
 /// Logs in and switches to binary transfers.
-pub fn login(t: &Target, session: &mut Session) -> Result<String, String> {
-    fn on<T: TlsStream>(t: &Target, s: &mut ImplFtpStream<T>) -> Result<String, String> {
+pub fn login(t: &Target, session: &mut Session) -> Result<String, Error> {
+    fn on<T: TlsStream>(t: &Target, s: &mut ImplFtpStream<T>) -> Result<String, Error> {
         s.login(t.user.as_str(), t.password.as_str()).map_err(|e| {
-            format!(
+            if !matches!(e, FtpError::UnexpectedResponse(_)) {
+                return Error::Connection(format!("logging in failed: {}", explain(e)));
+            }
+            Error::Login(format!(
                 "the FTP server refused user {:?}: {} (wrong user or token? After repeated \
                  failed logins from this address the server also refuses the right token for \
                  a while (ftp.lockout_secs): wait, then try again)",
                 t.user,
                 explain(e)
-            )
+            ))
         })?;
-        s.transfer_type(FileType::Binary).map_err(explain)?;
+        s.transfer_type(FileType::Binary)
+            .map_err(|e| Error::command(e, |why| format!("binary mode: {why}")))?;
         Ok(format!("logged in as {}", t.user))
     }
     match session {
@@ -151,17 +196,18 @@ pub fn login(t: &Target, session: &mut Session) -> Result<String, String> {
 }
 
 /// Enters the URL's folder, and `CTData/` inside it when there is one; returns it.
-pub fn enter_folder(t: &Target, session: &mut Session) -> Result<String, String> {
-    fn on<T: TlsStream>(t: &Target, s: &mut ImplFtpStream<T>) -> Result<String, String> {
+pub fn enter_folder(t: &Target, session: &mut Session) -> Result<String, Error> {
+    fn on<T: TlsStream>(t: &Target, s: &mut ImplFtpStream<T>) -> Result<String, Error> {
         if !t.path.is_empty() && t.path != "/" {
-            s.cwd(&t.path)
-                .map_err(|e| format!("folder {} is not there: {}", t.path, explain(e)))?;
+            s.cwd(&t.path).map_err(|e| {
+                Error::command(e, |why| format!("folder {} is not there: {why}", t.path))
+            })?;
         }
-        let names = s.nlst(None).map_err(explain)?;
+        let names = s.nlst(None).map_err(|e| Error::command(e, |why| why))?;
         if names.iter().any(|n| n.trim_end_matches('/') == "CTData") {
-            s.cwd("CTData").map_err(explain)?;
+            s.cwd("CTData").map_err(|e| Error::command(e, |why| why))?;
         }
-        s.pwd().map_err(explain)
+        s.pwd().map_err(|e| Error::command(e, |why| why))
     }
     match session {
         Session::Plain(s) => on(t, s),
@@ -170,9 +216,12 @@ pub fn enter_folder(t: &Target, session: &mut Session) -> Result<String, String>
 }
 
 /// Opens a logged-in session in the batch folder.
-pub fn open(config: &Config) -> Result<Session, String> {
+pub fn open(config: &Config) -> Result<Session, Error> {
     let t = Target::new(config)?;
-    let addr = *t.addrs()?.first().ok_or("the host has no address")?;
+    let addr = *t
+        .addrs()?
+        .first()
+        .ok_or_else(|| Error::Connection("the host has no address".into()))?;
     let tcp = connect(&t, addr)?;
     let mut session = greet(&t, &config.upload, tcp)?;
     login(&t, &mut session)?;
@@ -210,20 +259,20 @@ fn put_on<T: TlsStream>(s: &mut ImplFtpStream<T>, path: &Path, name: &str) -> Ou
     match s.rename(part.as_str(), name) {
         Ok(()) => Outcome::Delivered {
             duplicate: false,
-            receipt: serde_json::json!({"status": "delivered", "file": name, "channel": "ftp", "bytes": len}),
+            receipt: Proof::handed_over(name, "ftp", Some(len)),
         },
         Err(e) => Outcome::Retry(format!("renaming {part} to {name} failed: {}", explain(e))),
     }
 }
 
 /// Writes and deletes a probe file (the connection test's last step).
-pub fn probe(session: &mut Session) -> Result<(), String> {
-    fn on<T: TlsStream>(s: &mut ImplFtpStream<T>) -> Result<(), String> {
+pub fn probe(session: &mut Session) -> Result<(), Error> {
+    fn on<T: TlsStream>(s: &mut ImplFtpStream<T>) -> Result<(), Error> {
         let name = ".ctdata-probe.part";
         s.put_file(name, &mut &b"probe"[..])
-            .map_err(|e| format!("cannot write {name}: {}", explain(e)))?;
+            .map_err(|e| Error::command(e, |why| format!("cannot write {name}: {why}")))?;
         s.rm(name)
-            .map_err(|e| format!("cannot delete {name}: {}", explain(e)))
+            .map_err(|e| Error::command(e, |why| format!("cannot delete {name}: {why}")))
     }
     match session {
         Session::Plain(s) => on(s),
@@ -239,7 +288,7 @@ pub fn quit(session: Session) {
 }
 
 /// The server's words for what went wrong.
-pub fn explain(e: FtpError) -> String {
+fn explain(e: FtpError) -> String {
     match e {
         FtpError::UnexpectedResponse(r) => {
             let text = String::from_utf8_lossy(&r.body).trim().to_string();
@@ -252,9 +301,9 @@ pub fn explain(e: FtpError) -> String {
 
 /// Files in the batch folder with their sizes (folders, which have no size, are left
 /// out).
-pub fn list(session: &mut Session) -> Result<Vec<(String, u64)>, String> {
-    fn on<T: TlsStream>(s: &mut ImplFtpStream<T>) -> Result<Vec<(String, u64)>, String> {
-        let names = s.nlst(None).map_err(explain)?;
+pub fn list(session: &mut Session) -> Result<Vec<(String, u64)>, Error> {
+    fn on<T: TlsStream>(s: &mut ImplFtpStream<T>) -> Result<Vec<(String, u64)>, Error> {
+        let names = s.nlst(None).map_err(|e| Error::command(e, |why| why))?;
         let mut found = Vec::new();
         for name in names {
             let name = name.rsplit('/').next().unwrap_or_default().to_string();
@@ -271,16 +320,16 @@ pub fn list(session: &mut Session) -> Result<Vec<(String, u64)>, String> {
 }
 
 /// Downloads `name` into the file `to`; returns the bytes received.
-pub fn get(session: &mut Session, name: &str, to: &mut std::fs::File) -> Result<u64, String> {
+pub fn get(session: &mut Session, name: &str, to: &mut std::fs::File) -> Result<u64, Error> {
     fn on<T: TlsStream>(
         s: &mut ImplFtpStream<T>,
         name: &str,
         to: &mut std::fs::File,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Error> {
         s.retr(name, |r| {
             std::io::copy(r, to).map_err(FtpError::ConnectionError)
         })
-        .map_err(|e| format!("downloading {name} failed: {}", explain(e)))
+        .map_err(|e| Error::command(e, |why| format!("downloading {name} failed: {why}")))
     }
     match session {
         Session::Plain(s) => on(s, name, to),
@@ -288,10 +337,10 @@ pub fn get(session: &mut Session, name: &str, to: &mut std::fs::File) -> Result<
     }
 }
 
-pub fn delete(session: &mut Session, name: &str) -> Result<(), String> {
+pub fn delete(session: &mut Session, name: &str) -> Result<(), Error> {
     let done = match session {
         Session::Plain(s) => s.rm(name),
         Session::Tls(s) => s.rm(name),
     };
-    done.map_err(|e| format!("deleting {name} failed: {}", explain(e)))
+    done.map_err(|e| Error::command(e, |why| format!("deleting {name} failed: {why}")))
 }

@@ -6,14 +6,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use ctdata_api::{ErrorBody, Receipt};
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use reqwest::StatusCode;
-use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 use crate::config::Endpoint;
-use crate::send::Outcome;
+use crate::send::{Outcome, Proof};
 
 /// A client for `endpoint`: rustls with the public roots plus the endpoint's own
 /// `ca_file`, bounded connect and read times.
@@ -79,22 +79,56 @@ pub async fn post_batch(
         Err(e) => return Outcome::Retry(describe(&e, &endpoint.url)),
     };
     let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    classify(status, body, &endpoint.url)
+    let body = response.bytes().await.unwrap_or_default();
+    classify(status, &Answer::read(&body), &endpoint.url)
 }
 
-fn classify(status: StatusCode, body: Value, url: &str) -> Outcome {
-    let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_string);
-    let why = text("reason")
-        .or_else(|| text("message"))
-        .unwrap_or_else(|| format!("the server answered {status}"));
+/// The server answers a batch with its receipt (stored, or refused for what is in it)
+/// or with an error body (credentials, limits, trouble).
+enum Answer {
+    Receipt(Box<Receipt>),
+    Error(ErrorBody),
+    /// Not a ctdata-server answer (a proxy's page, say).
+    Other,
+}
+
+impl Answer {
+    fn read(body: &[u8]) -> Answer {
+        if let Ok(receipt) = serde_json::from_slice(body) {
+            Answer::Receipt(Box::new(receipt))
+        } else if let Ok(error) = serde_json::from_slice(body) {
+            Answer::Error(error)
+        } else {
+            Answer::Other
+        }
+    }
+
+    fn kind(&self) -> Option<&str> {
+        match self {
+            Answer::Receipt(r) => r.kind.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+fn classify(status: StatusCode, answer: &Answer, url: &str) -> Outcome {
+    let why = match answer {
+        Answer::Receipt(r) if r.reason.is_some() => r.reason.clone().unwrap_or_default(),
+        Answer::Error(e) => e.message.clone(),
+        _ => format!("the server answered {status}"),
+    };
     match status.as_u16() {
-        200 | 201 => Outcome::Delivered {
-            duplicate: status == StatusCode::OK,
-            receipt: body,
+        200 | 201 => match answer {
+            Answer::Receipt(receipt) => Outcome::Delivered {
+                duplicate: status == StatusCode::OK,
+                receipt: Proof::Receipt(receipt.clone()),
+            },
+            _ => Outcome::Stop(format!(
+                "{url} answered {status} without a receipt: is it a ctdata-server?"
+            )),
         },
         409 | 413 | 415 | 422 => Outcome::Refused(format!("{status}: {why}")),
-        403 if text("kind").as_deref() == Some("device_mismatch") => {
+        403 if answer.kind() == Some("device_mismatch") => {
             Outcome::Refused(format!("{status}: {why}"))
         }
         401 => Outcome::Stop(format!(

@@ -5,14 +5,13 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use ctdata_api::{ErrorBody, NEXT_CURSOR};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{Config, Protocol};
 use crate::home::{sync_dir, Home, INBOX};
 use crate::{http, state};
-
-const NEXT_CURSOR: &str = "ctdata-next-cursor";
 
 pub async fn run(home: &Home, format: &str) -> anyhow::Result<ExitCode> {
     let config = Config::load(home)?;
@@ -39,8 +38,10 @@ pub async fn run(home: &Home, format: &str) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!(http::describe(&e, &down.url)))?;
     let status = response.status();
     if !status.is_success() {
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        let message = body["message"].as_str().unwrap_or("no reason given");
+        let body = response.json::<ErrorBody>().await.ok();
+        let message = body
+            .as_ref()
+            .map_or("no reason given", |b| b.message.as_str());
         if status == reqwest::StatusCode::UNAUTHORIZED {
             bail!(
                 "{url} does not accept the download token ({message}): pull needs an \

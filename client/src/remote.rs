@@ -25,7 +25,9 @@ impl Remote {
             Protocol::Share => Ok(Remote::Share(
                 share::device_dir(&config.upload, &config.device).map_err(fail)?,
             )),
-            Protocol::Ftp | Protocol::Ftps => Ok(Remote::Ftp(ftp::open(config).map_err(fail)?)),
+            Protocol::Ftp | Protocol::Ftps => Ok(Remote::Ftp(
+                ftp::open(config).map_err(|e| fail(e.to_string()))?,
+            )),
             Protocol::Https => bail!(
                 "the HTTP API keeps no folder to compare with: compare, push, fetch and \
                  `purge --remote` work with share, ftp and ftps (over https use send and pull)"
@@ -43,7 +45,7 @@ impl Remote {
                 }
                 found
             }
-            Remote::Ftp(s) => ftp::list(s).map_err(anyhow::Error::msg)?,
+            Remote::Ftp(s) => ftp::list(s)?,
         };
         files.retain(|(n, _)| !n.starts_with('.') && !n.ends_with(".part"));
         files.sort();
@@ -68,7 +70,7 @@ impl Remote {
         let mut file = File::create(&tmp)?;
         let got = match self {
             Remote::Share(from) => std::io::copy(&mut File::open(from.join(name))?, &mut file)?,
-            Remote::Ftp(s) => ftp::get(s, name, &mut file).map_err(anyhow::Error::msg)?,
+            Remote::Ftp(s) => ftp::get(s, name, &mut file)?,
         };
         file.sync_all()?;
         drop(file);
@@ -83,7 +85,7 @@ impl Remote {
                 std::fs::remove_file(dir.join(name))?;
                 Ok(sync_dir(dir)?)
             }
-            Remote::Ftp(s) => ftp::delete(s, name).map_err(anyhow::Error::msg),
+            Remote::Ftp(s) => Ok(ftp::delete(s, name)?),
         }
     }
 

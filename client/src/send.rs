@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
+use serde::Serialize;
 
 use crate::config::{Config, Protocol};
 use crate::home::{list_files, move_into, write_atomic, Home, OUTBOX, REJECTED, SENT};
@@ -21,13 +21,45 @@ const SEND_LOCK: &str = ".send.lock";
 #[derive(Debug)]
 pub enum Outcome {
     /// The other side has it (`duplicate`: it had it before).
-    Delivered { duplicate: bool, receipt: Value },
+    Delivered { duplicate: bool, receipt: Proof },
     /// Refused for good (invalid, conflicting): moved aside with the reason.
     Refused(String),
     /// Worth trying again later (network, server trouble).
     Retry(String),
     /// Nothing else will go either (credentials, configuration).
     Stop(String),
+}
+
+/// What is kept beside a sent batch as `NAME.receipt.json`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Proof {
+    /// The server's own receipt (HTTP answers with it).
+    Receipt(Box<ctdata_api::Receipt>),
+    /// A file handed over (FTP, share): the server ingests it later, on its own.
+    HandedOver {
+        /// Always `delivered`.
+        status: &'static str,
+        file: String,
+        channel: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bytes: Option<u64>,
+    },
+}
+
+impl Proof {
+    pub fn handed_over(
+        file: impl Into<String>,
+        channel: &'static str,
+        bytes: Option<u64>,
+    ) -> Proof {
+        Proof::HandedOver {
+            status: "delivered",
+            file: file.into(),
+            channel,
+            bytes,
+        }
+    }
 }
 
 pub struct Options {
@@ -266,7 +298,12 @@ fn ftp_put(
     if guard.is_none() {
         match ftp::open(config) {
             Ok(s) => *guard = Some(s),
-            Err(why) => return Outcome::Retry(format!("{}: {why}", config.upload.url)),
+            // As over HTTP, credentials or settings the server refuses stop the run:
+            // no other batch would go either.
+            Err(e @ (ftp::Error::Login(_) | ftp::Error::Settings(_))) => {
+                return Outcome::Stop(format!("{}: {e}", config.upload.url))
+            }
+            Err(e) => return Outcome::Retry(format!("{}: {e}", config.upload.url)),
         }
     }
     let Some(s) = guard.as_mut() else {

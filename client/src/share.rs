@@ -6,9 +6,11 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use ctdata_api::{Receipt, Status};
+
 use crate::config::Endpoint;
 use crate::home::sync_dir;
-use crate::send::Outcome;
+use crate::send::{Outcome, Proof};
 
 /// The device's folder in the share. The share itself must exist: creating it would
 /// hide an unmounted share behind a local folder nobody reads.
@@ -35,11 +37,7 @@ pub fn put_into(dir: &Path, path: &Path, name: &str) -> Outcome {
     match copy_in(dir, path, name) {
         Ok(()) => Outcome::Delivered {
             duplicate: false,
-            receipt: serde_json::json!({
-                "status": "delivered",
-                "file": dir.join(name).display().to_string(),
-                "channel": "share",
-            }),
+            receipt: Proof::handed_over(dir.join(name).display().to_string(), "share", None),
         },
         Err(e) => Outcome::Retry(format!("cannot write to {}: {e}", dir.display())),
     }
@@ -65,17 +63,17 @@ pub fn server_receipts(endpoint: &Endpoint, device: &str, sent: &[String]) -> St
     for name in sent {
         let receipt = fs::read(dir.join(format!("{name}.receipt.json")))
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            .and_then(|b| serde_json::from_slice::<Receipt>(&b).ok());
         let Some(r) = receipt else {
             waiting += 1;
             continue;
         };
-        match r["status"].as_str() {
-            Some("ingested") => stored += 1,
-            Some("duplicate") => before += 1,
-            _ => refused.push(format!(
+        match r.status {
+            Status::Ingested => stored += 1,
+            Status::Duplicate => before += 1,
+            Status::Rejected => refused.push(format!(
                 "\n  refused by the server: {name}: {}",
-                r["reason"].as_str().unwrap_or("no reason given")
+                r.reason.as_deref().unwrap_or("no reason given")
             )),
         }
     }

@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use ctdata_batch::{Format, Limits, Problem, RejectKind, Rejection, Scan, Sighting};
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::db::{
     BatchRecord, Db, LoadResult, NewBatch, NewRejection, RowStream, Skipped, WriteHealth,
@@ -64,50 +62,8 @@ pub struct Delivery {
     pub rejected_path: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Stored now (possibly after a restart that interrupted the first attempt).
-    Ingested,
-    /// The same batch, byte for byte, was stored before: nothing added.
-    Duplicate,
-    /// Refused as a whole: nothing from it is stored.
-    Rejected,
-}
-
-/// What happened to one delivery; also written as the receipt file clients read back.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Receipt {
-    pub status: Status,
-    pub file: String,
-    pub channel: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch_id: Option<Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    /// Sightings in the file.
-    pub sightings: i64,
-    /// Sightings stored by this batch.
-    pub inserted: i64,
-    /// Sightings whose id was already stored by another batch.
-    pub duplicates: i64,
-    /// The highest cursor of this batch's sightings (`export --since` from before it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cursor: Option<i64>,
-    pub received_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    /// The sightings skipped because their id was stored already: the first ids, and
-    /// which of them came with other content (conflicts).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub skipped: Option<Skipped>,
-}
+/// The receipt is part of the API: the field client reads it too.
+pub use ctdata_api::{Receipt, Status};
 
 /// What a delivery that may still be being written came to.
 #[derive(Debug)]

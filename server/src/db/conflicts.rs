@@ -4,7 +4,6 @@
 //! the batch API and the dashboard.
 
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::Db;
 
@@ -114,24 +113,8 @@ pub async fn record_sqlite(conn: &mut sqlx::SqliteConnection, batch: i64) -> sql
     Ok(n)
 }
 
-/// What a receipt and the batch API say about the sightings a batch skipped.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
-pub struct Skipped {
-    /// Sightings skipped because their id was stored already (the batch's duplicates).
-    pub total: i64,
-    /// Of those, how many had other content than the stored sighting.
-    pub conflicts: i64,
-    /// The first skipped ids (at most 100), in file order.
-    pub ids: Vec<SkippedId>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
-pub struct SkippedId {
-    pub id: Uuid,
-    /// For a conflict, the fields that differ from the stored sighting.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub differs: Vec<String>,
-}
+/// Part of the receipt, which the field client reads too.
+pub use ctdata_api::{Skipped, SkippedId};
 
 /// One version of a conflicting sighting, and the batch it came in.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -2,16 +2,15 @@
 
 use std::path::Path;
 
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
 use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::authenticate_admin;
+use super::auth::AdminAuth;
 use super::batches::status_for;
-use super::throttle::Client;
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, AppState, ErrorBody, Query};
 use crate::db::{BatchListFilter, BatchSummary, ConflictInfo, DeviceInfo, RejectionInfo, Skipped};
 use crate::dropdir::file_away;
 use crate::ingest::{Delivery, Receipt};
@@ -26,28 +25,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(reprocess))
 }
 
-fn unavailable(e: sqlx::Error) -> ApiError {
-    ApiError::Unavailable(e.to_string())
-}
-
 /// Devices with last seen, batches, sightings and state.
 #[utoipa::path(get, path = "/api/v1/devices", tag = "administrators",
     responses((status = 200, body = [DeviceInfo]), (status = 401, body = ErrorBody)),
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn devices(
     State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
+    _: AdminAuth,
 ) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
-    authenticate_admin(&state, client, &headers).await?;
-    Ok(Json(
-        state
-            .ingestor
-            .db
-            .list_devices()
-            .await
-            .map_err(unavailable)?,
-    ))
+    Ok(Json(state.ingestor.db.list_devices().await?))
 }
 
 /// Stored batches, newest first; `before` = the last id of the previous page.
@@ -56,19 +42,10 @@ async fn devices(
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn batches(
     State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
+    _: AdminAuth,
     Query(f): Query<BatchListFilter>,
 ) -> Result<Json<Vec<BatchSummary>>, ApiError> {
-    authenticate_admin(&state, client, &headers).await?;
-    Ok(Json(
-        state
-            .ingestor
-            .db
-            .list_batches(&f)
-            .await
-            .map_err(unavailable)?,
-    ))
+    Ok(Json(state.ingestor.db.list_batches(&f).await?))
 }
 
 /// One stored batch and the sightings it skipped.
@@ -89,11 +66,9 @@ pub struct BatchDetail {
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn batch(
     State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
+    _: AdminAuth,
     UrlPath(id): UrlPath<i64>,
 ) -> Result<Json<BatchDetail>, ApiError> {
-    authenticate_admin(&state, client, &headers).await?;
     let db = &state.ingestor.db;
     // The list's page just below `id + 1` starts with the batch, if there is one.
     let page = BatchListFilter {
@@ -103,12 +78,11 @@ async fn batch(
     };
     let batch = db
         .list_batches(&page)
-        .await
-        .map_err(unavailable)?
+        .await?
         .into_iter()
         .find(|b| b.id == id)
         .ok_or_else(|| ApiError::NotFound(format!("no batch {id}")))?;
-    let skipped = db.skipped(id).await.map_err(unavailable)?;
+    let skipped = db.skipped(id).await?;
     Ok(Json(BatchDetail { batch, skipped }))
 }
 
@@ -127,21 +101,12 @@ pub struct ConflictPage {
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn conflicts(
     State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
+    _: AdminAuth,
     Query(p): Query<ConflictPage>,
 ) -> Result<Json<Vec<ConflictInfo>>, ApiError> {
-    authenticate_admin(&state, client, &headers).await?;
     let before = p.before.unwrap_or(i64::MAX);
     let limit = p.limit.unwrap_or(100).clamp(1, crate::db::MAX_PAGE);
-    Ok(Json(
-        state
-            .ingestor
-            .db
-            .list_conflicts(before, limit)
-            .await
-            .map_err(unavailable)?,
-    ))
+    Ok(Json(state.ingestor.db.list_conflicts(before, limit).await?))
 }
 
 /// Refused files with their reasons, newest first.
@@ -150,19 +115,10 @@ async fn conflicts(
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn rejected(
     State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
+    _: AdminAuth,
     Query(f): Query<BatchListFilter>,
 ) -> Result<Json<Vec<RejectionInfo>>, ApiError> {
-    authenticate_admin(&state, client, &headers).await?;
-    Ok(Json(
-        state
-            .ingestor
-            .db
-            .list_rejections(&f)
-            .await
-            .map_err(unavailable)?,
-    ))
+    Ok(Json(state.ingestor.db.list_rejections(&f).await?))
 }
 
 /// Runs a rejected file through ingest again (after the cause was fixed, e.g. a limit
@@ -180,11 +136,9 @@ async fn rejected(
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn reprocess(
     State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
+    _: AdminAuth,
     UrlPath(id): UrlPath<i64>,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
-    authenticate_admin(&state, client, &headers).await?;
     let receipt = reprocess_rejection(&state, id).await?;
     Ok((status_for(&receipt), Json(receipt)))
 }
@@ -194,8 +148,7 @@ pub(super) async fn reprocess_rejection(state: &AppState, id: i64) -> Result<Rec
     let db = &state.ingestor.db;
     let r = db
         .rejection(id)
-        .await
-        .map_err(unavailable)?
+        .await?
         .ok_or(ApiError::NotFound(format!("no rejection {id}")))?;
     if r.status != "pending" {
         return Err(ApiError::Conflict(format!(
@@ -230,9 +183,7 @@ pub(super) async fn reprocess_rejection(state: &AppState, id: i64) -> Result<Rec
     let receipt = state.ingestor.ingest(&delivery).await?;
     file_away(&state.drop_dir, &path, &device_dir, &receipt)?;
     if receipt.status != crate::ingest::Status::Rejected {
-        db.set_rejection_status(id, "reprocessed")
-            .await
-            .map_err(unavailable)?;
+        db.set_rejection_status(id, "reprocessed").await?;
     }
     Ok(receipt)
 }

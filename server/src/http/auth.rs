@@ -3,12 +3,66 @@
 //! Failures are counted per name and client address (see `throttle`): a name that
 //! failed too often is refused with 429 before its secret is even looked at.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use base64::Engine;
 
 use super::throttle::{Client, UNKNOWN_TOKEN};
 use super::{ApiError, AppState};
 use crate::auth::{token_hash, verify_admin_password};
+
+/// A device that proved its token; holds the device's name. As a handler argument it
+/// answers 401 (unknown), 403 (revoked) or 429 (locked out) before the handler runs.
+#[derive(Debug, Clone)]
+pub struct DeviceAuth(pub String);
+
+/// An administrator, by API token or name and password; holds the name.
+#[derive(Debug, Clone)]
+pub struct AdminAuth(pub String);
+
+/// Who may download sightings, for the log (`admin NAME` or `device NAME`): a signed-in
+/// dashboard session, an administrator, or a device listed in `http.read_devices`.
+#[derive(Debug, Clone)]
+pub struct ReaderAuth(pub String);
+
+impl FromRequestParts<AppState> for DeviceAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let client = Client::of(parts, state);
+        authenticate_device(state, client, &parts.headers)
+            .await
+            .map(DeviceAuth)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let client = Client::of(parts, state);
+        authenticate_admin(state, client, &parts.headers)
+            .await
+            .map(AdminAuth)
+    }
+}
+
+impl FromRequestParts<AppState> for ReaderAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The dashboard's Download buttons are plain links: a signed-in browser sends its
+        // session cookie (safe here: the only reader route is a GET that changes nothing).
+        if let Some(session) = super::web::signed_in(state, &parts.headers).await {
+            return Ok(ReaderAuth(format!("admin {}", session.admin)));
+        }
+        let client = Client::of(parts, state);
+        authenticate_reader(state, client, &parts.headers)
+            .await
+            .map(ReaderAuth)
+    }
+}
 
 #[derive(Clone)]
 enum Credentials {
@@ -85,7 +139,7 @@ where
 
 /// `Authorization: Bearer TOKEN`, or Basic `NAME:TOKEN` for field software that only
 /// knows Basic. A revoked device is told so (403), anything else unknown gets 401.
-pub async fn authenticate_device(
+async fn authenticate_device(
     state: &AppState,
     client: Client,
     headers: &HeaderMap,
@@ -104,10 +158,8 @@ async fn check_device(state: &AppState, creds: Credentials) -> Result<String, Ap
         .ingestor
         .db
         .device_token_state(&token_hash(&token))
-        .await;
-    let (device, revoked) = found
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?
-        .ok_or_else(refused)?;
+        .await?;
+    let (device, revoked) = found.ok_or_else(refused)?;
     if name.is_some_and(|n| n != device) {
         return Err(refused());
     }
@@ -118,7 +170,7 @@ async fn check_device(state: &AppState, creds: Credentials) -> Result<String, Ap
 }
 
 /// An administrator: an API token, or name and password.
-pub async fn authenticate_admin(
+async fn authenticate_admin(
     state: &AppState,
     client: Client,
     headers: &HeaderMap,
@@ -135,8 +187,7 @@ async fn check_admin(state: &AppState, creds: Credentials) -> Result<String, Api
             .ingestor
             .db
             .admin_for_token(&token_hash(&token))
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .await?
             .ok_or_else(refused),
         Credentials::Basic(name, password) => {
             if admin_password_ok(state, &name, password).await? {
@@ -155,12 +206,7 @@ pub async fn admin_password_ok(
     name: &str,
     password: String,
 ) -> Result<bool, ApiError> {
-    let stored = state
-        .ingestor
-        .db
-        .admin_password_hash(name)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let stored = state.ingestor.db.admin_password_hash(name).await?;
     let _permit = state
         .password_checks
         .acquire()
@@ -177,7 +223,7 @@ pub async fn admin_password_ok(
 /// Who may download sightings: an administrator, or a device the administrator listed
 /// in `http.read_devices`. Any other device is told why (403), not just refused.
 /// Returns who it is for the log: `admin <name>` or `device <name>`.
-pub async fn authenticate_reader(
+async fn authenticate_reader(
     state: &AppState,
     client: Client,
     headers: &HeaderMap,

@@ -9,8 +9,7 @@ use tokio::io::AsyncWriteExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::authenticate_device;
-use super::throttle::Client;
+use super::auth::DeviceAuth;
 use super::{ApiError, AppState, ErrorBody, INCOMING};
 use crate::dropdir::{file_away, rejected_path, stamp};
 use crate::ingest::{channel, Delivery, Receipt, Status, DEVICE_MISMATCH};
@@ -40,17 +39,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 async fn post_batch(
     State(state): State<AppState>,
-    client: Client,
+    DeviceAuth(device): DeviceAuth,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
-    let device = authenticate_device(&state, client, &headers).await?;
     check_encoding(&headers)?;
-    let _slot = state
-        .uploads
-        .acquire(&device)
-        .await
-        .map_err(ApiError::Internal)?;
+    let _slot = state.uploads.acquire(&device).await?;
     let claim = format!("{}-upload", stamp());
     // A folder per device: concurrent uploads do not all queue for one directory lock.
     let spool = state.drop_dir.join(INCOMING).join(&device).join(&claim);
@@ -107,13 +101,9 @@ fn check_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
 /// Bodies up to this size are gathered in memory before they are written.
 const HELD_BODY_BYTES: usize = 256 * 1024;
 
-async fn create_spool(spool: &std::path::Path) -> Result<tokio::fs::File, ApiError> {
-    tokio::fs::create_dir_all(spool.parent().expect("spool has a folder"))
-        .await
-        .map_err(anyhow::Error::from)?;
-    Ok(tokio::fs::File::create(spool)
-        .await
-        .map_err(anyhow::Error::from)?)
+async fn create_spool(spool: &std::path::Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::create_dir_all(spool.parent().expect("spool has a folder")).await?;
+    tokio::fs::File::create(spool).await
 }
 
 /// Streams the body to `spool`, refusing it as soon as it passes the limit.
@@ -151,19 +141,19 @@ async fn spool_body(
             return Err(ApiError::TooLarge(limit));
         }
         match &mut file {
-            Some(f) => f.write_all(&chunk).await.map_err(anyhow::Error::from)?,
+            Some(f) => f.write_all(&chunk).await?,
             None if written as usize <= HELD_BODY_BYTES => held.extend_from_slice(&chunk),
             None => {
                 let mut f = tokio::io::BufWriter::new(create_spool(spool).await?);
-                f.write_all(&held).await.map_err(anyhow::Error::from)?;
-                f.write_all(&chunk).await.map_err(anyhow::Error::from)?;
+                f.write_all(&held).await?;
+                f.write_all(&chunk).await?;
                 held = Vec::new();
                 file = Some(f);
             }
         }
     }
     match file {
-        Some(mut f) => f.flush().await.map_err(anyhow::Error::from)?,
+        Some(mut f) => f.flush().await?,
         None => {
             let spool = spool.to_path_buf();
             tokio::task::spawn_blocking(move || {
@@ -171,8 +161,7 @@ async fn spool_body(
                 std::fs::write(&spool, held)
             })
             .await
-            .map_err(anyhow::Error::from)?
-            .map_err(anyhow::Error::from)?;
+            .map_err(anyhow::Error::from)??;
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::response::Response;
 use axum::Router;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,10 +16,9 @@ use hyper_util::server::conn::auto::Builder;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use super::paced::PacedBody;
-use super::throttle::Peer;
 use crate::connlimit::ConnLimits;
 
 /// HTTP/2 requests one connection may have in progress; with the per-address cap this
@@ -58,6 +58,9 @@ pub async fn serve(
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let builder = Arc::new(builder);
     let policy = Arc::new(policy);
+    // Each connection's service carries its peer address (`ConnectInfo`), which the
+    // `Client` extractor reads.
+    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -80,10 +83,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         // Watched from here on: shutdown also waits for a handshake in progress.
         let watcher = graceful.watcher();
-        let (builder, tls, policy, app) =
-            (builder.clone(), tls.clone(), policy.clone(), app.clone());
+        let (builder, tls, policy) = (builder.clone(), tls.clone(), policy.clone());
+        let app = make_service.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let Ok(app) = app.oneshot(peer).await;
             let ended = match tls {
                 None => serve_connection(&builder, stream, app, peer, &policy, watcher).await,
                 Some(tls) => {
@@ -127,16 +131,21 @@ fn refuse(stream: TcpStream, tls: bool) {
 
 /// One connection (HTTP/1.1 or HTTP/2, plain or TLS) until it closes, stays idle too
 /// long, or shutdown has let its requests in flight finish.
-async fn serve_connection<I>(
+async fn serve_connection<I, S>(
     builder: &Builder<TokioExecutor>,
     io: I,
-    app: Router,
+    app: S,
     peer: SocketAddr,
     policy: &ConnPolicy,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<axum::extract::Request, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
 {
     let activity = Arc::new(Activity::default());
     let (rate, body_idle) = (policy.min_body_rate, policy.body_idle_timeout);
@@ -145,8 +154,7 @@ where
         move |req: hyper::Request<hyper::body::Incoming>| {
             // Until the response body is sent or dropped: a long download is not idle.
             let busy = activity.begin();
-            let mut req = req.map(|b| Body::new(PacedBody::new(Body::new(b), rate, body_idle)));
-            req.extensions_mut().insert(Peer(peer.ip()));
+            let req = req.map(|b| Body::new(PacedBody::new(Body::new(b), rate, body_idle)));
             let response = app.clone().oneshot(req);
             async move {
                 let response = response.await?;

@@ -1,15 +1,13 @@
 //! The administrator's "Download": pull every remote source (or one) now.
 
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::authenticate_admin;
-use super::throttle::Client;
-use super::{ApiError, AppState, ErrorBody};
+use super::auth::AdminAuth;
+use super::{ApiError, AppState, ErrorBody, Query};
 use crate::sources::DownloadReport;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -37,11 +35,9 @@ pub struct DownloadQuery {
     security(("admin_token" = []), ("admin_basic" = [])))]
 async fn download(
     State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
+    AdminAuth(admin): AdminAuth,
     Query(q): Query<DownloadQuery>,
 ) -> Result<Json<DownloadReport>, ApiError> {
-    let admin = authenticate_admin(&state, client, &headers).await?;
     tracing::info!(
         admin,
         source = q.source.as_deref().unwrap_or("(all)"),

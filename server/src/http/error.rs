@@ -1,18 +1,14 @@
 //! One error type for the API: a status per variant, a short machine-readable body for
 //! client errors, details logged for server errors.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::de::DeserializeOwned;
 
-/// The body of every error response.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// Machine-readable: `unauthorized`, `too_large`, `not_found`, …
-    pub error: String,
-    /// What was wrong, in plain words.
-    pub message: String,
-}
+pub use ctdata_api::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -38,6 +34,12 @@ pub enum ApiError {
     TooManyFailures(u64),
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A query failed: the database is down, full or refusing; logged, 503.
+    #[error("database unavailable: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Spooling or filing a file failed; logged, 500.
+    #[error("file system: {0}")]
+    Io(#[from] std::io::Error),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
     /// The body stalled or trickled below `http.min_body_bytes_per_sec`.
@@ -61,8 +63,8 @@ impl ApiError {
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) | ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) | ApiError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -80,8 +82,8 @@ impl ApiError {
             ApiError::Gone(_) => "gone",
             ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::TooManyFailures(_) => "too_many_failures",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
+            ApiError::Unavailable(_) | ApiError::Database(_) => "unavailable",
+            ApiError::Internal(_) | ApiError::Io(_) => "internal",
             ApiError::SlowBody(_) => "body_too_slow",
             ApiError::NotReady(_) => "not_ready",
         }
@@ -117,5 +119,21 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// Query parameters decoded into `T`, like axum's `Query`, but a parameter that does
+/// not parse is answered like every other client error: 400 with an [`ErrorBody`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| Query(q))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
     }
 }

@@ -27,7 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use conn::{serve, ConnPolicy};
-pub use error::{ApiError, ErrorBody};
+pub use error::{ApiError, ErrorBody, Query};
 
 use crate::ingest::Ingestor;
 
@@ -88,10 +88,6 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/openapi.json",
             get(move || std::future::ready(Json(api.as_ref().clone()))),
         )
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            throttle::client_address,
-        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             fair::general_slots,
@@ -191,11 +187,7 @@ async fn metrics(
     responses((status = 200, body = String), (status = 503, body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     let ingestor = &state.ingestor;
-    ingestor
-        .db
-        .totals()
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    ingestor.db.totals().await?;
     if let Some(failure) = ingestor.writes.check(&ingestor.db).await {
         return Err(ApiError::NotReady(failure.to_string()));
     }

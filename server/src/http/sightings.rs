@@ -2,23 +2,21 @@
 //! also for devices listed in `http.read_devices` (the field client's `pull`).
 
 use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use futures::StreamExt;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::authenticate_reader;
-use super::throttle::Client;
-use super::{ApiError, AppState, ErrorBody};
+use super::auth::ReaderAuth;
+use super::{ApiError, AppState, ErrorBody, Query};
 use crate::commands::parse_time;
 use crate::db::{BBox, ExportFilter};
 use crate::export::{byte_stream, ExportFormat};
 
-/// The response header carrying the cursor to pass as `since` next time.
-pub const NEXT_CURSOR: &str = "CTData-Next-Cursor";
+pub use ctdata_api::NEXT_CURSOR;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(download))
@@ -63,16 +61,9 @@ struct Params {
 )]
 async fn download(
     State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
+    ReaderAuth(who): ReaderAuth,
     Query(p): Query<Params>,
 ) -> Result<Response, ApiError> {
-    // The dashboard's Download buttons are plain links: a signed-in browser sends its
-    // session cookie (safe here: this GET changes nothing).
-    let who = match super::web::signed_in(&state, &headers).await {
-        Some(session) => format!("admin {}", session.admin),
-        None => authenticate_reader(&state, client, &headers).await?,
-    };
     // PostgreSQL refuses NUL in text outright; no stored value holds one.
     for (name, value) in [
         ("from", &p.from),
@@ -108,12 +99,7 @@ async fn download(
         .map_err(ApiError::BadRequest)?;
     // Nothing can commit at or below the safe cursor any more, so the next cursor can
     // be named before the first row is sent.
-    let next = state
-        .ingestor
-        .db
-        .safe_cursor()
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let next = state.ingestor.db.safe_cursor().await?;
     let since = p.since.unwrap_or(0);
     let filter = ExportFilter {
         since,

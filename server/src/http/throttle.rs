@@ -10,21 +10,15 @@
 //! proxy's address.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 
 use super::AppState;
-
-/// The address a connection came from, added to every request of a connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub IpAddr);
 
 /// The address a request is from, after trusted proxies (see the module comment).
 #[derive(Debug, Clone, Copy)]
@@ -149,31 +143,28 @@ fn parse_node(node: &str) -> Option<IpAddr> {
     node.rsplit_once(':')?.0.parse().ok()
 }
 
-/// Middleware: works out the request's client address once, for the logins that
-/// count failures under it.
-pub async fn client_address(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    if let Some(Peer(peer)) = req.extensions().get::<Peer>().copied() {
-        let client = state.auth_failures.client(peer, req.headers());
-        req.extensions_mut().insert(Client(client));
+impl Client {
+    /// The request's client address: the connection's peer (`ConnectInfo`, set by
+    /// `serve`), or the address a trusted proxy forwarded. A request that did not come
+    /// over a socket (an in-process test) counts as the unspecified address.
+    pub fn of(parts: &Parts, state: &AppState) -> Client {
+        match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            Some(ConnectInfo(peer)) => {
+                Client(state.auth_failures.client(peer.ip(), &parts.headers))
+            }
+            None => Client(IpAddr::from([0, 0, 0, 0])),
+        }
     }
-    next.run(req).await
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Client {
+impl FromRequestParts<AppState> for Client {
     type Rejection = std::convert::Infallible;
 
-    /// A request that did not come over a socket (an in-process test) counts as the
-    /// unspecified address.
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Client, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<Client>()
-            .copied()
-            .unwrap_or(Client(IpAddr::from([0, 0, 0, 0]))))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Client, Self::Rejection> {
+        Ok(Client::of(parts, state))
     }
 }
 

@@ -1,24 +1,16 @@
 //! `GET /api/v1/whoami`: a device checks its token without sending a batch (the field
 //! client's connection test).
 
-use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
+use ctdata_api::WhoAmI;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::authenticate_device;
-use super::throttle::Client;
-use super::{ApiError, AppState, ErrorBody};
+use super::auth::DeviceAuth;
+use super::{AppState, ErrorBody};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(whoami))
-}
-
-/// The device a token belongs to.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct WhoAmI {
-    pub device: String,
 }
 
 /// Which device this token logs in as; 401 for an unknown token, 403 when revoked.
@@ -33,11 +25,6 @@ pub struct WhoAmI {
     ),
     security(("device_token" = []), ("device_basic" = []))
 )]
-async fn whoami(
-    State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
-) -> Result<Json<WhoAmI>, ApiError> {
-    let device = authenticate_device(&state, client, &headers).await?;
-    Ok(Json(WhoAmI { device }))
+async fn whoami(DeviceAuth(device): DeviceAuth) -> Json<WhoAmI> {
+    Json(WhoAmI { device })
 }
