@@ -113,10 +113,11 @@ impl Answer {
 
 fn classify(status: StatusCode, answer: &Answer, url: &str) -> Outcome {
     let why = match answer {
-        Answer::Receipt(r) if r.reason.is_some() => r.reason.clone().unwrap_or_default(),
-        Answer::Error(e) => e.message.clone(),
-        _ => format!("the server answered {status}"),
-    };
+        Answer::Receipt(r) => r.reason.clone(),
+        Answer::Error(e) => Some(e.message.clone()),
+        Answer::Other => None,
+    }
+    .unwrap_or_else(|| format!("the server answered {status}"));
     match status.as_u16() {
         200 | 201 => match answer {
             Answer::Receipt(receipt) => Outcome::Delivered {
@@ -170,5 +171,43 @@ pub fn describe(e: &reqwest::Error, url: &str) -> String {
         format!("cannot connect to {url}: {detail}")
     } else {
         format!("talking to {url} failed: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "https://ctdata.example";
+
+    fn classify_text(status: u16, body: &str) -> Outcome {
+        let status = StatusCode::from_u16(status).unwrap();
+        classify(status, &Answer::read(body.as_bytes()), URL)
+    }
+
+    #[test]
+    fn answers_decide_where_a_batch_goes() {
+        let stored = r#"{"status":"ingested","file":"upload","channel":"http","device":"r7",
+            "sightings":2,"inserted":2,"duplicates":0,"received_at":"2026-01-02T03:04:05Z"}"#;
+        match classify_text(201, stored) {
+            Outcome::Delivered {
+                duplicate: false,
+                receipt: Proof::Receipt(r),
+            } => assert_eq!((r.inserted, r.device.as_deref()), (2, Some("r7"))),
+            other => panic!("{other:?}"),
+        }
+        let refused = r#"{"status":"rejected","file":"upload","channel":"http","sightings":0,
+            "inserted":0,"duplicates":0,"received_at":"2026-01-02T03:04:05Z",
+            "reason":"line 3: lat 91 is out of range","kind":"invalid"}"#;
+        assert!(
+            matches!(classify_text(422, refused), Outcome::Refused(why) if why.contains("lat 91"))
+        );
+        let error = r#"{"error":"unauthorized","message":"unknown device or wrong token"}"#;
+        assert!(
+            matches!(classify_text(401, error), Outcome::Stop(why) if why.contains("wrong token"))
+        );
+        assert!(matches!(classify_text(503, "<html>"), Outcome::Retry(_)));
+        // A 200 that is not a receipt (a captive portal, a proxy) is not a delivery.
+        assert!(matches!(classify_text(200, "<html>"), Outcome::Stop(_)));
     }
 }

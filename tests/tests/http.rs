@@ -628,6 +628,18 @@ async fn admin_lists_and_reprocess_after_the_cause_is_fixed(db: TestDb) {
     assert_eq!(code, 200);
     assert_eq!(batches.as_array().unwrap().len(), 1);
     assert_eq!(batches[0]["sightings"], receipt["sightings"]);
+    // A query parameter that does not parse is a client error with the API's error body.
+    let (code, error) = call(
+        "GET",
+        &format!("{base}/api/v1/conflicts?limit=many"),
+        &admin,
+    );
+    assert_eq!(code, 400, "{error}");
+    assert_eq!(error["error"], "bad_request", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("limit"),
+        "{error}"
+    );
     let (code, devices) = call("GET", &format!("{base}/api/v1/devices"), &admin);
     assert_eq!(code, 200);
     assert_eq!(devices[0]["name"], "ranger-07");
