@@ -212,7 +212,9 @@ impl Ingestor {
             }
         };
         let device = match self.device_for(d, &scan) {
-            Ok(device) => device,
+            // Device names are one in any letter case (as at registration): a batch
+            // naming "Ranger-1" belongs to the device "ranger-1", never to a new one.
+            Ok(device) => (self.db.device_name_any_case(&device).await?).unwrap_or(device),
             Err((rejection, kind)) => {
                 return self
                     .reject_as(d, Some(&scan), None, rejection, kind)
@@ -345,15 +347,15 @@ impl Ingestor {
             }
         }
         match (&scan.device_id, &d.device_hint) {
-            (Some(claimed), Some(hint)) if claimed != hint => {
+            (Some(claimed), Some(hint)) if !claimed.eq_ignore_ascii_case(hint) => {
                 let why = format!(
                     "the batch says device_id {claimed:?} but it was delivered as device {hint:?}; a device \
                      may only send its own batches"
                 );
                 Err((header_rejection(why), DEVICE_MISMATCH))
             }
-            (Some(claimed), _) => Ok(claimed.clone()),
-            (None, Some(hint)) => Ok(hint.clone()),
+            (_, Some(hint)) => Ok(hint.clone()),
+            (Some(claimed), None) => Ok(claimed.clone()),
             (None, None) => Ok(self.default_device.to_string()),
         }
     }

@@ -78,6 +78,7 @@ fn fill(path: &Path, limit: usize) {
     }
 }
 
+/// Status and body; a 503's body is followed by a line `Retry-After: SECONDS`.
 fn post(base: &str, token: &str, file: &Path) -> (u16, String) {
     let out = Command::new("curl")
         .args([
@@ -87,7 +88,7 @@ fn post(base: &str, token: &str, file: &Path) -> (u16, String) {
             "-o",
             "-",
             "-w",
-            "\n%{http_code}",
+            "\nRetry-After: %header{retry-after}\n%{http_code}",
         ])
         .arg("-H")
         .arg(format!("Authorization: Bearer {token}"))
@@ -98,7 +99,13 @@ fn post(base: &str, token: &str, file: &Path) -> (u16, String) {
         .expect("run curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    let code = code.trim().parse().unwrap_or(0);
+    let body = match body.rsplit_once("\nRetry-After: ") {
+        Some((body, retry)) if code == 503 => format!("{body}\nRetry-After: {retry}"),
+        Some((body, _)) => body.to_string(),
+        None => body.to_string(),
+    };
+    (code, body)
 }
 
 fn readyz(base: &str) -> u16 {
@@ -173,6 +180,7 @@ async fn full_disk_scenario(env: &ServerEnv, token: &str, fs: &Path) {
     let server = env.serve().await;
     let base = server.http_base();
     let mut sent: Vec<Sent> = Vec::new();
+    let mut refusals: Vec<(u16, String)> = Vec::new();
     let new_batch = |n: usize| {
         let file = env.dir.path().join(format!("batch-{n}.ndjson"));
         let id = write_batch(&file, DEVICE, ROWS);
@@ -186,6 +194,7 @@ async fn full_disk_scenario(env: &ServerEnv, token: &str, fs: &Path) {
         eprintln!("batch {n}: {status} {body}");
         sent.push(Sent { id, file, status });
         if status >= 500 {
+            refusals.push((status, body));
             break;
         }
     }
@@ -200,6 +209,16 @@ async fn full_disk_scenario(env: &ServerEnv, token: &str, fs: &Path) {
         let (status, body) = post(&base, token, &file);
         eprintln!("batch {n} (disk full): {status} {body}");
         sent.push(Sent { id, file, status });
+        if status >= 500 {
+            refusals.push((status, body));
+        }
+    }
+    // A database that refuses writes is a reason to try again later (503 with
+    // Retry-After), not a server error (500); nothing of those batches was stored.
+    for (status, body) in &refusals {
+        assert_eq!(*status, 503, "{body}");
+        assert!(body.contains("\"error\":\"unavailable\""), "{body}");
+        assert!(body.ends_with("\nRetry-After: 30"), "{body}");
     }
     let during = readyz(&base);
     eprintln!("readyz while the disk is full: {during}");

@@ -63,6 +63,17 @@ impl Db {
         on_pool!(self, p => sqlx::query_scalar(SQL).bind(name).fetch_optional(p).await)
     }
 
+    /// The device a batch naming `name` belongs to, given that names are one in any letter
+    /// case: a registered device first (the one spelled `name` if several differ only in
+    /// case), else one spelled `name`, else the oldest. `None` when no device has the name
+    /// in any case.
+    #[tracing::instrument(skip_all, err, fields(device = name))]
+    pub async fn device_name_any_case(&self, name: &str) -> sqlx::Result<Option<String>> {
+        const SQL: &str = "SELECT name FROM devices WHERE lower(name) = lower($1) \
+                           ORDER BY (token_hash IS NOT NULL) DESC, (name = $1) DESC, id LIMIT 1";
+        on_pool!(self, p => sqlx::query_scalar(SQL).bind(name).fetch_optional(p).await)
+    }
+
     /// Replaces a registered device's token: the old one stops working at once.
     #[tracing::instrument(skip_all, err, fields(device = name))]
     pub async fn rotate_device(&self, name: &str, token_hash: &str) -> sqlx::Result<Change> {

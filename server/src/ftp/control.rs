@@ -38,7 +38,7 @@
 //! dropped at once. Whatever is not handed off stays under its hidden `.part` name
 //! for the stale sweep and is logged as an incomplete upload.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -129,6 +129,27 @@ impl Control {
         }
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
         true
+    }
+
+    /// Writes `text` on a plain control connection ahead of libunftp's next reply (see
+    /// `auth::SessionAuth`). The descriptor is non-blocking: a client that leaves its
+    /// replies unread gets a bounded wait, and one whose line could be written only in
+    /// part is disconnected rather than sent a garbled reply.
+    pub async fn say_first(&self, text: &str) {
+        let mut rest = text.as_bytes();
+        for _ in 0..50 {
+            match (&self.sock).write(rest) {
+                Ok(n) if n == rest.len() => return,
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if rest.len() < text.len() {
+            let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

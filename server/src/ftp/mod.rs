@@ -52,11 +52,15 @@ impl Setup {
             device_quota_bytes: self.settings.device_quota_bytes,
         };
         let events = control.clone().map(control::Events);
+        let authenticator = Arc::new(auth::SessionAuth {
+            devices: self.auth.clone(),
+            control: control.clone(),
+        });
         let mut builder = ServerBuilder::<fs::DeviceFs, auth::Device>::with_user_detail_provider(
             Box::new(move || fs::DeviceFs::new(handoff.clone(), limits, control.clone())),
             Arc::new(auth::Devices),
         )
-        .authenticator(self.auth.clone())
+        .authenticator(authenticator)
         .greeting("CTData FTP server")
         .passive_ports(self.passive.clone())
         .idle_session_timeout(self.settings.idle_timeout_secs.max(1))

@@ -34,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 413, description = "Too large, also once inflated", body = ErrorBody),
         (status = 415, description = "Unknown format or Content-Encoding", body = ErrorBody),
         (status = 422, description = "Invalid rows: the reason names line and field", body = Receipt),
+        (status = 503, description = "The database is unavailable or full: nothing was stored; send it again after Retry-After", body = ErrorBody),
     ),
     security(("device_token" = []), ("device_basic" = []))
 )]
@@ -64,7 +65,7 @@ async fn post_batch(
         Ok(receipt) => receipt,
         Err(e) => {
             let _ = tokio::fs::remove_file(&spool).await;
-            return Err(ApiError::Internal(e));
+            return Err(ApiError::storing(e));
         }
     };
     file_away(&state.drop_dir, &spool, &device, &receipt)?;

@@ -50,7 +50,27 @@ pub enum ApiError {
     NotReady(String),
 }
 
+/// What a 503 asks the client to wait before trying again.
+pub const RETRY_UNAVAILABLE_SECS: u64 = 30;
+
 impl ApiError {
+    /// A failure to store what the client sent: when the database failed (down, full,
+    /// out of connections) or the disk is full, nothing was acknowledged and the same
+    /// request will work later, so it is 503 with Retry-After; anything else is 500.
+    pub fn storing(e: anyhow::Error) -> ApiError {
+        let transient = e.chain().any(|cause| {
+            cause.is::<sqlx::Error>()
+                || cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+        });
+        if transient {
+            ApiError::Unavailable(format!("{e:#}"))
+        } else {
+            ApiError::Internal(e)
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -111,6 +131,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(*secs));
+        }
+        if let ApiError::Unavailable(_) = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(RETRY_UNAVAILABLE_SECS),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -4,6 +4,15 @@
 //! clears its count, so neither a request to an open route nor a login as another
 //! account resets it, and one account's failures never refuse another account.
 //!
+//! Guessing one account from many addresses is limited too: once an account has had
+//! [`ACCOUNT_FREE_FAILURES`] failures within [`ACCOUNT_WINDOW`] from any addresses, an
+//! address that failed as that account within the last [`RECENT_FAILURE`] must wait
+//! until that failure is that old. An address with no recent failure as the account is
+//! let through, so an attacker cannot lock the real owner out: the right secret from
+//! an address that has not failed gets in at once, and from one that has, at most
+//! [`RECENT_FAILURE`] after its last failure (or its own doubling wait, if longer). An
+//! attacker gets one guess per address and minute once the account is under attack.
+//!
 //! The client address is the connection's peer, or, when the peer is one of
 //! `http.trusted_proxies`, the address that proxy forwarded (`Forwarded` or
 //! `X-Forwarded-For`): behind a reverse proxy every request would otherwise share the
@@ -31,6 +40,14 @@ const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 const LONGEST_WAIT: Duration = Duration::from_secs(300);
 /// Bounds the table's memory under a spray of names or addresses.
 const MAX_ENTRIES: usize = 10_000;
+/// Failures of one account, from all addresses together, before it counts as under
+/// attack...
+pub const ACCOUNT_FREE_FAILURES: u32 = 10;
+/// ...within this long (a window that starts with its first failure).
+pub const ACCOUNT_WINDOW: Duration = Duration::from_secs(60);
+/// While an account is under attack, an address that failed as it more recently than
+/// this waits.
+pub const RECENT_FAILURE: Duration = Duration::from_secs(60);
 
 /// The account a failed token is counted under: a token that matches nothing names no
 /// account, and one such key per address keeps unknown tokens from locking any device.
@@ -40,6 +57,8 @@ pub const UNKNOWN_TOKEN: &str = "";
 pub struct AuthFailures {
     trusted_proxies: Vec<IpAddr>,
     by_account: Mutex<HashMap<(String, IpAddr), (u32, Instant)>>,
+    /// Per account from all addresses: when its window started and its failures since.
+    by_name: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 impl AuthFailures {
@@ -47,16 +66,33 @@ impl AuthFailures {
         AuthFailures {
             trusted_proxies,
             by_account: Mutex::default(),
+            by_name: Mutex::default(),
         }
     }
 
     /// How long `account` from `ip` must still wait, if it must.
     pub fn wait(&self, account: &str, ip: IpAddr) -> Option<Duration> {
-        let map = self.by_account.lock().unwrap_or_else(|e| e.into_inner());
-        let (count, last) = *map.get(&(account.to_string(), ip))?;
-        let over = count.checked_sub(FREE_FAILURES)?;
-        let backoff = Duration::from_secs(1u64 << over.min(16)).min(LONGEST_WAIT);
-        backoff.checked_sub(last.elapsed()).filter(|d| !d.is_zero())
+        let (count, last) = *self
+            .by_account
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(account.to_string(), ip))?;
+        let since = last.elapsed();
+        let backoff = match count.checked_sub(FREE_FAILURES) {
+            Some(over) => Duration::from_secs(1u64 << over.min(16)).min(LONGEST_WAIT),
+            None => Duration::ZERO,
+        };
+        let attacked = self.under_attack(account).then_some(RECENT_FAILURE);
+        let wait = backoff.max(attacked.unwrap_or_default());
+        wait.checked_sub(since).filter(|d| !d.is_zero())
+    }
+
+    /// Whether `account` has failed too often, from all addresses together, lately.
+    fn under_attack(&self, account: &str) -> bool {
+        let names = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        names.get(account).is_some_and(|(start, failures)| {
+            start.elapsed() < ACCOUNT_WINDOW && *failures >= ACCOUNT_FREE_FAILURES
+        })
     }
 
     pub fn failed(&self, account: &str, ip: IpAddr) {
@@ -71,6 +107,18 @@ impl AuthFailures {
             entry.0 = 0;
         }
         *entry = (entry.0 + 1, Instant::now());
+        drop(map);
+        let mut names = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        if names.len() >= MAX_ENTRIES {
+            names.retain(|_, (start, _)| start.elapsed() < ACCOUNT_WINDOW);
+        }
+        let window = names
+            .entry(account.to_string())
+            .or_insert((Instant::now(), 0));
+        if window.0.elapsed() >= ACCOUNT_WINDOW {
+            *window = (Instant::now(), 0);
+        }
+        window.1 += 1;
     }
 
     pub fn succeeded(&self, account: &str, ip: IpAddr) {
@@ -217,5 +265,38 @@ mod tests {
         );
         f.succeeded("admin", a);
         assert!(f.wait("admin", a).is_none());
+    }
+
+    #[test]
+    fn an_account_under_attack_waits_only_at_addresses_that_failed_lately() {
+        let f = AuthFailures::default();
+        let ip = |n: u8| IpAddr::from([127, 0, 0, n]);
+        for n in 0..ACCOUNT_FREE_FAILURES as u8 {
+            assert!(f.wait("admin", ip(n + 2)).is_none(), "not yet under attack");
+            f.failed("admin", ip(n + 2));
+        }
+        let wait = f
+            .wait("admin", ip(2))
+            .expect("an address that just failed waits");
+        assert!(
+            wait <= RECENT_FAILURE && wait > RECENT_FAILURE / 2,
+            "{wait:?}"
+        );
+        assert!(
+            f.wait("admin", ip(99)).is_none(),
+            "a clean address is let through"
+        );
+        assert!(
+            f.wait("bob", ip(2)).is_none(),
+            "other accounts are not affected"
+        );
+        // Its failure long enough ago, the address is let through again, attack or not.
+        let old = Instant::now() - RECENT_FAILURE - Duration::from_secs(1);
+        f.by_account
+            .lock()
+            .unwrap()
+            .insert(("admin".into(), ip(2)), (1, old));
+        assert!(f.under_attack("admin"));
+        assert!(f.wait("admin", ip(2)).is_none());
     }
 }
