@@ -216,6 +216,30 @@ impl Browser {
         );
     }
 
+    /// Runs `script`, the body of a function whose `arguments` are `args`, in the page;
+    /// what it returns.
+    pub fn execute(&self, script: &str, args: Value) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+    }
+
+    /// A real mouse click (move, press, release) at viewport coordinates.
+    pub fn click_at(&self, x: i64, y: i64) {
+        let mouse = json!({"actions": [{
+            "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+            "actions": [
+                {"type": "pointerMove", "duration": 0, "origin": "viewport", "x": x, "y": y},
+                {"type": "pointerDown", "button": 0},
+                {"type": "pointerUp", "button": 0}
+            ]
+        }]});
+        self.cmd("POST", "/actions", Some(mouse));
+        self.cmd("DELETE", "/actions", None);
+    }
+
     /// A PNG of the viewport.
     pub fn screenshot(&self, path: &Path) {
         use base64::Engine;

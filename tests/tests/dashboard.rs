@@ -574,3 +574,189 @@ async fn sightings_map_draws_the_configured_tiles_under_the_points() {
     screenshots(&b, "09-sightings-tiles");
     drop(server);
 }
+
+/// `count` sightings as a CSV batch: a jittered grid of `cols` columns over the box
+/// `(lon0, lat0)`–`(lon1, lat1)`, as sightings spread over a park are, from a fixed seed.
+fn spread_batch(
+    path: &Path,
+    (lon0, lat0, lon1, lat1): (f64, f64, f64, f64),
+    cols: usize,
+    count: usize,
+) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let rows = count.div_ceil(cols);
+    let (dx, dy) = ((lon1 - lon0) / cols as f64, (lat1 - lat0) / rows as f64);
+    let mut csv = String::from("id,observed_at,latitude,longitude,species,count\n");
+    for i in 0..count {
+        let (c, r) = ((i % cols) as f64, (i / cols) as f64);
+        let lon = lon0 + (c + 0.5 + rng.gen_range(-0.25..0.25)) * dx;
+        let lat = lat0 + (r + 0.5 + rng.gen_range(-0.25..0.25)) * dy;
+        let minute = i % 1440;
+        csv.push_str(&format!(
+            "{},2026-10-{:02}T{:02}:{:02}:00Z,{lat:.6},{lon:.6},Syncerus caffer,{}\n",
+            uuid::Uuid::new_v4(),
+            1 + i / 1440,
+            minute / 60,
+            minute % 60,
+            1 + i % 7
+        ));
+    }
+    std::fs::write(path, csv).unwrap();
+}
+
+/// For every dot of the map: is it the element at its own centre, and does a click
+/// there show its sighting? Also its radius on screen, and whether the empty parts of
+/// the map (12 px or more from every centre) are free of dots.
+const CHECK_MAP: &str = r#"
+const map = document.getElementById('map');
+map.scrollIntoView();
+const detail = document.getElementById('detail');
+const circles = [...map.querySelectorAll('circle')];
+const out = {total: circles.length, outside: 0, hidden: [], wrong: [], centres: []};
+for (const c of circles) {
+  const r = c.getBoundingClientRect();
+  const x = r.left + r.width / 2, y = r.top + r.height / 2;
+  const want = '#' + c.parentNode.getAttribute('href').slice(2);
+  out.centres.push([x, y, want]);
+  if (x < 0 || y < 0 || x >= innerWidth || y >= innerHeight) { out.outside++; continue; }
+  const hit = document.elementFromPoint(x, y);
+  if (hit !== c) {
+    out.hidden.push([want, hit && hit.closest('a') ? hit.closest('a').getAttribute('href') : String(hit && hit.tagName)]);
+    continue;
+  }
+  hit.dispatchEvent(new MouseEvent('click', {bubbles: true, cancelable: true, clientX: x, clientY: y}));
+  const shown = detail.firstChild ? detail.firstChild.textContent : '';
+  if (shown !== want) out.wrong.push([want, shown]);
+}
+out.radius = circles.length ? circles[0].getBoundingClientRect().width / 2 : 0;
+const box = map.getBoundingClientRect();
+out.empty = 0; out.emptyCovered = 0;
+for (let x = box.left + 4; x < box.right - 4; x += 9) {
+  for (let y = box.top + 4; y < Math.min(box.bottom, innerHeight) - 4; y += 9) {
+    if (out.centres.some(([cx, cy]) => Math.hypot(cx - x, cy - y) < 12)) continue;
+    out.empty++;
+    const hit = document.elementFromPoint(x, y);
+    if (hit && hit.tagName === 'circle') out.emptyCovered++;
+  }
+}
+return out;
+"#;
+
+/// Checks the map as the browser shows it; returns the dots' radius in pixels.
+fn check_map(b: &Browser, expected: usize, db_rows: &[(i64, f64, f64)]) -> f64 {
+    let out = b.execute(CHECK_MAP, serde_json::json!([]));
+    let total = out["total"].as_u64().unwrap() as usize;
+    assert_eq!(total, expected);
+    assert_eq!(out["outside"], 0, "the whole map is on the screen");
+    let hidden = out["hidden"].as_array().unwrap();
+    assert!(
+        hidden.is_empty(),
+        "{} of {total} dots are covered at their centre by another, e.g. {:?}",
+        hidden.len(),
+        &hidden[..hidden.len().min(5)]
+    );
+    let wrong = out["wrong"].as_array().unwrap();
+    assert!(
+        wrong.is_empty(),
+        "a click on the centre of {} of {total} dots showed another sighting, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert!(out["empty"].as_u64().unwrap() > 0, "{out}");
+    assert_eq!(out["emptyCovered"], 0, "dots spill over empty map: {out}");
+    let radius = out["radius"].as_f64().unwrap();
+    assert!(
+        (2.0..=6.0).contains(&radius),
+        "a dot's radius is {radius} px"
+    );
+
+    // Real mouse clicks on the centres of dots across the map show their sightings,
+    // as stored.
+    let centres = out["centres"].as_array().unwrap();
+    for c in centres.iter().step_by(total.div_ceil(15)) {
+        let (x, y, want) = (
+            c[0].as_f64().unwrap(),
+            c[1].as_f64().unwrap(),
+            c[2].as_str().unwrap(),
+        );
+        b.execute(
+            "document.getElementById('detail').textContent = ''",
+            serde_json::json!([]),
+        );
+        b.click_at(x.round() as i64, y.round() as i64);
+        let shown = b.wait_text("#detail", &format!("{want}\n"));
+        let cursor: i64 = want[1..].parse().unwrap();
+        let (_, lat, lon) = db_rows
+            .iter()
+            .find(|r| r.0 == cursor)
+            .expect("a stored sighting");
+        assert!(
+            shown.contains(&format!("{lat:.5}, {lon:.5}")),
+            "dot {want} showed {shown:?}"
+        );
+    }
+    radius
+}
+
+#[tokio::test]
+async fn sightings_map_shows_every_point_at_park_scale() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let env = ServerEnv::new(&db);
+    env.admin_token();
+    let park = env.device_token("park");
+    let pan = env.device_token("pan");
+    let server = env.serve().await;
+    let base = server.http_base();
+    let dir = tempfile::tempdir().unwrap();
+    // 2,000 sightings over a 1.5° × 1° park, and 262 around a pan in a 0.1° box.
+    let file = dir.path().join("park.csv");
+    spread_batch(&file, (31.2, -25.0, 32.7, -24.0), 50, 2000);
+    assert_eq!(upload(&base, &park, &file), 201);
+    let file = dir.path().join("pan.csv");
+    spread_batch(&file, (33.0, -24.5, 33.1, -24.4), 18, 262);
+    assert_eq!(upload(&base, &pan, &file), 201);
+    let stored: Vec<(i64, f64, f64)> = db
+        .texts("SELECT CAST(cursor AS TEXT), CAST(latitude AS TEXT), CAST(longitude AS TEXT) FROM sightings")
+        .await
+        .into_iter()
+        .map(|r| {
+            let v = |i: usize| r[i].as_deref().unwrap().to_string();
+            (v(0).parse().unwrap(), v(1).parse().unwrap(), v(2).parse().unwrap())
+        })
+        .collect();
+    assert_eq!(stored.len(), 2262);
+
+    let Some(b) = Browser::start() else {
+        return;
+    };
+    b.goto(&format!("{base}/sightings"));
+    b.type_into("#name", "alice");
+    b.type_into("#password", PASSWORD);
+    b.click("#sign-in");
+    b.wait_text("h1", "Overview");
+
+    b.goto(&format!("{base}/sightings?device=park"));
+    b.wait_text("h2", "Map: the newest 2000 points");
+    let park_radius = check_map(&b, 2000, &stored);
+    b.execute(
+        "document.getElementById('map').scrollIntoView()",
+        serde_json::json!([]),
+    );
+    b.screenshot(&shots().join("10-sightings-park-1366x768.png"));
+
+    b.goto(&format!("{base}/sightings?device=pan"));
+    b.wait_text("h2", "Map: 262 point(s)");
+    let pan_radius = check_map(&b, 262, &stored);
+    b.execute(
+        "document.getElementById('map').scrollIntoView()",
+        serde_json::json!([]),
+    );
+    b.screenshot(&shots().join("11-sightings-small-box-1366x768.png"));
+    assert!(
+        (park_radius - pan_radius).abs() < 0.5,
+        "a dot is {park_radius} px at park scale, {pan_radius} px on a 0.1° box"
+    );
+    drop(b);
+    assert!(server.terminate().success());
+}

@@ -1,31 +1,36 @@
-//! The administrator's web dashboard at `/`: server-rendered pages, every asset
-//! embedded in the binary. Sign-in makes a session (random token in an HttpOnly cookie,
-//! its SHA-256 in `sessions`); every form that changes something carries the session's
-//! CSRF token, checked here.
+//! The administrator's web dashboard at `/`: server-rendered pages (askama templates in
+//! `server/templates/`), every asset embedded in the binary. Who is signed in, and the
+//! CSRF token every form that changes something carries, are checked by the extractors
+//! in [`session`].
 
 mod account;
-mod conflicts;
-mod html;
 mod manage;
+mod overview;
 mod pages;
+mod session;
 mod sightings;
+mod view;
 
+use askama::Template;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
+use axum_extra::extract::cookie::CookieJar;
 use serde::Deserialize;
+
+pub(super) use session::signed_in;
+use session::{same_secret, secret, NoFields, SignedForm};
+use view::{render, PageResult};
 
 use super::throttle::Client;
 use super::AppState;
 use crate::auth::token_hash;
 
-const COOKIE: &str = "ctdata_session";
-
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(pages::overview))
+        .route("/", get(overview::overview))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/batches", get(pages::batches))
@@ -60,117 +65,52 @@ async fn map_js() -> Response {
         .into_response()
 }
 
-/// The administrator behind a request's session cookie, if it names a live session.
-pub struct Signed {
-    pub admin: String,
-    pub csrf: String,
-    pub token_hash: String,
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    error: Option<&'a str>,
+    csrf: &'a str,
+    /// A hint how to make the first administrator.
+    no_admins: bool,
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    cookie(headers, COOKIE)
-}
-
-/// The value of the request's cookie `name`, if it sent one.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    let prefix = format!("{name}=");
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(&prefix).map(str::to_string))
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-pub(super) async fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<Signed> {
-    let hash = token_hash(&cookie_token(headers)?);
-    let session = match state.ingestor.db.session(&hash).await {
-        Ok(s) => s?,
-        Err(e) => {
-            tracing::warn!("session lookup failed: {e}");
-            return None;
-        }
-    };
-    (session.expires_at > now()).then_some(Signed {
-        admin: session.admin,
-        csrf: session.csrf,
-        token_hash: hash,
-    })
-}
-
-/// A page's guard: the session, or a redirect to the sign-in page.
-pub(super) async fn require(state: &AppState, headers: &HeaderMap) -> Result<Signed, Response> {
-    signed_in(state, headers)
-        .await
-        .ok_or_else(|| Redirect::to("/login").into_response())
-}
-
-/// A form's guard: a live session and its CSRF token in the form, else 403.
-pub(super) async fn require_form(
+/// The sign-in page with a fresh login CSRF value (in the form and in its cookie).
+/// `status` is 200, or 401/403/429 after a refused attempt.
+async fn login_form(
     state: &AppState,
-    headers: &HeaderMap,
-    csrf: Option<&str>,
-) -> Result<Signed, Response> {
-    let refused = |why: &str| {
-        let body = html::message_page("Refused", why);
-        (StatusCode::FORBIDDEN, body).into_response()
-    };
-    let Some(signed) = signed_in(state, headers).await else {
-        return Err(refused(
-            "You are not signed in (or the sign-in expired). Sign in and try again.",
-        ));
-    };
-    if !same_secret(csrf.unwrap_or_default(), &signed.csrf) {
-        return Err(refused(
-            "This form did not carry its security token (CSRF). Reload the page and try again.",
-        ));
-    }
-    Ok(signed)
-}
-
-/// Any failure inside a page, in words.
-pub(super) fn failure(e: impl std::fmt::Display) -> Response {
-    let body = html::message_page("Something went wrong", &e.to_string());
-    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
-}
-
-/// The sign-in form's own CSRF guard (double submit): a random value in a cookie and in
-/// the form, which must agree. Another site can post to /login but can neither read
-/// nor set the cookie, so it cannot sign a browser in to an account it chose.
-const LOGIN_COOKIE: &str = "ctdata_login";
-
-fn login_cookie(headers: &HeaderMap) -> Option<String> {
-    cookie(headers, LOGIN_COOKIE)
-}
-
-/// The sign-in page with a fresh login CSRF value, and a hint when no administrator
-/// exists yet. `status` is 200, or 401/429 after a refused attempt.
-async fn login_form(state: &AppState, status: StatusCode, error: Option<&str>) -> Response {
+    jar: CookieJar,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
     let no_admins = matches!(state.ingestor.db.admin_count().await, Ok(0));
-    let csrf = hex::encode(rand::random::<[u8; 32]>());
-    let secure = if state.dashboard.secure_cookie {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!("{LOGIN_COOKIE}={csrf}; Path=/login; HttpOnly; SameSite=Strict{secure}");
-    let body = html::login_page(error, &csrf, no_admins);
-    (status, [(header::SET_COOKIE, cookie)], body).into_response()
+    let csrf = secret();
+    let page = render(
+        status,
+        LoginPage {
+            error,
+            csrf: &csrf,
+            no_admins,
+        },
+    );
+    let jar = jar.add(session::login_cookie(csrf, state.dashboard.secure_cookie));
+    (jar, page).into_response()
 }
 
 async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if signed_in(&state, &headers).await.is_some() {
         return Redirect::to("/").into_response();
     }
-    login_form(&state, StatusCode::OK, None).await
+    login_form(
+        &state,
+        CookieJar::from_headers(&headers),
+        StatusCode::OK,
+        None,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
-pub(super) struct LoginForm {
+struct LoginForm {
     name: String,
     password: String,
     csrf: Option<String>,
@@ -179,18 +119,17 @@ pub(super) struct LoginForm {
 async fn login(
     State(state): State<AppState>,
     client: Client,
-    headers: HeaderMap,
+    jar: CookieJar,
     Form(f): Form<LoginForm>,
-) -> Response {
-    let cookie = login_cookie(&headers);
-    if cookie.is_none()
-        || !same_secret(
-            f.csrf.as_deref().unwrap_or_default(),
-            cookie.as_deref().unwrap_or_default(),
-        )
-    {
+) -> PageResult {
+    let expected = jar.get(session::LOGIN).map(|c| c.value().to_string());
+    let from_our_page = match (&f.csrf, &expected) {
+        (Some(given), Some(expected)) => same_secret(given, expected),
+        _ => false,
+    };
+    if !from_our_page {
         let why = "This sign-in form did not come from this server's sign-in page (CSRF). Reload the page and try again.";
-        return login_form(&state, StatusCode::FORBIDDEN, Some(why)).await;
+        return Ok(login_form(&state, jar, StatusCode::FORBIDDEN, Some(why)).await);
     }
     let failures = &state.auth_failures;
     if let Some(wait) = failures.wait(&f.name, client.0) {
@@ -198,85 +137,36 @@ async fn login(
             "Too many failed sign-ins for this name from this address; try again in {} s.",
             wait.as_secs().max(1)
         );
-        return login_form(&state, StatusCode::TOO_MANY_REQUESTS, Some(&why)).await;
+        return Ok(login_form(&state, jar, StatusCode::TOO_MANY_REQUESTS, Some(&why)).await);
     }
-    match super::auth::admin_password_ok(&state, &f.name, f.password).await {
-        Ok(true) => failures.succeeded(&f.name, client.0),
-        Ok(false) => {
-            failures.failed(&f.name, client.0);
-            return login_form(
-                &state,
-                StatusCode::UNAUTHORIZED,
-                Some("Wrong name or password."),
-            )
-            .await;
-        }
-        Err(e) => return failure(e),
+    if !super::auth::admin_password_ok(&state, &f.name, f.password).await? {
+        failures.failed(&f.name, client.0);
+        let why = Some("Wrong name or password.");
+        return Ok(login_form(&state, jar, StatusCode::UNAUTHORIZED, why).await);
     }
-    let token = hex::encode(rand::random::<[u8; 32]>());
-    let csrf = hex::encode(rand::random::<[u8; 32]>());
-    let db = &state.ingestor.db;
+    failures.succeeded(&f.name, client.0);
+    let token = secret();
     let life = state.dashboard.session.as_secs() as i64;
-    if let Err(e) = db
-        .create_session(&token_hash(&token), &f.name, &csrf, now(), now() + life)
-        .await
-    {
-        return failure(e);
-    }
+    let now = chrono::Utc::now().timestamp();
+    state
+        .ingestor
+        .db
+        .create_session(&token_hash(&token), &f.name, &secret(), now, now + life)
+        .await?;
     tracing::info!(admin = f.name, "dashboard sign-in");
-    let secure = if state.dashboard.secure_cookie {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie =
-        format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={life}{secure}");
-    let spent = format!("{LOGIN_COOKIE}=; Path=/login; HttpOnly; Max-Age=0");
-    let mut response =
-        (StatusCode::SEE_OTHER, [(header::LOCATION, "/".to_string())]).into_response();
-    for c in [cookie, spent] {
-        if let Ok(v) = header::HeaderValue::from_str(&c) {
-            response.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
-    response
-}
-
-/// Equal secrets, compared in a time that says nothing about where they differ.
-fn same_secret(given: &str, expected: &str) -> bool {
-    let (given, expected) = (given.as_bytes(), expected.as_bytes());
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
-#[derive(Deserialize)]
-pub(super) struct CsrfForm {
-    pub csrf: Option<String>,
+    let secure = state.dashboard.secure_cookie;
+    // Two jars so the session cookie is the first Set-Cookie (a jar's order is not fixed).
+    let session = CookieJar::new().add(session::session_cookie(token, life, secure));
+    let spent = jar.remove(session::spent(session::LOGIN, "/login"));
+    Ok((session, spent, Redirect::to("/")).into_response())
 }
 
 async fn logout(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(f): Form<CsrfForm>,
-) -> Response {
-    let signed = match require_form(&state, &headers, f.csrf.as_deref()).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Err(e) = state.ingestor.db.delete_session(&signed.token_hash).await {
-        return failure(e);
-    }
-    let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
-    (
-        StatusCode::SEE_OTHER,
-        [
-            (header::SET_COOKIE, cookie),
-            (header::LOCATION, "/login".to_string()),
-        ],
-    )
-        .into_response()
+    jar: CookieJar,
+    SignedForm { signed, .. }: SignedForm<NoFields>,
+) -> PageResult {
+    state.ingestor.db.delete_session(&signed.token_hash).await?;
+    let jar = jar.remove(session::spent(session::SESSION, "/"));
+    Ok((jar, Redirect::to("/login")).into_response())
 }

@@ -1,23 +1,23 @@
 //! Sightings: filters, an offline SVG lon/lat map, a paged table and the Download links
 //! (the streaming export endpoint with exactly the same filters).
 
-use std::fmt::Write;
-
+use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::html::{esc, given, page, query, when};
-use super::pages::{db, guard, pager};
-use super::require;
+use super::pages::PAGE;
+use super::session::Signed;
+use super::view::{filters, given, given_pairs, render, utc, Frame, PageResult, Pager};
 use crate::commands::parse_time;
 use crate::db::{BBox, SightingQuery, SightingRow};
 use crate::http::{AppState, MapTiles};
 
-const PAGE: i64 = 50;
 /// Most points drawn on the map: the newest matching ones.
 const MAP_POINTS: i64 = 2000;
+
+/// The Download links: format and label.
+const DOWNLOADS: [(&str, &str); 3] = [("csv", "CSV"), ("geojson", "GeoJSON"), ("ndjson", "NDJSON")];
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Filters {
@@ -29,8 +29,34 @@ pub struct Filters {
     before: Option<i64>,
 }
 
-async fn render(state: &AppState, headers: &HeaderMap, f: Filters) -> Response {
-    let signed = guard!(require(state, headers).await);
+/// A filter field of the form.
+struct Field {
+    name: &'static str,
+    label: &'static str,
+    hint: &'static str,
+    value: String,
+}
+
+#[derive(Template)]
+#[template(path = "sightings.html")]
+struct SightingsPage<'a> {
+    frame: Frame<'a>,
+    fields: Vec<Field>,
+    /// Filters that could not be read: nothing else is shown.
+    problems: Vec<String>,
+    /// The filters given, for the Download links.
+    filters: Vec<(&'static str, String)>,
+    map_title: String,
+    map: Map,
+    rows: Vec<SightingRow>,
+    pager: Pager,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    signed: Signed,
+    Query(f): Query<Filters>,
+) -> PageResult {
     let keep = [
         ("from", given(&f.from)),
         ("to", given(&f.to)),
@@ -38,29 +64,22 @@ async fn render(state: &AppState, headers: &HeaderMap, f: Filters) -> Response {
         ("species", given(&f.species)),
         ("bbox", given(&f.bbox)),
     ];
-    let mut form = String::from("<form class=\"filters\" method=\"get\" action=\"/sightings\">");
-    for (name, label, hint) in [
-        ("from", "Observed from", "2026-01-31 or RFC 3339"),
-        ("to", "Observed before", "2026-02-28"),
-        ("device", "Device", ""),
-        ("species", "Species", ""),
-        (
-            "bbox",
-            "Box (minLon,minLat,maxLon,maxLat)",
-            "30.1,-2.5,30.4,-2.2",
-        ),
-    ] {
-        let value = keep
-            .iter()
-            .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| v.clone());
-        let _ = write!(
-            form,
-            "<label>{label}<input name=\"{name}\" id=\"f-{name}\" placeholder=\"{hint}\" value=\"{}\"></label>",
-            esc(value.as_deref().unwrap_or(""))
-        );
-    }
-    form.push_str("<button id=\"filter\">Filter</button><a href=\"/sightings\">Clear</a></form>");
+    let fields = [
+        ("Observed from", "2026-01-31 or RFC 3339"),
+        ("Observed before", "2026-02-28"),
+        ("Device", ""),
+        ("Species", ""),
+        ("Box (minLon,minLat,maxLon,maxLat)", "30.1,-2.5,30.4,-2.2"),
+    ]
+    .into_iter()
+    .zip(&keep)
+    .map(|((label, hint), (name, value))| Field {
+        name,
+        label,
+        hint,
+        value: value.clone().unwrap_or_default(),
+    })
+    .collect();
 
     let mut q = SightingQuery {
         device: keep[2].1.clone(),
@@ -88,99 +107,83 @@ async fn render(state: &AppState, headers: &HeaderMap, f: Filters) -> Response {
             problems.push(format!("{name} contains a NUL character"));
         }
     }
-    if !problems.is_empty() {
-        let msg = problems
-            .iter()
-            .map(|p| esc(p))
-            .collect::<Vec<_>>()
-            .join("<br>");
-        let body = format!("{form}<p class=\"error\">{msg}</p>");
-        return page(&signed, "/sightings", "Sightings", &body).into_response();
-    }
-    let db = &state.ingestor.db;
-    let points = db!(db.sightings_page(&SightingQuery {
-        limit: MAP_POINTS,
-        ..q.clone()
-    }));
-    let rows = db!(db.sightings_page(&SightingQuery {
-        before: f.before,
-        limit: PAGE,
-        ..q.clone()
-    }));
-
-    let export = query(&keep);
-    let sep = if export.is_empty() { "" } else { "&amp;" };
-    let mut body = form;
-    body.push_str("<div class=\"actions\">Download these sightings:");
-    for (format, label) in [("csv", "CSV"), ("geojson", "GeoJSON"), ("ndjson", "NDJSON")] {
-        let _ = write!(
-            body,
-            "<a class=\"button\" id=\"dl-{format}\" href=\"/api/v1/sightings?format={format}{excel}{sep}{}\" download>{label}</a>",
-            esc(&export),
-            // A spreadsheet would run a cell such as =HYPERLINK(…) sent by a device.
-            excel = if format == "csv" { "&amp;excel_safe=true" } else { "" }
-        );
-    }
-    body.push_str("</div>");
-    let _ = write!(
-        body,
-        "<h2>Map{}</h2><div class=\"maprow\">{}<div id=\"detail\">Click a point to see the sighting.</div></div>",
-        if points.len() as i64 == MAP_POINTS { format!(": the newest {MAP_POINTS} points") } else { format!(": {} point(s)", points.len()) },
-        map(&points, q.bbox, state.dashboard.map_tiles.as_ref())
-    );
-    body.push_str("<h2>Table</h2>");
-    body.push_str(&table(&rows));
-    body.push_str(&pager(
-        "/sightings",
-        &keep,
-        rows.last().map(|r| r.cursor),
-        rows.len() as i64 == PAGE,
-    ));
-    body.push_str("<script src=\"/assets/map.js\"></script>");
-    page(&signed, "/sightings", "Sightings", &body).into_response()
+    let (points, rows) = if problems.is_empty() {
+        let db = &state.ingestor.db;
+        let map = SightingQuery {
+            limit: MAP_POINTS,
+            ..q.clone()
+        };
+        let table = SightingQuery {
+            before: f.before,
+            limit: PAGE,
+            ..q.clone()
+        };
+        (
+            db.sightings_page(&map).await?,
+            db.sightings_page(&table).await?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let page = SightingsPage {
+        frame: signed.frame("/sightings", "Sightings"),
+        fields,
+        problems,
+        filters: given_pairs(&keep),
+        map_title: if points.len() as i64 == MAP_POINTS {
+            format!("the newest {MAP_POINTS} points")
+        } else {
+            format!("{} point(s)", points.len())
+        },
+        map: map(&points, q.bbox, state.dashboard.map_tiles.as_ref()),
+        pager: Pager::new("/sightings", &keep)
+            .after(rows.last().map(|r| r.cursor), rows.len() as i64 == PAGE),
+        rows,
+    };
+    Ok(render(StatusCode::OK, page))
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(f): Query<Filters>,
-) -> Response {
-    render(&state, &headers, f).await
+/// The sightings map as the template draws it: an SVG whose user units are degrees
+/// (plain lon/lat) or Web Mercator pixels (over tiles).
+struct Map {
+    /// `map`, or `map tiled`.
+    class: &'static str,
+    view_box: String,
+    /// Graticule lines (x1, y1, x2, y2) of the plain map.
+    grid: Vec<(f64, f64, f64, f64)>,
+    tiles: Vec<Tile>,
+    points: Vec<Point>,
+    /// A point's radius in user units: a fixed share of the frame's width, so a dot is
+    /// the same size on the screen whatever the extent. Its outline is drawn in screen
+    /// pixels (`vector-effect: non-scaling-stroke` in the style sheet).
+    radius: f64,
+    /// The extent and projection, in words.
+    caption: String,
+    attribution: Option<String>,
 }
 
-pub fn table(rows: &[SightingRow]) -> String {
-    let mut t = String::from(
-        "<div class=\"scroll\"><table id=\"sightings\"><thead><tr><th>Cursor</th><th>Observed (UTC)</th><th>Device</th>\
-         <th>Species</th><th class=\"num\">Count</th><th class=\"num\">Latitude</th><th class=\"num\">Longitude</th>\
-         <th class=\"hide-narrow\">Observer</th><th class=\"hide-narrow\">Batch</th></tr></thead><tbody>",
-    );
-    for r in rows {
-        let _ = write!(
-            t,
-            "<tr id=\"s{c}\"><td>{c}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{:.5}</td><td class=\"num\">{:.5}</td><td class=\"hide-narrow\">{}</td>\
-             <td class=\"hide-narrow\"><a href=\"/batches/{b}\">{b}</a></td></tr>",
-            when(&r.observed_at),
-            esc(&r.device),
-            esc(r.species.as_deref().unwrap_or("")),
-            r.count.map(|c| c.to_string()).unwrap_or_default(),
-            r.latitude,
-            r.longitude,
-            esc(r.observer.as_deref().unwrap_or("")),
-            c = r.cursor,
-            b = r.batch
-        );
-    }
-    if rows.is_empty() {
-        t.push_str("<tr><td colspan=\"9\">No sightings match.</td></tr>");
-    }
-    t.push_str("</tbody></table></div>");
-    t
+struct Tile {
+    href: String,
+    x: i64,
+    y: i64,
 }
 
-/// The sightings map: plain lon/lat (equirectangular) SVG that needs no tiles and no
-/// network, or Web Mercator over the configured tiles.
-fn map(points: &[SightingRow], bbox: Option<BBox>, tiles: Option<&MapTiles>) -> String {
+/// One clickable sighting.
+struct Point {
+    cursor: i64,
+    x: f64,
+    y: f64,
+    /// What a click shows, parts separated by " · ".
+    info: String,
+}
+
+/// Dots per frame width: ~3 px radius on a laptop, so ~2,000 sightings spread over a
+/// park stay apart.
+const DOTS_ACROSS: f64 = 240.0;
+
+/// The map: plain lon/lat (equirectangular) that needs no tiles and no network, or
+/// Web Mercator over the configured tiles.
+fn map(points: &[SightingRow], bbox: Option<BBox>, tiles: Option<&MapTiles>) -> Map {
     let (mut x0, mut y0, mut x1, mut y1) = match bbox {
         Some(b) => (b.min_lon, b.min_lat, b.max_lon, b.max_lat),
         None if points.is_empty() => (-180.0, -90.0, 180.0, 90.0),
@@ -216,36 +219,31 @@ fn frame(x0: f64, y0: f64, x1: f64, y1: f64) -> (f64, f64, f64, f64) {
     (cx - w / 2.0, cy - h / 2.0, w, h)
 }
 
-fn plain(points: &[SightingRow], (x0, y0, x1, y1): (f64, f64, f64, f64)) -> String {
+fn plain(points: &[SightingRow], (x0, y0, x1, y1): (f64, f64, f64, f64)) -> Map {
     let (x0, y0, w, h) = frame(x0, y0, x1, y1);
     let (x1, y1) = (x0 + w, y0 + h);
-    let mut svg = format!(
-        "<svg class=\"map\" id=\"map\" viewBox=\"{x0} {} {w} {h}\" role=\"img\" aria-label=\"map of sightings\">",
-        -y1
-    );
+    // North up: y is minus the latitude.
     let step = nice_step(w.max(h) / 6.0);
-    let mut lon = (x0 / step).ceil() * step;
-    for _ in 0..20 {
-        if lon > x1 {
-            break;
-        }
-        let _ = write!(svg, "<line x1=\"{lon}\" y1=\"{}\" x2=\"{lon}\" y2=\"{}\" vector-effect=\"non-scaling-stroke\"/>", -y1, -y0);
-        lon += step;
+    let lons = (0..20)
+        .map(|i| ((x0 / step).ceil() + f64::from(i)) * step)
+        .take_while(|lon| *lon <= x1)
+        .map(|lon| (lon, -y1, lon, -y0));
+    let lats = (0..20)
+        .map(|i| ((y0 / step).ceil() + f64::from(i)) * step)
+        .take_while(|lat| *lat <= y1)
+        .map(|lat| (x0, -lat, x1, -lat));
+    Map {
+        class: "map",
+        view_box: format!("{x0} {} {w} {h}", -y1),
+        grid: lons.chain(lats).collect(),
+        tiles: Vec::new(),
+        points: plot(points, |lon, lat| (lon, -lat)),
+        radius: w / DOTS_ACROSS,
+        caption: format!(
+            "Longitude {x0:.4}° to {x1:.4}°, latitude {y0:.4}° to {y1:.4}° (plain lon/lat, no tiles needed)"
+        ),
+        attribution: None,
     }
-    let mut lat = (y0 / step).ceil() * step;
-    for _ in 0..20 {
-        if lat > y1 {
-            break;
-        }
-        let _ = write!(svg, "<line x1=\"{x0}\" y1=\"{}\" x2=\"{x1}\" y2=\"{}\" vector-effect=\"non-scaling-stroke\"/>", -lat, -lat);
-        lat += step;
-    }
-    circles(&mut svg, points, w / 180.0, |lon, lat| (lon, -lat));
-    let _ = write!(
-        svg,
-        "</svg><p class=\"l\">Longitude {x0:.4}° to {x1:.4}°, latitude {y0:.4}° to {y1:.4}° (plain lon/lat, no tiles needed).</p>"
-    );
-    format!("<div>{svg}</div>")
 }
 
 /// Web Mercator "world pixels" at zoom `z` (256-pixel tiles).
@@ -260,11 +258,7 @@ fn mercator(lon: f64, lat: f64, z: u32) -> (f64, f64) {
 
 /// The map over tiles: the zoom that shows the box in at most about 1024 × 640 pixels
 /// (20 tiles at most), the tiles that cover it, and the points on top.
-fn tiled(
-    points: &[SightingRow],
-    (x0, y0, x1, y1): (f64, f64, f64, f64),
-    tiles: &MapTiles,
-) -> String {
+fn tiled(points: &[SightingRow], (x0, y0, x1, y1): (f64, f64, f64, f64), tiles: &MapTiles) -> Map {
     let z = (0..=18u32)
         .rev()
         .find(|&z| {
@@ -276,73 +270,66 @@ fn tiled(
     let (a, b) = mercator(x0, y1, z);
     let (c, d) = mercator(x1, y0, z);
     let (px0, py0, w, h) = frame(a, b, c, d);
-    let mut svg = format!(
-        "<svg class=\"map tiled\" id=\"map\" viewBox=\"{px0} {py0} {w} {h}\" role=\"img\" aria-label=\"map of sightings\">"
-    );
     let n = 1i64 << z;
     let tile = |v: f64| (v / 256.0).floor() as i64;
+    let mut covering = Vec::new();
     for ty in tile(py0).max(0)..=tile(py0 + h).min(n - 1) {
         for tx in tile(px0)..=tile(px0 + w) {
-            let url = tiles
+            let href = tiles
                 .url
                 .replace("{z}", &z.to_string())
                 .replace("{x}", &tx.rem_euclid(n).to_string())
                 .replace("{y}", &ty.to_string());
-            let _ = write!(
-                svg,
-                "<image href=\"{}\" x=\"{}\" y=\"{}\" width=\"256\" height=\"256\" preserveAspectRatio=\"none\"/>",
-                esc(&url),
-                tx * 256,
-                ty * 256
-            );
+            covering.push(Tile {
+                href,
+                x: tx * 256,
+                y: ty * 256,
+            });
         }
     }
-    circles(&mut svg, points, w / 180.0, |lon, lat| {
-        mercator(lon, lat, z)
-    });
-    let _ = write!(
-        svg,
-        "</svg><p class=\"l\">Longitude {x0:.4}° to {x1:.4}°, latitude {y0:.4}° to {y1:.4}° (Web Mercator, zoom {z}){}.</p>",
-        tiles
-            .attribution
-            .as_deref()
-            .map(|a| format!("; tiles: <span id=\"attribution\">{}</span>", esc(a)))
-            .unwrap_or_default()
-    );
-    format!("<div>{svg}</div>")
+    Map {
+        class: "map tiled",
+        view_box: format!("{px0} {py0} {w} {h}"),
+        grid: Vec::new(),
+        tiles: covering,
+        points: plot(points, |lon, lat| mercator(lon, lat, z)),
+        radius: w / DOTS_ACROSS,
+        caption: format!(
+            "Longitude {x0:.4}° to {x1:.4}°, latitude {y0:.4}° to {y1:.4}° (Web Mercator, zoom {z})"
+        ),
+        attribution: tiles.attribution.clone(),
+    }
 }
 
-/// One clickable circle per sighting at `project(lon, lat)`.
-fn circles(
-    svg: &mut String,
-    points: &[SightingRow],
-    r: f64,
-    project: impl Fn(f64, f64) -> (f64, f64),
-) {
-    for p in points {
-        let info = format!(
-            "#{} · {} · {} · {} × {} · {:.5}, {:.5}{}",
-            p.cursor,
-            when(&p.observed_at),
-            p.device,
-            p.species.as_deref().unwrap_or("(no species)"),
-            p.count.unwrap_or(1),
-            p.latitude,
-            p.longitude,
-            p.observer
+/// Each sighting at `project(lon, lat)`, with what a click on it shows.
+fn plot(points: &[SightingRow], project: impl Fn(f64, f64) -> (f64, f64)) -> Vec<Point> {
+    points
+        .iter()
+        .map(|p| {
+            let observer = p
+                .observer
                 .as_deref()
                 .map(|o| format!(" · {o}"))
-                .unwrap_or_default()
-        );
-        let (x, y) = project(p.longitude, p.latitude);
-        let _ = write!(
-            svg,
-            "<a href=\"#s{c}\"><circle cx=\"{x}\" cy=\"{y}\" r=\"{r}\" data-info=\"{}\"><title>{}</title></circle></a>",
-            esc(&info),
-            esc(&info),
-            c = p.cursor
-        );
-    }
+                .unwrap_or_default();
+            let info = format!(
+                "#{} · {} · {} · {} × {} · {:.5}, {:.5}{observer}",
+                p.cursor,
+                utc(&p.observed_at),
+                p.device,
+                p.species.as_deref().unwrap_or("(no species)"),
+                p.count.unwrap_or(1),
+                p.latitude,
+                p.longitude,
+            );
+            let (x, y) = project(p.longitude, p.latitude);
+            Point {
+                cursor: p.cursor,
+                x,
+                y,
+                info,
+            }
+        })
+        .collect()
 }
 
 /// 1, 2 or 5 times a power of ten, near `raw`.
