@@ -5,8 +5,8 @@ use std::io::{BufRead, IsTerminal};
 
 use crate::auth::{hash_password, new_token, token_hash, MIN_PASSWORD_LEN};
 use crate::db::{AdminInfo, AdminTokenInfo, Change, Db, DeviceInfo, Revoked, TokenChoice};
-use crate::dropdir::is_reserved_name;
 use crate::ingest::valid_device_name;
+use crate::layout::is_reserved_name;
 
 /// Checks a new device name: it becomes a folder name and an FTP login.
 pub fn check_device_name(name: &str) -> anyhow::Result<()> {

@@ -27,8 +27,9 @@ use std::os::fd::OwnedFd;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use crate::dropdir::{is_candidate_name, is_server_folder, stamp, PROCESSING};
+use crate::dropdir::is_candidate_name;
 use crate::ingest::channel;
+use crate::layout::{is_server_folder, stamp, PROCESSING};
 
 /// Hidden name prefix of an upload of a final name still being written.
 pub const UPLOAD_PREFIX: &str = ".ctdata-upload-";

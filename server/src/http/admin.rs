@@ -1,7 +1,5 @@
 //! The administrator's read API and the reprocessing of rejected files.
 
-use std::path::Path;
-
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -13,8 +11,9 @@ use super::batches::status_for;
 use super::throttle::Client;
 use super::{ApiError, AppState, ErrorBody};
 use crate::db::{BatchListFilter, BatchSummary, ConflictInfo, DeviceInfo, RejectionInfo, Skipped};
-use crate::dropdir::file_away;
-use crate::ingest::{Delivery, Receipt};
+use crate::deliver::{Filing, Origin};
+use crate::ingest::Receipt;
+use crate::layout;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -208,27 +207,22 @@ pub(super) async fn reprocess_rejection(state: &AppState, id: i64) -> Result<Rec
             "rejection {id} kept no file (it was ingested in place by the CLI)"
         ))
     })?;
-    let path = state.drop_dir.join(stored);
+    let deliverer = state.deliverer();
+    let path = deliverer.layout.resolve(stored);
     if !path.is_file() {
         return Err(ApiError::Gone(format!(
             "{stored} is no longer in the drop directory"
         )));
     }
-    let device_dir = Path::new(stored)
-        .parent()
-        .and_then(Path::file_name)
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let delivery = Delivery {
-        path: path.clone(),
-        file_name: r.file_name.clone(),
+    let device_dir = layout::parent_name(&path);
+    let origin = Origin {
         channel: r.channel.clone(),
-        device_hint: (device_dir != "_").then(|| device_dir.clone()),
-        claim_name: r.claim_name.clone(),
-        rejected_path: Some(stored.to_string()),
+        file_name: r.file_name.clone(),
+        device: layout::device_of_dir(&device_dir).map(str::to_string),
+        claim: r.claim_name.clone(),
+        filing: Filing::DropDir,
     };
-    let receipt = state.ingestor.ingest(&delivery).await?;
-    file_away(&state.drop_dir, &path, &device_dir, &receipt)?;
+    let receipt = deliverer.deliver(&path, &origin).await?;
     if receipt.status != crate::ingest::Status::Rejected {
         db.set_rejection_status(id, "reprocessed")
             .await

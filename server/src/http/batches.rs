@@ -11,9 +11,10 @@ use utoipa_axum::routes;
 
 use super::auth::authenticate_device;
 use super::throttle::Client;
-use super::{ApiError, AppState, ErrorBody, INCOMING};
-use crate::dropdir::{file_away, rejected_path, stamp};
-use crate::ingest::{channel, Delivery, Receipt, Status, DEVICE_MISMATCH};
+use super::{ApiError, AppState, ErrorBody};
+use crate::deliver::{Filing, Origin};
+use crate::ingest::{channel, Receipt, Status, DEVICE_MISMATCH};
+use crate::layout::stamp;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(post_batch))
@@ -51,29 +52,28 @@ async fn post_batch(
         .acquire(&device)
         .await
         .map_err(ApiError::Internal)?;
+    let deliverer = state.deliverer();
     let claim = format!("{}-upload", stamp());
-    // A folder per device: concurrent uploads do not all queue for one directory lock.
-    let spool = state.drop_dir.join(INCOMING).join(&device).join(&claim);
+    let spool = deliverer.layout.incoming(&device).join(&claim);
     if let Err(e) = spool_body(&state, &headers, body, &spool).await {
         let _ = tokio::fs::remove_file(&spool).await;
         return Err(e);
     }
-    let delivery = Delivery {
-        path: spool.clone(),
-        file_name: "upload".into(),
+    let origin = Origin {
         channel: channel::HTTP.into(),
-        device_hint: Some(device.clone()),
-        claim_name: Some(format!("http/{claim}")),
-        rejected_path: Some(rejected_path(&device, &claim)),
+        file_name: "upload".into(),
+        device: Some(device),
+        claim: Some(format!("http/{claim}")),
+        filing: Filing::DropDir,
     };
-    let receipt = match state.ingestor.ingest(&delivery).await {
+    // Undecided, the body is not kept: its sender gets no answer and sends it again.
+    let receipt = match deliverer.deliver(&spool, &origin).await {
         Ok(receipt) => receipt,
         Err(e) => {
             let _ = tokio::fs::remove_file(&spool).await;
             return Err(ApiError::Internal(e));
         }
     };
-    file_away(&state.drop_dir, &spool, &device, &receipt)?;
     Ok((status_for(&receipt), Json(receipt)))
 }
 

@@ -441,19 +441,8 @@ pub async fn delete_rejected(
     let signed = guard!(require_form(&state, &headers, f.csrf.as_deref()).await);
     let db = &state.ingestor.db;
     if let Some(stored) = db!(db.rejection(id)).and_then(|r| r.stored_path) {
-        let path = state.drop_dir.join(&stored);
-        for p in [
-            path.clone(),
-            path.with_file_name(format!(
-                "{}.reason.txt",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            )),
-        ] {
-            if let Err(e) = std::fs::remove_file(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return failure(format!("cannot delete {}: {e}", p.display()));
-                }
-            }
+        if let Err((p, e)) = state.deliverer().layout.remove_rejected(&stored) {
+            return failure(format!("cannot delete {}: {e}", p.display()));
         }
     }
     db!(db.delete_rejection(id));
