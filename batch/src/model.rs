@@ -171,7 +171,7 @@ pub struct Rejection {
     pub total_problems: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(into = "&'static str")]
 pub enum RejectKind {
     /// Empty file, binary junk, or nothing we recognise.

@@ -11,9 +11,10 @@ use crate::db::{BBox, ExportFilter};
 use crate::deliver::{Deliverer, Filing, Origin};
 use crate::dropdir::{DropDir, StepReport};
 use crate::export::{write_export, ExportFormat, ExportSummary};
-use crate::ingest::{channel, Receipt, Status};
+use crate::ingest::{Receipt, Status};
 use crate::layout::write_atomic;
 use crate::serve::open;
+use crate::types::Channel;
 
 /// Ingests files in place (they are not moved), or, with no paths, makes one pass over
 /// the drop directory (files that have not settled yet are left for the next run).
@@ -77,7 +78,7 @@ pub async fn ingest(
         let mut receipts = Vec::with_capacity(files.len());
         for file in files {
             let origin = Origin {
-                channel: channel::CLI.into(),
+                channel: Channel::Cli,
                 file_name: file.display().to_string(),
                 device: device.map(str::to_string),
                 claim: None,

@@ -15,11 +15,12 @@ use anyhow::Context;
 
 use crate::ingest::{Delivery, Incomplete, Ingestor, Outcome, Receipt, Status};
 use crate::layout::{self, write_atomic, Layout, MAX_NAME_BYTES};
+use crate::types::{Channel, RejectionKind};
 
 /// Where a file came from and where it goes once decided.
 #[derive(Debug, Clone)]
 pub struct Origin {
-    pub channel: String,
+    pub channel: Channel,
     /// The name the sender gave the file (for receipts and reports).
     pub file_name: String,
     /// The device the file's location vouches for (its folder, the HTTP or FTP login);
@@ -112,7 +113,9 @@ impl Deliverer {
                  must fit the filesystem's 255-byte limit): send it under a shorter name",
                 origin.file_name.len()
             );
-            self.ingestor.refuse(&delivery, "file_name", why).await?
+            self.ingestor
+                .refuse(&delivery, RejectionKind::FileName, why)
+                .await?
         } else {
             match self
                 .ingestor
@@ -134,7 +137,7 @@ impl Deliverer {
         Delivery {
             path: file.to_path_buf(),
             file_name: origin.file_name.clone(),
-            channel: origin.channel.clone(),
+            channel: origin.channel,
             device_hint: origin.device.clone(),
             claim_name: origin.claim.clone(),
             rejected_path: (origin.filing != Filing::InPlace)

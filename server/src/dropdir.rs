@@ -15,16 +15,16 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::StreamExt;
 
 use crate::deliver::{Delivered, Deliverer, Filing, Origin};
-use crate::ingest::{channel, Ingestor, Receipt, Status, BURST};
+use crate::ingest::{Ingestor, Receipt, Status, BURST};
 use crate::layout::{
-    self, is_server_folder, stamp, write_atomic, DROP_DIR_FOLDERS, NO_DEVICE, PROCESSING,
+    self, claim_head, is_server_folder, parse_claim_name, write_atomic, DROP_DIR_FOLDERS,
+    NO_DEVICE, PROCESSING,
 };
+use crate::types::Channel;
 
 /// Longest claim name: the claim plus `.reason.txt` and a temporary-name prefix and
 /// suffix must fit a filesystem's 255-byte name limit.
 const CLAIM_MAX: usize = 200;
-/// Marks a claim whose sender name was cut to fit; the full name is in the sidecar.
-const CUT_TAG: &str = "cut";
 
 /// What one pass did.
 #[derive(Debug, Default, Clone)]
@@ -528,7 +528,7 @@ impl DropDir {
                 .into_owned(),
         };
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        claim_into(&self.root, path, &device, &name, channel::SHARE)
+        claim_into(&self.root, path, &device, &name, Channel::Share)
     }
 
     /// FTP uploads are claimed without an fsync, so the client's reply does not wait
@@ -537,7 +537,7 @@ impl DropDir {
     async fn make_durable(&self, claimed: &[PathBuf]) -> io::Result<()> {
         let from_ftp = claimed.iter().any(|p| {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
-            parse_claim_name(&name).0 == channel::FTP
+            parse_claim_name(&name).0 == Channel::Ftp
         });
         if !from_ftp {
             return Ok(());
@@ -584,7 +584,7 @@ impl DropDir {
             false => original.to_string(),
         };
         let origin = Origin {
-            channel: channel.into(),
+            channel,
             file_name: original,
             device: layout::device_of_dir(&device_dir).map(str::to_string),
             claim: Some(format!("{device_dir}/{claim_name}")),
@@ -684,18 +684,14 @@ pub fn claim_into(
     path: &Path,
     device: &str,
     name: &str,
-    channel: &str,
+    channel: Channel,
 ) -> io::Result<PathBuf> {
     let dir = root.join(PROCESSING).join(device);
     fs::create_dir_all(&dir)?;
-    let tag = match channel {
-        channel::SHARE => String::new(),
-        other => format!(".{other}"),
-    };
-    let head = format!("{}{tag}", stamp());
+    let head = claim_head(channel);
     // A long sender name is cut to keep the claim (and the names made from it) within
     // the filesystem's limit; the whole name waits in a sidecar for the database.
-    let room = CLAIM_MAX - head.len() - CUT_TAG.len() - 2;
+    let room = CLAIM_MAX - head.len() - layout::CUT_TAG.len() - 2;
     let dest = if name.len() + head.len() < CLAIM_MAX {
         dir.join(format!("{head}-{name}"))
     } else {
@@ -703,7 +699,7 @@ pub fn claim_into(
         while !name.is_char_boundary(end) {
             end -= 1;
         }
-        let dest = dir.join(format!("{head}.{CUT_TAG}-{}", &name[..end]));
+        let dest = dir.join(format!("{head}.{}-{}", layout::CUT_TAG, &name[..end]));
         let side = sidecar(&dest);
         write_atomic(
             &dir,
@@ -714,21 +710,6 @@ pub fn claim_into(
     };
     fs::rename(path, &dest)?;
     Ok(dest)
-}
-
-/// The channel, the sender's file name and whether that name was cut, in a claim name
-/// `<stamp>[.<channel>][.cut]-<name>`.
-fn parse_claim_name(claim_name: &str) -> (&str, &str, bool) {
-    let Some((head, name)) = claim_name.split_once('-') else {
-        return (channel::SHARE, claim_name, false);
-    };
-    let mut tags = head.split('.').skip(1);
-    let (first, second) = (tags.next(), tags.next());
-    let cut = first == Some(CUT_TAG) || second == Some(CUT_TAG);
-    match first {
-        Some(tag) if tag == channel::FTP => (channel::FTP, name, cut),
-        _ => (channel::SHARE, name, cut),
-    }
 }
 
 /// Whether a name is a finished delivery rather than a transfer in progress or a
@@ -772,34 +753,4 @@ fn walk(dir: &Path, top: bool, out: &mut Vec<(PathBuf, fs::Metadata)>) -> io::Re
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn claim_names_carry_the_channel() {
-        let c = |name| parse_claim_name(name);
-        assert_eq!(
-            c("20261122T101010123456789000001-a-b.json"),
-            ("share", "a-b.json", false)
-        );
-        assert_eq!(
-            c("20261122T101010123456789000001.ftp-x.json"),
-            ("ftp", "x.json", false)
-        );
-        assert_eq!(
-            c("20261122T101010123456789000001.zz-x.json"),
-            ("share", "x.json", false)
-        );
-        assert_eq!(
-            c("20261122T101010123456789000001.ftp.cut-x"),
-            ("ftp", "x", true)
-        );
-        assert_eq!(
-            c("20261122T101010123456789000001.cut-x"),
-            ("share", "x", true)
-        );
-    }
 }

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::Utc;
 
+use crate::types::Channel;
+
 /// Claimed files, waiting for (or in) their ingest.
 pub const PROCESSING: &str = ".processing";
 /// HTTP request bodies being spooled.
@@ -185,6 +187,37 @@ pub fn stamp() -> String {
     format!("{}{seq:06}", Utc::now().format("%Y%m%dT%H%M%S%9f"))
 }
 
+/// Marks a claim whose sender name was cut to fit; the full name is in a sidecar.
+pub const CUT_TAG: &str = "cut";
+
+/// The start of a claim name, `<stamp>[.<channel>]`: the tag names the channel (none
+/// for the share), so a file claimed before a crash is ingested after the restart
+/// with the channel it came by.
+pub fn claim_head(channel: Channel) -> String {
+    match channel {
+        Channel::Share => stamp(),
+        other => format!("{}.{other}", stamp()),
+    }
+}
+
+/// The claim name of a file `name` from `channel`, unless its name is cut.
+pub fn claim_name(channel: Channel, name: &str) -> String {
+    format!("{}-{name}", claim_head(channel))
+}
+
+/// The channel, the sender's file name and whether that name was cut, in a claim name
+/// `<stamp>[.<channel>][.cut]-<name>`. Anything else is a share file.
+pub fn parse_claim_name(claim_name: &str) -> (Channel, &str, bool) {
+    let Some((head, name)) = claim_name.split_once('-') else {
+        return (Channel::Share, claim_name, false);
+    };
+    let mut tags = head.split('.').skip(1);
+    let (first, second) = (tags.next(), tags.next());
+    let cut = first == Some(CUT_TAG) || second == Some(CUT_TAG);
+    let channel = first.and_then(|t| t.parse().ok()).unwrap_or(Channel::Share);
+    (channel, name, cut)
+}
+
 /// Write to a temporary name, fsync, rename: readers never see half a file.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     fs::create_dir_all(dir)?;
@@ -225,5 +258,36 @@ mod tests {
             "rejected/_/x.json".to_string()
         );
         assert_eq!(device_of_dir(device_dir(None)), None);
+    }
+
+    #[test]
+    fn claim_names_carry_the_channel() {
+        let c = |name| parse_claim_name(name);
+        assert_eq!(
+            c("20261122T101010123456789000001-a-b.json"),
+            (Channel::Share, "a-b.json", false)
+        );
+        assert_eq!(
+            c("20261122T101010123456789000001.ftp-x.json"),
+            (Channel::Ftp, "x.json", false)
+        );
+        assert_eq!(
+            c("20261122T101010123456789000001.zz-x.json"),
+            (Channel::Share, "x.json", false)
+        );
+        assert_eq!(
+            c("20261122T101010123456789000001.ftp.cut-x"),
+            (Channel::Ftp, "x", true)
+        );
+        assert_eq!(
+            c("20261122T101010123456789000001.cut-x"),
+            (Channel::Share, "x", true)
+        );
+        let (ftp, share) = (
+            claim_name(Channel::Ftp, "y.csv"),
+            claim_name(Channel::Share, "y"),
+        );
+        assert_eq!(c(&ftp), (Channel::Ftp, "y.csv", false));
+        assert_eq!(c(&share), (Channel::Share, "y", false));
     }
 }

@@ -22,3 +22,4 @@ pub mod layout;
 pub mod metrics;
 pub mod serve;
 pub mod sources;
+pub mod types;

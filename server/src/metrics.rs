@@ -65,7 +65,7 @@ impl Metrics {
             }
             Status::Duplicate => add("ctdata_duplicate_deliveries_total", channel, 1),
             Status::Rejected => {
-                let kind = r.kind.as_deref().unwrap_or("unknown");
+                let kind = r.kind.map_or("unknown", |k| k.as_str());
                 add(
                     "ctdata_rejected_total",
                     format!("{channel},kind=\"{kind}\""),

@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// How a batch reached the server. A new channel is added here; the compiler then
 /// lists every place that must handle it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     /// Dropped into the drop directory (a share).
@@ -28,14 +26,24 @@ pub enum Channel {
 
 impl Channel {
     pub const ALL: [Channel; 5] = [
-        Channel::Share,
-        Channel::Ftp,
         Channel::Http,
+        Channel::Ftp,
+        Channel::Share,
         Channel::Pull,
         Channel::Cli,
     ];
+    /// The names of [`Channel::ALL`], in the same order.
+    pub const ALL_NAMES: [&'static str; 5] = {
+        let mut names = [""; 5];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = Channel::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Channel::Share => "share",
             Channel::Ftp => "ftp",
@@ -97,9 +105,7 @@ impl FromStr for RejectionKind {
 }
 
 /// Where a rejection stands.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RejectionStatus {
     /// Waiting for someone: reprocess or delete it.

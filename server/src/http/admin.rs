@@ -14,6 +14,7 @@ use crate::db::{BatchListFilter, BatchSummary, ConflictInfo, DeviceInfo, Rejecti
 use crate::deliver::{Filing, Origin};
 use crate::ingest::Receipt;
 use crate::layout;
+use crate::types::RejectionStatus;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -196,7 +197,7 @@ pub(super) async fn reprocess_rejection(state: &AppState, id: i64) -> Result<Rec
         .await
         .map_err(unavailable)?
         .ok_or(ApiError::NotFound(format!("no rejection {id}")))?;
-    if r.status != "pending" {
+    if r.status != RejectionStatus::Pending {
         return Err(ApiError::Conflict(format!(
             "rejection {id} was already {}",
             r.status
@@ -216,7 +217,7 @@ pub(super) async fn reprocess_rejection(state: &AppState, id: i64) -> Result<Rec
     }
     let device_dir = layout::parent_name(&path);
     let origin = Origin {
-        channel: r.channel.clone(),
+        channel: r.channel,
         file_name: r.file_name.clone(),
         device: layout::device_of_dir(&device_dir).map(str::to_string),
         claim: r.claim_name.clone(),
@@ -224,7 +225,7 @@ pub(super) async fn reprocess_rejection(state: &AppState, id: i64) -> Result<Rec
     };
     let receipt = deliverer.deliver(&path, &origin).await?;
     if receipt.status != crate::ingest::Status::Rejected {
-        db.set_rejection_status(id, "reprocessed")
+        db.set_rejection_status(id, RejectionStatus::Reprocessed)
             .await
             .map_err(unavailable)?;
     }

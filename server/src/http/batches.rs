@@ -13,8 +13,9 @@ use super::auth::authenticate_device;
 use super::throttle::Client;
 use super::{ApiError, AppState, ErrorBody};
 use crate::deliver::{Filing, Origin};
-use crate::ingest::{channel, Receipt, Status, DEVICE_MISMATCH};
+use crate::ingest::{Receipt, Status};
 use crate::layout::stamp;
+use crate::types::{Channel, RejectionKind};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(post_batch))
@@ -60,7 +61,7 @@ async fn post_batch(
         return Err(e);
     }
     let origin = Origin {
-        channel: channel::HTTP.into(),
+        channel: Channel::Http,
         file_name: "upload".into(),
         device: Some(device),
         claim: Some(format!("http/{claim}")),
@@ -79,13 +80,16 @@ async fn post_batch(
 
 /// 201 stored, 200 stored before; a refused batch by why it was refused.
 pub(super) fn status_for(r: &Receipt) -> StatusCode {
-    match (r.status, r.kind.as_deref()) {
+    use ctdata_batch::RejectKind::{TooLarge, UnknownFormat};
+    match (r.status, r.kind) {
         (Status::Ingested, _) => StatusCode::CREATED,
         (Status::Duplicate, _) => StatusCode::OK,
-        (Status::Rejected, Some("conflict")) => StatusCode::CONFLICT,
-        (Status::Rejected, Some(DEVICE_MISMATCH)) => StatusCode::FORBIDDEN,
-        (Status::Rejected, Some("too_large")) => StatusCode::PAYLOAD_TOO_LARGE,
-        (Status::Rejected, Some("unknown_format")) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        (Status::Rejected, Some(RejectionKind::Conflict)) => StatusCode::CONFLICT,
+        (Status::Rejected, Some(RejectionKind::DeviceMismatch)) => StatusCode::FORBIDDEN,
+        (Status::Rejected, Some(RejectionKind::Batch(TooLarge))) => StatusCode::PAYLOAD_TOO_LARGE,
+        (Status::Rejected, Some(RejectionKind::Batch(UnknownFormat))) => {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        }
         (Status::Rejected, _) => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }

@@ -23,8 +23,9 @@ use chrono::Utc;
 use crate::config::{redact_url, AfterDownload, SourceSettings};
 use crate::db::{PullRecord, RemoteKey};
 use crate::deliver::{Deliverer, Filing, Origin};
-use crate::ingest::{channel, Ingestor, Status};
+use crate::ingest::{Ingestor, Status};
 use crate::layout::{self, stamp};
+use crate::types::Channel;
 pub use ftp::parse_url;
 use remote::{Remote, RemoteFile, StepError};
 pub use report::{describe, DownloadReport, PulledFile, SourceReport};
@@ -311,7 +312,7 @@ impl Puller {
         report.fetched += 1;
 
         let origin = Origin {
-            channel: channel::PULL.into(),
+            channel: Channel::Pull,
             file_name: name,
             device: layout::device_of_dir(&device_dir).map(str::to_string),
             claim: Some(format!(

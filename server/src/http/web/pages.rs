@@ -14,7 +14,7 @@ use super::{failure, require, require_form, CsrfForm};
 use crate::db::{BatchListFilter, BatchSummary, SightingQuery};
 use crate::http::AppState;
 
-const CHANNELS: [&str; 5] = ["http", "ftp", "share", "pull", "cli"];
+const CHANNELS: [&str; 5] = crate::types::Channel::ALL_NAMES;
 
 macro_rules! guard {
     ($e:expr) => {
@@ -333,7 +333,7 @@ pub async fn rejected(
                 r.id
             );
         }
-        if r.status == "pending" {
+        if r.status == crate::types::RejectionStatus::Pending {
             actions.push_str(&button(
                 &signed,
                 &format!("/rejected/{}/reprocess", r.id),
@@ -352,7 +352,7 @@ pub async fn rejected(
             "<tr id=\"r{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><pre class=\"reason\">{}</pre></td>\
              <td>{}</td><td><div class=\"actions\">{actions}</div></td></tr>",
             r.id, esc(&r.file_name), esc(r.device.as_deref().unwrap_or("?")), when(&r.received_at),
-            esc(&r.channel), esc(&r.reason), esc(&r.status)
+            esc(r.channel.as_str()), esc(&r.reason), esc(r.status.as_str())
         );
     }
     if rows.is_empty() {
