@@ -4,6 +4,7 @@ use chrono::{DateTime, FixedOffset};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::device::DeviceName;
 use crate::fields::{parse_time, parse_uuid, show};
 use crate::model::{Location, Problem, RejectKind, Rejection};
 use crate::problems::{problem, reject, reject_with};
@@ -18,14 +19,6 @@ pub(crate) struct Header {
     pub count: Option<u64>,
     /// The device's running number of this batch, when it numbers them.
     pub sequence: Option<u64>,
-}
-
-/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`: safe as a file and folder name on every system
-/// the server and the devices run on.
-pub(crate) fn valid_device_id(s: &str) -> bool {
-    let b = s.as_bytes();
-    let tail_ok = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-');
-    !b.is_empty() && b.len() <= 64 && b[0].is_ascii_alphanumeric() && b[1..].iter().all(tail_ok)
 }
 
 /// Validates a header object. `at` turns a key into a location (line 1 for NDJSON; none
@@ -45,9 +38,9 @@ pub(crate) fn validate(
     let batch_id = f.get("batch_id", true, BATCH_ID, |v| {
         v.as_str().and_then(parse_uuid).ok_or(BATCH_ID.into())
     });
-    let device_id = f.get("device_id", true, DEVICE_ID, |v| {
-        let id = v.as_str().filter(|s| valid_device_id(s));
-        id.map(str::to_owned).ok_or(DEVICE_ID.into())
+    let device_id = f.get("device_id", true, &DEVICE_ID, |v| {
+        let id = v.as_str().filter(|s| DeviceName::is_valid(s));
+        id.map(str::to_owned).ok_or(DEVICE_ID.clone())
     });
     let created_at = f.get("created_at", true, CREATED_AT, |v| match v.as_str() {
         Some(s) => parse_time("created_at", s),
@@ -108,8 +101,8 @@ impl Fields<'_> {
 }
 
 const BATCH_ID: &str = "batch_id must be a UUID, e.g. 3f2b8c1e-5d4a-4e8b-9c7d-1a2b3c4d5e6f";
-const DEVICE_ID: &str =
-    "device_id must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit, e.g. ranger-07";
+static DEVICE_ID: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("device_id must be {}", DeviceName::RULE));
 const CREATED_AT: &str =
     "created_at must be an RFC 3339 timestamp with UTC offset, e.g. 2024-05-01T06:30:00+02:00";
 const SEQUENCE: &str =

@@ -8,6 +8,7 @@
 //! sightings to a sink in file order.
 
 mod csvfile;
+mod device;
 mod fields;
 mod geojson;
 mod header;
@@ -24,6 +25,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
+pub use device::{DeviceName, InvalidDeviceName};
 pub use model::*;
 
 use input::Input;

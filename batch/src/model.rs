@@ -171,8 +171,8 @@ pub struct Rejection {
     pub total_problems: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "&'static str")]
 pub enum RejectKind {
     /// Empty file, binary junk, or nothing we recognise.
     UnknownFormat,
@@ -192,6 +192,47 @@ pub enum RejectKind {
     InvalidRows,
     /// Reading the file failed (I/O).
     Io,
+}
+
+impl RejectKind {
+    pub const ALL: [RejectKind; 9] = [
+        RejectKind::UnknownFormat,
+        RejectKind::Encoding,
+        RejectKind::Compression,
+        RejectKind::TooLarge,
+        RejectKind::Truncated,
+        RejectKind::Syntax,
+        RejectKind::Header,
+        RejectKind::InvalidRows,
+        RejectKind::Io,
+    ];
+
+    /// The kind's name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::UnknownFormat => "unknown_format",
+            RejectKind::Encoding => "encoding",
+            RejectKind::Compression => "compression",
+            RejectKind::TooLarge => "too_large",
+            RejectKind::Truncated => "truncated",
+            RejectKind::Syntax => "syntax",
+            RejectKind::Header => "header",
+            RejectKind::InvalidRows => "invalid_rows",
+            RejectKind::Io => "io",
+        }
+    }
+}
+
+impl From<RejectKind> for &'static str {
+    fn from(kind: RejectKind) -> &'static str {
+        kind.as_str()
+    }
+}
+
+impl fmt::Display for RejectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl fmt::Display for Rejection {

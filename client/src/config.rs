@@ -170,12 +170,8 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !valid_device(&self.device) {
-            bail!(
-                "device {:?} is not a valid name: 1 to 64 letters, digits, '.', '_' or '-', \
-                 starting with a letter or digit, e.g. ranger-07",
-                self.device
-            );
+        if let Err(e) = self.device.parse::<ctdata_batch::DeviceName>() {
+            bail!("device {e}");
         }
         self.upload.validate("upload")?;
         if let Some(d) = &self.download {
@@ -198,12 +194,4 @@ impl Config {
         write_atomic_private(&path, text.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))
     }
-}
-
-/// The batch format's rule for device ids, so a bad name is caught at `init`, not at
-/// the server.
-pub fn valid_device(s: &str) -> bool {
-    let b = s.as_bytes();
-    let tail_ok = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-');
-    !b.is_empty() && b.len() <= 64 && b[0].is_ascii_alphanumeric() && b[1..].iter().all(tail_ok)
 }

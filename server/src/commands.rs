@@ -8,10 +8,13 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::Settings;
 use crate::db::{BBox, ExportFilter};
-use crate::dropdir::{write_atomic, DropDir, StepReport};
+use crate::deliver::{Deliverer, Filing, Origin};
+use crate::dropdir::{DropDir, StepReport};
 use crate::export::{write_export, ExportFormat, ExportSummary};
-use crate::ingest::{channel, Delivery, Receipt, Status};
+use crate::ingest::{Receipt, Status};
+use crate::layout::write_atomic;
 use crate::serve::open;
+use crate::types::Channel;
 
 /// Ingests files in place (they are not moved), or, with no paths, makes one pass over
 /// the drop directory (files that have not settled yet are left for the next run).
@@ -71,17 +74,17 @@ pub async fn ingest(
         for (path, why) in &skipped {
             tracing::warn!(path = %path.display(), "skipped: {why}");
         }
+        let deliverer = Deliverer::new(ingestor.clone(), &settings.ingest.drop_dir);
         let mut receipts = Vec::with_capacity(files.len());
         for file in files {
-            let delivery = Delivery {
+            let origin = Origin {
+                channel: Channel::Cli,
                 file_name: file.display().to_string(),
-                path: file,
-                channel: channel::CLI.into(),
-                device_hint: device.map(str::to_string),
-                claim_name: None,
-                rejected_path: None,
+                device: device.map(str::to_string),
+                claim: None,
+                filing: Filing::InPlace,
             };
-            receipts.push(ingestor.ingest(&delivery).await?);
+            receipts.push(deliverer.deliver(&file, &origin).await?);
         }
         StepReport {
             receipts,

@@ -336,9 +336,10 @@ impl SourceSettings {
 
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            crate::ingest::valid_device_name(&self.name),
-            "source name {:?} must be letters, digits, '.', '_' and '-' (at most 64)",
-            self.name
+            ctdata_batch::DeviceName::is_valid(&self.name),
+            "source name {:?} must be {}",
+            self.name,
+            ctdata_batch::DeviceName::RULE
         );
         let url = &self.url;
         anyhow::ensure!(

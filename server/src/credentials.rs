@@ -3,18 +3,15 @@
 
 use std::io::{BufRead, IsTerminal};
 
+use ctdata_batch::DeviceName;
+
 use crate::auth::{hash_password, new_token, token_hash, MIN_PASSWORD_LEN};
 use crate::db::{AdminInfo, AdminTokenInfo, Change, Db, DeviceInfo, Revoked, TokenChoice};
-use crate::dropdir::is_reserved_name;
-use crate::ingest::valid_device_name;
+use crate::layout::is_reserved_name;
 
 /// Checks a new device name: it becomes a folder name and an FTP login.
 pub fn check_device_name(name: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        valid_device_name(name),
-        "{name:?} is not a valid device name: letters, digits, '.', '_' and '-', starting with a letter \
-         or digit, at most 64 characters"
-    );
+    name.parse::<DeviceName>()?;
     anyhow::ensure!(
         !is_reserved_name(name),
         "{name:?} is reserved: it names one of the server's own folders in the drop directory \
@@ -111,8 +108,9 @@ pub fn read_new_password() -> anyhow::Result<String> {
 
 pub async fn add_admin(db: &Db, name: &str, password: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
-        valid_device_name(name),
-        "{name:?} is not a valid administrator name: letters, digits, '.', '_' and '-'"
+        DeviceName::is_valid(name),
+        "{name:?} is not a valid administrator name: {}",
+        DeviceName::RULE
     );
     let hash = tokio::task::spawn_blocking({
         let password = password.to_string();

@@ -1,37 +1,30 @@
-//! The `CTData` drop directory: claim by rename → ingest → archive, crash-safe.
+//! The `CTData` drop directory as a channel: claim by rename → deliver, crash-safe.
 //!
-//! Layout inside the drop directory (top level only; the names are reserved):
-//! `.processing/<device>/<stamp>-<name>` claimed files, `archive/<date>/<device>/…`
-//! ingested ones, `rejected/<device>/…` refused ones with a `.reason.txt` beside them,
-//! and `receipts/<device>/<name>.receipt.json` for file-based clients to read back.
+//! Files dropped into the share (and FTP uploads, which the FTP server claims itself)
+//! are claimed into `.processing/<device>/` and handed to [`crate::deliver`], which
+//! ingests them and files them away; the folders are those of [`crate::layout`].
 //! `<device>` is `_` for files delivered at the top level.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use chrono::Utc;
 use futures::StreamExt;
 
-use crate::ingest::{channel, Delivery, Ingestor, Outcome, Receipt, Status, BURST};
+use crate::deliver::{Delivered, Deliverer, Filing, Origin};
+use crate::ingest::{Ingestor, Receipt, Status, BURST};
+use crate::layout::{
+    self, claim_head, is_server_folder, parse_claim_name, write_atomic, DROP_DIR_FOLDERS,
+    NO_DEVICE, PROCESSING,
+};
+use crate::types::Channel;
 
-pub const PROCESSING: &str = ".processing";
-pub const ARCHIVE: &str = "archive";
-pub const REJECTED: &str = "rejected";
-pub const RECEIPTS: &str = "receipts";
-/// Folder standing for "no device" in the server's own folders.
-const NO_DEVICE: &str = "_";
 /// Longest claim name: the claim plus `.reason.txt` and a temporary-name prefix and
 /// suffix must fit a filesystem's 255-byte name limit.
 const CLAIM_MAX: usize = 200;
-/// Longest sender file name accepted: its receipt, `<name>.receipt.json` written
-/// under a temporary `.<name>.receipt.json.tmp`, must fit the same limit.
-pub const MAX_NAME_BYTES: usize = 255 - ".receipt.json.tmp".len() - 1;
-/// Marks a claim whose sender name was cut to fit; the full name is in the sidecar.
-const CUT_TAG: &str = "cut";
 
 /// What one pass did.
 #[derive(Debug, Default, Clone)]
@@ -153,7 +146,7 @@ enum Processed {
 
 pub struct DropDir {
     root: PathBuf,
-    ingestor: Ingestor,
+    deliverer: Deliverer,
     settle: Duration,
     seen: HashMap<PathBuf, Seen>,
     grace: Duration,
@@ -172,12 +165,12 @@ pub struct DropDir {
 
 impl DropDir {
     pub fn new(root: &Path, ingestor: Ingestor, settle: Duration) -> io::Result<DropDir> {
-        for dir in [PROCESSING, ARCHIVE, REJECTED, RECEIPTS] {
+        for dir in DROP_DIR_FOLDERS {
             fs::create_dir_all(root.join(dir))?;
         }
         Ok(DropDir {
             root: root.to_path_buf(),
-            ingestor,
+            deliverer: Deliverer::new(ingestor, root),
             settle,
             seen: HashMap::new(),
             grace: Duration::ZERO,
@@ -277,7 +270,7 @@ impl DropDir {
         }
         // While one file holds the database's ingest lock, the next is read and hashed
         // and the last one's receipt written, so the database never waits on us.
-        let workers = self.ingestor.db.concurrent_loads();
+        let workers = self.deliverer.ingestor.db.concurrent_loads();
         let claimed = match self.claimed_files() {
             Ok(claimed) => claimed,
             Err(_) if !self.check_available() => {
@@ -386,7 +379,7 @@ impl DropDir {
             Err(e) => Some(e.to_string()),
         };
         let problem = problem.or_else(|| {
-            [PROCESSING, ARCHIVE, REJECTED, RECEIPTS]
+            DROP_DIR_FOLDERS
                 .iter()
                 .find_map(|dir| match fs::create_dir(self.root.join(dir)) {
                     Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
@@ -412,7 +405,7 @@ impl DropDir {
                 .unavailable
                 .as_ref()
                 .map(|p| format!("drop directory {}: {p}", self.root.display()));
-            self.ingestor.metrics.set_drop_dir_problem(shown);
+            self.deliverer.ingestor.metrics.set_drop_dir_problem(shown);
         }
         self.unavailable.is_none()
     }
@@ -434,14 +427,9 @@ impl DropDir {
             match put_back(&at, &original) {
                 Ok(()) => {
                     let name = at.file_name().unwrap_or_default().to_string_lossy();
-                    let _ = fs::remove_file(at.with_file_name(format!("{name}.reason.txt")));
-                    let device_dir = at
-                        .parent()
-                        .and_then(Path::file_name)
-                        .unwrap_or_default()
-                        .to_string_lossy();
-                    let claim = format!("{device_dir}/{name}");
-                    if let Err(e) = self.ingestor.db.requeue_rejection(&claim).await {
+                    let _ = fs::remove_file(layout::reason_file(&at));
+                    let claim = format!("{}/{name}", layout::parent_name(&at));
+                    if let Err(e) = self.deliverer.ingestor.db.requeue_rejection(&claim).await {
                         tracing::warn!(claim, "could not mark the rejection requeued: {e}");
                     }
                     tracing::info!(file = %original.display(), "a file rejected as cut short grew: looking at it again");
@@ -540,7 +528,7 @@ impl DropDir {
                 .into_owned(),
         };
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        claim_into(&self.root, path, &device, &name, channel::SHARE)
+        claim_into(&self.root, path, &device, &name, Channel::Share)
     }
 
     /// FTP uploads are claimed without an fsync, so the client's reply does not wait
@@ -549,7 +537,7 @@ impl DropDir {
     async fn make_durable(&self, claimed: &[PathBuf]) -> io::Result<()> {
         let from_ftp = claimed.iter().any(|p| {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
-            parse_claim_name(&name).0 == channel::FTP
+            parse_claim_name(&name).0 == Channel::Ftp
         });
         if !from_ftp {
             return Ok(());
@@ -589,39 +577,27 @@ impl DropDir {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let device_dir = claimed
-            .parent()
-            .and_then(Path::file_name)
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
+        let device_dir = layout::parent_name(claimed);
         let (channel, original, cut) = parse_claim_name(&claim_name);
         let original = match cut {
             true => fs::read_to_string(sidecar(claimed)).unwrap_or_else(|_| original.to_string()),
             false => original.to_string(),
         };
-        let delivery = Delivery {
-            path: claimed.to_path_buf(),
-            file_name: original.clone(),
-            channel: channel.into(),
-            device_hint: (device_dir != NO_DEVICE).then(|| device_dir.clone()),
-            claim_name: Some(format!("{device_dir}/{claim_name}")),
-            rejected_path: Some(rejected_path(&device_dir, &claim_name)),
+        let origin = Origin {
+            channel,
+            file_name: original,
+            device: layout::device_of_dir(&device_dir).map(str::to_string),
+            claim: Some(format!("{device_dir}/{claim_name}")),
+            filing: Filing::DropDirWithReceipt,
         };
         // What the decision is based on: a writer may go on after it.
         let judged = Held::new(claimed, Instant::now());
+        let deliverer = &self.deliverer;
         let mut incomplete = false;
-        let receipt = if original.len() > MAX_NAME_BYTES {
-            let why = format!(
-                "the file name is {} bytes long; at most {MAX_NAME_BYTES} are accepted (the receipt beside it \
-                 must fit the filesystem's 255-byte limit): send it under a shorter name",
-                original.len()
-            );
-            self.ingestor.refuse(&delivery, "file_name", why).await?
-        } else if let Some(take) = take {
-            match self.ingestor.ingest_or_wait(&delivery, true).await? {
-                Outcome::Decided(receipt) => receipt,
-                Outcome::Incomplete(cut) => {
+        let receipt = match take {
+            Some(take) => match deliverer.deliver_or_wait(claimed, &origin).await? {
+                Delivered::Filed(receipt) => receipt,
+                Delivered::Incomplete(cut) => {
                     if take.changed.elapsed() < self.grace {
                         match put_back(claimed, &take.original) {
                             Ok(()) => {
@@ -637,72 +613,24 @@ impl DropDir {
                         }
                     }
                     incomplete = true;
-                    self.ingestor.reject_incomplete(&delivery, cut).await?
+                    deliverer.reject_incomplete(claimed, &origin, cut).await?
                 }
-            }
-        } else {
-            self.ingestor.ingest(&delivery).await?
+            },
+            None => deliverer.deliver(claimed, &origin).await?,
         };
-        let receipt_name = format!("{original}.receipt.json");
-        if let Some(device) = receipt
-            .device
-            .as_ref()
-            .filter(|_| original.len() <= MAX_NAME_BYTES)
-        {
-            let dir = self.root.join(RECEIPTS).join(device);
-            write_atomic(&dir, &receipt_name, &serde_json::to_vec_pretty(&receipt)?)?;
-        }
-        file_away(&self.root, claimed, &device_dir, &receipt)?;
         if cut {
             let _ = fs::remove_file(sidecar(claimed));
         }
         if incomplete {
             if let Some(original) = take.map(|t| t.original.clone()) {
-                let at = self.root.join(rejected_path(&device_dir, &claim_name));
+                let at = self
+                    .root
+                    .join(layout::rejected_relative(&device_dir, &claim_name));
                 return Ok(Processed::RejectedIncomplete(receipt, at, judged, original));
             }
         }
         Ok(Processed::Decided(receipt))
     }
-}
-
-/// Where a decided file ends: `archive/<date>/<device>/` when stored (or already
-/// stored), `rejected/<device>/` with its reason beside it when refused. The file keeps
-/// its claim name, which is also how the rejection row finds it.
-pub fn file_away(
-    root: &Path,
-    claimed: &Path,
-    device_dir: &str,
-    receipt: &Receipt,
-) -> anyhow::Result<()> {
-    let claim_name = claimed.file_name().unwrap_or_default().to_string_lossy();
-    match receipt.status {
-        Status::Rejected => {
-            let dir = root.join(REJECTED).join(device_dir);
-            let reason = receipt.reason.as_deref().unwrap_or("rejected");
-            write_atomic(
-                &dir,
-                &format!("{claim_name}.reason.txt"),
-                format!("{reason}\n").as_bytes(),
-            )?;
-            move_file(claimed, &dir.join(&*claim_name))?;
-        }
-        Status::Ingested | Status::Duplicate => {
-            let day = Utc::now().format("%Y-%m-%d").to_string();
-            let dir = root.join(ARCHIVE).join(day).join(device_dir);
-            move_file(claimed, &dir.join(&*claim_name))?;
-        }
-    }
-    Ok(())
-}
-
-/// The drop-directory path a rejected file is kept at (recorded with the rejection).
-pub fn rejected_path(device_dir: &str, claim_name: &str) -> String {
-    Path::new(REJECTED)
-        .join(device_dir)
-        .join(claim_name)
-        .to_string_lossy()
-        .into_owned()
 }
 
 impl Held {
@@ -756,18 +684,14 @@ pub fn claim_into(
     path: &Path,
     device: &str,
     name: &str,
-    channel: &str,
+    channel: Channel,
 ) -> io::Result<PathBuf> {
     let dir = root.join(PROCESSING).join(device);
     fs::create_dir_all(&dir)?;
-    let tag = match channel {
-        channel::SHARE => String::new(),
-        other => format!(".{other}"),
-    };
-    let head = format!("{}{tag}", stamp());
+    let head = claim_head(channel);
     // A long sender name is cut to keep the claim (and the names made from it) within
     // the filesystem's limit; the whole name waits in a sidecar for the database.
-    let room = CLAIM_MAX - head.len() - CUT_TAG.len() - 2;
+    let room = CLAIM_MAX - head.len() - layout::CUT_TAG.len() - 2;
     let dest = if name.len() + head.len() < CLAIM_MAX {
         dir.join(format!("{head}-{name}"))
     } else {
@@ -775,7 +699,7 @@ pub fn claim_into(
         while !name.is_char_boundary(end) {
             end -= 1;
         }
-        let dest = dir.join(format!("{head}.{CUT_TAG}-{}", &name[..end]));
+        let dest = dir.join(format!("{head}.{}-{}", layout::CUT_TAG, &name[..end]));
         let side = sidecar(&dest);
         write_atomic(
             &dir,
@@ -786,48 +710,6 @@ pub fn claim_into(
     };
     fs::rename(path, &dest)?;
     Ok(dest)
-}
-
-/// The channel, the sender's file name and whether that name was cut, in a claim name
-/// `<stamp>[.<channel>][.cut]-<name>`.
-fn parse_claim_name(claim_name: &str) -> (&str, &str, bool) {
-    let Some((head, name)) = claim_name.split_once('-') else {
-        return (channel::SHARE, claim_name, false);
-    };
-    let mut tags = head.split('.').skip(1);
-    let (first, second) = (tags.next(), tags.next());
-    let cut = first == Some(CUT_TAG) || second == Some(CUT_TAG);
-    match first {
-        Some(tag) if tag == channel::FTP => (channel::FTP, name, cut),
-        _ => (channel::SHARE, name, cut),
-    }
-}
-
-/// Whether a top-level name in the drop directory is one of the server's own folders.
-pub fn is_server_folder(name: &str) -> bool {
-    [
-        PROCESSING,
-        ARCHIVE,
-        REJECTED,
-        RECEIPTS,
-        crate::sources::PULLING,
-    ]
-    .contains(&name)
-}
-
-/// Whether a device name would be one of the server's folders on some filesystem
-/// (a case-insensitive share makes `Archive` the archive): such a name never becomes a
-/// device, or its FTP root would be the server's folder.
-pub fn is_reserved_name(name: &str) -> bool {
-    [
-        PROCESSING,
-        ARCHIVE,
-        REJECTED,
-        RECEIPTS,
-        crate::http::INCOMING,
-    ]
-    .iter()
-    .any(|f| f.eq_ignore_ascii_case(name))
 }
 
 /// Whether a name is a finished delivery rather than a transfer in progress or a
@@ -871,68 +753,4 @@ fn walk(dir: &Path, top: bool, out: &mut Vec<(PathBuf, fs::Metadata)>) -> io::Re
         }
     }
     Ok(())
-}
-
-/// A claim name prefix that sorts by time and never repeats within a process.
-pub fn stamp() -> String {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed) % 1_000_000;
-    format!("{}{seq:06}", Utc::now().format("%Y%m%dT%H%M%S%9f"))
-}
-
-/// Write to a temporary name, fsync, rename: readers never see half a file.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, dir.join(name))
-}
-
-/// Moves a processed file; another process finishing it first is not an error.
-///
-/// No directory fsync: a rename lost to a power cut only brings the file back to be
-/// looked at again, and the batch id (or claim name) makes that a no-op. What must be
-/// durable is the commit, which precedes every move.
-fn move_file(from: &Path, to: &Path) -> io::Result<()> {
-    if let Some(dir) = to.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    match fs::rename(from, to) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => Ok(()),
-        other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn claim_names_carry_the_channel() {
-        let c = |name| parse_claim_name(name);
-        assert_eq!(
-            c("20261122T101010123456789000001-a-b.json"),
-            ("share", "a-b.json", false)
-        );
-        assert_eq!(
-            c("20261122T101010123456789000001.ftp-x.json"),
-            ("ftp", "x.json", false)
-        );
-        assert_eq!(
-            c("20261122T101010123456789000001.zz-x.json"),
-            ("share", "x.json", false)
-        );
-        assert_eq!(
-            c("20261122T101010123456789000001.ftp.cut-x"),
-            ("ftp", "x", true)
-        );
-        assert_eq!(
-            c("20261122T101010123456789000001.cut-x"),
-            ("share", "x", true)
-        );
-        assert!(is_reserved_name("Archive") && is_reserved_name("RECEIPTS"));
-        assert!(!is_reserved_name("archive2") && !is_server_folder("Archive"));
-    }
 }

@@ -7,25 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::Utc;
-use ctdata_batch::{Format, Limits, Problem, RejectKind, Rejection, Scan, Sighting};
+use ctdata_batch::{DeviceName, Format, Limits, Problem, RejectKind, Rejection, Scan, Sighting};
 
 use crate::db::{
     BatchRecord, Db, LoadResult, NewBatch, NewRejection, RowStream, Skipped, WriteHealth,
 };
 use crate::metrics::Metrics;
-
-/// How a batch reached the server.
-pub mod channel {
-    pub const SHARE: &str = "share";
-    pub const CLI: &str = "cli";
-    pub const HTTP: &str = "http";
-    /// Fetched from a remote source (FTP site or share) by a Download or a schedule.
-    pub const PULL: &str = "pull";
-    pub const FTP: &str = "ftp";
-}
-
-/// Rejection kind of a batch that names another device than the one that sent it.
-pub const DEVICE_MISMATCH: &str = "device_mismatch";
+use crate::types::{Channel, RejectionKind};
 
 /// Sightings per message from the parser thread to the database writer.
 const CHUNK: usize = 1024;
@@ -53,7 +41,7 @@ pub struct Delivery {
     pub path: PathBuf,
     /// The name the sender gave the file (for reports).
     pub file_name: String,
-    pub channel: String,
+    pub channel: Channel,
     /// The device the file's location vouches for (its drop-dir subfolder, FTP login…).
     pub device_hint: Option<String>,
     /// Identifies this delivery across a crash and restart (the claimed file's name).
@@ -130,7 +118,7 @@ impl Ingestor {
             self.metrics.ingested(receipt, started.elapsed());
             if receipt.status != Status::Rejected {
                 self.resolve_superseded(receipt).await?;
-            } else if receipt.kind.as_deref() == Some(TRUNCATED) {
+            } else if receipt.kind.as_deref() == Some(RejectionKind::TRUNCATED.as_str()) {
                 self.truncated_pending.store(true, Ordering::SeqCst);
             }
         }
@@ -173,7 +161,7 @@ impl Ingestor {
                 cut.scan.as_ref(),
                 cut.device.as_deref(),
                 cut.rejection,
-                TRUNCATED,
+                RejectionKind::TRUNCATED,
             )
             .await?;
         self.truncated_pending.store(true, Ordering::SeqCst);
@@ -184,7 +172,7 @@ impl Ingestor {
     pub async fn refuse(
         &self,
         d: &Delivery,
-        kind: &str,
+        kind: RejectionKind,
         summary: String,
     ) -> anyhow::Result<Receipt> {
         self.reject_as(d, None, None, header_rejection(summary), kind)
@@ -227,7 +215,7 @@ impl Ingestor {
             batch_id: scan.batch_id,
             sha256: scan.sha256.clone(),
             format: scan.format.as_str().into(),
-            channel: d.channel.clone(),
+            channel: d.channel,
             file_name: d.file_name.clone(),
             claim_name: d.claim_name.clone(),
             created_at: scan.created_at,
@@ -313,7 +301,13 @@ impl Ingestor {
                 total_problems: 1,
             };
             return self
-                .reject_as(d, Some(scan), Some(&existing.device), rejection, "conflict")
+                .reject_as(
+                    d,
+                    Some(scan),
+                    Some(&existing.device),
+                    rejection,
+                    RejectionKind::Conflict,
+                )
                 .await;
         }
         if d.claim_name.is_some() && existing.claim_name == d.claim_name {
@@ -321,7 +315,10 @@ impl Ingestor {
             r.skipped = self.skipped(&existing).await?;
             return Ok(r);
         }
-        self.db.record_delivery(&existing, d).await?;
+        let claim = d.claim_name.as_deref();
+        self.db
+            .record_delivery(&existing, d.channel, &d.file_name, claim)
+            .await?;
         per_file!(device = existing.device, batch_id = %existing.batch_id, "duplicate delivery, nothing added");
         Ok(receipt(Status::Duplicate, d, &existing))
     }
@@ -336,14 +333,11 @@ impl Ingestor {
 
     /// Which device a file belongs to: its header, its location, or the default, and
     /// header and location must agree.
-    fn device_for(&self, d: &Delivery, scan: &Scan) -> Result<String, (Rejection, &'static str)> {
+    fn device_for(&self, d: &Delivery, scan: &Scan) -> Result<String, (Rejection, RejectionKind)> {
         if let Some(hint) = &d.device_hint {
-            if !valid_device_name(hint) {
-                let why = format!(
-                    "the folder name {hint:?} is not a valid device name (letters, digits, '.', '_' and '-', \
-                     starting with a letter or digit, at most 64)"
-                );
-                return Err((header_rejection(why), "header"));
+            if let Err(e) = hint.parse::<DeviceName>() {
+                let why = format!("the folder name {e}");
+                return Err((header_rejection(why), RejectKind::Header.into()));
             }
         }
         match (&scan.device_id, &d.device_hint) {
@@ -352,7 +346,7 @@ impl Ingestor {
                     "the batch says device_id {claimed:?} but it was delivered as device {hint:?}; a device \
                      may only send its own batches"
                 );
-                Err((header_rejection(why), DEVICE_MISMATCH))
+                Err((header_rejection(why), RejectionKind::DeviceMismatch))
             }
             (_, Some(hint)) => Ok(hint.clone()),
             (Some(claimed), None) => Ok(claimed.clone()),
@@ -388,11 +382,8 @@ impl Ingestor {
         device: Option<&str>,
         rejection: Rejection,
     ) -> anyhow::Result<Receipt> {
-        let kind = serde_json::to_value(rejection.kind)?
-            .as_str()
-            .unwrap_or("invalid")
-            .to_string();
-        self.reject_as(d, scan, device, rejection, &kind).await
+        let kind = rejection.kind.into();
+        self.reject_as(d, scan, device, rejection, kind).await
     }
 
     async fn reject_as(
@@ -401,7 +392,7 @@ impl Ingestor {
         scan: Option<&Scan>,
         device: Option<&str>,
         rejection: Rejection,
-        kind: &str,
+        kind: RejectionKind,
     ) -> anyhow::Result<Receipt> {
         // Where the file came from outranks what it claims: a receipt for a file that
         // names another device goes back to the sender, not to the device it names.
@@ -431,8 +422,8 @@ impl Ingestor {
                 device: device.clone(),
                 batch_id: scan.map(|s| s.batch_id),
                 sha256: scan.map(|s| s.sha256.clone()),
-                channel: d.channel.clone(),
-                kind: kind.to_string(),
+                channel: d.channel,
+                kind,
                 reason: reason.clone(),
                 problems: serde_json::to_value(problems)?,
             })
@@ -442,9 +433,9 @@ impl Ingestor {
         tracing::warn!(
             file = d.file_name,
             device = device.as_deref().unwrap_or("-"),
-            channel = d.channel,
+            channel = %d.channel,
             claim = d.claim_name.as_deref().unwrap_or("-"),
-            kind,
+            kind = %kind,
             first_problem = first.as_deref().unwrap_or("-"),
             "batch rejected: {}",
             rejection.summary
@@ -452,7 +443,7 @@ impl Ingestor {
         Ok(Receipt {
             status: Status::Rejected,
             file: d.file_name.clone(),
-            channel: d.channel.clone(),
+            channel: d.channel.to_string(),
             device,
             batch_id: scan.map(|s| s.batch_id),
             format: scan.map(|s| s.format.as_str().to_string()),
@@ -473,7 +464,7 @@ fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
     Receipt {
         status,
         file: d.file_name.clone(),
-        channel: d.channel.clone(),
+        channel: d.channel.to_string(),
         device: Some(b.device.clone()),
         batch_id: Some(b.batch_id),
         format: Some(b.format.clone()),
@@ -500,9 +491,6 @@ fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
         skipped: None,
     }
 }
-
-/// Kind of a rejection for a file that ends early.
-pub const TRUNCATED: &str = "truncated";
 
 /// Whether a file failed because it ends early, as one still being written does: a
 /// missing trailer, a JSON document or count cut short, or a CSV whose last row is
@@ -538,12 +526,4 @@ fn header_rejection(summary: String) -> Rejection {
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
-}
-
-/// Device names double as folder names and FTP logins.
-pub fn valid_device_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && name.len() <= 64
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }

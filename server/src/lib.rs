@@ -1,8 +1,9 @@
 //! CTData server: ingests field batches exactly once into one consolidated database.
 //!
-//! Every path into the database goes through [`ingest::Ingestor::ingest`]; the drop
-//! directory ([`dropdir`]) wraps it with claim → archive, and [`serve::run`] runs the
-//! loop until shutdown.
+//! Every channel (HTTP, FTP, the drop directory, remote sources, the command line)
+//! hands what it received to [`deliver::Deliverer::deliver`], which ingests it through
+//! [`ingest::Ingestor::ingest`] and files it away in the folders of [`layout`];
+//! [`serve::run`] runs the channels until shutdown.
 
 pub mod auth;
 pub mod commands;
@@ -10,12 +11,15 @@ pub mod config;
 pub mod connlimit;
 pub mod credentials;
 pub mod db;
+pub mod deliver;
 pub mod dropdir;
 pub mod export;
 pub mod ftp;
 pub mod http;
 pub mod hygiene;
 pub mod ingest;
+pub mod layout;
 pub mod metrics;
 pub mod serve;
 pub mod sources;
+pub mod types;

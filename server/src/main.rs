@@ -39,6 +39,10 @@ enum Command {
         /// Device for files that do not name one (CSV, GeoJSON).
         #[arg(long, value_name = "NAME")]
         device: Option<String>,
+        /// Print each receipt as one line of JSON (the receipt an HTTP upload answers
+        /// with) instead of a line of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Pull from the remote sources ([[sources]] in the configuration: FTP, FTPS or a
     /// mounted share) now, ingest what is new, and report per source what was found,
@@ -153,10 +157,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await;
             eprintln!("migrations applied");
         }
-        Command::Ingest { paths, device } => {
+        Command::Ingest {
+            paths,
+            device,
+            json,
+        } => {
             let report = commands::ingest(&settings, &paths, device.as_deref()).await?;
             for r in &report.receipts {
-                println!("{}", commands::describe(r));
+                match json {
+                    true => println!("{}", serde_json::to_string(r)?),
+                    false => println!("{}", commands::describe(r)),
+                }
             }
             for (path, why) in &report.skipped {
                 println!("skipped   {}: {why}", path.display());

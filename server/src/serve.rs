@@ -231,7 +231,7 @@ async fn start_http(
     // Certificate problems stop the start before anything is bound or removed.
     let tls = crate::http::tls::acceptor(&settings.http)?;
     let drop_dir = settings.ingest.drop_dir.clone();
-    let _ = std::fs::remove_dir_all(drop_dir.join(crate::http::INCOMING));
+    let _ = std::fs::remove_dir_all(drop_dir.join(crate::layout::INCOMING));
     let listener = tokio::net::TcpListener::bind(&settings.http.bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.bind {}: {e}", settings.http.bind))?;
@@ -318,7 +318,7 @@ fn watch(dir: &Path, events: mpsc::UnboundedSender<Change>) -> Option<notify::Re
             p.strip_prefix(&root)
                 .ok()
                 .and_then(|rel| rel.iter().next())
-                .is_some_and(|top| crate::dropdir::is_server_folder(&top.to_string_lossy()))
+                .is_some_and(|top| crate::layout::is_server_folder(&top.to_string_lossy()))
         };
         if event.paths.iter().all(ours) {
             return;

@@ -37,7 +37,7 @@ fn new_batch(device: &str) -> NewBatch {
         batch_id: Uuid::new_v4(),
         sha256: format!("{:064x}", rand_u128()),
         format: "ndjson".into(),
-        channel: "cli".into(),
+        channel: ctdata_server::types::Channel::Cli,
         file_name: "test.ndjson".into(),
         claim_name: None,
         created_at: None,

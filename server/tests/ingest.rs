@@ -551,7 +551,7 @@ async fn claimed_files_are_finished_after_a_crash(db: TestDb) {
     let delivery = ctdata_server::ingest::Delivery {
         path: claimed.clone(),
         file_name: "b.ndjson".into(),
-        channel: "share".into(),
+        channel: ctdata_server::types::Channel::Share,
         device_hint: Some("ranger-07".into()),
         claim_name: Some("ranger-07/20260101T000000000000000000002-b.ndjson".into()),
         rejected_path: None,

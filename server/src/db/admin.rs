@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Db;
+use crate::types::{Channel, RejectionKind, RejectionStatus};
 
 /// Largest page the API hands out.
 pub const MAX_PAGE: i64 = 500;
@@ -56,11 +57,12 @@ pub struct RejectionInfo {
     pub claim_name: Option<String>,
     pub stored_path: Option<String>,
     pub device: Option<String>,
-    pub channel: String,
-    pub kind: String,
+    pub channel: Channel,
+    #[schema(value_type = String)]
+    pub kind: RejectionKind,
     pub reason: String,
     pub received_at: String,
-    pub status: String,
+    pub status: RejectionStatus,
 }
 
 impl Db {
@@ -125,7 +127,7 @@ impl Db {
 
     /// Marks a rejection as dealt with (`reprocessed`).
     #[tracing::instrument(skip_all, err)]
-    pub async fn set_rejection_status(&self, id: i64, status: &str) -> sqlx::Result<()> {
+    pub async fn set_rejection_status(&self, id: i64, status: RejectionStatus) -> sqlx::Result<()> {
         const SQL: &str = "UPDATE rejections SET status = $2 WHERE id = $1";
         on_pool!(self, p => sqlx::query(SQL).bind(id).bind(status).execute(p).await.map(|_| ()))?;
         Ok(())

@@ -39,6 +39,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::types::{Channel, RejectionKind};
+
 /// The consolidated database: PostgreSQL in production, SQLite embedded by default.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -55,7 +57,7 @@ pub struct BatchRecord {
     pub batch_id: Uuid,
     pub sha256: String,
     pub format: String,
-    pub channel: String,
+    pub channel: Channel,
     #[serde(skip)]
     pub claim_name: Option<String>,
     pub received_at: DateTime<Utc>,
@@ -73,7 +75,7 @@ pub struct NewBatch {
     pub batch_id: Uuid,
     pub sha256: String,
     pub format: String,
-    pub channel: String,
+    pub channel: Channel,
     pub file_name: String,
     pub claim_name: Option<String>,
     pub created_at: Option<DateTime<FixedOffset>>,
@@ -90,8 +92,8 @@ pub struct NewRejection {
     pub device: Option<String>,
     pub batch_id: Option<Uuid>,
     pub sha256: Option<String>,
-    pub channel: String,
-    pub kind: String,
+    pub channel: Channel,
+    pub kind: RejectionKind,
     pub reason: String,
     pub problems: serde_json::Value,
 }
@@ -332,14 +334,14 @@ impl Db {
     pub async fn record_delivery(
         &self,
         batch: &BatchRecord,
-        d: &crate::ingest::Delivery,
+        channel: Channel,
+        file_name: &str,
+        claim: Option<&str>,
     ) -> sqlx::Result<()> {
-        let claim = d.claim_name.as_deref();
+        let channel = channel.as_str();
         match self {
-            Db::Postgres(p) => pg::record_delivery(p, batch, &d.channel, &d.file_name, claim).await,
-            Db::Sqlite(p) => {
-                sqlite::record_delivery(p, batch, &d.channel, &d.file_name, claim).await
-            }
+            Db::Postgres(p) => pg::record_delivery(p, batch, channel, file_name, claim).await,
+            Db::Sqlite(p) => sqlite::record_delivery(p, batch, channel, file_name, claim).await,
         }
     }
 

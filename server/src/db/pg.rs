@@ -209,7 +209,7 @@ async fn load_small(pool: &PgPool, b: &NewBatch, mut stream: RowStream) -> anyho
         batch_id: b.batch_id,
         sha256: b.sha256.clone(),
         format: b.format.clone(),
-        channel: b.channel.clone(),
+        channel: b.channel,
         claim_name: b.claim_name.clone(),
         received_at: stored.received_at,
         rows: rows_total,
@@ -260,7 +260,7 @@ fn bind_batch<'q, O>(q: PgQueryAs<'q, O>, b: &'q NewBatch) -> PgQueryAs<'q, O> {
         .bind(b.batch_id)
         .bind(&b.sha256)
         .bind(&b.format)
-        .bind(&b.channel)
+        .bind(b.channel)
         .bind(&b.file_name)
         .bind(&b.claim_name)
         .bind(b.created_at)
@@ -374,7 +374,7 @@ async fn load_once(
         batch_id: b.batch_id,
         sha256: b.sha256.clone(),
         format: b.format.clone(),
-        channel: b.channel.clone(),
+        channel: b.channel,
         claim_name: b.claim_name.clone(),
         received_at,
         rows: rows_total,
@@ -737,8 +737,8 @@ pub async fn record_rejection(pool: &PgPool, r: &NewRejection) -> sqlx::Result<i
     .bind(&r.device)
     .bind(r.batch_id)
     .bind(&r.sha256)
-    .bind(&r.channel)
-    .bind(&r.kind)
+    .bind(r.channel)
+    .bind(r.kind)
     .bind(&r.reason)
     .bind(&r.problems)
     .fetch_one(pool)

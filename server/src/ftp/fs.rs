@@ -324,7 +324,7 @@ impl StorageBackend<Device> for DeviceFs {
         }
         let (parent, _) = rel.split().map_err(fs_error)?;
         let dir = root.dir(&parent).map_err(fs_error)?;
-        let temp = format!("{UPLOAD_PREFIX}{}-{name}.part", crate::dropdir::stamp());
+        let temp = format!("{UPLOAD_PREFIX}{}-{name}.part", crate::layout::stamp());
         let fd = root
             .open_at(
                 &parent.join(&temp),

@@ -27,8 +27,9 @@ use std::os::fd::OwnedFd;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use crate::dropdir::{is_candidate_name, is_server_folder, stamp, PROCESSING};
-use crate::ingest::channel;
+use crate::dropdir::is_candidate_name;
+use crate::layout::{claim_name, is_server_folder, PROCESSING};
+use crate::types::Channel;
 
 /// Hidden name prefix of an upload of a final name still being written.
 pub const UPLOAD_PREFIX: &str = ".ctdata-upload-";
@@ -92,8 +93,8 @@ impl Handoff {
             let into = root.join(PROCESSING).join(&device);
             fs::create_dir_all(&into)?;
             let into_dir = fs::File::open(&into)?;
-            // The claim name `claim_into` gives, so a restart still sees the channel.
-            let claim = format!("{}.{}-{name}", stamp(), channel::FTP);
+            // A claim name that carries the channel, so a restart still sees it.
+            let claim = claim_name(Channel::Ftp, &name);
             nix::fcntl::renameat(&dir, temp.as_os_str(), &into_dir, claim.as_str())?;
             if sync {
                 into_dir.sync_all()?;

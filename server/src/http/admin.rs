@@ -1,7 +1,5 @@
 //! The administrator's read API and the reprocessing of rejected files.
 
-use std::path::Path;
-
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -12,8 +10,10 @@ use super::auth::AdminAuth;
 use super::batches::status_for;
 use super::{ApiError, AppState, ErrorBody, Query};
 use crate::db::{BatchListFilter, BatchSummary, ConflictInfo, DeviceInfo, RejectionInfo, Skipped};
-use crate::dropdir::file_away;
-use crate::ingest::{Delivery, Receipt};
+use crate::deliver::{Filing, Origin};
+use crate::ingest::Receipt;
+use crate::layout;
+use crate::types::RejectionStatus;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -150,7 +150,7 @@ pub(super) async fn reprocess_rejection(state: &AppState, id: i64) -> Result<Rec
         .rejection(id)
         .await?
         .ok_or(ApiError::NotFound(format!("no rejection {id}")))?;
-    if r.status != "pending" {
+    if r.status != RejectionStatus::Pending {
         return Err(ApiError::Conflict(format!(
             "rejection {id} was already {}",
             r.status
@@ -161,29 +161,25 @@ pub(super) async fn reprocess_rejection(state: &AppState, id: i64) -> Result<Rec
             "rejection {id} kept no file (it was ingested in place by the CLI)"
         ))
     })?;
-    let path = state.drop_dir.join(stored);
+    let deliverer = state.deliverer();
+    let path = deliverer.layout.resolve(stored);
     if !path.is_file() {
         return Err(ApiError::Gone(format!(
             "{stored} is no longer in the drop directory"
         )));
     }
-    let device_dir = Path::new(stored)
-        .parent()
-        .and_then(Path::file_name)
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let delivery = Delivery {
-        path: path.clone(),
+    let device_dir = layout::parent_name(&path);
+    let origin = Origin {
+        channel: r.channel,
         file_name: r.file_name.clone(),
-        channel: r.channel.clone(),
-        device_hint: (device_dir != "_").then(|| device_dir.clone()),
-        claim_name: r.claim_name.clone(),
-        rejected_path: Some(stored.to_string()),
+        device: layout::device_of_dir(&device_dir).map(str::to_string),
+        claim: r.claim_name.clone(),
+        filing: Filing::DropDir,
     };
-    let receipt = state.ingestor.ingest(&delivery).await?;
-    file_away(&state.drop_dir, &path, &device_dir, &receipt)?;
+    let receipt = deliverer.deliver(&path, &origin).await?;
     if receipt.status != crate::ingest::Status::Rejected {
-        db.set_rejection_status(id, "reprocessed").await?;
+        db.set_rejection_status(id, RejectionStatus::Reprocessed)
+            .await?;
     }
     Ok(receipt)
 }

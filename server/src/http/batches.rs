@@ -10,9 +10,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::DeviceAuth;
-use super::{ApiError, AppState, ErrorBody, INCOMING};
-use crate::dropdir::{file_away, rejected_path, stamp};
-use crate::ingest::{channel, Delivery, Receipt, Status, DEVICE_MISMATCH};
+use super::{ApiError, AppState, ErrorBody};
+use crate::deliver::{Filing, Origin};
+use crate::ingest::{Receipt, Status};
+use crate::layout::stamp;
+use crate::types::{Channel, RejectionKind};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(post_batch))
@@ -46,41 +48,47 @@ async fn post_batch(
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
     check_encoding(&headers)?;
     let _slot = state.uploads.acquire(&device).await?;
+    let deliverer = state.deliverer();
     let claim = format!("{}-upload", stamp());
-    // A folder per device: concurrent uploads do not all queue for one directory lock.
-    let spool = state.drop_dir.join(INCOMING).join(&device).join(&claim);
+    let spool = deliverer.layout.incoming(&device).join(&claim);
     if let Err(e) = spool_body(&state, &headers, body, &spool).await {
         let _ = tokio::fs::remove_file(&spool).await;
         return Err(e);
     }
-    let delivery = Delivery {
-        path: spool.clone(),
+    let origin = Origin {
+        channel: Channel::Http,
         file_name: "upload".into(),
-        channel: channel::HTTP.into(),
-        device_hint: Some(device.clone()),
-        claim_name: Some(format!("http/{claim}")),
-        rejected_path: Some(rejected_path(&device, &claim)),
+        device: Some(device),
+        claim: Some(format!("http/{claim}")),
+        filing: Filing::DropDir,
     };
-    let receipt = match state.ingestor.ingest(&delivery).await {
+    // Undecided, the body is not kept: its sender gets no answer and sends it again.
+    let receipt = match deliverer.deliver(&spool, &origin).await {
         Ok(receipt) => receipt,
         Err(e) => {
             let _ = tokio::fs::remove_file(&spool).await;
             return Err(ApiError::storing(e));
         }
     };
-    file_away(&state.drop_dir, &spool, &device, &receipt)?;
     Ok((status_for(&receipt), Json(receipt)))
 }
 
 /// 201 stored, 200 stored before; a refused batch by why it was refused.
 pub(super) fn status_for(r: &Receipt) -> StatusCode {
-    match (r.status, r.kind.as_deref()) {
+    use ctdata_batch::RejectKind::{TooLarge, UnknownFormat};
+    let kind = r
+        .kind
+        .as_deref()
+        .and_then(|k| k.parse::<RejectionKind>().ok());
+    match (r.status, kind) {
         (Status::Ingested, _) => StatusCode::CREATED,
         (Status::Duplicate, _) => StatusCode::OK,
-        (Status::Rejected, Some("conflict")) => StatusCode::CONFLICT,
-        (Status::Rejected, Some(DEVICE_MISMATCH)) => StatusCode::FORBIDDEN,
-        (Status::Rejected, Some("too_large")) => StatusCode::PAYLOAD_TOO_LARGE,
-        (Status::Rejected, Some("unknown_format")) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        (Status::Rejected, Some(RejectionKind::Conflict)) => StatusCode::CONFLICT,
+        (Status::Rejected, Some(RejectionKind::DeviceMismatch)) => StatusCode::FORBIDDEN,
+        (Status::Rejected, Some(RejectionKind::Batch(TooLarge))) => StatusCode::PAYLOAD_TOO_LARGE,
+        (Status::Rejected, Some(RejectionKind::Batch(UnknownFormat))) => {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        }
         (Status::Rejected, _) => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }

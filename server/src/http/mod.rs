@@ -56,6 +56,13 @@ pub struct AppState {
     pub uploads: Arc<fair::UploadSlots>,
 }
 
+impl AppState {
+    /// The delivery pipeline, filing into this server's drop directory.
+    pub fn deliverer(&self) -> crate::deliver::Deliverer {
+        crate::deliver::Deliverer::new(self.ingestor.clone(), &self.drop_dir)
+    }
+}
+
 /// The web dashboard's settings.
 #[derive(Debug, Clone)]
 pub struct DashboardSettings {
@@ -75,9 +82,6 @@ pub struct MapTiles {
     pub url: String,
     pub attribution: Option<String>,
 }
-
-/// Folder (inside the drop directory) where request bodies are spooled.
-pub const INCOMING: &str = ".incoming";
 
 pub fn app(state: AppState) -> Router {
     let (router, api) = api_router().split_for_parts();

@@ -14,7 +14,7 @@ mod report;
 mod schedule;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -22,30 +22,26 @@ use chrono::Utc;
 
 use crate::config::{redact_url, AfterDownload, SourceSettings};
 use crate::db::{PullRecord, RemoteKey};
-use crate::dropdir::{file_away, rejected_path, stamp};
-use crate::ingest::{channel, Delivery, Ingestor, Status};
+use crate::deliver::{Deliverer, Filing, Origin};
+use crate::ingest::{Ingestor, Status};
+use crate::layout::{self, stamp};
+use crate::types::Channel;
 pub use ftp::parse_url;
 use remote::{Remote, RemoteFile, StepError};
 pub use report::{describe, DownloadReport, PulledFile, SourceReport};
 pub use schedule::spawn_schedules;
 
-/// Folder (inside the drop directory) where fetched files wait for their ingest; a
-/// hidden name, so the drop-directory loop never takes them.
-pub const PULLING: &str = ".pulling";
-
 /// Pulls the configured sources into the drop directory.
 pub struct Puller {
     sources: Vec<SourceSettings>,
-    drop_dir: PathBuf,
-    ingestor: Ingestor,
+    deliverer: Deliverer,
 }
 
 impl Puller {
     pub fn new(sources: Vec<SourceSettings>, drop_dir: &Path, ingestor: Ingestor) -> Puller {
         Puller {
             sources,
-            drop_dir: drop_dir.to_path_buf(),
-            ingestor,
+            deliverer: Deliverer::new(ingestor, drop_dir),
         }
     }
 
@@ -141,7 +137,13 @@ impl Puller {
             .into(),
             error: report.errors.first().cloned(),
         };
-        if let Err(e) = self.ingestor.db.record_pull(&record, started).await {
+        if let Err(e) = self
+            .deliverer
+            .ingestor
+            .db
+            .record_pull(&record, started)
+            .await
+        {
             report
                 .errors
                 .push(format!("record the pull in the database: {e}"));
@@ -153,8 +155,8 @@ impl Puller {
     /// and a `download` command): a lock file in the pulling folder. The lock goes
     /// with the process, so a crash never leaves a source locked.
     async fn lock(&self, source: &SourceSettings) -> Result<fs::File, StepError> {
-        let dir = self.drop_dir.join(PULLING);
-        let path = dir.join(format!("{}.lock", source.name));
+        let path = self.deliverer.layout.pull_lock(&source.name);
+        let dir = path.parent().unwrap_or(&path).to_path_buf();
         let step = "take the source's lock";
         fs::create_dir_all(&dir)
             .map_err(|e| StepError::fatal(step, &format!("{}: {e}", dir.display())))?;
@@ -196,7 +198,7 @@ impl Puller {
             .map_err(|e| StepError::fatal("read after_download", &e.to_string()))?;
         // Files fetched before a crash: their remote copies are still there (those go
         // only after the archive), so fetching afresh is both safe and simpler.
-        let work = self.drop_dir.join(PULLING).join(&source.name);
+        let work = self.deliverer.layout.pulling(&source.name);
         let _ = fs::remove_dir_all(&work);
         let mut remote = Remote::open(source).await?;
         let skip = match &after {
@@ -246,7 +248,7 @@ impl Puller {
         file: &RemoteFile,
         report: &mut SourceReport,
     ) -> Result<(), StepError> {
-        let db = &self.ingestor.db;
+        let db = &self.deliverer.ingestor.db;
         let key = RemoteKey {
             source: &source.name,
             path: &file.rel,
@@ -274,7 +276,7 @@ impl Puller {
                 device.to_string(),
                 file.rel.rsplit('/').next().unwrap_or_default().to_string(),
             ),
-            None => ("_".to_string(), file.rel.clone()),
+            None => (layout::NO_DEVICE.to_string(), file.rel.clone()),
         };
         let dir = work.join(&device_dir);
         let local_step = |e: std::io::Error| {
@@ -309,23 +311,20 @@ impl Puller {
         fs::rename(&part, &local).map_err(local_step)?;
         report.fetched += 1;
 
-        let delivery = Delivery {
-            path: local.clone(),
+        let origin = Origin {
+            channel: Channel::Pull,
             file_name: name,
-            channel: channel::PULL.into(),
-            device_hint: (device_dir != "_").then(|| device_dir.clone()),
-            claim_name: Some(format!(
+            device: layout::device_of_dir(&device_dir).map(str::to_string),
+            claim: Some(format!(
                 "pull/{}/{}@{}/{}",
                 source.name, file.rel, file.size, file.modified
             )),
-            rejected_path: Some(rejected_path(&device_dir, &claim)),
+            filing: Filing::DropDir,
         };
         let receipt =
-            self.ingestor.ingest(&delivery).await.map_err(|e| {
+            self.deliverer.deliver(&local, &origin).await.map_err(|e| {
                 StepError::fatal(&format!("ingest {}", file.rel), &format!("{e:#}"))
             })?;
-        file_away(&self.drop_dir, &local, &device_dir, &receipt)
-            .map_err(|e| StepError::fatal(&format!("file away {}", file.rel), &format!("{e:#}")))?;
         let outcome = match receipt.status {
             Status::Ingested => {
                 report.ingested += 1;
@@ -365,7 +364,8 @@ impl Puller {
             AfterDownload::Delete => remote.delete(file).await?,
             AfterDownload::Move(folder) => remote.move_to(file, folder).await?,
         }
-        self.ingestor
+        self.deliverer
+            .ingestor
             .db
             .forget_source_file(&source.name, &file.rel)
             .await

@@ -11,7 +11,7 @@ use super::view::{filters, given, message, render, Frame, Notice, PageResult, Pa
 use crate::db::{BatchListFilter, BatchSummary, RejectionInfo, SightingQuery, SightingRow};
 use crate::http::AppState;
 
-const CHANNELS: [&str; 5] = ["http", "ftp", "share", "pull", "cli"];
+const CHANNELS: [&str; 5] = crate::types::Channel::ALL_NAMES;
 
 /// Rows on a page.
 pub const PAGE: i64 = 50;
@@ -223,17 +223,8 @@ pub async fn delete_rejected(
 ) -> PageResult {
     let db = &state.ingestor.db;
     if let Some(stored) = db.rejection(id).await?.and_then(|r| r.stored_path) {
-        let path = state.drop_dir.join(&stored);
-        let reason = path.with_file_name(format!(
-            "{}.reason.txt",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ));
-        for p in [path, reason] {
-            if let Err(e) = std::fs::remove_file(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(format!("cannot delete {}: {e}", p.display()).into());
-                }
-            }
+        if let Err((p, e)) = state.deliverer().layout.remove_rejected(&stored) {
+            return Err(format!("cannot delete {}: {e}", p.display()).into());
         }
     }
     db.delete_rejection(id).await?;
