@@ -125,8 +125,8 @@ impl Puller {
         let record = PullRecord {
             source: source.name.clone(),
             trigger: trigger.into(),
-            started_at: String::new(),
-            finished_at: String::new(),
+            started_at: started,
+            finished_at: Utc::now(),
             found: report.found as i64,
             fetched: report.fetched as i64,
             ingested: report.ingested as i64,
@@ -141,7 +141,7 @@ impl Puller {
             .into(),
             error: report.errors.first().cloned(),
         };
-        if let Err(e) = self.ingestor.db.record_pull(&record, started).await {
+        if let Err(e) = self.ingestor.db.record_pull(&record).await {
             report
                 .errors
                 .push(format!("record the pull in the database: {e}"));

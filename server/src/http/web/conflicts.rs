@@ -65,8 +65,8 @@ fn side_by_side(c: &ConflictInfo) -> String {
         (
             "observed_at",
             "observed_at",
-            esc(&s.observed_at),
-            esc(&n.observed_at),
+            esc(&crate::db::dialect::utc_text(s.observed_at)),
+            esc(&crate::db::dialect::utc_text(n.observed_at)),
         ),
         ("location", "location", location(s), location(n)),
         ("observer", "observer", opt(&s.observer), opt(&n.observer)),

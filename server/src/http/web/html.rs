@@ -22,8 +22,8 @@ pub fn esc(s: &str) -> String {
 }
 
 /// `2026-11-22T08:59:05.123Z` as `2026-11-22 08:59:05` (UTC).
-pub fn when(t: &str) -> String {
-    let t = t.replace('T', " ");
+pub fn when(t: &impl std::fmt::Display) -> String {
+    let t = t.to_string().replace('T', " ");
     esc(t.get(..19).unwrap_or(&t))
 }
 

@@ -21,10 +21,7 @@ pub fn stale(state: &AppState, d: &DeviceStats) -> bool {
     if d.revoked {
         return false;
     }
-    let Some(seen) = d.last_seen_at.as_deref() else {
-        return false;
-    };
-    let Ok(seen) = chrono::DateTime::parse_from_rfc3339(seen) else {
+    let Some(seen) = d.last_seen_at else {
         return false;
     };
     let age = chrono::Utc::now().signed_duration_since(seen);
@@ -85,8 +82,8 @@ async fn devices_page(state: &AppState, signed: &Signed, notice: &str) -> Respon
             "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"gaps\">{}</td><td>{status}</td>\
              <td><div class=\"actions\">{actions}</div></td></tr>",
             esc(&d.name),
-            d.last_seen_at.as_deref().map_or("never".into(), when),
-            d.last_batch.as_deref().map_or("none".into(), when),
+            d.last_seen_at.as_ref().map_or("never".into(), when),
+            d.last_batch.as_ref().map_or("none".into(), when),
             d.batches,
             d.sightings,
             missing(&gaps, &d.name)

@@ -107,7 +107,7 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
             body,
             "<li class=\"warn\">Device <a href=\"/devices\">{}</a> is stale: last seen {}</li>",
             esc(&d.name),
-            d.last_seen_at.as_deref().map_or("never".into(), when)
+            d.last_seen_at.as_ref().map_or("never".into(), when)
         );
     }
     for p in pulls.iter().filter(|p| p.result != "ok") {
