@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::dialect::api_time;
+use super::dialect::{api_time, DbUuid};
 use super::Db;
 
 /// Skipped ids kept per batch; the batch's `duplicates` counts them all.
@@ -167,6 +167,19 @@ pub struct ConflictInfo {
     pub new: SightingVersion,
 }
 
+#[derive(sqlx::FromRow)]
+struct Counts {
+    total: i64,
+    conflicts: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct SkippedRow {
+    #[sqlx(try_from = "DbUuid")]
+    id: Uuid,
+    fields: Option<String>,
+}
+
 /// A conflict's own columns, before its two versions are read.
 #[derive(sqlx::FromRow)]
 struct Head {
@@ -180,25 +193,25 @@ impl Db {
     /// The sightings batch `batch` (its row id) skipped; `None` when it skipped none.
     #[tracing::instrument(skip_all, err)]
     pub async fn skipped(&self, batch: i64) -> sqlx::Result<Option<Skipped>> {
-        const COUNTS: &str = "SELECT b.duplicates, (SELECT count(*) FROM sighting_conflicts c \
-                              WHERE c.new_batch = b.id) FROM batches b WHERE b.id = $1";
-        let counts: Option<(i64, i64)> =
+        const COUNTS: &str = "SELECT b.duplicates AS total, (SELECT count(*) FROM sighting_conflicts c \
+                              WHERE c.new_batch = b.id) AS conflicts FROM batches b WHERE b.id = $1";
+        let counts: Option<Counts> =
             on_pool!(self, p => sqlx::query_as(COUNTS).bind(batch).fetch_optional(p).await)?;
-        let Some((total, conflicts)) = counts.filter(|(total, _)| *total > 0) else {
+        let Some(Counts { total, conflicts }) = counts.filter(|c| c.total > 0) else {
             return Ok(None);
         };
-        const IDS: &str = "SELECT CAST(k.sighting_id AS TEXT), c.fields FROM skipped_sightings k \
+        const IDS: &str = "SELECT k.sighting_id AS id, c.fields FROM skipped_sightings k \
                            LEFT JOIN sighting_conflicts c ON c.new_batch = k.batch AND c.sighting_id = k.sighting_id \
                            WHERE k.batch = $1 ORDER BY k.ord";
-        let rows: Vec<(String, Option<String>)> =
+        let rows: Vec<SkippedRow> =
             on_pool!(self, p => sqlx::query_as(IDS).bind(batch).fetch_all(p).await)?;
-        let mut ids = Vec::with_capacity(rows.len());
-        for (id, fields) in rows {
-            ids.push(SkippedId {
-                id: super::parse_uuid(&id)?,
-                differs: split_fields(fields.as_deref().unwrap_or("")),
-            });
-        }
+        let ids = rows
+            .into_iter()
+            .map(|r| SkippedId {
+                id: r.id,
+                differs: split_fields(r.fields.as_deref().unwrap_or("")),
+            })
+            .collect();
         Ok(Some(Skipped {
             total,
             conflicts,
