@@ -58,9 +58,13 @@ pub async fn revoke_device(db: &Db, name: &str) -> anyhow::Result<()> {
     }
 }
 
+/// A time to the minute, as the tables show it.
+fn minutes(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M").to_string()
+}
+
 /// `device list` as a table.
 pub fn device_table(devices: &[DeviceInfo]) -> String {
-    let minutes = |t: &str| t.get(..16).unwrap_or(t).replace('T', " ");
     let mut out = format!(
         "{:<24} {:<16} {:<16} {:>8} {:>10}  {}\n",
         "DEVICE", "CREATED", "LAST SEEN", "BATCHES", "SIGHTINGS", "STATE"
@@ -76,7 +80,7 @@ pub fn device_table(devices: &[DeviceInfo]) -> String {
             d.name,
             minutes(&d.created_at),
             d.last_seen_at
-                .as_deref()
+                .as_ref()
                 .map(minutes)
                 .unwrap_or_else(|| "never".into()),
             d.batches,
@@ -148,11 +152,7 @@ pub fn admin_table(admins: &[AdminInfo]) -> String {
         "ADMINISTRATOR", "CREATED", "API TOKENS"
     );
     for a in admins {
-        let created = a
-            .created_at
-            .get(..16)
-            .unwrap_or(&a.created_at)
-            .replace('T', " ");
+        let created = minutes(&a.created_at);
         out.push_str(&format!(
             "{:<24} {:<16} {:>10}\n",
             a.name, created, a.tokens
@@ -163,7 +163,6 @@ pub fn admin_table(admins: &[AdminInfo]) -> String {
 
 /// An administrator's API tokens as a table.
 pub fn token_table(tokens: &[AdminTokenInfo]) -> String {
-    let minutes = |t: &str| t.get(..16).unwrap_or(t).replace('T', " ");
     let mut out = format!(
         "{:<6} {:<14} {:<16}  {}\n",
         "ID", "PREFIX", "CREATED", "STATE"
@@ -171,7 +170,7 @@ pub fn token_table(tokens: &[AdminTokenInfo]) -> String {
     for t in tokens {
         let state = t
             .revoked_at
-            .as_deref()
+            .as_ref()
             .map(|r| format!("revoked {}", minutes(r)))
             .unwrap_or_else(|| "active".into());
         out.push_str(&format!(

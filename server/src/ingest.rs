@@ -315,10 +315,12 @@ impl Ingestor {
             r.skipped = self.skipped(&existing).await?;
             return Ok(r);
         }
-        let claim = d.claim_name.as_deref();
-        self.db
-            .record_delivery(&existing, d.channel, &d.file_name, claim)
-            .await?;
+        let delivery = crate::db::NewDelivery {
+            channel: d.channel,
+            file_name: &d.file_name,
+            claim_name: d.claim_name.as_deref(),
+        };
+        self.db.record_delivery(&existing, &delivery).await?;
         per_file!(device = existing.device, batch_id = %existing.batch_id, "duplicate delivery, nothing added");
         Ok(receipt(Status::Duplicate, d, &existing))
     }

@@ -1,7 +1,9 @@
 //! What the administrator looks at: batches and rejections, newest first, paged by id.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::dialect::api_time;
 use super::Db;
 use crate::types::{Channel, RejectionKind, RejectionStatus};
 
@@ -40,7 +42,8 @@ pub struct BatchSummary {
     pub channel: String,
     pub format: String,
     pub file_name: String,
-    pub received_at: String,
+    #[serde(with = "api_time")]
+    pub received_at: DateTime<Utc>,
     pub sightings: i64,
     pub inserted: i64,
     pub duplicates: i64,
@@ -61,33 +64,21 @@ pub struct RejectionInfo {
     #[schema(value_type = String)]
     pub kind: RejectionKind,
     pub reason: String,
-    pub received_at: String,
+    #[serde(with = "api_time")]
+    pub received_at: DateTime<Utc>,
     pub status: RejectionStatus,
 }
 
 impl Db {
-    /// A timestamp column as RFC 3339 UTC text, the same from both backends.
-    pub(super) fn rfc3339(&self, column: &str) -> String {
-        match self {
-            Db::Postgres(_) => {
-                format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-            }
-            Db::Sqlite(_) => column.to_string(),
-        }
-    }
-
     #[tracing::instrument(skip_all, err)]
     pub async fn list_batches(&self, f: &BatchListFilter) -> sqlx::Result<Vec<BatchSummary>> {
-        let sql = format!(
-            "SELECT b.id, d.name AS device, CAST(b.batch_id AS TEXT) AS batch_id, b.channel, b.format, \
-             b.file_name, {} AS received_at, b.row_count AS sightings, b.inserted, b.duplicates, b.sha256, \
-             b.cursor_last FROM batches b JOIN devices d ON d.id = b.device_id \
+        const SQL: &str = "SELECT b.id, d.name AS device, CAST(b.batch_id AS TEXT) AS batch_id, b.channel, \
+             b.format, b.file_name, b.received_at, b.row_count AS sightings, b.inserted, b.duplicates, \
+             b.sha256, b.cursor_last FROM batches b JOIN devices d ON d.id = b.device_id \
              WHERE b.id < $1 AND ($2 IS NULL OR d.name = $2) AND ($3 IS NULL OR b.channel = $3) \
              AND ($4 IS NULL OR ($4 = 'new' AND b.inserted > 0) OR ($4 = 'duplicate' AND b.inserted = 0)) \
-             ORDER BY b.id DESC LIMIT $5",
-            self.rfc3339("b.received_at")
-        );
-        on_pool!(self, p => sqlx::query_as(&sql)
+             ORDER BY b.id DESC LIMIT $5";
+        on_pool!(self, p => sqlx::query_as(SQL)
             .bind(f.before())
             .bind(&f.device)
             .bind(&f.channel)
@@ -99,13 +90,10 @@ impl Db {
 
     #[tracing::instrument(skip_all, err)]
     pub async fn list_rejections(&self, f: &BatchListFilter) -> sqlx::Result<Vec<RejectionInfo>> {
-        let sql = format!(
-            "SELECT id, file_name, claim_name, stored_path, device, channel, kind, reason, {} AS received_at, \
-             status FROM rejections WHERE id < $1 AND ($2 IS NULL OR device = $2) AND ($3 IS NULL OR channel = $3) \
-             AND ($4 IS NULL OR status = $4) ORDER BY id DESC LIMIT $5",
-            self.rfc3339("received_at")
-        );
-        on_pool!(self, p => sqlx::query_as(&sql)
+        const SQL: &str = "SELECT id, file_name, claim_name, stored_path, device, channel, kind, reason, \
+             received_at, status FROM rejections WHERE id < $1 AND ($2 IS NULL OR device = $2) \
+             AND ($3 IS NULL OR channel = $3) AND ($4 IS NULL OR status = $4) ORDER BY id DESC LIMIT $5";
+        on_pool!(self, p => sqlx::query_as(SQL)
             .bind(f.before())
             .bind(&f.device)
             .bind(&f.channel)
@@ -117,12 +105,10 @@ impl Db {
 
     #[tracing::instrument(skip_all, err)]
     pub async fn rejection(&self, id: i64) -> sqlx::Result<Option<RejectionInfo>> {
-        let sql = format!(
-            "SELECT id, file_name, claim_name, stored_path, device, channel, kind, reason, {} AS received_at, \
-             status FROM rejections WHERE id = $1",
-            self.rfc3339("received_at")
-        );
-        on_pool!(self, p => sqlx::query_as(&sql).bind(id).fetch_optional(p).await)
+        const SQL: &str =
+            "SELECT id, file_name, claim_name, stored_path, device, channel, kind, reason, \
+             received_at, status FROM rejections WHERE id = $1";
+        on_pool!(self, p => sqlx::query_as(SQL).bind(id).fetch_optional(p).await)
     }
 
     /// Marks a rejection as dealt with (`reprocessed`).
@@ -143,10 +129,7 @@ impl Db {
         file_name: &str,
         batch_id: uuid::Uuid,
     ) -> sqlx::Result<u64> {
-        let batch_id_text = match self {
-            Db::Postgres(_) => "batch_id::text",
-            Db::Sqlite(_) => "batch_id",
-        };
+        let batch_id_text = self.uuid_text("batch_id");
         let sql = format!(
             "UPDATE rejections SET status = 'resolved' WHERE status = 'pending' AND kind = 'truncated' \
              AND ((file_name = $2 AND (device = $1 OR device IS NULL)) OR (device = $1 AND {batch_id_text} = $3))"

@@ -1,15 +1,18 @@
 //! Administrator accounts and their API tokens: list, remove, new password, revoke.
 //! The SQL is the same on both backends.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::dialect::api_time;
 use super::{Change, Db};
 
 /// One line of `admin list`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct AdminInfo {
     pub name: String,
-    pub created_at: String,
+    #[serde(with = "api_time")]
+    pub created_at: DateTime<Utc>,
     /// API tokens not revoked.
     pub tokens: i64,
 }
@@ -21,8 +24,10 @@ pub struct AdminInfo {
 pub struct AdminTokenInfo {
     pub id: i64,
     pub prefix: Option<String>,
-    pub created_at: String,
-    pub revoked_at: Option<String>,
+    #[serde(with = "api_time")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "api_time::option")]
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// Which of an administrator's tokens to revoke.
@@ -54,7 +59,7 @@ impl Db {
 
     #[tracing::instrument(skip_all, err)]
     pub async fn list_admins(&self) -> sqlx::Result<Vec<AdminInfo>> {
-        const SQL: &str = "SELECT a.name, CAST(a.created_at AS TEXT) AS created_at, \
+        const SQL: &str = "SELECT a.name, a.created_at, \
              (SELECT count(*) FROM admin_tokens t WHERE t.admin_id = a.id AND t.revoked_at IS NULL) AS tokens \
              FROM admins a ORDER BY a.name";
         on_pool!(self, p => sqlx::query_as(SQL).fetch_all(p).await)
@@ -97,8 +102,7 @@ impl Db {
     /// An administrator's API tokens, newest first; `None` for an unknown name.
     #[tracing::instrument(skip_all, err, fields(admin = name))]
     pub async fn admin_tokens(&self, name: &str) -> sqlx::Result<Option<Vec<AdminTokenInfo>>> {
-        const SQL: &str = "SELECT t.id, t.token_prefix AS prefix, CAST(t.created_at AS TEXT) AS created_at, \
-             CAST(t.revoked_at AS TEXT) AS revoked_at FROM admin_tokens t JOIN admins a ON a.id = t.admin_id \
+        const SQL: &str = "SELECT t.id, t.token_prefix AS prefix, t.created_at, t.revoked_at FROM admin_tokens t JOIN admins a ON a.id = t.admin_id \
              WHERE a.name = $1 ORDER BY t.id DESC";
         if self.admin_password_hash(name).await?.is_none() {
             return Ok(None);

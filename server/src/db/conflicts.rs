@@ -3,8 +3,11 @@
 //! from its staging table, after the insert that skipped them; read back for receipts,
 //! the batch API and the dashboard.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
+use uuid::Uuid;
 
+use super::dialect::{api_time, DbUuid};
 use super::Db;
 
 /// Skipped ids kept per batch; the batch's `duplicates` counts them all.
@@ -117,13 +120,15 @@ pub async fn record_sqlite(conn: &mut sqlx::SqliteConnection, batch: i64) -> sql
 pub use ctdata_api::{Skipped, SkippedId};
 
 /// One version of a conflicting sighting, and the batch it came in.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SightingVersion {
     pub batch: i64,
     pub batch_id: String,
     pub device: String,
-    pub received_at: String,
-    pub observed_at: String,
+    #[serde(with = "api_time")]
+    pub received_at: DateTime<Utc>,
+    #[serde(with = "api_time")]
+    pub observed_at: DateTime<Utc>,
     pub latitude: f64,
     pub longitude: f64,
     pub altitude: Option<f64>,
@@ -139,69 +144,58 @@ pub struct SightingVersion {
 pub struct ConflictInfo {
     pub id: i64,
     pub sighting_id: String,
-    pub detected_at: String,
+    #[serde(with = "api_time")]
+    pub detected_at: DateTime<Utc>,
     pub differs: Vec<String>,
     pub stored: SightingVersion,
     pub new: SightingVersion,
 }
 
-type VersionRow = (
-    i64,
-    String,
-    String,
-    String,
-    String,
-    f64,
-    f64,
-    Option<f64>,
-    Option<f64>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    String,
-);
+#[derive(sqlx::FromRow)]
+struct Counts {
+    total: i64,
+    conflicts: i64,
+}
 
-fn version(r: VersionRow) -> SightingVersion {
-    SightingVersion {
-        batch: r.0,
-        batch_id: r.1,
-        device: r.2,
-        received_at: r.3,
-        observed_at: r.4,
-        latitude: r.5,
-        longitude: r.6,
-        altitude: r.7,
-        accuracy: r.8,
-        observer: r.9,
-        species: r.10,
-        count: r.11,
-        attributes: r.12,
-    }
+#[derive(sqlx::FromRow)]
+struct SkippedRow {
+    #[sqlx(try_from = "DbUuid")]
+    id: Uuid,
+    fields: Option<String>,
+}
+
+/// A conflict's own columns, before its two versions are read.
+#[derive(sqlx::FromRow)]
+struct Head {
+    id: i64,
+    sighting_id: String,
+    detected_at: DateTime<Utc>,
+    fields: String,
 }
 
 impl Db {
     /// The sightings batch `batch` (its row id) skipped; `None` when it skipped none.
     #[tracing::instrument(skip_all, err)]
     pub async fn skipped(&self, batch: i64) -> sqlx::Result<Option<Skipped>> {
-        const COUNTS: &str = "SELECT b.duplicates, (SELECT count(*) FROM sighting_conflicts c \
-                              WHERE c.new_batch = b.id) FROM batches b WHERE b.id = $1";
-        let counts: Option<(i64, i64)> =
+        const COUNTS: &str = "SELECT b.duplicates AS total, (SELECT count(*) FROM sighting_conflicts c \
+                              WHERE c.new_batch = b.id) AS conflicts FROM batches b WHERE b.id = $1";
+        let counts: Option<Counts> =
             on_pool!(self, p => sqlx::query_as(COUNTS).bind(batch).fetch_optional(p).await)?;
-        let Some((total, conflicts)) = counts.filter(|(total, _)| *total > 0) else {
+        let Some(Counts { total, conflicts }) = counts.filter(|c| c.total > 0) else {
             return Ok(None);
         };
-        const IDS: &str = "SELECT CAST(k.sighting_id AS TEXT), c.fields FROM skipped_sightings k \
+        const IDS: &str = "SELECT k.sighting_id AS id, c.fields FROM skipped_sightings k \
                            LEFT JOIN sighting_conflicts c ON c.new_batch = k.batch AND c.sighting_id = k.sighting_id \
                            WHERE k.batch = $1 ORDER BY k.ord";
-        let rows: Vec<(String, Option<String>)> =
+        let rows: Vec<SkippedRow> =
             on_pool!(self, p => sqlx::query_as(IDS).bind(batch).fetch_all(p).await)?;
-        let mut ids = Vec::with_capacity(rows.len());
-        for (id, fields) in rows {
-            ids.push(SkippedId {
-                id: super::parse_uuid(&id)?,
-                differs: split_fields(fields.as_deref().unwrap_or("")),
-            });
-        }
+        let ids = rows
+            .into_iter()
+            .map(|r| SkippedId {
+                id: r.id,
+                differs: split_fields(r.fields.as_deref().unwrap_or("")),
+            })
+            .collect();
         Ok(Some(Skipped {
             total,
             conflicts,
@@ -219,22 +213,19 @@ impl Db {
     /// Conflicts, newest first, each with both versions; `before` pages by id.
     #[tracing::instrument(skip_all, err)]
     pub async fn list_conflicts(&self, before: i64, limit: i64) -> sqlx::Result<Vec<ConflictInfo>> {
+        // One version of the sighting: `v` its row, `b` its batch, `d` its device.
         let side = |v: &str, b: &str, d: &str| {
             format!(
-                "{b}.id, CAST({b}.batch_id AS TEXT), {d}.name, {}, {}, {v}.latitude, {v}.longitude, \
-                 {v}.altitude, {v}.accuracy, {v}.observer, {v}.species, {v}.count, CAST({v}.attributes AS TEXT)",
-                self.rfc3339(&format!("{b}.received_at")),
-                self.rfc3339(&format!("{v}.observed_at")),
+                "{b}.id AS batch, CAST({b}.batch_id AS TEXT) AS batch_id, {d}.name AS device, \
+                 {b}.received_at, {v}.observed_at, {v}.latitude, {v}.longitude, {v}.altitude, \
+                 {v}.accuracy, {v}.observer, {v}.species, {v}.count, CAST({v}.attributes AS TEXT) AS attributes"
             )
         };
-        let sql = format!(
-            "SELECT c.id, CAST(c.sighting_id AS TEXT), {}, c.fields FROM sighting_conflicts c \
-             JOIN batches nb ON nb.id = c.new_batch JOIN devices nd ON nd.id = nb.device_id \
-             WHERE c.id < $1 ORDER BY c.id DESC LIMIT $2",
-            self.rfc3339("c.detected_at")
-        );
-        let heads: Vec<(i64, String, String, String)> =
-            on_pool!(self, p => sqlx::query_as(&sql).bind(before).bind(limit).fetch_all(p).await)?;
+        const HEADS: &str =
+            "SELECT c.id, CAST(c.sighting_id AS TEXT) AS sighting_id, c.detected_at, \
+             c.fields FROM sighting_conflicts c WHERE c.id < $1 ORDER BY c.id DESC LIMIT $2";
+        let heads: Vec<Head> =
+            on_pool!(self, p => sqlx::query_as(HEADS).bind(before).bind(limit).fetch_all(p).await)?;
         let stored_sql = format!(
             "SELECT {} FROM sighting_conflicts c JOIN sightings s ON s.id = c.sighting_id \
              JOIN batches sb ON sb.id = s.batch JOIN devices sd ON sd.id = sb.device_id WHERE c.id = $1",
@@ -246,18 +237,18 @@ impl Db {
             side("c", "nb", "nd")
         );
         let mut out = Vec::with_capacity(heads.len());
-        for (id, sighting_id, detected_at, fields) in heads {
-            let stored: VersionRow =
-                on_pool!(self, p => sqlx::query_as(&stored_sql).bind(id).fetch_one(p).await)?;
-            let new: VersionRow =
-                on_pool!(self, p => sqlx::query_as(&new_sql).bind(id).fetch_one(p).await)?;
+        for h in heads {
+            let stored: SightingVersion =
+                on_pool!(self, p => sqlx::query_as(&stored_sql).bind(h.id).fetch_one(p).await)?;
+            let new: SightingVersion =
+                on_pool!(self, p => sqlx::query_as(&new_sql).bind(h.id).fetch_one(p).await)?;
             out.push(ConflictInfo {
-                id,
-                sighting_id,
-                detected_at,
-                differs: split_fields(&fields),
-                stored: version(stored),
-                new: version(new),
+                id: h.id,
+                sighting_id: h.sighting_id,
+                detected_at: h.detected_at,
+                differs: split_fields(&h.fields),
+                stored,
+                new,
             });
         }
         Ok(out)

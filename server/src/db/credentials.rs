@@ -1,21 +1,26 @@
 //! Devices' and administrators' credentials. The SQL is the same on both backends
 //! (parameters `$1, $2, …` in order of first use, which SQLite binds by position too);
-//! only "now" differs.
+//! only "now" differs ([`Db::now_sql`]).
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::dialect::api_time;
 use super::Db;
 
 /// One line of `device list`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeviceInfo {
     pub name: String,
-    pub created_at: String,
-    pub last_seen_at: Option<String>,
+    #[serde(with = "api_time")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "api_time::option")]
+    pub last_seen_at: Option<DateTime<Utc>>,
     pub batches: i64,
     pub sightings: i64,
     pub registered: bool,
-    pub revoked_at: Option<String>,
+    #[serde(with = "api_time::option")]
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// What changing a credential found.
@@ -29,13 +34,6 @@ pub enum Change {
 }
 
 impl Db {
-    pub(super) fn now_sql(&self) -> &'static str {
-        match self {
-            Db::Postgres(_) => "now()",
-            Db::Sqlite(_) => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-        }
-    }
-
     /// Registers a device with its token hash. A device first seen through the drop
     /// directory (no credentials yet) is registered in place; one that already has
     /// credentials is refused (rotate it instead). A revoked device can be added again.
@@ -112,11 +110,10 @@ impl Db {
 
     #[tracing::instrument(skip_all, err)]
     pub async fn list_devices(&self) -> sqlx::Result<Vec<DeviceInfo>> {
-        const SQL: &str = "SELECT d.name, CAST(d.created_at AS TEXT) AS created_at, \
-             CAST(d.last_seen_at AS TEXT) AS last_seen_at, \
+        const SQL: &str = "SELECT d.name, d.created_at, d.last_seen_at, \
              (SELECT count(*) FROM batches b WHERE b.device_id = d.id) AS batches, \
              (SELECT count(*) FROM sightings s WHERE s.device_id = d.id) AS sightings, \
-             (d.token_hash IS NOT NULL) AS registered, CAST(d.revoked_at AS TEXT) AS revoked_at \
+             (d.token_hash IS NOT NULL) AS registered, d.revoked_at \
              FROM devices d ORDER BY d.name";
         on_pool!(self, p => sqlx::query_as(SQL).fetch_all(p).await)
     }

@@ -3,7 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::QueryBuilder;
 
+use super::dialect::{api_time, Time};
+use super::export::push_bbox;
 use super::Db;
 
 /// A signed-in administrator.
@@ -17,8 +20,10 @@ pub struct Session {
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeviceStats {
     pub name: String,
-    pub last_seen_at: Option<String>,
-    pub last_batch: Option<String>,
+    #[serde(with = "api_time::option")]
+    pub last_seen_at: Option<DateTime<Utc>>,
+    #[serde(with = "api_time::option")]
+    pub last_batch: Option<DateTime<Utc>>,
     pub batches: i64,
     pub sightings: i64,
     pub registered: bool,
@@ -36,7 +41,8 @@ pub struct SightingRow {
     pub cursor: i64,
     pub device: String,
     pub batch: i64,
-    pub observed_at: String,
+    #[serde(with = "api_time")]
+    pub observed_at: DateTime<Utc>,
     pub latitude: f64,
     pub longitude: f64,
     pub species: Option<String>,
@@ -59,26 +65,7 @@ pub struct SightingQuery {
     pub limit: i64,
 }
 
-enum Arg {
-    I(i64),
-    F(f64),
-    S(String),
-}
-
-/// SQLite stores times as `…T…Z` text: a parameter in the same form compares right.
-fn time_text(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-}
-
 impl Db {
-    /// A text time parameter as the column's type.
-    fn time_param(&self, n: usize) -> String {
-        match self {
-            Db::Postgres(_) => format!("CAST(${n} AS TIMESTAMPTZ)"),
-            Db::Sqlite(_) => format!("${n}"),
-        }
-    }
-
     #[tracing::instrument(skip_all, err)]
     pub async fn create_session(
         &self,
@@ -114,27 +101,21 @@ impl Db {
     /// Batches and sightings stored since `since`.
     #[tracing::instrument(skip_all, err)]
     pub async fn stored_since(&self, since: DateTime<Utc>) -> sqlx::Result<(i64, i64)> {
-        let sql = format!(
+        const SQL: &str =
             "SELECT count(*), CAST(COALESCE(sum(inserted), 0) AS BIGINT) FROM batches \
-             WHERE received_at >= {}",
-            self.time_param(1)
-        );
-        on_pool!(self, p => sqlx::query_as(&sql).bind(time_text(since)).fetch_one(p).await)
+             WHERE received_at >= $1";
+        on_pool!(self, p => sqlx::query_as(SQL).bind(Time(since)).fetch_one(p).await)
     }
 
     /// Sightings stored per UTC day since `since`.
     #[tracing::instrument(skip_all, err)]
     pub async fn sightings_per_day(&self, since: DateTime<Utc>) -> sqlx::Result<Vec<DayCount>> {
-        let day = match self {
-            Db::Postgres(_) => "to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-            Db::Sqlite(_) => "substr(received_at, 1, 10)",
-        };
         let sql = format!(
-            "SELECT {day} AS day, CAST(sum(inserted) AS BIGINT) AS sightings FROM batches \
-             WHERE received_at >= {} GROUP BY 1 ORDER BY 1",
-            self.time_param(1)
+            "SELECT {} AS day, CAST(sum(inserted) AS BIGINT) AS sightings FROM batches \
+             WHERE received_at >= $1 GROUP BY 1 ORDER BY 1",
+            self.utc_day("received_at")
         );
-        on_pool!(self, p => sqlx::query_as(&sql).bind(time_text(since)).fetch_all(p).await)
+        on_pool!(self, p => sqlx::query_as(&sql).bind(Time(since)).fetch_all(p).await)
     }
 
     #[tracing::instrument(skip_all, err)]
@@ -146,17 +127,14 @@ impl Db {
     /// Every device with its batch and sighting totals (from `batches`).
     #[tracing::instrument(skip_all, err)]
     pub async fn device_stats(&self) -> sqlx::Result<Vec<DeviceStats>> {
-        let sql = format!(
-            "SELECT d.name, {} AS last_seen_at, {} AS last_batch, COALESCE(s.batches, 0) AS batches, \
+        const SQL: &str =
+            "SELECT d.name, d.last_seen_at, s.last_batch, COALESCE(s.batches, 0) AS batches, \
              COALESCE(s.sightings, 0) AS sightings, (d.token_hash IS NOT NULL) AS registered, \
              (d.revoked_at IS NOT NULL) AS revoked FROM devices d LEFT JOIN \
              (SELECT device_id, count(*) AS batches, CAST(sum(inserted) AS BIGINT) AS sightings, \
               max(received_at) AS last_batch FROM batches GROUP BY device_id) s ON s.device_id = d.id \
-             ORDER BY d.name",
-            self.rfc3339("d.last_seen_at"),
-            self.rfc3339("s.last_batch")
-        );
-        on_pool!(self, p => sqlx::query_as(&sql).fetch_all(p).await)
+             ORDER BY d.name";
+        on_pool!(self, p => sqlx::query_as(SQL).fetch_all(p).await)
     }
 
     /// Runs of batch sequence numbers each device skipped, `(device, first, last)` in
@@ -179,86 +157,53 @@ impl Db {
     /// One page of sightings, newest stored first.
     #[tracing::instrument(skip_all, err)]
     pub async fn sightings_page(&self, q: &SightingQuery) -> sqlx::Result<Vec<SightingRow>> {
-        let mut clauses = Vec::new();
-        let mut args = Vec::new();
-        let mut add = |clause: &dyn Fn(usize) -> String, arg: Arg| {
-            args.push(arg);
-            clauses.push(clause(args.len()));
-        };
         // With a time range, newest observed first: the observed_at index finds the
         // range at once, where walking the cursor backwards could pass over most rows
         // (cursor and observation time need not agree).
         let by_time = q.from.is_some() || q.to.is_some();
-        if let Some(b) = q.before {
-            if by_time {
-                let at = |n| format!("(SELECT observed_at FROM sightings WHERE cursor = ${n})");
-                add(
-                    &|n| {
-                        format!(
-                            "s.observed_at <= {} AND (s.observed_at, s.cursor) < ({}, ${n})",
-                            at(n),
-                            at(n)
-                        )
-                    },
-                    Arg::I(b),
-                );
-            } else {
-                add(&|n| format!("s.cursor < ${n}"), Arg::I(b));
-            }
-        }
-        if let Some(b) = q.batch {
-            add(&|n| format!("s.batch = ${n}"), Arg::I(b));
-        }
-        if let Some(d) = &q.device {
-            add(
-                &|n| format!("s.device_id = (SELECT id FROM devices WHERE name = ${n})"),
-                Arg::S(d.clone()),
-            );
-        }
-        if let Some(s) = &q.species {
-            add(&|n| format!("s.species = ${n}"), Arg::S(s.clone()));
-        }
-        if let Some(t) = q.from {
-            add(
-                &|n| format!("s.observed_at >= {}", self.time_param(n)),
-                Arg::S(time_text(t)),
-            );
-        }
-        if let Some(t) = q.to {
-            add(
-                &|n| format!("s.observed_at < {}", self.time_param(n)),
-                Arg::S(time_text(t)),
-            );
-        }
-        if let Some(b) = q.bbox {
-            add(&|n| format!("s.longitude >= ${n}"), Arg::F(b.min_lon));
-            add(&|n| format!("s.latitude >= ${n}"), Arg::F(b.min_lat));
-            add(&|n| format!("s.longitude <= ${n}"), Arg::F(b.max_lon));
-            add(&|n| format!("s.latitude <= ${n}"), Arg::F(b.max_lat));
-        }
-        let filter = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
-        let sql = format!(
-            "SELECT s.cursor, d.name AS device, s.batch, {} AS observed_at, s.latitude, s.longitude, \
-             s.species, s.count, s.observer FROM sightings s JOIN devices d ON d.id = s.device_id \
-             {filter} ORDER BY {} LIMIT {}",
-            self.rfc3339("s.observed_at"),
-            if by_time { "s.observed_at DESC, s.cursor DESC" } else { "s.cursor DESC" },
-            q.limit.clamp(1, 5000)
-        );
         on_pool!(self, p => {
-            let mut query = sqlx::query_as(&sql);
-            for a in args {
-                query = match a {
-                    Arg::I(v) => query.bind(v),
-                    Arg::F(v) => query.bind(v),
-                    Arg::S(v) => query.bind(v),
-                };
+            let mut qb = QueryBuilder::new(
+                "SELECT s.cursor, d.name AS device, s.batch, s.observed_at, s.latitude, s.longitude, \
+                 s.species, s.count, s.observer FROM sightings s JOIN devices d ON d.id = s.device_id \
+                 WHERE 1 = 1",
+            );
+            if let Some(b) = q.before {
+                if by_time {
+                    let at = "(SELECT observed_at FROM sightings WHERE cursor = ";
+                    qb.push(" AND s.observed_at <= ").push(at).push_bind(b).push(")");
+                    qb.push(" AND (s.observed_at, s.cursor) < (").push(at).push_bind(b);
+                    qb.push("), ").push_bind(b).push(")");
+                } else {
+                    qb.push(" AND s.cursor < ").push_bind(b);
+                }
             }
-            query.fetch_all(p).await
+            if let Some(b) = q.batch {
+                qb.push(" AND s.batch = ").push_bind(b);
+            }
+            if let Some(d) = &q.device {
+                qb.push(" AND s.device_id = (SELECT id FROM devices WHERE name = ")
+                    .push_bind(d.clone())
+                    .push(")");
+            }
+            if let Some(s) = &q.species {
+                qb.push(" AND s.species = ").push_bind(s.clone());
+            }
+            if let Some(t) = q.from {
+                qb.push(" AND s.observed_at >= ").push_bind(Time(t));
+            }
+            if let Some(t) = q.to {
+                qb.push(" AND s.observed_at < ").push_bind(Time(t));
+            }
+            if let Some(b) = q.bbox {
+                push_bbox(&mut qb, b);
+            }
+            qb.push(if by_time {
+                " ORDER BY s.observed_at DESC, s.cursor DESC"
+            } else {
+                " ORDER BY s.cursor DESC"
+            });
+            qb.push(" LIMIT ").push_bind(q.limit.clamp(1, 5000));
+            qb.build_query_as().fetch_all(p).await
         })
     }
 

@@ -1,5 +1,8 @@
-//! All database access. One enum over the two backends; each backend module holds its
-//! own SQL. Every ingest goes through [`Db::load_batch`]: one transaction per batch.
+//! All database access. One enum over the two backends; SQL both understand alike is
+//! written once (`on_pool!`), what differs lives in [`dialect`], and each backend module
+//! holds only its own load path. Every ingest goes through [`Db::load_batch`]: one
+//! transaction per batch. Rows are decoded by column name and times come back as
+//! `DateTime<Utc>` from both.
 
 /// Runs the same expression against whichever pool this is: for SQL that both
 /// backends understand alike (parameters `$1, $2, …` in order of first use).
@@ -17,6 +20,8 @@ mod admins;
 mod conflicts;
 mod credentials;
 mod dashboard;
+pub mod dialect;
+mod export;
 mod health;
 mod pg;
 mod sources;
@@ -27,13 +32,13 @@ pub use admins::{AdminInfo, AdminTokenInfo, Revoked, TokenChoice};
 pub use conflicts::{ConflictInfo, SightingVersion, Skipped, SkippedId, SKIPPED_LISTED};
 pub use credentials::{Change, DeviceInfo};
 pub use dashboard::{DayCount, DeviceStats, Session, SightingQuery, SightingRow};
+pub use export::{BBox, ExportFilter, ExportRow};
 pub use health::{WriteFailure, WriteHealth};
 pub use sources::{PullRecord, RemoteKey};
 
-use std::str::FromStr;
-
 use chrono::{DateTime, FixedOffset, Utc};
 use ctdata_batch::{Location, Problem, ReadSummary, RejectKind, Rejection, Sighting};
+use dialect::DbUuid;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -49,11 +54,12 @@ pub enum Db {
 }
 
 /// A batch that is stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct BatchRecord {
     #[serde(skip)]
     pub pk: i64,
     pub device: String,
+    #[sqlx(try_from = "DbUuid")]
     pub batch_id: Uuid,
     pub sha256: String,
     pub format: String,
@@ -81,6 +87,20 @@ pub struct NewBatch {
     pub created_at: Option<DateTime<FixedOffset>>,
     /// The device's running number of this batch, when the header gives one.
     pub sequence: Option<i64>,
+}
+
+/// The SQL of [`BatchRecord`] for one device's batch: `$1` the device, `$2` the batch id.
+const FIND_BATCH: &str = "SELECT b.id AS pk, d.name AS device, b.batch_id, b.sha256, b.format, \
+     b.channel, b.claim_name, b.received_at, b.row_count AS rows, b.inserted, b.duplicates, \
+     b.cursor_first, b.cursor_last FROM batches b JOIN devices d ON d.id = b.device_id \
+     WHERE d.name = $1 AND b.batch_id = $2";
+
+/// One more delivery of a stored batch.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDelivery<'a> {
+    pub channel: Channel,
+    pub file_name: &'a str,
+    pub claim_name: Option<&'a str>,
 }
 
 /// A file refused as a whole.
@@ -116,147 +136,8 @@ pub struct RowStream {
 /// fast path meets a sighting id that is already stored.
 pub type RowSource<'a> = &'a (dyn Fn() -> RowStream + Send + Sync);
 
-/// Filters shared by the CLI export and the HTTP download endpoint.
-#[derive(Debug, Clone, Default)]
-pub struct ExportFilter {
-    pub since: i64,
-    /// Only up to this cursor (inclusive): lets an HTTP download name its next cursor
-    /// before the first byte.
-    pub until: Option<i64>,
-    pub from: Option<DateTime<Utc>>,
-    pub to: Option<DateTime<Utc>>,
-    pub device: Option<String>,
-    pub species: Option<String>,
-    pub bbox: Option<BBox>,
-}
-
-/// `minLon,minLat,maxLon,maxLat` in WGS 84 degrees.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BBox {
-    pub min_lon: f64,
-    pub min_lat: f64,
-    pub max_lon: f64,
-    pub max_lat: f64,
-}
-
-impl std::str::FromStr for BBox {
-    type Err = String;
-    fn from_str(s: &str) -> Result<BBox, String> {
-        let v: Vec<f64> = s
-            .split(',')
-            .map(|p| p.trim().parse::<f64>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| format!("bbox {s:?} must be four numbers: minLon,minLat,maxLon,maxLat"))?;
-        let [min_lon, min_lat, max_lon, max_lat] = v[..] else {
-            return Err(format!(
-                "bbox {s:?} must be four numbers: minLon,minLat,maxLon,maxLat"
-            ));
-        };
-        if !(min_lon <= max_lon && min_lat <= max_lat) {
-            return Err(format!(
-                "bbox {s:?}: the minimum must not exceed the maximum"
-            ));
-        }
-        Ok(BBox {
-            min_lon,
-            min_lat,
-            max_lon,
-            max_lat,
-        })
-    }
-}
-
-impl ExportFilter {
-    /// `WHERE` text for the filters in use, `?` standing for each parameter in the
-    /// order the backends bind them: since, until, from, to, device, species, bbox.
-    fn conditions(&self) -> String {
-        let mut sql = String::from("s.cursor > ?");
-        for (present, cond) in [
-            (self.until.is_some(), " AND s.cursor <= ?"),
-            (self.from.is_some(), " AND s.observed_at >= ?"),
-            (self.to.is_some(), " AND s.observed_at < ?"),
-            (self.device.is_some(), " AND d.name = ?"),
-            (self.species.is_some(), " AND s.species = ?"),
-            (
-                self.bbox.is_some(),
-                " AND s.longitude >= ? AND s.latitude >= ? AND s.longitude <= ? AND s.latitude <= ?",
-            ),
-        ] {
-            if present {
-                sql.push_str(cond);
-            }
-        }
-        sql
-    }
-}
-
-/// The export query; `attributes` is the backend's expression for the JSON as text.
-fn export_sql(filter: &ExportFilter, attributes: &str) -> String {
-    format!(
-        "SELECT s.cursor, d.name, b.batch_id, b.received_at, s.id, s.observed_at, s.observed_offset, s.latitude, \
-         s.longitude, s.altitude, s.accuracy, s.observer, s.species, s.count, {attributes} \
-         FROM sightings s JOIN batches b ON b.id = s.batch JOIN devices d ON d.id = s.device_id \
-         WHERE {} ORDER BY s.cursor",
-        filter.conditions()
-    )
-}
-
-/// Rows per message between the query task and the encoder: one message per row
-/// costs a task switch per row.
-const EXPORT_CHUNK: usize = 256;
-
-/// Hands decoded rows to the queue, in chunks, until the query ends or the reader goes
-/// away.
-async fn forward<R>(
-    mut rows: impl futures::Stream<Item = sqlx::Result<R>> + Unpin,
-    decode: fn(&R) -> sqlx::Result<ExportRow>,
-    tx: mpsc::Sender<sqlx::Result<Vec<ExportRow>>>,
-) {
-    use futures::StreamExt;
-    let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
-    while let Some(row) = rows.next().await {
-        match row.and_then(|r| decode(&r)) {
-            Ok(row) => chunk.push(row),
-            Err(e) => {
-                let _ = tx.send(Ok(std::mem::take(&mut chunk))).await;
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        }
-        if chunk.len() == EXPORT_CHUNK && tx.send(Ok(std::mem::take(&mut chunk))).await.is_err() {
-            return;
-        }
-    }
-    if !chunk.is_empty() {
-        let _ = tx.send(Ok(chunk)).await;
-    }
-}
-
-/// One exported sighting with where it came from.
-#[derive(Debug, Clone)]
-pub struct ExportRow {
-    pub cursor: i64,
-    pub device: String,
-    pub batch_id: Uuid,
-    pub received_at: DateTime<Utc>,
-    /// Without its attributes: those stay the JSON text the database returned, so a
-    /// CSV export need not parse and re-serialise them for every row.
-    pub sighting: Sighting,
-    pub attributes_json: String,
-    /// Why this stored row cannot be rendered as it is (its `observed_at` is then a
-    /// placeholder): exported with the problem named rather than ending the export.
-    pub problem: Option<String>,
-}
-
-impl ExportRow {
-    /// The attributes as a JSON object.
-    pub fn attributes(&self) -> serde_json::Map<String, serde_json::Value> {
-        serde_json::from_str(&self.attributes_json).unwrap_or_default()
-    }
-}
-
 /// Row counts, for tests and status output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, sqlx::FromRow)]
 pub struct Totals {
     pub sightings: i64,
     pub batches: i64,
@@ -311,10 +192,8 @@ impl Db {
         device: &str,
         batch_id: Uuid,
     ) -> sqlx::Result<Option<BatchRecord>> {
-        match self {
-            Db::Postgres(p) => pg::find_batch(p, device, batch_id).await,
-            Db::Sqlite(p) => sqlite::find_batch(p, device, batch_id).await,
-        }
+        on_pool!(self, p => sqlx::query_as(FIND_BATCH)
+            .bind(device).bind(DbUuid(batch_id)).fetch_optional(p).await)
     }
 
     /// Stores a batch and all its sightings in one transaction, or nothing.
@@ -330,28 +209,33 @@ impl Db {
         }
     }
 
+    /// Records one more delivery of a stored batch; a second call with the same claim
+    /// name changes nothing.
     #[tracing::instrument(skip_all, err)]
     pub async fn record_delivery(
         &self,
         batch: &BatchRecord,
-        channel: Channel,
-        file_name: &str,
-        claim: Option<&str>,
+        d: &NewDelivery<'_>,
     ) -> sqlx::Result<()> {
-        let channel = channel.as_str();
-        match self {
-            Db::Postgres(p) => pg::record_delivery(p, batch, channel, file_name, claim).await,
-            Db::Sqlite(p) => sqlite::record_delivery(p, batch, channel, file_name, claim).await,
-        }
+        const SQL: &str = "INSERT INTO deliveries (batch, sha256, channel, file_name, claim_name) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (claim_name) DO NOTHING";
+        on_pool!(self, p => sqlx::query(SQL)
+            .bind(batch.pk).bind(&batch.sha256).bind(d.channel).bind(d.file_name).bind(d.claim_name)
+            .execute(p).await.map(drop))
     }
 
     /// Records a rejection; a second call with the same claim name updates the first.
     #[tracing::instrument(skip_all, err)]
     pub async fn record_rejection(&self, r: &NewRejection) -> sqlx::Result<i64> {
-        match self {
-            Db::Postgres(p) => pg::record_rejection(p, r).await,
-            Db::Sqlite(p) => sqlite::record_rejection(p, r).await,
-        }
+        const SQL: &str = "INSERT INTO rejections (file_name, stored_path, claim_name, device, batch_id, \
+             sha256, channel, kind, reason, problems) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (claim_name) DO UPDATE SET stored_path = excluded.stored_path, \
+             kind = excluded.kind, reason = excluded.reason, problems = excluded.problems RETURNING id";
+        on_pool!(self, p => sqlx::query_scalar(SQL)
+            .bind(&r.file_name).bind(&r.stored_path).bind(&r.claim_name).bind(&r.device)
+            .bind(r.batch_id.map(DbUuid)).bind(&r.sha256).bind(r.channel).bind(r.kind)
+            .bind(&r.reason).bind(sqlx::types::Json(&r.problems))
+            .fetch_one(p).await)
     }
 
     /// The highest cursor an export may hand out now: every sighting at or below it has
@@ -372,30 +256,10 @@ impl Db {
     /// Row counts of the main tables.
     #[tracing::instrument(skip_all, err)]
     pub async fn totals(&self) -> sqlx::Result<Totals> {
-        const SQL: &str =
-            "SELECT (SELECT count(*) FROM sightings), (SELECT count(*) FROM batches), \
-                           (SELECT count(*) FROM deliveries), (SELECT count(*) FROM rejections)";
-        let (sightings, batches, deliveries, rejections) = match self {
-            Db::Postgres(p) => sqlx::query_as(SQL).fetch_one(p).await?,
-            Db::Sqlite(p) => sqlx::query_as(SQL).fetch_one(p).await?,
-        };
-        Ok(Totals {
-            sightings,
-            batches,
-            deliveries,
-            rejections,
-        })
-    }
-
-    /// Streams matching sightings in cursor order, without buffering them.
-    pub fn export(
-        &self,
-        filter: ExportFilter,
-    ) -> futures::stream::BoxStream<'static, sqlx::Result<ExportRow>> {
-        match self {
-            Db::Postgres(p) => pg::export(p.clone(), filter),
-            Db::Sqlite(p) => sqlite::export(p.clone(), filter),
-        }
+        const SQL: &str = "SELECT (SELECT count(*) FROM sightings) AS sightings, \
+             (SELECT count(*) FROM batches) AS batches, (SELECT count(*) FROM deliveries) AS deliveries, \
+             (SELECT count(*) FROM rejections) AS rejections";
+        on_pool!(self, p => sqlx::query_as(SQL).fetch_one(p).await)
     }
 
     pub async fn close(&self) {
@@ -432,62 +296,7 @@ fn duplicate_ids_rejection(dups: Vec<(Uuid, Vec<i64>)>, total: u64) -> Rejection
     }
 }
 
-/// Runs a query on its own task and hands its rows over a short queue, so the stream
-/// owns everything it borrows and memory stays bounded however many rows there are.
-fn spawn_rows<F, Fut>(produce: F) -> futures::stream::BoxStream<'static, sqlx::Result<ExportRow>>
-where
-    F: FnOnce(mpsc::Sender<sqlx::Result<Vec<ExportRow>>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    use futures::StreamExt;
-    let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(produce(tx));
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    })
-    .flat_map(|chunk| {
-        let rows: Vec<sqlx::Result<ExportRow>> = match chunk {
-            Ok(rows) => rows.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e)],
-        };
-        futures::stream::iter(rows)
-    })
-    .boxed()
-}
-
+/// A stored UUID as text, parsed.
 fn parse_uuid(s: &str) -> sqlx::Result<Uuid> {
-    Uuid::from_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
-
-/// A stored observed time an export can render, or the placeholder and the problem: rows
-/// stored before the years were checked in UTC can hold the year 10000.
-fn renderable_time(
-    stored: Result<DateTime<Utc>, String>,
-    offset_secs: i32,
-) -> (DateTime<FixedOffset>, Option<String>) {
-    use chrono::Datelike;
-    match stored {
-        Ok(t) if (1..=9999).contains(&t.year()) => (with_offset(t, offset_secs), None),
-        Ok(t) => (
-            with_offset(DateTime::UNIX_EPOCH, 0),
-            Some(format!(
-                "stored observed_at is in the year {} (UTC); valid years are 1 to 9999: correct or delete this sighting",
-                t.year()
-            )),
-        ),
-        Err(raw) => (
-            with_offset(DateTime::UNIX_EPOCH, 0),
-            Some(format!(
-                "stored observed_at {raw:?} is not a timestamp between the years 1 and 9999 (UTC): \
-                 correct or delete this sighting"
-            )),
-        ),
-    }
-}
-
-/// Rebuilds a device-local timestamp from UTC and the stored offset.
-fn with_offset(utc: DateTime<Utc>, offset_secs: i32) -> DateTime<FixedOffset> {
-    let offset = FixedOffset::east_opt(offset_secs)
-        .unwrap_or(FixedOffset::east_opt(0).expect("zero offset"));
-    utc.with_timezone(&offset)
+    Uuid::parse_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }

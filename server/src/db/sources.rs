@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::dialect::{api_time, Time};
 use super::Db;
 
 /// A remote file as the listing shows it; the same file while all three hold.
@@ -20,8 +21,10 @@ pub struct RemoteKey<'a> {
 pub struct PullRecord {
     pub source: String,
     pub trigger: String,
-    pub started_at: String,
-    pub finished_at: String,
+    #[serde(with = "api_time")]
+    pub started_at: DateTime<Utc>,
+    #[serde(with = "api_time")]
+    pub finished_at: DateTime<Utc>,
     pub found: i64,
     pub fetched: i64,
     pub ingested: i64,
@@ -74,15 +77,15 @@ impl Db {
         Ok(())
     }
 
-    /// Records one pull of a source.
+    /// Records one pull of a source (its `finished_at` is when it is recorded).
     #[tracing::instrument(skip_all, err, fields(source = r.source))]
-    pub async fn record_pull(&self, r: &PullRecord, started_at: DateTime<Utc>) -> sqlx::Result<()> {
+    pub async fn record_pull(&self, r: &PullRecord) -> sqlx::Result<()> {
         const SQL: &str =
             "INSERT INTO source_pulls (source, trigger, started_at, found, fetched, ingested, \
                            duplicates, rejected, errors, result, error) \
                            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
         on_pool!(self, p => sqlx::query(SQL)
-            .bind(&r.source).bind(&r.trigger).bind(started_at).bind(r.found).bind(r.fetched)
+            .bind(&r.source).bind(&r.trigger).bind(Time(r.started_at)).bind(r.found).bind(r.fetched)
             .bind(r.ingested).bind(r.duplicates).bind(r.rejected).bind(r.errors).bind(&r.result)
             .bind(&r.error)
             .execute(p).await.map(|_| ()))?;
@@ -92,8 +95,7 @@ impl Db {
     /// The latest pull of every source that was ever pulled.
     #[tracing::instrument(skip_all, err)]
     pub async fn last_pulls(&self) -> sqlx::Result<Vec<PullRecord>> {
-        const SQL: &str = "SELECT source, trigger, CAST(started_at AS TEXT) AS started_at, \
-             CAST(finished_at AS TEXT) AS finished_at, found, fetched, ingested, duplicates, rejected, \
+        const SQL: &str = "SELECT source, trigger, started_at, finished_at, found, fetched, ingested, duplicates, rejected, \
              errors, result, error FROM source_pulls \
              WHERE id IN (SELECT max(id) FROM source_pulls GROUP BY source) ORDER BY source";
         on_pool!(self, p => sqlx::query_as(SQL).fetch_all(p).await)

@@ -2,18 +2,17 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use ctdata_batch::Sighting;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{query::Query, Acquire, Connection, Row, Sqlite, SqliteConnection, SqlitePool};
-use uuid::Uuid;
+use sqlx::{query::Query, Acquire, Connection, Sqlite, SqliteConnection, SqlitePool};
 
+use super::dialect::{utc_text, DbUuid};
 use super::{
-    duplicate_ids_rejection, export_sql, forward, parse_uuid, renderable_time, spawn_rows,
-    BatchRecord, ExportFilter, ExportRow, LoadResult, NewBatch, NewRejection, RowSource, RowStream,
+    duplicate_ids_rejection, parse_uuid, BatchRecord, LoadResult, NewBatch, RowSource, RowStream,
+    FIND_BATCH,
 };
 
 const SIGHTING_COLUMNS: &str =
@@ -52,63 +51,6 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<SqlitePo
         })
         .connect_with(opts)
         .await?)
-}
-
-/// Fixed-width UTC text, so comparing text compares time.
-pub fn utc_text(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-fn parse_time(s: &str) -> sqlx::Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
-
-const BATCH_SELECT: &str =
-    "SELECT b.id, d.name, b.batch_id, b.sha256, b.format, b.channel, b.claim_name, \
-     b.received_at, b.row_count, b.inserted, b.duplicates, b.cursor_first, b.cursor_last \
-     FROM batches b JOIN devices d ON d.id = b.device_id";
-
-fn batch_from_row(r: &SqliteRow) -> sqlx::Result<BatchRecord> {
-    Ok(BatchRecord {
-        pk: r.try_get(0)?,
-        device: r.try_get(1)?,
-        batch_id: parse_uuid(r.try_get(2)?)?,
-        sha256: r.try_get(3)?,
-        format: r.try_get(4)?,
-        channel: r.try_get(5)?,
-        claim_name: r.try_get(6)?,
-        received_at: parse_time(r.try_get(7)?)?,
-        rows: r.try_get(8)?,
-        inserted: r.try_get(9)?,
-        duplicates: r.try_get(10)?,
-        cursor_first: r.try_get(11)?,
-        cursor_last: r.try_get(12)?,
-    })
-}
-
-async fn find_batch_on(
-    conn: &mut SqliteConnection,
-    device: &str,
-    batch_id: Uuid,
-) -> sqlx::Result<Option<BatchRecord>> {
-    let sql = format!("{BATCH_SELECT} WHERE d.name = ? AND b.batch_id = ?");
-    let row = sqlx::query(&sql)
-        .bind(device)
-        .bind(batch_id.to_string())
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(batch_from_row).transpose()
-}
-
-pub async fn find_batch(
-    pool: &SqlitePool,
-    device: &str,
-    batch_id: Uuid,
-) -> sqlx::Result<Option<BatchRecord>> {
-    let mut conn = pool.acquire().await?;
-    find_batch_on(&mut conn, device, batch_id).await
 }
 
 pub async fn load_batch(
@@ -171,7 +113,12 @@ async fn load_on(
     .bind(&now)
     .fetch_one(&mut *tx)
     .await?;
-    if let Some(existing) = find_batch_on(&mut tx, &b.device, b.batch_id).await? {
+    let found = sqlx::query_as(FIND_BATCH)
+        .bind(&b.device)
+        .bind(DbUuid(b.batch_id))
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(existing) = found {
         return Ok(LoadResult::Exists(existing));
     }
     let batch_pk: i64 = sqlx::query_scalar(
@@ -179,7 +126,7 @@ async fn load_on(
          received_at, sequence, row_count, inserted, duplicates) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0) RETURNING id",
     )
     .bind(device_pk)
-    .bind(b.batch_id.to_string())
+    .bind(DbUuid(b.batch_id))
     .bind(&b.sha256)
     .bind(&b.format)
     .bind(b.channel)
@@ -222,9 +169,11 @@ async fn load_on(
     .bind(total - inserted)
     .execute(&mut *tx)
     .await?;
-    let record = find_batch_on(&mut tx, &b.device, b.batch_id)
-        .await?
-        .expect("batch row just written");
+    let record: BatchRecord = sqlx::query_as(FIND_BATCH)
+        .bind(&b.device)
+        .bind(DbUuid(b.batch_id))
+        .fetch_one(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(LoadResult::Loaded(record))
 }
@@ -359,106 +308,4 @@ async fn load_via_staging(
         .execute(&mut *conn)
         .await?;
     Ok(Inserted::Done(summary, inserted as i64))
-}
-
-pub async fn record_delivery(
-    pool: &SqlitePool,
-    b: &BatchRecord,
-    channel: &str,
-    file_name: &str,
-    claim_name: Option<&str>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO deliveries (batch, sha256, channel, file_name, claim_name) VALUES (?, ?, ?, ?, ?) \
-         ON CONFLICT (claim_name) DO NOTHING",
-    )
-    .bind(b.pk)
-    .bind(&b.sha256)
-    .bind(channel)
-    .bind(file_name)
-    .bind(claim_name)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-pub async fn record_rejection(pool: &SqlitePool, r: &NewRejection) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "INSERT INTO rejections (file_name, stored_path, claim_name, device, batch_id, sha256, channel, kind, \
-         reason, problems) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (claim_name) DO UPDATE SET stored_path = excluded.stored_path, kind = excluded.kind, \
-         reason = excluded.reason, problems = excluded.problems RETURNING id",
-    )
-    .bind(&r.file_name)
-    .bind(&r.stored_path)
-    .bind(&r.claim_name)
-    .bind(&r.device)
-    .bind(r.batch_id.map(|b| b.to_string()))
-    .bind(&r.sha256)
-    .bind(r.channel)
-    .bind(r.kind)
-    .bind(&r.reason)
-    .bind(r.problems.to_string())
-    .fetch_one(pool)
-    .await
-}
-
-pub fn export(
-    pool: SqlitePool,
-    f: ExportFilter,
-) -> futures::stream::BoxStream<'static, sqlx::Result<ExportRow>> {
-    let sql = export_sql(&f, "s.attributes");
-    spawn_rows(move |tx| async move {
-        let mut q = sqlx::query(&sql).bind(f.since);
-        if let Some(until) = f.until {
-            q = q.bind(until);
-        }
-        if let Some(t) = f.from {
-            q = q.bind(utc_text(t));
-        }
-        if let Some(t) = f.to {
-            q = q.bind(utc_text(t));
-        }
-        if let Some(d) = f.device {
-            q = q.bind(d);
-        }
-        if let Some(s) = f.species {
-            q = q.bind(s);
-        }
-        if let Some(b) = f.bbox {
-            q = q
-                .bind(b.min_lon)
-                .bind(b.min_lat)
-                .bind(b.max_lon)
-                .bind(b.max_lat);
-        }
-        forward(q.fetch(&pool), export_row, tx).await;
-    })
-}
-
-fn export_row(r: &SqliteRow) -> sqlx::Result<ExportRow> {
-    let attrs: String = r.try_get(14)?;
-    let observed: String = r.try_get(5)?;
-    let (observed_at, problem) =
-        renderable_time(parse_time(&observed).map_err(|_| observed), r.try_get(6)?);
-    Ok(ExportRow {
-        cursor: r.try_get(0)?,
-        device: r.try_get(1)?,
-        batch_id: parse_uuid(r.try_get(2)?)?,
-        received_at: parse_time(r.try_get(3)?)?,
-        sighting: Sighting {
-            id: parse_uuid(r.try_get(4)?)?,
-            observed_at,
-            latitude: r.try_get(7)?,
-            longitude: r.try_get(8)?,
-            altitude: r.try_get(9)?,
-            accuracy: r.try_get(10)?,
-            observer: r.try_get(11)?,
-            species: r.try_get(12)?,
-            count: r.try_get(13)?,
-            attributes: Default::default(),
-        },
-        attributes_json: attrs,
-        problem,
-    })
 }

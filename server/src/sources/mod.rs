@@ -121,8 +121,8 @@ impl Puller {
         let record = PullRecord {
             source: source.name.clone(),
             trigger: trigger.into(),
-            started_at: String::new(),
-            finished_at: String::new(),
+            started_at: started,
+            finished_at: Utc::now(),
             found: report.found as i64,
             fetched: report.fetched as i64,
             ingested: report.ingested as i64,
@@ -137,13 +137,7 @@ impl Puller {
             .into(),
             error: report.errors.first().cloned(),
         };
-        if let Err(e) = self
-            .deliverer
-            .ingestor
-            .db
-            .record_pull(&record, started)
-            .await
-        {
+        if let Err(e) = self.deliverer.ingestor.db.record_pull(&record).await {
             report
                 .errors
                 .push(format!("record the pull in the database: {e}"));

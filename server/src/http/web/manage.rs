@@ -18,10 +18,7 @@ pub fn stale(state: &AppState, d: &DeviceStats) -> bool {
     if d.revoked {
         return false;
     }
-    let Some(seen) = d.last_seen_at.as_deref() else {
-        return false;
-    };
-    let Ok(seen) = chrono::DateTime::parse_from_rfc3339(seen) else {
+    let Some(seen) = d.last_seen_at else {
         return false;
     };
     let age = chrono::Utc::now().signed_duration_since(seen);

@@ -314,7 +314,7 @@ fn plot(points: &[SightingRow], project: impl Fn(f64, f64) -> (f64, f64)) -> Vec
             let info = format!(
                 "#{} · {} · {} · {} × {} · {:.5}, {:.5}{observer}",
                 p.cursor,
-                utc(&p.observed_at),
+                utc(p.observed_at),
                 p.device,
                 p.species.as_deref().unwrap_or("(no species)"),
                 p.count.unwrap_or(1),
