@@ -1,13 +1,12 @@
 //! Driving the embedded FTP server from tests: Python's ftplib through a small script,
 //! curl, and what the database holds afterwards.
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{eventually, Backend, TestDb};
+use crate::{eventually, TestDb};
 
 const FTPLIB: &str = include_str!("ftplib_ops.py");
 
@@ -77,20 +76,4 @@ pub async fn wait_for_batches(db: &TestDb, n: usize) -> Vec<(String, String, Str
         },
     )
     .await
-}
-
-/// A PostgreSQL database of its own, or `None` (skip) when PostgreSQL is unreachable
-/// outside CI.
-pub async fn pg() -> Option<TestDb> {
-    TestDb::new(Backend::Postgres).await
-}
-
-/// A self-signed certificate for 127.0.0.1 as PEM files in `dir`: (certificate, key).
-pub fn self_signed(dir: &Path) -> (String, String) {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("certificate");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).expect("write cert.pem");
-    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key.pem");
-    (cert.display().to_string(), key.display().to_string())
 }

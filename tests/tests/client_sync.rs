@@ -5,12 +5,8 @@
 use std::time::Duration;
 
 use ctdata_tests::client::{Client, Running};
-use ctdata_tests::{eventually, Backend, ServerEnv, TestDb};
+use ctdata_tests::{eventually, pg, ServerEnv, TestDb};
 use rand::Rng;
-
-async fn pg() -> Option<TestDb> {
-    TestDb::new(Backend::Postgres).await
-}
 
 async fn wait_for_sightings(db: &TestDb, n: i64) {
     eventually(

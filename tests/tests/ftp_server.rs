@@ -5,10 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ctdata_tests::ftp::{
-    code, curl, ftp_url, ftplib, ok, pg, self_signed, stored, wait_for_batches,
-};
-use ctdata_tests::{both_backends, eventually, write_batch, ServerEnv, TestDb};
+use ctdata_tests::ftp::{code, curl, ftp_url, ftplib, ok, stored, wait_for_batches};
+use ctdata_tests::{both_backends, eventually, pg, write_batch, ServerEnv, TestDb};
 
 both_backends! {
     curl_ftplib_and_lftp_uploads_are_ingested_as_ftp,
@@ -98,13 +96,7 @@ async fn curl_ftplib_and_lftp_uploads_are_ingested_as_ftp(db: TestDb) {
 async fn require_tls_refuses_plain_logins_and_ftps_uploads_work() {
     let Some(db) = pg().await else { return };
     let mut env = ServerEnv::new(&db);
-    env.enable_ftp();
-    let (cert, key) = self_signed(env.dir.path());
-    env.extra_env.extend([
-        ("CTDATA__FTP__TLS_CERT".to_string(), cert),
-        ("CTDATA__FTP__TLS_KEY".to_string(), key),
-        ("CTDATA__FTP__REQUIRE_TLS".to_string(), "true".to_string()),
-    ]);
+    env.enable_ftps();
     let token = env.device_token("ranger-07");
     let server = env.serve().await;
     let port = server.ftp_port();
