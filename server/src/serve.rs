@@ -235,8 +235,8 @@ fn ready_line(http: &str, ftp: Option<std::net::SocketAddr>) {
 
 /// Binds `http.bind` and serves the API on its own task, over HTTPS when
 /// `http.tls_cert` and `http.tls_key` are set; returns `http=ADDR` (`https=ADDR`) for
-/// the ready line. Spooled uploads left by a crash are
-/// removed first: their senders got no answer and will send again.
+/// the ready line. Spooled uploads left by a crash are removed first: their senders got
+/// no answer and will send again.
 async fn start_http(
     settings: &Settings,
     ingestor: Ingestor,
@@ -261,7 +261,36 @@ async fn start_http(
             format!("http={addr}")
         }
     };
-    let state = crate::http::AppState {
+    let state = http_state(settings, ingestor, puller, tls.is_some());
+    let http = &settings.http;
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
+    let policy = crate::http::ConnPolicy {
+        header_read_timeout: secs(http.header_read_timeout_secs),
+        idle_timeout: secs(http.idle_timeout_secs),
+        limits: ConnLimits::trusting(
+            "http",
+            http.max_connections,
+            http.max_connections_per_ip,
+            &http.trusted_proxies,
+        ),
+        min_body_rate: http.min_body_bytes_per_sec,
+        body_idle_timeout: secs(http.body_idle_timeout_secs),
+    };
+    let app = crate::http::app(state);
+    let task = tokio::spawn(crate::http::serve(listener, app, policy, tls, shutdown));
+    Ok((ready, task))
+}
+
+/// The API's state as `serve` builds it from the settings (also for in-process tests
+/// of [`crate::http::app`]); `secure_cookie` when it serves HTTPS.
+pub fn http_state(
+    settings: &Settings,
+    ingestor: Ingestor,
+    puller: Arc<Puller>,
+    secure_cookie: bool,
+) -> crate::http::AppState {
+    let drop_dir = settings.ingest.drop_dir.clone();
+    crate::http::AppState {
         ingestor,
         drop_dir: Arc::new(drop_dir),
         max_body_bytes: settings.http.max_body_bytes,
@@ -282,7 +311,7 @@ async fn start_http(
         dashboard: Arc::new(crate::http::DashboardSettings {
             session: Duration::from_secs_f64(settings.http.session_hours.max(0.0) * 3600.0),
             stale_after_days: settings.http.stale_after_days,
-            secure_cookie: tls.is_some(),
+            secure_cookie,
             map_tiles: settings
                 .http
                 .map_tile_url
@@ -292,24 +321,7 @@ async fn start_http(
                     attribution: settings.http.map_tile_attribution.clone(),
                 }),
         }),
-    };
-    let http = &settings.http;
-    let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
-    let policy = crate::http::ConnPolicy {
-        header_read_timeout: secs(http.header_read_timeout_secs),
-        idle_timeout: secs(http.idle_timeout_secs),
-        limits: ConnLimits::trusting(
-            "http",
-            http.max_connections,
-            http.max_connections_per_ip,
-            &http.trusted_proxies,
-        ),
-        min_body_rate: http.min_body_bytes_per_sec,
-        body_idle_timeout: secs(http.body_idle_timeout_secs),
-    };
-    let app = crate::http::app(state);
-    let task = tokio::spawn(crate::http::serve(listener, app, policy, tls, shutdown));
-    Ok((ready, task))
+    }
 }
 
 /// What a change notification tells the loop.
