@@ -1,6 +1,7 @@
 //! Driving the embedded FTP server from tests: Python's ftplib through a small script,
 //! curl, and what the database holds afterwards.
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -29,6 +30,22 @@ pub fn ftplib(port: u16, tls: bool, ops: Value) -> Vec<Value> {
             String::from_utf8_lossy(&out.stderr)
         ),
     }
+}
+
+/// Uploads `local` as a careful device does, with ftplib: to `NAME.part`, then renamed
+/// to `name`; every step must succeed.
+pub fn put_by_rename(port: u16, device: &str, token: &str, local: &Path, name: &str) {
+    let part = format!("{name}.part");
+    let r = ftplib(
+        port,
+        false,
+        serde_json::json!([
+            ["login", device, token],
+            ["stor", local.display().to_string(), part],
+            ["rename", part, name],
+        ]),
+    );
+    assert!(r.iter().all(ok), "{r:?}");
 }
 
 pub fn ok(r: &Value) -> bool {

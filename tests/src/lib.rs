@@ -243,33 +243,30 @@ where
 /// The `ctdata-server` binary of this build profile, built on first use.
 pub fn server_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/this-test → target/<profile>/ctdata-server
-        let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "ctdata-server",
-            "--bin",
-            "ctdata-server",
-        ]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building ctdata-server failed");
-        profile_dir.join("ctdata-server")
-    })
-    .clone()
+    BIN.get_or_init(|| build_bin("ctdata-server", "ctdata-server"))
+        .clone()
+}
+
+/// Builds `bin` of `package` in this test's build profile (a test does not depend on
+/// the binaries it runs, so cargo has not built them) and returns its path.
+pub fn build_bin(package: &str, bin: &str) -> PathBuf {
+    // target/<profile>/deps/this-test → target/<profile>/BIN
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "building {bin} failed");
+    profile_dir.join(bin)
 }
 
 /// A running `ctdata-server serve`, killed when dropped.

@@ -15,10 +15,8 @@ fn sightings(db: &TestDb) -> impl std::future::Future<Output = i64> + '_ {
 async fn recorded_sightings_reach_the_database_exactly_once() {
     let Some(db) = pg().await else { return };
     let env = ServerEnv::new(&db);
-    let token = env.device_token("ranger-07");
     let server = env.serve().await;
-    let client = Client::new();
-    client.init_https(&server.http_base(), "ranger-07", &token);
+    let (client, _) = Client::sending_to(&env, &server, "ranger-07");
     client.record(3, "Loxodonta africana");
     client.ok(&[
         "record",
@@ -95,12 +93,10 @@ async fn recorded_sightings_reach_the_database_exactly_once() {
 async fn a_server_that_is_down_leaves_the_batch_pending_until_it_is_back() {
     let Some(db) = pg().await else { return };
     let mut env = ServerEnv::new(&db);
-    let token = env.device_token("ranger-07");
     let server = env.serve().await;
+    let (client, _) = Client::sending_to(&env, &server, "ranger-07");
     let base = server.http_base();
     assert!(server.terminate().success());
-    let client = Client::new();
-    client.init_https(&base, "ranger-07", &token);
     client.record(2, "Loxodonta africana");
     let out = client.run(&["send", "--retries", "1", "--retry-delay", "100ms"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -130,10 +126,8 @@ async fn a_server_that_is_down_leaves_the_batch_pending_until_it_is_back() {
 async fn batches_the_server_refuses_are_moved_aside_with_the_reason() {
     let Some(db) = pg().await else { return };
     let env = ServerEnv::new(&db);
-    let token = env.device_token("ranger-07");
     let server = env.serve().await;
-    let client = Client::new();
-    client.init_https(&server.http_base(), "ranger-07", &token);
+    let (client, _) = Client::sending_to(&env, &server, "ranger-07");
     client.record(1, "Loxodonta africana");
     client.ok(&["send"]);
     let first = client.batches_in("sent").remove(0);
@@ -180,16 +174,7 @@ async fn sends_into_a_mounted_share() {
     let env = ServerEnv::new(&db);
     let server = env.serve().await;
     let client = Client::new();
-    let share = env.drop_dir().display().to_string();
-    client.ok(&[
-        "init",
-        "--protocol",
-        "share",
-        "--url",
-        &share,
-        "--device",
-        "ranger-07",
-    ]);
+    client.init_share(&env.drop_dir(), "ranger-07", &[]);
     let test = client.ok(&["test"]);
     assert!(test.contains("✓ write and delete a probe file"), "{test}");
     client.record(3, "Loxodonta africana");
@@ -214,21 +199,8 @@ async fn sends_into_a_mounted_share() {
     assert!(ctdata_tests::rejected_reasons(&env.drop_dir()).is_empty());
 
     // A share that is not mounted: nothing is lost, the cause is named.
-    let gone = env
-        .dir
-        .path()
-        .join("not-mounted/CTData")
-        .display()
-        .to_string();
-    client.ok(&[
-        "init",
-        "--protocol",
-        "share",
-        "--url",
-        &gone,
-        "--device",
-        "ranger-07",
-    ]);
+    let gone = env.dir.path().join("not-mounted/CTData");
+    client.init_share(&gone, "ranger-07", &[]);
     client.record(1, "Loxodonta africana");
     let out = client.run(&["send", "--retries", "0"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
