@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 
-const READY_LINE: &str = "watching the drop directory";
-const HTTP_LINE: &str = "HTTP API listening on ";
-const FTP_LINE: &str = "FTP listening on ";
+/// What `serve` prints on standard output once it listens: `… http=ADDR ftp=ADDR`.
+const READY_LINE: &str = "ctdata-server: ready ";
 
 /// How the server under test is configured: environment only, run from a directory of
 /// its own so no stray `./ctdata.toml` is picked up.
@@ -82,19 +81,22 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// Starts `serve` with stderr to `log` and waits until it says it is watching.
+    /// Starts `serve` with stderr to `log` and stdout beside it (`.out`), and waits
+    /// for its ready line.
     pub fn serve(&self, log: &Path, ready_within: Duration) -> anyhow::Result<Server> {
+        let out = log.with_extension("out");
         let child = self
             .command("serve")
-            .stdout(Stdio::null())
+            .stdout(File::create(&out)?)
             .stderr(File::create(log)?)
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
         let mut server = Server {
             child,
             log: log.to_path_buf(),
+            ready: String::new(),
         };
-        server.wait_for_log(READY_LINE, ready_within)?;
+        server.ready = server.wait_for_ready(&out, ready_within)?;
         Ok(server)
     }
 }
@@ -102,6 +104,8 @@ impl ServerConfig {
 pub struct Server {
     child: Child,
     log: PathBuf,
+    /// The fields of the ready line: `http=ADDR ftp=ADDR`.
+    ready: String,
 }
 
 impl Server {
@@ -109,17 +113,18 @@ impl Server {
         self.child.id()
     }
 
-    fn wait_for_log(&mut self, needle: &str, within: Duration) -> anyhow::Result<()> {
+    fn wait_for_ready(&mut self, out: &Path, within: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if std::fs::read_to_string(&self.log)?.contains(needle) {
-                return Ok(());
+            let text = std::fs::read_to_string(out)?;
+            if let Some(fields) = text.lines().find_map(|l| l.strip_prefix(READY_LINE)) {
+                return Ok(fields.to_string());
             }
             self.ensure_running()?;
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!(
-            "server did not log {needle:?} within {within:?}; log:\n{}",
+            "server printed no ready line within {within:?}; log:\n{}",
             self.log_tail()
         )
     }
@@ -138,26 +143,22 @@ impl Server {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// Where the HTTP API listens, from its "HTTP API listening on ADDR" log line.
+    /// Where the HTTP API listens (plain HTTP: the benchmarks do not set up TLS).
     pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.logged_addr(HTTP_LINE)
+        self.ready_addr("http")
     }
 
-    /// Where the FTP server listens, from its "FTP listening on ADDR" log line.
+    /// Where the FTP server listens.
     pub fn ftp_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.logged_addr(FTP_LINE)
+        self.ready_addr("ftp")
     }
 
-    fn logged_addr(&self, line: &str) -> anyhow::Result<SocketAddr> {
-        let log = std::fs::read_to_string(&self.log)?;
-        let rest = log
-            .split_once(line)
-            .with_context(|| format!("no {line:?} in the server log"))?
-            .1;
-        let addr: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
-            .collect();
+    fn ready_addr(&self, key: &str) -> anyhow::Result<SocketAddr> {
+        let addr = self
+            .ready
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
+            .with_context(|| format!("no {key}= in the ready line {:?}", self.ready))?;
         addr.parse()
             .with_context(|| format!("bad listening address {addr:?}"))
     }

@@ -26,6 +26,12 @@ enum Command {
     /// Watch the drop directory and serve the HTTP API on http.bind (and FTP/FTPS on
     /// ftp.bind when ftp.enabled), ingesting every batch that arrives, and pull sources
     /// that have a poll_every schedule, until SIGTERM or Ctrl-C.
+    ///
+    /// Once it listens and watches, it prints one line on standard output for a
+    /// supervisor or script to read (logs go to standard error):
+    /// `ctdata-server: ready http=127.0.0.1:8080 ftp=127.0.0.1:2121`, with `https=`
+    /// when the API serves TLS and `ftp=` only when FTP is on. With port 0 in http.bind
+    /// or ftp.bind it names the port the system chose.
     Serve,
     /// Apply database migrations and exit (serve also does this at start).
     Migrate,

@@ -52,14 +52,14 @@ pub async fn run(
     let pulls_stopping = http_stop.subscribe();
     let woken = Arc::new(Notify::new());
     let ftp_stopping = http_stopping.clone();
-    let http = start_http(&settings, ingestor.clone(), puller.clone(), async move {
+    let (http_addr, http) = start_http(&settings, ingestor.clone(), puller.clone(), async move {
         let _ = http_stopping.wait_for(|stop| *stop).await;
     })
     .await?;
     // A complete FTP upload is claimed by the FTP server itself and rings `woken`.
-    let ftp = match settings.ftp.enabled {
-        true => Some(
-            crate::ftp::start(
+    let (ftp_addr, ftp) = match settings.ftp.enabled {
+        true => {
+            let (addr, task) = crate::ftp::start(
                 &settings.ftp,
                 settings.ingest.drop_dir.clone(),
                 ingestor.db.clone(),
@@ -69,9 +69,10 @@ pub async fn run(
                     let _ = stopping.wait_for(|stop| *stop).await;
                 },
             )
-            .await?,
-        ),
-        false => None,
+            .await?;
+            (Some(addr), Some(task))
+        }
+        false => (None, None),
     };
     tracing::info!(
         drop_dir = %settings.ingest.drop_dir.display(),
@@ -94,6 +95,7 @@ pub async fn run(
     let pulls = crate::sources::spawn_schedules(puller, pulls_stopping, stop.clone());
     let (events, mut changes) = mpsc::unbounded_channel();
     let mut watcher = watch(&settings.ingest.drop_dir, events.clone());
+    ready_line(&http_addr, ftp_addr);
     let mut rescan = tokio::time::interval(Duration::from_secs_f64(
         settings.ingest.rescan_secs.max(0.1),
     ));
@@ -219,15 +221,28 @@ async fn sleep_opt(d: Option<Duration>) {
     }
 }
 
+/// Tells whoever started the server (a supervisor, a test harness) that it serves, on
+/// standard output and in one line a program can read instead of the log:
+/// `ctdata-server: ready http=127.0.0.1:8080 ftp=127.0.0.1:2121` (`https=` when the
+/// API serves TLS; `ftp=` only when FTP is on). Logs go to standard error.
+fn ready_line(http: &str, ftp: Option<std::net::SocketAddr>) {
+    use std::io::Write;
+    let ftp = ftp.map(|a| format!(" ftp={a}")).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ctdata-server: ready {http}{ftp}");
+    let _ = out.flush();
+}
+
 /// Binds `http.bind` and serves the API on its own task, over HTTPS when
-/// `http.tls_cert` and `http.tls_key` are set. Spooled uploads left by a crash are
-/// removed first: their senders got no answer and will send again.
+/// `http.tls_cert` and `http.tls_key` are set; returns `http=ADDR` (`https=ADDR`) for
+/// the ready line. Spooled uploads left by a crash are removed first: their senders got
+/// no answer and will send again.
 async fn start_http(
     settings: &Settings,
     ingestor: Ingestor,
     puller: Arc<Puller>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+) -> anyhow::Result<(String, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     // Certificate problems stop the start before anything is bound or removed.
     let tls = crate::http::tls::acceptor(&settings.http)?;
     let drop_dir = settings.ingest.drop_dir.clone();
@@ -235,11 +250,47 @@ async fn start_http(
     let listener = tokio::net::TcpListener::bind(&settings.http.bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.bind {}: {e}", settings.http.bind))?;
-    match tls {
-        Some(_) => tracing::info!("HTTPS API listening on {}", listener.local_addr()?),
-        None => tracing::info!("HTTP API listening on {}", listener.local_addr()?),
-    }
-    let state = crate::http::AppState {
+    let addr = listener.local_addr()?;
+    let ready = match tls {
+        Some(_) => {
+            tracing::info!("HTTPS API listening on {addr}");
+            format!("https={addr}")
+        }
+        None => {
+            tracing::info!("HTTP API listening on {addr}");
+            format!("http={addr}")
+        }
+    };
+    let state = http_state(settings, ingestor, puller, tls.is_some());
+    let http = &settings.http;
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
+    let policy = crate::http::ConnPolicy {
+        header_read_timeout: secs(http.header_read_timeout_secs),
+        idle_timeout: secs(http.idle_timeout_secs),
+        limits: ConnLimits::trusting(
+            "http",
+            http.max_connections,
+            http.max_connections_per_ip,
+            &http.trusted_proxies,
+        ),
+        min_body_rate: http.min_body_bytes_per_sec,
+        body_idle_timeout: secs(http.body_idle_timeout_secs),
+    };
+    let app = crate::http::app(state);
+    let task = tokio::spawn(crate::http::serve(listener, app, policy, tls, shutdown));
+    Ok((ready, task))
+}
+
+/// The API's state as `serve` builds it from the settings (also for in-process tests
+/// of [`crate::http::app`]); `secure_cookie` when it serves HTTPS.
+pub fn http_state(
+    settings: &Settings,
+    ingestor: Ingestor,
+    puller: Arc<Puller>,
+    secure_cookie: bool,
+) -> crate::http::AppState {
+    let drop_dir = settings.ingest.drop_dir.clone();
+    crate::http::AppState {
         ingestor,
         drop_dir: Arc::new(drop_dir),
         max_body_bytes: settings.http.max_body_bytes,
@@ -260,7 +311,7 @@ async fn start_http(
         dashboard: Arc::new(crate::http::DashboardSettings {
             session: Duration::from_secs_f64(settings.http.session_hours.max(0.0) * 3600.0),
             stale_after_days: settings.http.stale_after_days,
-            secure_cookie: tls.is_some(),
+            secure_cookie,
             map_tiles: settings
                 .http
                 .map_tile_url
@@ -270,25 +321,7 @@ async fn start_http(
                     attribution: settings.http.map_tile_attribution.clone(),
                 }),
         }),
-    };
-    let http = &settings.http;
-    let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
-    let policy = crate::http::ConnPolicy {
-        header_read_timeout: secs(http.header_read_timeout_secs),
-        idle_timeout: secs(http.idle_timeout_secs),
-        limits: ConnLimits::trusting(
-            "http",
-            http.max_connections,
-            http.max_connections_per_ip,
-            &http.trusted_proxies,
-        ),
-        min_body_rate: http.min_body_bytes_per_sec,
-        body_idle_timeout: secs(http.body_idle_timeout_secs),
-    };
-    let app = crate::http::app(state);
-    Ok(tokio::spawn(crate::http::serve(
-        listener, app, policy, tls, shutdown,
-    )))
+    }
 }
 
 /// What a change notification tells the loop.

@@ -1,14 +1,16 @@
 //! Device and administrator credentials against a real database of each kind.
 
+mod support;
+
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ctdata_server::auth::{token_hash, verify_password};
-use ctdata_server::config::Settings;
 use ctdata_server::credentials;
 use ctdata_server::db::Db;
 use ctdata_server::dropdir::DropDir;
 use ctdata_tests::{both_backends, fixtures, TestDb};
+use support::Server;
 
 /// The unrevoked device a token belongs to, as the HTTP API would authenticate it.
 async fn active_device(db: &Db, token_hash: &str) -> sqlx::Result<Option<String>> {
@@ -17,9 +19,7 @@ async fn active_device(db: &Db, token_hash: &str) -> sqlx::Result<Option<String>
 }
 
 async fn open(test_db: &TestDb) -> Db {
-    let mut settings = Settings::default();
-    settings.database.url = test_db.url.clone();
-    ctdata_server::serve::open(&settings).await.unwrap().db
+    Server::open(test_db).await.db().clone()
 }
 
 both_backends! {

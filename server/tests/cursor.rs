@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{FixedOffset, TimeZone};
 use ctdata_batch::{ReadSummary, Sighting};
 use ctdata_server::db::{Db, ExportFilter, LoadResult, NewBatch, RowStream};
 use ctdata_tests::{eventually, Backend, TestDb};
@@ -13,21 +12,11 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use uuid::Uuid;
 
+/// Test sighting `n` with a long text field, to fill the copy buffer sooner.
 fn sighting(n: usize) -> Sighting {
     Sighting {
-        id: Uuid::new_v4(),
-        observed_at: FixedOffset::east_opt(3600)
-            .unwrap()
-            .with_ymd_and_hms(2026, 11, 1, 6, 0, 0)
-            .unwrap(),
-        latitude: -1.0 - n as f64 * 1e-5,
-        longitude: 36.0,
-        altitude: None,
-        accuracy: None,
         observer: Some("a ranger with a long enough name to fill the copy buffer".into()),
-        species: Some("Loxodonta africana".into()),
-        count: Some(1),
-        attributes: Default::default(),
+        ..ctdata_tests::batch::sighting(n)
     }
 }
 

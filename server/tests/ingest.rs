@@ -1,19 +1,21 @@
 //! In-process ingest tests: the drop directory and the ingest function against a real
 //! database of each kind, a fresh one per test.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use ctdata_server::config::Settings;
 use ctdata_server::db::{Db, ExportFilter};
 use ctdata_server::dropdir::{DropDir, StepReport};
 use ctdata_server::export::{write_export, ExportFormat};
 use ctdata_server::ingest::{Ingestor, Status};
-use ctdata_tests::{both_backends, fixtures, TestDb};
+use ctdata_tests::{both_backends, fixtures, Batch, TestDb};
+use support::Server;
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _server: Server,
     drop_dir: DropDir,
     db: Db,
 }
@@ -24,17 +26,11 @@ impl Fixture {
     }
 
     async fn with_settle(test_db: &TestDb, settle: Duration) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let mut settings = Settings::default();
-        settings.database.url = test_db.url.clone();
-        settings.ingest.drop_dir = dir.path().join("CTData");
-        let ingestor = ctdata_server::serve::open(&settings).await.unwrap();
-        let db = ingestor.db.clone();
-        let drop_dir = DropDir::new(&settings.ingest.drop_dir, ingestor, settle).unwrap();
+        let server = Server::open(test_db).await;
         Fixture {
-            _dir: dir,
-            drop_dir,
-            db,
+            drop_dir: server.drop_dir(settle),
+            db: server.db().clone(),
+            _server: server,
         }
     }
 
@@ -623,34 +619,11 @@ async fn unsettled_and_temporary_files_wait(db: TestDb) {
     assert_eq!(report.waiting, 1);
 }
 
-/// NDJSON of one sighting per id, for `device`.
+/// NDJSON of one sighting per id, for `device`, with a tab in a text field.
 fn ndjson_with_ids(device: &str, ids: &[uuid::Uuid]) -> Vec<u8> {
-    use chrono::TimeZone;
-    use ctdata_batch::write::{BatchHeader, NdjsonWriter};
-    let tz = chrono::FixedOffset::east_opt(2 * 3600).unwrap();
-    let header = BatchHeader {
-        batch_id: uuid::Uuid::new_v4(),
-        device_id: device.to_string(),
-        created_at: tz.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap(),
-    };
-    let mut w = NdjsonWriter::new(Vec::new(), &header).unwrap();
-    for (i, id) in ids.iter().enumerate() {
-        w.push(&ctdata_batch::Sighting {
-            id: *id,
-            observed_at: tz.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap()
-                + chrono::Duration::seconds(i as i64),
-            latitude: -24.0 + (i as f64) * 1e-5,
-            longitude: 31.5,
-            altitude: None,
-            accuracy: Some(4.5),
-            observer: Some("tab\there".into()),
-            species: Some("Loxodonta africana".into()),
-            count: Some(1 + i as i64 % 7),
-            attributes: Default::default(),
-        })
-        .unwrap();
-    }
-    w.finish().unwrap()
+    Batch::with_ids(device, ids)
+        .each(|_, s| s.observer = Some("tab\there".into()))
+        .ndjson()
 }
 
 /// Small files are stored in one round trip on PostgreSQL and large ones by COPY (with

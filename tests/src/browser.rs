@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::free_port;
+
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 pub struct Browser {
@@ -15,11 +17,6 @@ pub struct Browser {
     session: String,
     /// The browser's profile and downloads; removed with the browser.
     pub dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local address").port()
 }
 
 /// The program's path, if `program` is a path that exists or a name found on `PATH`.

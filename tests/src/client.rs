@@ -5,29 +5,13 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::eventually;
+use crate::{eventually, Server, ServerEnv};
 
 /// The `ctdata` binary of this build profile, built on first use.
 pub fn client_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "ctdata-client", "--bin", "ctdata"]);
-        if release {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().expect("run cargo build").success());
-        profile_dir.join("ctdata")
-    })
-    .clone()
+    BIN.get_or_init(|| crate::build_bin("ctdata-client", "ctdata"))
+        .clone()
 }
 
 /// A client installation: its home folder (`--home`).
@@ -93,6 +77,32 @@ impl Client {
             "--token",
             token,
         ]);
+    }
+
+    /// A new client that sends to `server` over HTTP(S) as `device`, which is
+    /// registered in `env` now; with the device's token.
+    pub fn sending_to(env: &ServerEnv, server: &Server, device: &str) -> (Client, String) {
+        let token = env.device_token(device);
+        let client = Client::new();
+        client.init_https(&server.http_base(), device, &token);
+        (client, token)
+    }
+
+    /// `ctdata init` for a share (a mounted folder) at `path` as `device`, with more
+    /// options in `extra`.
+    pub fn init_share(&self, path: &Path, device: &str, extra: &[&str]) {
+        let path = path.to_str().expect("a UTF-8 path");
+        let mut args = vec![
+            "init",
+            "--protocol",
+            "share",
+            "--url",
+            path,
+            "--device",
+            device,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
     }
 
     /// Records `n` sightings of `species`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{eventually, Backend, TestDb};
+use crate::{eventually, TestDb};
 
 const FTPLIB: &str = include_str!("ftplib_ops.py");
 
@@ -30,6 +30,22 @@ pub fn ftplib(port: u16, tls: bool, ops: Value) -> Vec<Value> {
             String::from_utf8_lossy(&out.stderr)
         ),
     }
+}
+
+/// Uploads `local` as a careful device does, with ftplib: to `NAME.part`, then renamed
+/// to `name`; every step must succeed.
+pub fn put_by_rename(port: u16, device: &str, token: &str, local: &Path, name: &str) {
+    let part = format!("{name}.part");
+    let r = ftplib(
+        port,
+        false,
+        serde_json::json!([
+            ["login", device, token],
+            ["stor", local.display().to_string(), part],
+            ["rename", part, name],
+        ]),
+    );
+    assert!(r.iter().all(ok), "{r:?}");
 }
 
 pub fn ok(r: &Value) -> bool {
@@ -77,20 +93,4 @@ pub async fn wait_for_batches(db: &TestDb, n: usize) -> Vec<(String, String, Str
         },
     )
     .await
-}
-
-/// A PostgreSQL database of its own, or `None` (skip) when PostgreSQL is unreachable
-/// outside CI.
-pub async fn pg() -> Option<TestDb> {
-    TestDb::new(Backend::Postgres).await
-}
-
-/// A self-signed certificate for 127.0.0.1 as PEM files in `dir`: (certificate, key).
-pub fn self_signed(dir: &Path) -> (String, String) {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("certificate");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).expect("write cert.pem");
-    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key.pem");
-    (cert.display().to_string(), key.display().to_string())
 }

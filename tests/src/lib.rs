@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+pub mod api;
+pub mod batch;
 pub mod browser;
 pub mod client;
 pub mod ftp;
@@ -20,6 +22,34 @@ pub mod web;
 pub fn pg_admin_url() -> String {
     std::env::var("CTDATA_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub use batch::{write_batch, Batch};
+
+/// A PostgreSQL database of its own, or `None` (skip) when PostgreSQL is unreachable
+/// outside CI.
+pub async fn pg() -> Option<TestDb> {
+    TestDb::new(Backend::Postgres).await
+}
+
+/// A loopback port that was free a moment ago, for a peer that cannot bind port 0
+/// and report the port itself (vsftpd, chromedriver) or for a port nobody listens on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost as PEM files in `dir`:
+/// (certificate, key).
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let certified = rcgen::generate_simple_self_signed(names).expect("a certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert.pem");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key.pem");
+    (cert, key)
 }
 
 /// The repository's fixture folder.
@@ -213,39 +243,38 @@ where
 /// The `ctdata-server` binary of this build profile, built on first use.
 pub fn server_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/this-test → target/<profile>/ctdata-server
-        let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "ctdata-server",
-            "--bin",
-            "ctdata-server",
-        ]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building ctdata-server failed");
-        profile_dir.join("ctdata-server")
-    })
-    .clone()
+    BIN.get_or_init(|| build_bin("ctdata-server", "ctdata-server"))
+        .clone()
+}
+
+/// Builds `bin` of `package` in this test's build profile (a test does not depend on
+/// the binaries it runs, so cargo has not built them) and returns its path.
+pub fn build_bin(package: &str, bin: &str) -> PathBuf {
+    // target/<profile>/deps/this-test → target/<profile>/BIN
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "building {bin} failed");
+    profile_dir.join(bin)
 }
 
 /// A running `ctdata-server serve`, killed when dropped.
 pub struct Server {
     pub child: Child,
+    /// Its standard error: the log.
     pub log: PathBuf,
+    pub ready: Ready,
 }
 
 /// Everything a server under test needs: a drop directory and a database.
@@ -303,6 +332,31 @@ impl ServerEnv {
         ]);
     }
 
+    /// Serves the API over HTTPS with a self-signed certificate made for this
+    /// environment; returns the certificate, for clients to trust.
+    pub fn enable_https(&mut self) -> PathBuf {
+        let (cert, key) = self_signed(self.dir.path());
+        self.set("CTDATA__HTTP__TLS_CERT", &cert.display().to_string());
+        self.set("CTDATA__HTTP__TLS_KEY", &key.display().to_string());
+        cert
+    }
+
+    /// Turns on the embedded FTP server requiring TLS, with a self-signed certificate;
+    /// returns the certificate.
+    pub fn enable_ftps(&mut self) -> PathBuf {
+        self.enable_ftp();
+        let (cert, key) = self_signed(self.dir.path());
+        self.set("CTDATA__FTP__TLS_CERT", &cert.display().to_string());
+        self.set("CTDATA__FTP__TLS_KEY", &key.display().to_string());
+        self.set("CTDATA__FTP__REQUIRE_TLS", "true");
+        cert
+    }
+
+    /// One more `CTDATA__…` setting for this environment's commands.
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.to_string(), value.to_string()));
+    }
+
     /// Registers a device with `ctdata-server device add` and returns its token.
     pub fn device_token(&self, name: &str) -> String {
         let out = self
@@ -345,28 +399,62 @@ impl ServerEnv {
             .to_string()
     }
 
-    /// Starts `serve` and waits until it watches the drop directory.
+    /// Starts `serve` and waits, with a deadline, for its ready line (standard output;
+    /// the log is standard error). Fails at once with the log if the server exits.
     pub async fn serve(&self) -> Server {
-        let log = self
-            .dir
-            .path()
-            .join(format!("server-{}.log", uuid::Uuid::new_v4().simple()));
-        let file = std::fs::File::create(&log).expect("log file");
+        let name = uuid::Uuid::new_v4().simple().to_string();
+        let log = self.dir.path().join(format!("server-{name}.log"));
+        let out = self.dir.path().join(format!("server-{name}.out"));
         let child = self
             .command(&["serve"])
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start ctdata-server");
-        let server = Server { child, log };
-        eventually("the server to start", Duration::from_secs(60), || async {
-            server
-                .log_text()
-                .contains("watching the drop directory")
-                .then_some(())
+        let mut server = Server {
+            child,
+            log,
+            ready: Ready::default(),
+        };
+        let (child, log) = (&mut server.child, &server.log);
+        server.ready = eventually("the server's ready line", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("the server exited ({status}):\n{log}");
+            }
+            let ready = std::fs::read_to_string(&out)
+                .ok()
+                .and_then(|text| text.lines().find_map(Ready::parse));
+            std::future::ready(ready)
         })
         .await;
         server
+    }
+}
+
+/// Where a started server listens, from the line `serve` prints once it is ready:
+/// `ctdata-server: ready http=ADDR [ftp=ADDR]` (`https=` with TLS).
+#[derive(Debug, Clone, Default)]
+pub struct Ready {
+    /// `http://ADDR` or `https://ADDR`.
+    pub http_base: String,
+    pub ftp: Option<std::net::SocketAddr>,
+}
+
+impl Ready {
+    fn parse(line: &str) -> Option<Ready> {
+        let fields = line.strip_prefix("ctdata-server: ready ")?;
+        let mut ready = Ready::default();
+        for field in fields.split_whitespace() {
+            match field.split_once('=')? {
+                ("ftp", addr) => ready.ftp = Some(addr.parse().ok()?),
+                (scheme @ ("http" | "https"), addr) => {
+                    ready.http_base = format!("{scheme}://{addr}")
+                }
+                _ => {}
+            }
+        }
+        (!ready.http_base.is_empty()).then_some(ready)
     }
 }
 
@@ -375,32 +463,19 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `http://127.0.0.1:PORT`, or `https://…` when it serves TLS: the address the
-    /// server logged (it binds port 0).
+    /// `http://127.0.0.1:PORT`, or `https://…` when it serves TLS (it binds port 0).
     pub fn http_base(&self) -> String {
-        let log = self.log_text();
-        let (scheme, addr) = log
-            .lines()
-            .find_map(|l| {
-                let https = l.split("HTTPS API listening on ").nth(1);
-                let http = l.split("HTTP API listening on ").nth(1);
-                https.map(|a| ("https", a)).or(http.map(|a| ("http", a)))
-            })
-            .expect("the server logs its HTTP address");
-        format!("{scheme}://{}", addr.trim())
+        self.ready.http_base.clone()
     }
 
-    /// The FTP port the server logged (it binds port 0).
+    /// A reqwest client for its API over plain HTTP ([`api::Api::trusting`] for HTTPS).
+    pub fn api(&self) -> api::Api {
+        api::Api::new(&self.http_base())
+    }
+
+    /// The FTP port (it binds port 0).
     pub fn ftp_port(&self) -> u16 {
-        let log = self.log_text();
-        let addr = log
-            .lines()
-            .find_map(|l| l.split("FTP listening on ").nth(1))
-            .expect("the server logs its FTP address");
-        let addr = addr.split_whitespace().next().unwrap_or_default();
-        addr.rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {addr:?}"))
+        self.ready.ftp.expect("the server serves FTP").port()
     }
 
     pub fn pid(&self) -> i32 {
@@ -467,39 +542,4 @@ pub fn count_files(dir: &Path) -> usize {
             _ => 0,
         })
         .sum()
-}
-
-/// Writes a valid NDJSON batch of `rows` new sightings from `device` to `path`;
-/// returns its batch id.
-pub fn write_batch(path: &Path, device: &str, rows: usize) -> uuid::Uuid {
-    use chrono::TimeZone;
-    use std::io::Write;
-    let tz = chrono::FixedOffset::east_opt(2 * 3600).expect("offset");
-    let header = ctdata_batch::write::BatchHeader {
-        batch_id: uuid::Uuid::new_v4(),
-        device_id: device.to_string(),
-        created_at: tz.with_ymd_and_hms(2026, 11, 3, 8, 0, 0).unwrap(),
-    };
-    let file = std::io::BufWriter::new(std::fs::File::create(path).expect("create batch"));
-    let mut w = ctdata_batch::write::NdjsonWriter::new(file, &header).expect("batch writer");
-    for n in 0..rows {
-        w.push(&ctdata_batch::Sighting {
-            id: uuid::Uuid::new_v4(),
-            observed_at: tz.with_ymd_and_hms(2026, 11, 3, 6, 0, 0).unwrap(),
-            latitude: -19.0 + n as f64 * 1e-4,
-            longitude: 16.3,
-            altitude: None,
-            accuracy: Some(4.0),
-            observer: Some(device.to_string()),
-            species: Some("Acinonyx jubatus".into()),
-            count: Some(1),
-            attributes: Default::default(),
-        })
-        .expect("write sighting");
-    }
-    w.finish()
-        .expect("finish batch")
-        .flush()
-        .expect("flush batch");
-    header.batch_id
 }

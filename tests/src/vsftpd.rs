@@ -9,10 +9,12 @@
 //! returns `None` outside CI (the caller skips) and fails in CI.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::free_port;
 
 pub struct Vsftpd {
     pub port: u16,
@@ -62,18 +64,7 @@ impl Vsftpd {
         std::fs::create_dir_all(home.path().join("CTData")).expect("CTData");
         chown_tree(home.path(), uid);
 
-        let cert = tls.then(|| {
-            let certified = rcgen::generate_simple_self_signed(vec![
-                "127.0.0.1".to_string(),
-                "localhost".to_string(),
-            ])
-            .expect("certificate");
-            let cert = conf.path().join("cert.pem");
-            let key = conf.path().join("key.pem");
-            std::fs::write(&cert, certified.cert.pem()).expect("cert");
-            std::fs::write(&key, certified.signing_key.serialize_pem()).expect("key");
-            cert
-        });
+        let cert = tls.then(|| crate::self_signed(conf.path()));
         let empty = conf.path().join("empty");
         std::fs::create_dir_all(&empty).expect("secure_chroot_dir");
         let port = free_port();
@@ -86,12 +77,12 @@ impl Vsftpd {
              delay_failed_login=0\nmax_login_fails=100\nmax_per_ip=0\nmax_clients=0\n",
             empty.display()
         );
-        if let Some(cert) = &cert {
+        if let Some((cert, key)) = &cert {
             text.push_str(&format!(
                 "ssl_enable=YES\nrsa_cert_file={}\nrsa_private_key_file={}\nforce_local_logins_ssl=YES\n\
                  force_local_data_ssl=YES\nrequire_ssl_reuse=NO\nssl_ciphers=HIGH\n",
                 cert.display(),
-                conf.path().join("key.pem").display()
+                key.display()
             ));
         }
         let file = conf.path().join("vsftpd.conf");
@@ -108,7 +99,7 @@ impl Vsftpd {
             port,
             user,
             password,
-            cert,
+            cert: cert.map(|(cert, _)| cert),
             home,
             conf,
             uid,
@@ -267,13 +258,6 @@ fn collect(dir: &Path, rel: &str, out: &mut Vec<String>) {
             out.push(child);
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 fn run_output(cmd: &str, args: &[&str]) -> String {

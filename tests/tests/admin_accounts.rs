@@ -3,10 +3,13 @@
 //! the field client's token kept off the command line.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
+use ctdata_tests::api::{send, Api};
 use ctdata_tests::client::Client;
 use ctdata_tests::{both_backends, Backend, ServerEnv, TestDb};
+use reqwest::Method;
+use Auth::{Basic, Bearer};
 
 const PASSWORD: &str = "a long enough password";
 const NEW_PASSWORD: &str = "another long password";
@@ -43,19 +46,23 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// The status of GET /api/v1/devices with these curl options.
-fn status(base: &str, auth: &[&str]) -> u16 {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-        .args(auth)
-        .arg(format!("{base}/api/v1/devices"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).parse().unwrap()
+enum Auth<'a> {
+    Bearer(&'a str),
+    /// `name:password`
+    Basic(&'a str),
 }
 
-fn bearer(token: &str) -> String {
-    format!("Authorization: Bearer {token}")
+/// The status of GET /api/v1/devices with these credentials.
+async fn status(api: &Api, auth: Auth<'_>) -> u16 {
+    let request = api.request(Method::GET, "/api/v1/devices");
+    let request = match auth {
+        Auth::Bearer(token) => request.bearer_auth(token),
+        Auth::Basic(pair) => {
+            let (name, password) = pair.split_once(':').expect("name:password");
+            request.basic_auth(name, Some(password))
+        }
+    };
+    send(request).await.status
 }
 
 async fn administrators_are_listed_removed_and_their_tokens_revoked(db: TestDb) {
@@ -69,7 +76,7 @@ async fn administrators_are_listed_removed_and_their_tokens_revoked(db: TestDb) 
     };
     let (second, third) = (token("alice"), token("alice"));
     let server = env.serve().await;
-    let base = server.http_base();
+    let api = server.api();
 
     let list = text(&run(&["admin", "list"]));
     assert!(
@@ -91,12 +98,12 @@ async fn administrators_are_listed_removed_and_their_tokens_revoked(db: TestDb) 
     assert!(text(&out).contains("3 active API tokens"), "{}", text(&out));
     let out = run(&["admin", "token", "alice", "--revoke", &first[..12]]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(status(&base, &["-H", &bearer(&first)]), 401);
-    assert_eq!(status(&base, &["-H", &bearer(&second)]), 200);
+    assert_eq!(status(&api, Bearer(&first)).await, 401);
+    assert_eq!(status(&api, Bearer(&second)).await, 200);
     // The whole token works as its own prefix.
     let out = run(&["admin", "token", "alice", "--revoke", &second]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(status(&base, &["-H", &bearer(&second)]), 401);
+    assert_eq!(status(&api, Bearer(&second)).await, 401);
 
     // A new password: the old one stops working.
     let out = with_stdin(
@@ -107,8 +114,8 @@ async fn administrators_are_listed_removed_and_their_tokens_revoked(db: TestDb) 
     assert!(out.status.success(), "{}", text(&out));
     let old = format!("alice:{PASSWORD}");
     let new = format!("alice:{NEW_PASSWORD}");
-    assert_eq!(status(&base, &["-u", &old]), 401);
-    assert_eq!(status(&base, &["-u", &new]), 200);
+    assert_eq!(status(&api, Basic(&old)).await, 401);
+    assert_eq!(status(&api, Basic(&new)).await, 200);
     let out = with_stdin(
         &env,
         &["admin", "passwd", "nobody"],
@@ -122,30 +129,20 @@ async fn administrators_are_listed_removed_and_their_tokens_revoked(db: TestDb) 
 
     let out = run(&["admin", "token", "alice", "--all"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(status(&base, &["-H", &bearer(&third)]), 401);
+    assert_eq!(status(&api, Bearer(&third)).await, 401);
 
     let out = run(&["admin", "remove", "alice"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(status(&base, &["-u", &new]), 401);
+    assert_eq!(status(&api, Basic(&new)).await, 401);
     assert!(!text(&run(&["admin", "list"])).contains("alice"));
     assert_eq!(db.scalar("SELECT count(*) FROM admin_tokens").await, 0);
     assert!(server.terminate().success());
 }
 
+/// The dashboard as a browser uses it (curl with a cookie jar): the status and body.
 fn curl_body(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap(), body.to_string())
-}
-
-fn csrf_of(body: &str) -> String {
-    let at = body.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
-    body[at..at + 64].to_string()
+    let (code, _, body) = ctdata_tests::web::curl(args);
+    (code, body)
 }
 
 async fn the_dashboard_account_page_changes_the_password_and_revokes_own_tokens(db: TestDb) {
@@ -157,6 +154,7 @@ async fn the_dashboard_account_page_changes_the_password_and_revokes_own_tokens(
     let bobs = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let server = env.serve().await;
     let base = server.http_base();
+    let api = server.api();
 
     let jar = tempfile::NamedTempFile::new().unwrap();
     let jar = jar.path().to_str().unwrap();
@@ -164,7 +162,7 @@ async fn the_dashboard_account_page_changes_the_password_and_revokes_own_tokens(
     let form = format!(
         "name=alice&password={}&csrf={}",
         PASSWORD.replace(' ', "+"),
-        csrf_of(&page)
+        ctdata_tests::web::csrf_of(&page)
     );
     let (code, _) = curl_body(&["-b", jar, "-c", jar, "-d", &form, &format!("{base}/login")]);
     assert_eq!(code, 303);
@@ -177,7 +175,7 @@ async fn the_dashboard_account_page_changes_the_password_and_revokes_own_tokens(
         page.contains(&token[..12]) && !page.contains(&bobs[..12]),
         "{page}"
     );
-    let csrf = csrf_of(&page);
+    let csrf = ctdata_tests::web::csrf_of(&page);
 
     // Bob's token cannot be revoked from alice's page, even by its id.
     let bob_id = db
@@ -189,15 +187,15 @@ async fn the_dashboard_account_page_changes_the_password_and_revokes_own_tokens(
     let revoke = |id: i64| format!("{base}/account/tokens/{id}/revoke");
     let (_, page) = curl_body(&["-b", jar, "-d", &format!("csrf={csrf}"), &revoke(bob_id)]);
     assert!(page.contains("no such active token"), "{page}");
-    assert_eq!(status(&base, &["-H", &bearer(&bobs)]), 200);
+    assert_eq!(status(&api, Bearer(&bobs)).await, 200);
     // Without the form's CSRF token nothing happens; with it, her token is revoked.
     let (code, _) = curl_body(&["-b", jar, "-d", "csrf=", &revoke(mine)]);
     assert_eq!(code, 403);
-    assert_eq!(status(&base, &["-H", &bearer(&token)]), 200);
+    assert_eq!(status(&api, Bearer(&token)).await, 200);
     let (code, page) = curl_body(&["-b", jar, "-d", &format!("csrf={csrf}"), &revoke(mine)]);
     assert_eq!(code, 200);
     assert!(page.contains("is revoked"), "{page}");
-    assert_eq!(status(&base, &["-H", &bearer(&token)]), 401);
+    assert_eq!(status(&api, Bearer(&token)).await, 401);
 
     // The password: the current one first.
     let change = |current: &str| {
@@ -214,9 +212,9 @@ async fn the_dashboard_account_page_changes_the_password_and_revokes_own_tokens(
     let (code, page) = curl_body(&["-b", jar, "-d", &change(PASSWORD), &password]);
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("Password changed"), "{page}");
-    assert_eq!(status(&base, &["-u", &format!("alice:{PASSWORD}")]), 401);
+    assert_eq!(status(&api, Basic(&format!("alice:{PASSWORD}"))).await, 401);
     assert_eq!(
-        status(&base, &["-u", &format!("alice:{NEW_PASSWORD}")]),
+        status(&api, Basic(&format!("alice:{NEW_PASSWORD}"))).await,
         200
     );
     // The session that made the change goes on.
@@ -275,13 +273,8 @@ async fn device_names_are_unique_in_any_case_and_old_twins_survive_the_migration
         2
     );
     let server = env.serve().await;
-    let base = server.http_base();
     for (token, name) in [(&lower, "ranger-09"), (&other, "RANGER-09")] {
-        let out = Command::new("curl")
-            .args(["-s", "-H", &bearer(token), &format!("{base}/api/v1/whoami")])
-            .output()
-            .unwrap();
-        let body = String::from_utf8_lossy(&out.stdout);
+        let body = server.api().get("/api/v1/whoami", token).await.body;
         assert!(body.contains(&format!("\"{name}\"")), "{body}");
     }
     // A third spelling still may not join them.

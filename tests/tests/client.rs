@@ -4,13 +4,8 @@
 
 use std::time::Duration;
 
-use ctdata_batch::write::{write_json, BatchHeader};
 use ctdata_tests::client::Client;
-use ctdata_tests::{eventually, Backend, ServerEnv, TestDb};
-
-async fn pg() -> Option<TestDb> {
-    TestDb::new(Backend::Postgres).await
-}
+use ctdata_tests::{eventually, pg, Batch, ServerEnv, TestDb};
 
 fn sightings(db: &TestDb) -> impl std::future::Future<Output = i64> + '_ {
     db.scalar("SELECT count(*) FROM sightings")
@@ -20,10 +15,8 @@ fn sightings(db: &TestDb) -> impl std::future::Future<Output = i64> + '_ {
 async fn recorded_sightings_reach_the_database_exactly_once() {
     let Some(db) = pg().await else { return };
     let env = ServerEnv::new(&db);
-    let token = env.device_token("ranger-07");
     let server = env.serve().await;
-    let client = Client::new();
-    client.init_https(&server.http_base(), "ranger-07", &token);
+    let (client, _) = Client::sending_to(&env, &server, "ranger-07");
     client.record(3, "Loxodonta africana");
     client.ok(&[
         "record",
@@ -100,12 +93,10 @@ async fn recorded_sightings_reach_the_database_exactly_once() {
 async fn a_server_that_is_down_leaves_the_batch_pending_until_it_is_back() {
     let Some(db) = pg().await else { return };
     let mut env = ServerEnv::new(&db);
-    let token = env.device_token("ranger-07");
     let server = env.serve().await;
+    let (client, _) = Client::sending_to(&env, &server, "ranger-07");
     let base = server.http_base();
     assert!(server.terminate().success());
-    let client = Client::new();
-    client.init_https(&base, "ranger-07", &token);
     client.record(2, "Loxodonta africana");
     let out = client.run(&["send", "--retries", "1", "--retry-delay", "100ms"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -135,10 +126,8 @@ async fn a_server_that_is_down_leaves_the_batch_pending_until_it_is_back() {
 async fn batches_the_server_refuses_are_moved_aside_with_the_reason() {
     let Some(db) = pg().await else { return };
     let env = ServerEnv::new(&db);
-    let token = env.device_token("ranger-07");
     let server = env.serve().await;
-    let client = Client::new();
-    client.init_https(&server.http_base(), "ranger-07", &token);
+    let (client, _) = Client::sending_to(&env, &server, "ranger-07");
     client.record(1, "Loxodonta africana");
     client.ok(&["send"]);
     let first = client.batches_in("sent").remove(0);
@@ -152,25 +141,9 @@ async fn batches_the_server_refuses_are_moved_aside_with_the_reason() {
     )
     .unwrap();
     let header: serde_json::Value = serde_json::from_str(sent.lines().next().unwrap()).unwrap();
-    let other = ctdata_batch::Sighting {
-        id: uuid::Uuid::new_v4(),
-        observed_at: chrono::DateTime::parse_from_rfc3339("2024-05-01T06:30:00Z").unwrap(),
-        latitude: 1.0,
-        longitude: 2.0,
-        altitude: None,
-        accuracy: None,
-        observer: None,
-        species: Some("Other".into()),
-        count: None,
-        attributes: Default::default(),
-    };
-    let conflicting = std::fs::File::create(client.path("outbox/000101-again.ndjson")).unwrap();
-    let h = BatchHeader {
-        batch_id: header["batch_id"].as_str().unwrap().parse().unwrap(),
-        device_id: "ranger-07".into(),
-        created_at: chrono::Utc::now().fixed_offset(),
-    };
-    write_json(conflicting, &h, &[other]).unwrap();
+    let mut again = Batch::new("ranger-07", 1).each(|_, s| s.species = Some("Other".into()));
+    again.header.batch_id = header["batch_id"].as_str().unwrap().parse().unwrap();
+    std::fs::write(client.path("outbox/000101-again.ndjson"), again.json()).unwrap();
 
     let out = client.ok(&["send"]);
     assert!(out.contains("2 rejected"), "{out}");
@@ -201,16 +174,7 @@ async fn sends_into_a_mounted_share() {
     let env = ServerEnv::new(&db);
     let server = env.serve().await;
     let client = Client::new();
-    let share = env.drop_dir().display().to_string();
-    client.ok(&[
-        "init",
-        "--protocol",
-        "share",
-        "--url",
-        &share,
-        "--device",
-        "ranger-07",
-    ]);
+    client.init_share(&env.drop_dir(), "ranger-07", &[]);
     let test = client.ok(&["test"]);
     assert!(test.contains("✓ write and delete a probe file"), "{test}");
     client.record(3, "Loxodonta africana");
@@ -235,21 +199,8 @@ async fn sends_into_a_mounted_share() {
     assert!(ctdata_tests::rejected_reasons(&env.drop_dir()).is_empty());
 
     // A share that is not mounted: nothing is lost, the cause is named.
-    let gone = env
-        .dir
-        .path()
-        .join("not-mounted/CTData")
-        .display()
-        .to_string();
-    client.ok(&[
-        "init",
-        "--protocol",
-        "share",
-        "--url",
-        &gone,
-        "--device",
-        "ranger-07",
-    ]);
+    let gone = env.dir.path().join("not-mounted/CTData");
+    client.init_share(&gone, "ranger-07", &[]);
     client.record(1, "Loxodonta africana");
     let out = client.run(&["send", "--retries", "0"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -304,17 +255,7 @@ async fn the_connection_test_names_the_failing_step() {
 async fn sends_over_https_to_a_server_with_its_own_certificate() {
     let Some(db) = pg().await else { return };
     let mut env = ServerEnv::new(&db);
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap();
-    let cert = env.dir.path().join("cert.pem");
-    let key = env.dir.path().join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    for (k, v) in [("TLS_CERT", &cert), ("TLS_KEY", &key)] {
-        env.extra_env
-            .push((format!("CTDATA__HTTP__{k}"), v.display().to_string()));
-    }
+    let cert = env.enable_https();
     let token = env.device_token("ranger-07");
     let server = env.serve().await;
     let base = server.http_base();

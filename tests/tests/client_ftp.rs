@@ -2,17 +2,10 @@
 //! CyberTracker devices use, which the server then pulls from) and to the server's own
 //! embedded FTP server; and its connection test against both.
 
-use std::net::TcpListener;
-
 use ctdata_tests::client::Client;
-use ctdata_tests::ftp::{self_signed, stored, wait_for_batches};
+use ctdata_tests::ftp::{stored, wait_for_batches};
 use ctdata_tests::vsftpd::Vsftpd;
-use ctdata_tests::{both_backends, Backend, ServerEnv, TestDb};
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use ctdata_tests::{both_backends, free_port, Backend, ServerEnv, TestDb};
 
 /// `ctdata init` for FTP(S) at `url` as `user` with `secret`.
 fn init_ftp(client: &Client, url: &str, user: &str, secret: &str, extra: &[&str]) {
@@ -258,13 +251,7 @@ async fn sends_over_ftps_to_the_servers_own_ftp_server() {
         return;
     };
     let mut env = ServerEnv::new(&db);
-    env.enable_ftp();
-    let (cert, key) = self_signed(env.dir.path());
-    env.extra_env.extend([
-        ("CTDATA__FTP__TLS_CERT".to_string(), cert.clone()),
-        ("CTDATA__FTP__TLS_KEY".to_string(), key),
-        ("CTDATA__FTP__REQUIRE_TLS".to_string(), "true".to_string()),
-    ]);
+    let cert = env.enable_ftps();
     let token = env.device_token("ranger-07");
     let server = env.serve().await;
     let port = server.ftp_port();
@@ -286,7 +273,7 @@ async fn sends_over_ftps_to_the_servers_own_ftp_server() {
         &format!("ftps://127.0.0.1:{port}/"),
         "ranger-07",
         &token,
-        &["--ca-file", &cert],
+        &["--ca-file", cert.to_str().unwrap()],
     );
     let (code, test) = connection_test(&client);
     assert_eq!(code, Some(0), "{test}");

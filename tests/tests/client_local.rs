@@ -25,15 +25,7 @@ async fn compare_push_fetch_and_purge_on_a_share() {
     std::fs::create_dir_all(&remote).unwrap();
     std::fs::write(remote.join("reference.csv"), csv(1, "ref")).unwrap();
     let client = Client::new();
-    client.ok(&[
-        "init",
-        "--protocol",
-        "share",
-        "--url",
-        root.to_str().unwrap(),
-        "--device",
-        "ranger-07",
-    ]);
+    client.init_share(&root, "ranger-07", &[]);
     client.record(1, "Loxodonta africana");
     client.ok(&["seal"]);
     let batch = client.batches_in("outbox").remove(0);
@@ -109,17 +101,7 @@ async fn compare_push_fetch_and_purge_on_a_share() {
 async fn sent_copies_are_pruned_by_age() {
     let share = tempfile::tempdir().unwrap();
     let client = Client::new();
-    client.ok(&[
-        "init",
-        "--protocol",
-        "share",
-        "--url",
-        share.path().to_str().unwrap(),
-        "--device",
-        "ranger-07",
-        "--keep-sent-days",
-        "30",
-    ]);
+    client.init_share(share.path(), "ranger-07", &["--keep-sent-days", "30"]);
     client.record(1, "Loxodonta africana");
     client.ok(&["send"]);
     let old = client.batches_in("sent").remove(0);
@@ -190,15 +172,7 @@ async fn init_asks_on_a_terminal() {
 async fn a_crash_mid_seal_or_mid_record_is_finished_on_the_next_run() {
     let share = tempfile::tempdir().unwrap();
     let client = Client::new();
-    client.ok(&[
-        "init",
-        "--protocol",
-        "share",
-        "--url",
-        share.path().to_str().unwrap(),
-        "--device",
-        "ranger-07",
-    ]);
+    client.init_share(share.path(), "ranger-07", &[]);
     client.record(2, "Loxodonta africana");
     // A record killed mid-write leaves half a line: it was never acknowledged.
     let open = client.path("open.ndjson");
@@ -265,15 +239,7 @@ async fn a_crash_mid_seal_or_mid_record_is_finished_on_the_next_run() {
 async fn two_sends_never_overlap() {
     let share = tempfile::tempdir().unwrap();
     let client = Client::new();
-    client.ok(&[
-        "init",
-        "--protocol",
-        "share",
-        "--url",
-        share.path().to_str().unwrap(),
-        "--device",
-        "ranger-07",
-    ]);
+    client.init_share(share.path(), "ranger-07", &[]);
     client.record(1, "Loxodonta africana");
     // flock(1) holds the send lock, as a send in progress (or autosend's) does, until
     // its standard input closes.

@@ -5,12 +5,8 @@
 use std::time::Duration;
 
 use ctdata_tests::client::{Client, Running};
-use ctdata_tests::{eventually, Backend, ServerEnv, TestDb};
+use ctdata_tests::{eventually, pg, ServerEnv, TestDb};
 use rand::Rng;
-
-async fn pg() -> Option<TestDb> {
-    TestDb::new(Backend::Postgres).await
-}
 
 async fn wait_for_sightings(db: &TestDb, n: i64) {
     eventually(
@@ -34,12 +30,10 @@ fn csv(rows: usize, tag: &str) -> String {
 async fn autosend_delivers_after_an_outage_and_stops_on_sigterm() {
     let Some(db) = pg().await else { return };
     let mut env = ServerEnv::new(&db);
-    let token = env.device_token("ranger-07");
     let server = env.serve().await;
+    let (client, _) = Client::sending_to(&env, &server, "ranger-07");
     let base = server.http_base();
     assert!(server.terminate().success());
-    let client = Client::new();
-    client.init_https(&base, "ranger-07", &token);
     client.record(2, "Loxodonta africana");
 
     let autosend = Running::start(
@@ -93,10 +87,8 @@ async fn autosend_delivers_after_an_outage_and_stops_on_sigterm() {
 async fn dock_takes_each_file_once_and_watches_for_new_ones() {
     let Some(db) = pg().await else { return };
     let env = ServerEnv::new(&db);
-    let token = env.device_token("dock-pc");
     let server = env.serve().await;
-    let client = Client::new();
-    client.init_https(&server.http_base(), "dock-pc", &token);
+    let (client, _) = Client::sending_to(&env, &server, "dock-pc");
     let synced = tempfile::tempdir().unwrap();
     let dir = synced.path();
     std::fs::create_dir(dir.join("day2")).unwrap();
@@ -146,10 +138,8 @@ async fn dock_takes_each_file_once_and_watches_for_new_ones() {
 async fn import_refuses_bad_files_by_line_and_takes_good_ones_once() {
     let Some(db) = pg().await else { return };
     let env = ServerEnv::new(&db);
-    let token = env.device_token("ranger-07");
     let server = env.serve().await;
-    let client = Client::new();
-    client.init_https(&server.http_base(), "ranger-07", &token);
+    let (client, _) = Client::sending_to(&env, &server, "ranger-07");
     let files = tempfile::tempdir().unwrap();
     let good = files.path().join("good.csv");
     std::fs::write(&good, csv(2, "good")).unwrap();
@@ -266,10 +256,8 @@ async fn pull_downloads_only_what_is_new() {
 async fn send_killed_at_random_moments_loses_and_duplicates_nothing() {
     let Some(db) = pg().await else { return };
     let env = ServerEnv::new(&db);
-    let token = env.device_token("ranger-07");
     let server = env.serve().await;
-    let client = Client::new();
-    client.init_https(&server.http_base(), "ranger-07", &token);
+    let (client, _) = Client::sending_to(&env, &server, "ranger-07");
     // Each round seals one more batch, so every kill lands among batches in flight.
     const ROUNDS: usize = 15;
     const BATCHES: usize = ROUNDS + 5;
@@ -309,10 +297,8 @@ async fn send_killed_at_random_moments_loses_and_duplicates_nothing() {
 async fn a_server_error_is_retried_and_the_batch_kept_until_it_goes() {
     let Some(db) = pg().await else { return };
     let env = ServerEnv::new(&db);
-    let token = env.device_token("ranger-07");
     let server = env.serve().await;
-    let client = Client::new();
-    client.init_https(&server.http_base(), "ranger-07", &token);
+    let (client, _) = Client::sending_to(&env, &server, "ranger-07");
     client.record(2, "Loxodonta africana");
 
     // The server's database goes away: the server answers 503.

@@ -1,37 +1,15 @@
 //! A sighting id sent again: with the same content a duplicate, with other content a
 //! conflict the administrator sees in the receipt, the batch API, the conflict list,
-//! the metrics and the dashboard. Real server, real HTTP (curl), both backends.
+//! the metrics and the dashboard. Real server, real HTTP, both backends.
 
-use std::path::{Path, PathBuf};
-
+use ctdata_tests::api::Api;
 use ctdata_tests::{both_backends, ServerEnv, TestDb};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-/// curl with extra arguments; the status and the body.
-fn curl(args: &[&str]) -> (u16, String) {
-    let (code, _, body) = ctdata_tests::web::curl(args);
-    (code, body)
-}
-
-fn post(base: &str, token: &str, file: &Path) -> (u16, Value) {
-    let auth = format!("Authorization: Bearer {token}");
-    let data = format!("@{}", file.display());
-    let (code, body) = curl(&[
-        "-H",
-        &auth,
-        "--data-binary",
-        &data,
-        &format!("{base}/api/v1/batches"),
-    ]);
-    (code, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-fn get_json(base: &str, token: &str, path: &str) -> Value {
-    let auth = format!("Authorization: Bearer {token}");
-    let (code, body) = curl(&["-H", &auth, &format!("{base}{path}")]);
-    assert_eq!(code, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap()
+async fn post(api: &Api, token: &str, batch: Vec<u8>) -> (u16, Value) {
+    let reply = api.post_batch(token, batch).await;
+    (reply.status, reply.json())
 }
 
 fn sighting(id: Uuid, species: &str, lat: f64, attributes: Value) -> Value {
@@ -40,13 +18,11 @@ fn sighting(id: Uuid, species: &str, lat: f64, attributes: Value) -> Value {
         "attributes": attributes})
 }
 
-fn batch(dir: &Path, device: &str, sightings: Vec<Value>) -> PathBuf {
-    let id = Uuid::new_v4();
-    let doc = json!({"ctdata_batch": 1, "batch_id": id, "device_id": device,
+/// A JSON batch of these sightings (as JSON values: the attributes' key order matters).
+fn batch(device: &str, sightings: Vec<Value>) -> Vec<u8> {
+    let doc = json!({"ctdata_batch": 1, "batch_id": Uuid::new_v4(), "device_id": device,
         "created_at": "2024-05-02T18:05:11+02:00", "count": sightings.len(), "sightings": sightings});
-    let path = dir.join(format!("{id}.json"));
-    std::fs::write(&path, doc.to_string()).unwrap();
-    path
+    doc.to_string().into_bytes()
 }
 
 fn ids(skipped: &Value) -> Vec<(String, Vec<String>)> {
@@ -74,11 +50,10 @@ async fn a_reused_sighting_id_with_other_content_is_a_visible_conflict(db: TestD
     let south = env.device_token("south");
     let server = env.serve().await;
     let base = server.http_base();
-    let dir = tempfile::tempdir().unwrap();
+    let api = server.api();
 
     let (same, other, fresh) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let first = batch(
-        dir.path(),
         "north",
         vec![
             sighting(
@@ -90,14 +65,13 @@ async fn a_reused_sighting_id_with_other_content_is_a_visible_conflict(db: TestD
             sighting(other, "Panthera leo", -24.9, json!({})),
         ],
     );
-    let (code, body) = post(&base, &north, &first);
+    let (code, body) = post(&api, &north, first).await;
     assert_eq!(code, 201, "{body}");
     assert!(body.get("skipped").is_none(), "{body}");
 
     // The same id with the same content (attribute keys in another order): a duplicate.
     // The other id: another species, 300 km away.
     let second = batch(
-        dir.path(),
         "south",
         vec![
             sighting(
@@ -110,7 +84,7 @@ async fn a_reused_sighting_id_with_other_content_is_a_visible_conflict(db: TestD
             sighting(fresh, "Crocuta crocuta", -25.0, json!({})),
         ],
     );
-    let (code, body) = post(&base, &south, &second);
+    let (code, body) = post(&api, &south, second).await;
     assert_eq!(code, 201, "{body}");
     assert_eq!(
         (body["inserted"].as_i64(), body["duplicates"].as_i64()),
@@ -147,7 +121,7 @@ async fn a_reused_sighting_id_with_other_content_is_a_visible_conflict(db: TestD
         })
         .collect();
     rows.insert(1500, sighting(other, "Lycaon pictus", -24.9, json!({})));
-    let (code, body) = post(&base, &south, &batch(dir.path(), "south", rows));
+    let (code, body) = post(&api, &south, batch("south", rows)).await;
     assert_eq!(code, 201, "{body}");
     assert_eq!(
         ids(&body["skipped"]),
@@ -156,10 +130,10 @@ async fn a_reused_sighting_id_with_other_content_is_a_visible_conflict(db: TestD
     let mut rows: Vec<Value> = (0..150)
         .map(|_| sighting(Uuid::new_v4(), "Canis", -25.0, json!({})))
         .collect();
-    let (code, _) = post(&base, &north, &batch(dir.path(), "north", rows.clone()));
+    let (code, _) = post(&api, &north, batch("north", rows.clone())).await;
     assert_eq!(code, 201);
     rows.push(sighting(Uuid::new_v4(), "Canis", -25.0, json!({})));
-    let (code, body) = post(&base, &south, &batch(dir.path(), "south", rows));
+    let (code, body) = post(&api, &south, batch("south", rows)).await;
     assert_eq!(code, 201, "{body}");
     assert_eq!(
         (
@@ -184,22 +158,20 @@ async fn a_reused_sighting_id_with_other_content_is_a_visible_conflict(db: TestD
     );
 
     // The batch API lists the skipped ids.
-    let list = get_json(&base, &admin, "/api/v1/batches?device=south");
+    let list = api.get_json("/api/v1/batches?device=south", &admin).await;
     let second_pk = list.as_array().unwrap().last().unwrap()["id"]
         .as_i64()
         .unwrap();
-    let detail = get_json(&base, &admin, &format!("/api/v1/batches/{second_pk}"));
+    let detail = api
+        .get_json(&format!("/api/v1/batches/{second_pk}"), &admin)
+        .await;
     assert_eq!(detail["device"], "south");
     assert_eq!(detail["skipped"], body_of_second(&detail));
     assert_eq!(ids(&detail["skipped"]).len(), 2);
-    let auth = format!("Authorization: Bearer {admin}");
-    assert_eq!(
-        curl(&["-H", &auth, &format!("{base}/api/v1/batches/999999")]).0,
-        404
-    );
+    assert_eq!(api.get("/api/v1/batches/999999", &admin).await.status, 404);
 
     // The conflict list: both versions, who had it first.
-    let conflicts = get_json(&base, &admin, "/api/v1/conflicts");
+    let conflicts = api.get_json("/api/v1/conflicts", &admin).await;
     let oldest = conflicts.as_array().unwrap().last().unwrap();
     assert_eq!(oldest["sighting_id"], other.to_string());
     assert_eq!(
@@ -219,7 +191,7 @@ async fn a_reused_sighting_id_with_other_content_is_a_visible_conflict(db: TestD
     assert_eq!(oldest["new"]["latitude"].as_f64(), Some(-27.6));
 
     // The metric.
-    let (_, metrics) = curl(&[&format!("{base}/metrics")]);
+    let metrics = api.get("/metrics", "").await.body;
     assert!(
         metrics.contains("ctdata_sighting_conflicts_total{channel=\"http\"} 2"),
         "{metrics}"
@@ -228,9 +200,9 @@ async fn a_reused_sighting_id_with_other_content_is_a_visible_conflict(db: TestD
     // The dashboard: under Needs attention, the two versions side by side.
     let (_, session) = ctdata_tests::web::sign_in(&base, "alice", "a long enough password");
     let session = session.expect("a session cookie");
-    let cookie = format!("Cookie: ctdata_session={session}");
-    let (code, page) = curl(&["-H", &cookie, &format!("{base}/")]);
-    assert_eq!(code, 200);
+    let page = api.page("/", &format!("ctdata_session={session}")).await;
+    assert_eq!(page.status, 200);
+    let page = page.body;
     let attention = &page[page.find("id=\"attention\"").unwrap()..];
     let attention = &attention[..attention.find("</ul>").unwrap()];
     assert!(

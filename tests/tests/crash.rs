@@ -4,10 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{FixedOffset, TimeZone};
-use ctdata_batch::write::{BatchHeader, NdjsonWriter};
-use ctdata_batch::Sighting;
-use ctdata_tests::{both_backends, count_files, ServerEnv, TestDb};
+use ctdata_tests::{both_backends, count_files, Batch, ServerEnv, TestDb};
 use rand::{Rng, SeedableRng};
 
 const FILES: usize = 60;
@@ -17,38 +14,11 @@ const CRASHES: usize = 12;
 /// Writes `FILES` NDJSON batches from several devices into `dir` (outside the drop
 /// directory) and returns their paths.
 fn make_batches(dir: &Path) -> Vec<PathBuf> {
-    let tz = FixedOffset::east_opt(2 * 3600).unwrap();
     (0..FILES)
         .map(|i| {
             let device = format!("ranger-{:02}", i % 5);
-            let header = BatchHeader {
-                batch_id: uuid::Uuid::new_v4(),
-                device_id: device.clone(),
-                created_at: tz.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap(),
-            };
             let path = dir.join(format!("{device}-{i:03}.ndjson"));
-            let mut w = NdjsonWriter::new(
-                std::io::BufWriter::new(std::fs::File::create(&path).unwrap()),
-                &header,
-            )
-            .unwrap();
-            for r in 0..ROWS_PER_FILE {
-                w.push(&Sighting {
-                    id: uuid::Uuid::new_v4(),
-                    observed_at: tz.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap()
-                        + chrono::Duration::seconds(r as i64),
-                    latitude: -24.0 + (r as f64) * 1e-4,
-                    longitude: 31.5,
-                    altitude: Some(300.0),
-                    accuracy: Some(5.0),
-                    observer: Some("crash test".into()),
-                    species: Some("Panthera leo".into()),
-                    count: Some(1),
-                    attributes: Default::default(),
-                })
-                .unwrap();
-            }
-            std::io::Write::flush(&mut w.finish().unwrap()).unwrap();
+            Batch::new(&device, ROWS_PER_FILE).write(&path);
             path
         })
         .collect()

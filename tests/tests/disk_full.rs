@@ -8,6 +8,7 @@ use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
 
+use ctdata_tests::api::Api;
 use ctdata_tests::{eventually, pg_admin_url, write_batch, ServerEnv};
 use sqlx::Connection;
 use uuid::Uuid;
@@ -79,53 +80,23 @@ fn fill(path: &Path, limit: usize) {
 }
 
 /// Status and body; a 503's body is followed by a line `Retry-After: SECONDS`.
-fn post(base: &str, token: &str, file: &Path) -> (u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "120",
-            "-o",
-            "-",
-            "-w",
-            "\nRetry-After: %header{retry-after}\n%{http_code}",
-        ])
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
-        .arg(format!("{base}/api/v1/batches"))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    let code = code.trim().parse().unwrap_or(0);
-    let body = match body.rsplit_once("\nRetry-After: ") {
-        Some((body, retry)) if code == 503 => format!("{body}\nRetry-After: {retry}"),
-        Some((body, _)) => body.to_string(),
-        None => body.to_string(),
-    };
-    (code, body)
+async fn post(api: &Api, token: &str, file: &Path) -> (u16, String) {
+    let reply = api.post_file(token, file).await;
+    let retry = reply
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok());
+    match retry {
+        Some(retry) if reply.status == 503 => (
+            reply.status,
+            format!("{}\nRetry-After: {retry}", reply.body),
+        ),
+        _ => (reply.status, reply.body),
+    }
 }
 
-fn readyz(base: &str) -> u16 {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "60",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .arg(format!("{base}/readyz"))
-        .output()
-        .expect("run curl");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+async fn readyz(api: &Api) -> u16 {
+    api.get("/readyz", "").await.status
 }
 
 /// (batches with this id, their sightings) in the database at `url`.
@@ -178,7 +149,7 @@ async fn sqlite_on_a_full_disk_never_acknowledges_what_it_lost() {
 /// The backend's setup has left room for a few batches only, in `fs`/filler-1.
 async fn full_disk_scenario(env: &ServerEnv, token: &str, fs: &Path) {
     let server = env.serve().await;
-    let base = server.http_base();
+    let api = server.api();
     let mut sent: Vec<Sent> = Vec::new();
     let mut refusals: Vec<(u16, String)> = Vec::new();
     let new_batch = |n: usize| {
@@ -190,7 +161,7 @@ async fn full_disk_scenario(env: &ServerEnv, token: &str, fs: &Path) {
     // Until the disk is full (bounded: 3 MB holds far fewer than 40 batches).
     for n in 0..40 {
         let (id, file) = new_batch(n);
-        let (status, body) = post(&base, token, &file);
+        let (status, body) = post(&api, token, &file).await;
         eprintln!("batch {n}: {status} {body}");
         sent.push(Sent { id, file, status });
         if status >= 500 {
@@ -206,7 +177,7 @@ async fn full_disk_scenario(env: &ServerEnv, token: &str, fs: &Path) {
     fill(&fs.join("filler-2"), usize::MAX);
     for n in 40..43 {
         let (id, file) = new_batch(n);
-        let (status, body) = post(&base, token, &file);
+        let (status, body) = post(&api, token, &file).await;
         eprintln!("batch {n} (disk full): {status} {body}");
         sent.push(Sent { id, file, status });
         if status >= 500 {
@@ -220,7 +191,7 @@ async fn full_disk_scenario(env: &ServerEnv, token: &str, fs: &Path) {
         assert!(body.contains("\"error\":\"unavailable\""), "{body}");
         assert!(body.ends_with("\nRetry-After: 30"), "{body}");
     }
-    let during = readyz(&base);
+    let during = readyz(&api).await;
     eprintln!("readyz while the disk is full: {during}");
 
     // A drop-directory file in the same window: it must not be archived as ingested.
@@ -258,7 +229,7 @@ async fn full_disk_scenario(env: &ServerEnv, token: &str, fs: &Path) {
     let mut resent = Vec::new();
     for s in sent.iter().filter(|s| s.status >= 300) {
         while std::time::Instant::now() < deadline {
-            let (status, body) = post(&base, token, &s.file);
+            let (status, body) = post(&api, token, &s.file).await;
             eprintln!("re-sent {}: {status} {body}", s.id);
             if matches!(status, 200 | 201) {
                 resent.push(s.id);
@@ -269,7 +240,7 @@ async fn full_disk_scenario(env: &ServerEnv, token: &str, fs: &Path) {
     }
     let mut ready_again = false;
     while !ready_again && std::time::Instant::now() < deadline {
-        ready_again = readyz(&base) == 200;
+        ready_again = readyz(&api).await == 200;
     }
     while !receipt_path.exists() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -283,7 +254,7 @@ async fn full_disk_scenario(env: &ServerEnv, token: &str, fs: &Path) {
 
     // A restart finds everything that was acknowledged.
     let server = env.serve().await;
-    let ready_after_restart = readyz(&server.http_base());
+    let ready_after_restart = readyz(&server.api()).await;
     let status = server.terminate();
     assert!(status.success(), "{status}");
 

@@ -5,71 +5,20 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::{FixedOffset, TimeZone};
-use ctdata_batch::write::{write_json, BatchHeader, NdjsonWriter};
-use ctdata_batch::Sighting;
-use ctdata_tests::{both_backends, count_files, eventually, rejected_reasons, ServerEnv, TestDb};
+use ctdata_tests::{
+    both_backends, count_files, eventually, rejected_reasons, Batch, ServerEnv, TestDb,
+};
 
 const ROWS: usize = 2_000;
 const WAIT: Duration = Duration::from_secs(120);
 
-fn sightings(n: usize) -> Vec<Sighting> {
-    let tz = FixedOffset::east_opt(2 * 3600).unwrap();
-    (0..n)
-        .map(|r| Sighting {
-            id: uuid::Uuid::new_v4(),
-            observed_at: tz.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap()
-                + chrono::Duration::seconds(r as i64),
-            latitude: -24.0 + (r as f64) * 1e-4,
-            longitude: 31.5,
-            altitude: Some(300.0),
-            accuracy: Some(5.0),
-            observer: Some("slow writer".into()),
-            species: Some("Panthera leo".into()),
-            count: Some(1),
-            attributes: Default::default(),
-        })
-        .collect()
-}
-
 /// A whole batch of `rows` sightings in `format` (ndjson, json or csv) for `device`.
 fn batch(format: &str, device: &str, rows: usize) -> Vec<u8> {
-    let header = BatchHeader {
-        batch_id: uuid::Uuid::new_v4(),
-        device_id: device.to_string(),
-        created_at: FixedOffset::east_opt(0)
-            .unwrap()
-            .with_ymd_and_hms(2026, 11, 1, 8, 0, 0)
-            .unwrap(),
-    };
-    let rows = sightings(rows);
+    let batch = Batch::new(device, rows);
     match format {
-        "ndjson" => {
-            let mut w = NdjsonWriter::new(Vec::new(), &header).unwrap();
-            rows.iter().for_each(|s| w.push(s).unwrap());
-            w.finish().unwrap()
-        }
-        "json" => {
-            let mut out = Vec::new();
-            write_json(&mut out, &header, &rows).unwrap();
-            out
-        }
-        _ => {
-            let mut out = b"id,observed_at,latitude,longitude,species,count\n".to_vec();
-            for s in &rows {
-                let line = format!(
-                    "{},{},{:.5},{:.5},{},{}\n",
-                    s.id,
-                    s.observed_at.to_rfc3339(),
-                    s.latitude,
-                    s.longitude,
-                    s.species.as_deref().unwrap_or(""),
-                    s.count.unwrap_or(1)
-                );
-                out.extend_from_slice(line.as_bytes());
-            }
-            out
-        }
+        "ndjson" => batch.ndjson(),
+        "json" => batch.json(),
+        _ => batch.csv(),
     }
 }
 

@@ -1,90 +1,46 @@
 //! `GET /api/v1/sightings` over real HTTP: filters that no database can take are a 400,
 //! and `excel_safe` keeps spreadsheets from running cells as formulas.
 
-use std::process::Command;
-
-use chrono::TimeZone;
-use ctdata_tests::{both_backends, ServerEnv, TestDb};
+use ctdata_tests::{both_backends, Batch, ServerEnv, TestDb};
 
 both_backends! {
     nul_in_a_filter_is_a_bad_request,
     excel_safe_csv_neutralises_formula_cells,
 }
 
-/// (status, body) of a GET with curl.
-fn get(url: &str, token: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(url)
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 async fn nul_in_a_filter_is_a_bad_request(db: TestDb) {
     let env = ServerEnv::new(&db);
     let admin = env.admin_token();
     let server = env.serve().await;
-    let base = server.http_base();
+    let api = server.api();
     for filter in ["device=ranger%0007", "species=Lox%00odonta", "from=2024%00"] {
-        let (status, body) = get(&format!("{base}/api/v1/sightings?{filter}"), &admin);
-        assert_eq!(status, 400, "{filter}: {body}");
-        assert!(body.contains("NUL"), "{filter}: {body}");
+        let reply = api
+            .get(&format!("/api/v1/sightings?{filter}"), &admin)
+            .await;
+        assert_eq!(reply.status, 400, "{filter}: {}", reply.body);
+        assert!(reply.body.contains("NUL"), "{filter}: {}", reply.body);
     }
-    let (status, _) = get(&format!("{base}/api/v1/sightings?device=ranger-07"), &admin);
-    assert_eq!(status, 200);
+    let reply = api.get("/api/v1/sightings?device=ranger-07", &admin).await;
+    assert_eq!(reply.status, 200);
 }
 
 async fn excel_safe_csv_neutralises_formula_cells(db: TestDb) {
-    use std::io::Write;
     let env = ServerEnv::new(&db);
     let admin = env.admin_token();
     let device = env.device_token("ranger-07");
     let server = env.serve().await;
-    let base = server.http_base();
+    let api = server.api();
 
-    let file = env.dir.path().join("formulas.ndjson");
-    let tz = chrono::FixedOffset::east_opt(0).unwrap();
-    let header = ctdata_batch::write::BatchHeader {
-        batch_id: uuid::Uuid::new_v4(),
-        device_id: "ranger-07".into(),
-        created_at: tz.with_ymd_and_hms(2026, 11, 3, 8, 0, 0).unwrap(),
-    };
-    let out = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
-    let mut w = ctdata_batch::write::NdjsonWriter::new(out, &header).unwrap();
-    for (observer, species) in [
+    let cells = [
         ("=HYPERLINK(\"http://127.0.0.1/x\",\"click\")", "+1"),
         ("@SUM(A1)", "-2"),
         ("T. Mokoena", "Loxodonta africana"),
-    ] {
-        w.push(&ctdata_batch::Sighting {
-            id: uuid::Uuid::new_v4(),
-            observed_at: tz.with_ymd_and_hms(2026, 11, 3, 6, 0, 0).unwrap(),
-            latitude: -19.5,
-            longitude: 16.3,
-            altitude: None,
-            accuracy: None,
-            observer: Some(observer.into()),
-            species: Some(species.into()),
-            count: Some(1),
-            attributes: Default::default(),
-        })
-        .unwrap();
-    }
-    w.finish().unwrap().flush().unwrap();
-    let up = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
-        .arg(format!("Authorization: Bearer {device}"))
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
-        .arg(format!("{base}/api/v1/batches"))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&up.stdout), "201");
+    ];
+    let batch = Batch::new("ranger-07", cells.len()).each(|n, s| {
+        s.observer = Some(cells[n].0.into());
+        s.species = Some(cells[n].1.into());
+    });
+    assert_eq!(api.post_batch(&device, batch.ndjson()).await.status, 201);
 
     let cells = |body: &str| -> Vec<(String, String)> {
         let mut r = csv::Reader::from_reader(body.as_bytes());
@@ -95,16 +51,15 @@ async fn excel_safe_csv_neutralises_formula_cells(db: TestDb) {
             })
             .collect()
     };
-    let (status, plain) = get(&format!("{base}/api/v1/sightings?format=csv"), &admin);
-    assert_eq!(status, 200);
-    let plain = cells(&plain);
+    let plain = api.get("/api/v1/sightings?format=csv", &admin).await;
+    assert_eq!(plain.status, 200);
+    let plain = cells(&plain.body);
     assert_eq!(plain[0].0, "=HYPERLINK(\"http://127.0.0.1/x\",\"click\")");
-    let (status, safe) = get(
-        &format!("{base}/api/v1/sightings?format=csv&excel_safe=true"),
-        &admin,
-    );
-    assert_eq!(status, 200);
-    let safe = cells(&safe);
+    let safe = api
+        .get("/api/v1/sightings?format=csv&excel_safe=true", &admin)
+        .await;
+    assert_eq!(safe.status, 200);
+    let safe = cells(&safe.body);
     assert_eq!(
         safe,
         vec![

@@ -2,8 +2,8 @@
 //! absolute paths, symlinks), touch another device's files, use active mode, guess
 //! tokens, or log in revoked.
 
-use ctdata_tests::ftp::{code, ftplib, ok, pg, stored};
-use ctdata_tests::{write_batch, ServerEnv};
+use ctdata_tests::ftp::{code, ftplib, ok, stored};
+use ctdata_tests::{pg, write_batch, ServerEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escapes_get_550_and_leak_nothing() {

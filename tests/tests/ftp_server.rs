@@ -5,10 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ctdata_tests::ftp::{
-    code, curl, ftp_url, ftplib, ok, pg, self_signed, stored, wait_for_batches,
-};
-use ctdata_tests::{both_backends, eventually, write_batch, ServerEnv, TestDb};
+use ctdata_tests::ftp::{code, curl, ftp_url, ftplib, ok, put_by_rename, stored, wait_for_batches};
+use ctdata_tests::{both_backends, eventually, pg, write_batch, ServerEnv, TestDb};
 
 both_backends! {
     curl_ftplib_and_lftp_uploads_are_ingested_as_ftp,
@@ -45,16 +43,7 @@ async fn curl_ftplib_and_lftp_uploads_are_ingested_as_ftp(db: TestDb) {
     // ftplib: upload to .part, then rename into place.
     let b = dir.join("b.ndjson");
     write_batch(&b, "ranger-07", 4);
-    let r = ftplib(
-        port,
-        false,
-        serde_json::json!([
-            ["login", "ranger-07", token],
-            ["stor", b.display().to_string(), "b.ndjson.part"],
-            ["rename", "b.ndjson.part", "b.ndjson"],
-        ]),
-    );
-    assert!(r.iter().all(ok), "{r:?}");
+    put_by_rename(port, "ranger-07", &token, &b, "b.ndjson");
     let rows = wait_for_batches(&db, 2).await;
     assert_eq!(
         rows[1],
@@ -98,13 +87,7 @@ async fn curl_ftplib_and_lftp_uploads_are_ingested_as_ftp(db: TestDb) {
 async fn require_tls_refuses_plain_logins_and_ftps_uploads_work() {
     let Some(db) = pg().await else { return };
     let mut env = ServerEnv::new(&db);
-    env.enable_ftp();
-    let (cert, key) = self_signed(env.dir.path());
-    env.extra_env.extend([
-        ("CTDATA__FTP__TLS_CERT".to_string(), cert),
-        ("CTDATA__FTP__TLS_KEY".to_string(), key),
-        ("CTDATA__FTP__REQUIRE_TLS".to_string(), "true".to_string()),
-    ]);
+    env.enable_ftps();
     let token = env.device_token("ranger-07");
     let server = env.serve().await;
     let port = server.ftp_port();
@@ -217,16 +200,7 @@ async fn a_client_dying_mid_upload_never_causes_an_ingest_and_stale_parts_go() {
     // A complete upload afterwards is ingested; the half one never is.
     let good = env.dir.path().join("good.ndjson");
     write_batch(&good, "ranger-07", 1);
-    let r = ftplib(
-        port,
-        false,
-        serde_json::json!([
-            ["login", "ranger-07", token],
-            ["stor", good.display().to_string(), "good.ndjson.part"],
-            ["rename", "good.ndjson.part", "good.ndjson"],
-        ]),
-    );
-    assert!(r.iter().all(ok), "{r:?}");
+    put_by_rename(port, "ranger-07", &token, &good, "good.ndjson");
     let rows = wait_for_batches(&db, 1).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].2, "good.ndjson");

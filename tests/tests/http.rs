@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ctdata_tests::{both_backends, fixtures, ServerEnv, TestDb};
+use ctdata_tests::{both_backends, fixtures, Batch, ServerEnv, TestDb};
 
 fn good(name: &str) -> std::path::PathBuf {
     fixtures().join("good").join(name)
@@ -424,8 +424,6 @@ async fn download_endpoint_streams_and_follows_the_cursor(db: TestDb) {
 /// NDJSON batches for `device`; `overlap` re-sends the sightings of another batch under
 /// a new batch id (a device that lost track of what it sent).
 fn concurrent_batches(dir: &Path) -> Vec<(String, std::path::PathBuf, Vec<uuid::Uuid>)> {
-    use chrono::TimeZone;
-    let tz = chrono::FixedOffset::east_opt(2 * 3600).unwrap();
     let mut made: Vec<(String, std::path::PathBuf, Vec<uuid::Uuid>)> = Vec::new();
     for i in 0..20 {
         let device = format!("ranger-{:02}", i % 4);
@@ -440,30 +438,8 @@ fn concurrent_batches(dir: &Path) -> Vec<(String, std::path::PathBuf, Vec<uuid::
         } else {
             (0..50).map(|_| uuid::Uuid::new_v4()).collect()
         };
-        let header = ctdata_batch::write::BatchHeader {
-            batch_id: uuid::Uuid::new_v4(),
-            device_id: device.clone(),
-            created_at: tz.with_ymd_and_hms(2026, 11, 3, 8, 0, 0).unwrap(),
-        };
         let path = dir.join(format!("batch-{i:02}.ndjson"));
-        let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-        let mut w = ctdata_batch::write::NdjsonWriter::new(file, &header).unwrap();
-        for (n, id) in ids.iter().enumerate() {
-            w.push(&ctdata_batch::Sighting {
-                id: *id,
-                observed_at: tz.with_ymd_and_hms(2026, 11, 3, 6, 0, 0).unwrap(),
-                latitude: -19.0 + n as f64 * 1e-4,
-                longitude: 16.3,
-                altitude: None,
-                accuracy: Some(4.0),
-                observer: Some(device.clone()),
-                species: Some("Acinonyx jubatus".into()),
-                count: Some(1),
-                attributes: Default::default(),
-            })
-            .unwrap();
-        }
-        w.finish().unwrap().flush().unwrap();
+        Batch::with_ids(&device, &ids).write(&path);
         made.push((device, path, ids));
     }
     made

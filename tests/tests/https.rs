@@ -2,23 +2,10 @@
 //! curl as the client.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ctdata_tests::{fixtures, Backend, ServerEnv, TestDb};
-
-/// A self-signed certificate for 127.0.0.1 and localhost, and its key, as PEM files.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("generate a certificate");
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    (cert, key)
-}
+use ctdata_tests::{fixtures, self_signed, Backend, ServerEnv, TestDb};
 
 fn curl(args: &[&str]) -> Output {
     Command::new("curl")
@@ -57,21 +44,8 @@ fn refused_start(env: &ServerEnv) -> Output {
 async fn uploads_over_https_and_refuses_plain_http() {
     let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
     let mut env = ServerEnv::new(&db);
-    let (cert, key) = self_signed(env.dir.path());
-    env.extra_env.extend([
-        (
-            "CTDATA__HTTP__TLS_CERT".to_string(),
-            cert.display().to_string(),
-        ),
-        (
-            "CTDATA__HTTP__TLS_KEY".to_string(),
-            key.display().to_string(),
-        ),
-        (
-            "CTDATA__HTTP__HEADER_READ_TIMEOUT_SECS".to_string(),
-            "1".to_string(),
-        ),
-    ]);
+    let cert = env.enable_https();
+    env.set("CTDATA__HTTP__HEADER_READ_TIMEOUT_SECS", "1");
     let token = env.device_token("ranger-07");
     let server = env.serve().await;
     let base = server.http_base();

@@ -8,26 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use ctdata_tests::client::client_bin;
-use ctdata_tests::{both_backends, eventually, write_batch, Backend, ServerEnv, TestDb};
+use ctdata_tests::{both_backends, eventually, Backend, Batch, ServerEnv, TestDb};
 
 const PASSWORD: &str = "a long enough password";
-
-/// curl: status, headers and body.
-fn curl(args: &[&str]) -> (u16, String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "-D", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (rest, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    let (headers, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
-    (
-        code.trim().parse().unwrap_or(0),
-        headers.to_string(),
-        body.to_string(),
-    )
-}
 
 /// Signs in; the session cookie.
 fn session(base: &str) -> String {
@@ -77,16 +60,14 @@ async fn control_characters_in_file_names_are_escaped(db: TestDb) {
     );
 
     let cookie = session(&base);
-    let (code, headers, body) = curl(&[
-        "-H",
-        &format!("Cookie: {cookie}"),
-        &format!("{base}/rejected/{id}/file"),
-    ]);
-    assert_eq!(code, 200, "{headers}\n{body}");
-    assert_eq!(body, "not,a\nbatch\n");
-    let disposition = headers
-        .lines()
-        .find(|l| l.to_lowercase().starts_with("content-disposition:"))
+    let reply = server
+        .api()
+        .page(&format!("/rejected/{id}/file"), &cookie)
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, "not,a\nbatch\n");
+    let disposition = reply
+        .header("content-disposition")
         .expect("a Content-Disposition header");
     assert!(
         disposition.contains("evil%0A2026-12-02T00%3A00%3A00Z%20ERROR%20forged%20line%1B"),
@@ -106,12 +87,9 @@ async fn source_credentials_are_redacted_on_the_dashboard(db: TestDb) {
     let server = env.serve().await;
     let base = server.http_base();
     let cookie = session(&base);
-    let (code, _, page) = curl(&[
-        "-H",
-        &format!("Cookie: {cookie}"),
-        &format!("{base}/sources"),
-    ]);
-    assert_eq!(code, 200);
+    let reply = server.api().page("/sources", &cookie).await;
+    assert_eq!(reply.status, 200);
+    let page = reply.body;
     assert!(page.contains("station"), "{page}");
     assert!(
         !page.contains("hunter2secret"),
@@ -130,16 +108,11 @@ async fn server_files_and_folders_are_private() {
     env.db_url = format!("sqlite://{}", data.join("ctdata.db").display());
     let token = env.device_token("cam-1");
     let server = env.serve().await;
-    let batch = env.dir.path().join("b.ndjson");
-    write_batch(&batch, "cam-1", 2);
-    let (code, _, body) = curl(&[
-        "-H",
-        &format!("Authorization: Bearer {token}"),
-        "--data-binary",
-        &format!("@{}", batch.display()),
-        &format!("{}/api/v1/batches", server.http_base()),
-    ]);
-    assert_eq!(code, 201, "{body}");
+    let reply = server
+        .api()
+        .post_batch(&token, Batch::new("cam-1", 2).ndjson())
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
     drop(server);
 
     assert_eq!(mode(&data), 0o700, "the data folder");

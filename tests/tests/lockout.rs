@@ -6,8 +6,9 @@
 use std::process::Command;
 use std::time::Instant;
 
-use ctdata_tests::ftp::{code, ftplib, ok, pg, self_signed};
+use ctdata_tests::ftp::{code, ftplib, ok};
 use ctdata_tests::ServerEnv;
+use ctdata_tests::{pg, self_signed};
 
 const BAD: &str = "ctd_0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -25,8 +26,8 @@ async fn a_locked_out_ftp_device_is_told_so_and_for_how_long() {
     env.extra_env.extend([
         ("CTDATA__FTP__MAX_LOGIN_FAILURES".into(), "3".into()),
         ("CTDATA__FTP__LOCKOUT_SECS".into(), "300".into()),
-        ("CTDATA__FTP__TLS_CERT".into(), cert),
-        ("CTDATA__FTP__TLS_KEY".into(), key),
+        ("CTDATA__FTP__TLS_CERT".into(), cert.display().to_string()),
+        ("CTDATA__FTP__TLS_KEY".into(), key.display().to_string()),
     ]);
     let token = env.device_token("ranger-07");
     let other = env.device_token("ranger-08");

@@ -2,10 +2,9 @@
 //! files a restart resumes, who exported how much, and a burst of files summed up
 //! instead of one line per file.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ctdata_tests::{both_backends, eventually, write_batch, ServerEnv, TestDb};
+use ctdata_tests::{both_backends, eventually, write_batch, Server, ServerEnv, TestDb};
 
 both_backends! {
     a_restart_names_the_claimed_files_it_resumes,
@@ -19,6 +18,15 @@ fn lines<'a>(log: &'a str, what: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(what)).collect()
 }
 
+/// Waits up to `limit` for the first log line that contains `what`.
+async fn first_line(server: &Server, what: &str, limit: Duration) -> String {
+    eventually(&format!("a log line with {what:?}"), limit, || {
+        let log = server.log_text();
+        async move { lines(&log, what).first().map(|l| l.to_string()) }
+    })
+    .await
+}
+
 async fn a_restart_names_the_claimed_files_it_resumes(db: TestDb) {
     let env = ServerEnv::new(&db);
     // What a crash leaves: files claimed into .processing/ but never decided.
@@ -29,17 +37,10 @@ async fn a_restart_names_the_claimed_files_it_resumes(db: TestDb) {
         write_batch(&claimed.join(name), "ranger-01", 2);
     }
     let server = env.serve().await;
-    let line = eventually(
-        "the resumed files to be logged",
+    let line = first_line(
+        &server,
+        "claimed before the last stop",
         Duration::from_secs(60),
-        || {
-            let log = server.log_text();
-            async move {
-                lines(&log, "claimed before the last stop")
-                    .first()
-                    .map(|l| l.to_string())
-            }
-        },
     )
     .await;
     assert!(line.contains("resuming 23 file(s)"), "{line}");
@@ -77,24 +78,12 @@ async fn exports_log_who_and_how_many_rows(db: TestDb) {
     )
     .await;
 
-    let base = server.http_base();
-    let out = Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "30", "-o", "/dev/null"])
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {admin}"))
-        .arg(format!("{base}/api/v1/sightings?format=ndjson"))
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = eventually("the export to be logged", Duration::from_secs(30), || {
-        let log = server.log_text();
-        async move { lines(&log, "export sent").first().map(|l| l.to_string()) }
-    })
-    .await;
+    let export = server
+        .api()
+        .get("/api/v1/sightings?format=ndjson", &admin)
+        .await;
+    assert_eq!(export.status, 200, "{}", export.body);
+    let line = first_line(&server, "export sent", Duration::from_secs(30)).await;
     assert!(line.contains("admin alice"), "{line}");
     assert!(line.contains("rows=3"), "{line}");
     assert!(line.contains("bytes="), "{line}");
@@ -197,19 +186,7 @@ async fn an_export_cut_short_by_the_client_says_so(db: TestDb) {
     let n = socket.read(&mut first).expect("the start of the export");
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
     drop(socket);
-    let line = eventually(
-        "the cut export to be logged",
-        Duration::from_secs(30),
-        || {
-            let log = server.log_text();
-            async move {
-                lines(&log, "export cut short")
-                    .first()
-                    .map(|l| l.to_string())
-            }
-        },
-    )
-    .await;
+    let line = first_line(&server, "export cut short", Duration::from_secs(30)).await;
     assert!(line.contains("admin alice"), "{line}");
     let rows: u64 = line
         .split("rows=")

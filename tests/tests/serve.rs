@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ctdata_tests::{
-    both_backends, count_files, eventually, fixtures, rejected_reasons, ServerEnv, TestDb,
+    both_backends, count_files, eventually, fixtures, rejected_reasons, Batch, ServerEnv, TestDb,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -227,34 +227,10 @@ fn default_config_and_help() {
 }
 
 async fn sigterm_finishes_the_file_in_hand(db: TestDb) {
-    use chrono::TimeZone;
     let env = ServerEnv::new(&db);
     let big = env.dir.path().join("big.ndjson");
-    let tz = chrono::FixedOffset::east_opt(3600).unwrap();
-    let header = ctdata_batch::write::BatchHeader {
-        batch_id: uuid::Uuid::new_v4(),
-        device_id: "ranger-07".into(),
-        created_at: tz.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap(),
-    };
-    let file = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
-    let mut w = ctdata_batch::write::NdjsonWriter::new(file, &header).unwrap();
     const ROWS: i64 = 200_000;
-    for i in 0..ROWS {
-        w.push(&ctdata_batch::Sighting {
-            id: uuid::Uuid::new_v4(),
-            observed_at: tz.with_ymd_and_hms(2026, 11, 2, 6, 0, 0).unwrap(),
-            latitude: -19.0 + i as f64 * 1e-6,
-            longitude: 16.3,
-            altitude: None,
-            accuracy: None,
-            observer: None,
-            species: Some("Giraffa camelopardalis".into()),
-            count: Some(1),
-            attributes: Default::default(),
-        })
-        .unwrap();
-    }
-    std::io::Write::flush(&mut w.finish().unwrap()).unwrap();
+    Batch::new("ranger-07", ROWS as usize).write(&big);
 
     let server = env.serve().await;
     deliver_by_rename(&big, &env.drop_dir().join("ranger-07/big.ndjson"));

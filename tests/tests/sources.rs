@@ -2,42 +2,15 @@
 //! pulls with `download` (or its schedule under `serve`, or the HTTP endpoint), and
 //! the database and the remote folder are checked row by row and file by file.
 
-use std::process::Command;
 use std::time::Duration;
 
-use chrono::{FixedOffset, TimeZone};
-use ctdata_batch::write::{BatchHeader, NdjsonWriter};
-use ctdata_batch::Sighting;
 use ctdata_tests::vsftpd::Vsftpd;
-use ctdata_tests::{both_backends, eventually, fixtures, Backend, ServerEnv, TestDb};
+use ctdata_tests::{both_backends, eventually, fixtures, pg, Batch, ServerEnv, TestDb};
 use serde_json::Value;
 
 /// An NDJSON batch of `rows` sightings from `device`, with a fresh batch id.
 fn batch(device: &str, rows: usize) -> Vec<u8> {
-    let tz = FixedOffset::east_opt(2 * 3600).unwrap();
-    let header = BatchHeader {
-        batch_id: uuid::Uuid::new_v4(),
-        device_id: device.to_string(),
-        created_at: tz.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap(),
-    };
-    let mut w = NdjsonWriter::new(Vec::new(), &header).unwrap();
-    for r in 0..rows {
-        w.push(&Sighting {
-            id: uuid::Uuid::new_v4(),
-            observed_at: tz.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap()
-                + chrono::Duration::seconds(r as i64),
-            latitude: -24.0 + (r as f64) * 1e-4,
-            longitude: 31.5,
-            altitude: None,
-            accuracy: Some(5.0),
-            observer: Some("pull test".into()),
-            species: Some("Loxodonta africana".into()),
-            count: Some(2),
-            attributes: Default::default(),
-        })
-        .unwrap();
-    }
-    w.finish().unwrap()
+    Batch::new(device, rows).ndjson()
 }
 
 /// One `[[sources]]` table for vsftpd, its password in a file beside the config.
@@ -101,10 +74,6 @@ fn counts(report: &Value, source: usize) -> [u64; 6] {
         "unchanged",
     ]
     .map(|k| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}")))
-}
-
-async fn pg() -> Option<TestDb> {
-    TestDb::new(Backend::Postgres).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,20 +566,6 @@ async fn error_reports_name_the_cause_and_the_command_fails() {
     assert!(recorded.iter().all(|r| r[1].as_deref() == Some("error")));
 }
 
-fn curl(args: &[&str]) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "60", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (
-        code.parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_download_needs_an_admin_and_returns_the_report() {
     let (Some(db), Some(ftp)) = (pg().await, Vsftpd::start()) else {
@@ -634,34 +589,38 @@ async fn http_download_needs_an_admin_and_returns_the_report() {
     );
     let token = env.admin_token();
     let server = env.serve().await;
-    let url = format!("{}/api/v1/admin/download", server.http_base());
+    let api = server.api();
+    let post = |query: &str, token: &str| {
+        let (api, path, token) = (
+            api.clone(),
+            format!("/api/v1/admin/download{query}"),
+            token.to_string(),
+        );
+        async move {
+            let reply = api.post(&path, &token).await;
+            (reply.status, reply.json())
+        }
+    };
 
-    let (code, body) = curl(&["-X", "POST", &url]);
+    let (code, body) = post("", "").await;
     assert_eq!((code, body["error"].as_str()), (401, Some("unauthorized")));
     let device = env.device_token("ranger-09");
-    let (code, _) = curl(&[
-        "-X",
-        "POST",
-        "-H",
-        &format!("Authorization: Bearer {device}"),
-        &url,
-    ]);
+    let (code, _) = post("", &device).await;
     assert_eq!(code, 401, "a device token is not an administrator's");
 
-    let auth = format!("Authorization: Bearer {token}");
-    let (code, body) = curl(&["-X", "POST", "-H", &auth, &format!("{url}?source=site")]);
+    let (code, body) = post("?source=site", &token).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["ok"], true);
     assert_eq!(counts(&body, 0), [1, 1, 1, 0, 0, 0], "{body:#}");
     assert_eq!(body["sources"].as_array().unwrap().len(), 1);
 
-    let (code, body) = curl(&["-X", "POST", "-H", &auth, &url]);
+    let (code, body) = post("", &token).await;
     assert_eq!(code, 200);
     assert_eq!(body["ok"], false);
     let errors = body["sources"][1]["errors"].to_string();
     assert!(errors.contains("login incorrect"), "{errors}");
 
-    let (code, body) = curl(&["-X", "POST", "-H", &auth, &format!("{url}?source=nope")]);
+    let (code, body) = post("?source=nope", &token).await;
     assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
     assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 3);
     assert!(server.terminate().success());

@@ -13,6 +13,7 @@ mod fs;
 mod handoff;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,14 +81,14 @@ impl Setup {
 
 /// Binds `ftp.bind` and serves FTP on its own task until `shutdown`; a task also
 /// removes stale `.part` uploads. `wake` is the ingest loop's: a complete upload
-/// rings it.
+/// rings it. Returns the bound address with the task.
 pub async fn start(
     settings: &FtpSettings,
     drop_dir: PathBuf,
     db: Db,
     wake: Arc<Notify>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let passive = settings.passive_range()?;
     let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
     let tls = match (set(&settings.tls_cert), set(&settings.tls_key)) {
@@ -125,22 +126,23 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(&settings.bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on ftp.bind {}: {e}", settings.bind))?;
+    let addr = listener.local_addr()?;
     tracing::info!(
         passive_ports = settings.passive_ports,
         ftps = setup.tls.is_some(),
         require_tls = settings.require_tls,
-        "FTP listening on {}",
-        listener.local_addr()?
+        "FTP listening on {addr}"
     );
     let sweeper = tokio::spawn(sweep_stale_parts(
         drop_dir,
         Duration::from_secs(settings.stale_part_secs),
     ));
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let result = serve_connections(listener, setup, shutdown).await;
         sweeper.abort();
         result
-    }))
+    });
+    Ok((addr, task))
 }
 
 /// Accepts control connections until `shutdown`, each with `TCP_NODELAY` and its own
