@@ -22,7 +22,7 @@ pub(crate) struct Header {
 
 /// `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`: safe as a file and folder name on every system
 /// the server and the devices run on.
-pub(crate) fn valid_device_id(s: &str) -> bool {
+pub fn valid_device_id(s: &str) -> bool {
     let b = s.as_bytes();
     let tail_ok = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-');
     !b.is_empty() && b.len() <= 64 && b[0].is_ascii_alphanumeric() && b[1..].iter().all(tail_ok)

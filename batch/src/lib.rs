@@ -24,6 +24,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
+pub use header::valid_device_id;
 pub use model::*;
 
 use input::Input;

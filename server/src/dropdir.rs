@@ -10,11 +10,12 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::Utc;
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::ingest::{channel, Delivery, Ingestor, Outcome, Receipt, Status, BURST};
 
@@ -238,8 +239,8 @@ impl DropDir {
     }
 
     /// One pass: claim every settled file, then ingest everything claimed (including
-    /// files claimed before a crash), oldest first, starting no new file once `stop` is set.
-    pub async fn ingest_once(&mut self, stop: &AtomicBool) -> anyhow::Result<StepReport> {
+    /// files claimed before a crash), oldest first, starting no new file once `stop` is cancelled.
+    pub async fn ingest_once(&mut self, stop: &CancellationToken) -> anyhow::Result<StepReport> {
         let mut report = StepReport::default();
         if !self.check_available() {
             report.unavailable = true;
@@ -298,7 +299,7 @@ impl DropDir {
         }
         let this = &*self;
         let mut results = futures::stream::iter(claimed)
-            .take_while(|_| std::future::ready(!stop.load(Ordering::SeqCst)))
+            .take_while(|_| std::future::ready(!stop.is_cancelled()))
             .map(|claimed| {
                 let take = takes.get(&claimed);
                 async move {

@@ -19,3 +19,4 @@ pub mod ingest;
 pub mod metrics;
 pub mod serve;
 pub mod sources;
+pub mod tls;

@@ -1,14 +1,14 @@
 //! One unrenderable stored row (written before the year was checked in UTC) never breaks
 //! an export: it is exported with its problem named, and every other row still comes.
 
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use ctdata_server::config::Settings;
+use ctdata_server::config::{SecretUrl, Settings};
 use ctdata_server::db::{Db, ExportFilter};
 use ctdata_server::dropdir::DropDir;
 use ctdata_server::export::{write_export, ExportFormat};
 use ctdata_tests::{both_backends, fixtures, TestDb};
+use tokio_util::sync::CancellationToken;
 
 both_backends! {
     a_year_10000_row_is_exported_with_its_problem,
@@ -17,7 +17,7 @@ both_backends! {
 async fn a_year_10000_row_is_exported_with_its_problem(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings::default();
-    settings.database.url = db.url.clone();
+    settings.database.url = SecretUrl::new(&db.url);
     settings.ingest.drop_dir = dir.path().join("CTData");
     let ingestor = ctdata_server::serve::open(&settings).await.unwrap();
     let store = ingestor.db.clone();
@@ -25,7 +25,10 @@ async fn a_year_10000_row_is_exported_with_its_problem(db: TestDb) {
     let dest = settings.ingest.drop_dir.join("ranger-07/a.json");
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
     std::fs::copy(fixtures().join("good/json-basic.json"), &dest).unwrap();
-    let report = drop_dir.ingest_once(&AtomicBool::new(false)).await.unwrap();
+    let report = drop_dir
+        .ingest_once(&CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(report.receipts.len(), 1, "{report:?}");
     let total = store.totals().await.unwrap().sightings;
     assert!(total >= 2);

@@ -2,15 +2,15 @@
 //! database of each kind, a fresh one per test.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use ctdata_server::config::Settings;
+use ctdata_server::config::{SecretUrl, Settings};
 use ctdata_server::db::{Db, ExportFilter};
 use ctdata_server::dropdir::{DropDir, StepReport};
 use ctdata_server::export::{write_export, ExportFormat};
 use ctdata_server::ingest::{Ingestor, Status};
 use ctdata_tests::{both_backends, fixtures, TestDb};
+use tokio_util::sync::CancellationToken;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -26,7 +26,7 @@ impl Fixture {
     async fn with_settle(test_db: &TestDb, settle: Duration) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings::default();
-        settings.database.url = test_db.url.clone();
+        settings.database.url = SecretUrl::new(&test_db.url);
         settings.ingest.drop_dir = dir.path().join("CTData");
         let ingestor = ctdata_server::serve::open(&settings).await.unwrap();
         let db = ingestor.db.clone();
@@ -58,7 +58,7 @@ impl Fixture {
     async fn pass(&mut self) -> StepReport {
         let report = self
             .drop_dir
-            .ingest_once(&AtomicBool::new(false))
+            .ingest_once(&CancellationToken::new())
             .await
             .unwrap();
         assert_eq!(report.errors, 0, "{report:?}");

@@ -15,16 +15,15 @@ mod schedule;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, AfterDownload, SourceSettings};
 use crate::db::{PullRecord, RemoteKey};
 use crate::dropdir::{file_away, rejected_path, stamp};
 use crate::ingest::{channel, Delivery, Ingestor, Status};
-pub use ftp::parse_url;
 use remote::{Remote, RemoteFile, StepError};
 pub use report::{describe, DownloadReport, PulledFile, SourceReport};
 pub use schedule::spawn_schedules;
@@ -76,7 +75,7 @@ impl Puller {
                     .join(", ")
             );
         }
-        let never = AtomicBool::new(false);
+        let never = CancellationToken::new();
         let mut sources = Vec::with_capacity(chosen.len());
         for source in chosen {
             sources.push(self.pull(source, trigger, &never).await);
@@ -93,7 +92,7 @@ impl Puller {
         &self,
         source: &SourceSettings,
         trigger: &str,
-        stop: &AtomicBool,
+        stop: &CancellationToken,
     ) -> SourceReport {
         let started = Utc::now();
         let mut report = SourceReport {
@@ -188,12 +187,10 @@ impl Puller {
     async fn pull_locked(
         &self,
         source: &SourceSettings,
-        stop: &AtomicBool,
+        stop: &CancellationToken,
         report: &mut SourceReport,
     ) -> Result<(), StepError> {
-        let after = source
-            .after()
-            .map_err(|e| StepError::fatal("read after_download", &e.to_string()))?;
+        let after = source.after_download.clone();
         // Files fetched before a crash: their remote copies are still there (those go
         // only after the archive), so fetching afresh is both safe and simpler.
         let work = self.drop_dir.join(PULLING).join(&source.name);
@@ -214,7 +211,7 @@ impl Puller {
         };
         report.found = files.len() as u64;
         for file in files {
-            if stop.load(Ordering::SeqCst) {
+            if stop.is_cancelled() {
                 report.errors.push(
                     "stopped: the server is shutting down; the rest waits for the next pull".into(),
                 );
