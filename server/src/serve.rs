@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, Notify};
@@ -99,18 +100,24 @@ pub async fn run(
     rescan.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
     // Doubles while the drop directory stays away (share unmounted), up to a minute.
-    let mut away_pause = Duration::from_millis(500);
+    let away_policy = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(60))
+        .without_max_times();
+    let mut away_pauses = away_policy.build();
+    let mut away = false;
     while !stop.is_cancelled() {
         // Writes and closes seen since the last pass decide what is still open.
         note_changes(&mut drop_dir, &mut changes, None);
         match drop_dir.ingest_once(&stop).await {
             Ok(report) if report.unavailable => {
+                away = true;
+                let pause = away_pauses.next().unwrap_or(Duration::from_secs(60));
                 tokio::select! {
-                    _ = tokio::time::sleep(away_pause) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = woken.notified() => {}
                     _ = stop.cancelled() => {}
                 }
-                away_pause = (away_pause * 2).min(Duration::from_secs(60));
                 // Events from a watch on a vanished folder say nothing any more.
                 while changes.try_recv().is_ok() {}
                 continue;
@@ -129,9 +136,10 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => tracing::error!("drop directory scan failed: {e:#}"),
         }
-        if away_pause > Duration::from_millis(500) {
+        if away {
             // Back from away: the old watch died with the folder it watched.
-            away_pause = Duration::from_millis(500);
+            away = false;
+            away_pauses = away_policy.build();
             watcher = watch(&settings.ingest.drop_dir, events.clone());
         }
         let settle_wait = drop_dir
