@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
-use rand::Rng;
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -42,6 +42,7 @@ pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut failures = 0u32;
+    let mut pauses = retry_pauses(retry_min, retry_max);
     let mut retry_at: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -59,6 +60,7 @@ pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
         if !something_to_send(home)? {
             retry_at = None;
             failures = 0;
+            pauses = retry_pauses(retry_min, retry_max);
             save(home, every, failures, None)?;
             continue;
         }
@@ -70,12 +72,13 @@ pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
         let line = match send::send(home, &config, &opts).await {
             Ok(r) if r.pending == 0 => {
                 failures = 0;
+                pauses = retry_pauses(retry_min, retry_max);
                 retry_at = None;
                 format!("autosend: {}", r.summary(&config.upload.url))
             }
             outcome => {
                 failures = failures.saturating_add(1);
-                let pause = backoff(failures, retry_min, retry_max);
+                let pause = pauses.next().unwrap_or(retry_max);
                 retry_at = Some(Instant::now() + pause);
                 let why = match outcome {
                     Ok(r) => r.summary(&config.upload.url),
@@ -103,13 +106,19 @@ fn something_to_send(home: &Home) -> anyhow::Result<bool> {
     Ok(!list_files(&home.dir(OUTBOX))?.is_empty() || !outbox::read_open(home)?.is_empty())
 }
 
-/// `retry_min · 2^(failures-1)`, at most `retry_max`, then a random part of it taken
-/// off (up to half) so that many devices coming back online do not all call at once.
-fn backoff(failures: u32, retry_min: Duration, retry_max: Duration) -> Duration {
-    let doubled = retry_min.saturating_mul(1 << failures.saturating_sub(1).min(20));
-    let capped = doubled.min(retry_max);
-    let jitter = rand::thread_rng().gen_range(0.0..=0.5);
-    capped.mul_f64(1.0 - jitter)
+/// The pauses after failures in a row: `retry_min · 2^(n-1)`, at most `retry_max`,
+/// with a random part of it (up to half) taken off so that many devices coming back
+/// online do not all call at once. backon's jitter adds up to 100 %, so the policy is
+/// built on halves.
+fn retry_pauses(retry_min: Duration, retry_max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(retry_min / 2)
+        .with_max_delay(retry_max / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .map(move |pause| pause.min(retry_max))
 }
 
 fn save(
@@ -197,11 +206,12 @@ mod tests {
     fn backoff_doubles_up_to_the_cap_with_jitter() {
         let (min, max) = (Duration::from_secs(10), Duration::from_secs(60));
         for _ in 0..100 {
-            let first = backoff(1, min, max);
+            let pauses: Vec<Duration> = retry_pauses(min, max).take(30).collect();
+            let first = pauses[0];
             assert!(first >= min / 2 && first <= min, "{first:?}");
-            let third = backoff(3, min, max);
+            let third = pauses[2];
             assert!(third >= min * 2 && third <= min * 4, "{third:?}");
-            let late = backoff(30, min, max);
+            let late = pauses[29];
             assert!(late >= max / 2 && late <= max, "{late:?}");
         }
     }

@@ -10,7 +10,7 @@ use chrono::DateTime;
 use ctdata_batch::Sighting;
 use serde_json::{Map, Value};
 
-use crate::config::{Config, Endpoint, Protocol};
+use crate::config::{Config, Endpoint, Protocol, Token};
 use crate::home::{list_files, Home, OUTBOX, REJECTED, SENT};
 use crate::outbox::{self, Imported};
 use crate::send::{self, Options};
@@ -68,7 +68,7 @@ pub fn init(home: &Home, a: InitArgs) -> anyhow::Result<ExitCode> {
         protocol,
         url,
         user: a.user,
-        token,
+        token: token.map(Token::from),
         token_file: a.token_file,
         ca_file: a.ca_file.map(absolute).transpose()?,
     };
@@ -80,7 +80,7 @@ pub fn init(home: &Home, a: InitArgs) -> anyhow::Result<ExitCode> {
         },
         url,
         user: None,
-        token: a.download_token,
+        token: a.download_token.map(Token::from),
         token_file: None,
         ca_file: upload.ca_file.clone(),
     });

@@ -4,7 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::home::{write_atomic_private, Home};
 
@@ -32,8 +33,45 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// One side of the connection. The token is never printed: `Debug` hides it.
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
+/// A device token or FTP password: held in a [`SecretString`], so `Debug` and logs
+/// never show it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Token(SecretString);
+
+impl Token {
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl From<String> for Token {
+    fn from(s: String) -> Token {
+        Token(s.into())
+    }
+}
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Token) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+/// Written only into `config.toml` (readable by its owner alone) by `init`.
+impl Serialize for Token {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(self.expose())
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+/// One side of the connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub protocol: Protocol,
@@ -43,7 +81,7 @@ pub struct Endpoint {
     pub user: Option<String>,
     /// Device token (https), or FTP password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    pub token: Option<Token>,
     /// A file holding the token, read at each use (so it can be rotated in place).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
@@ -52,24 +90,11 @@ pub struct Endpoint {
     pub ca_file: Option<PathBuf>,
 }
 
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("protocol", &self.protocol)
-            .field("url", &self.url)
-            .field("user", &self.user)
-            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
-            .field("token_file", &self.token_file)
-            .field("ca_file", &self.ca_file)
-            .finish()
-    }
-}
-
 impl Endpoint {
     /// The token to present, from `token` or `token_file`.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
         if let Some(t) = &self.token {
-            return Ok(Some(t.clone()));
+            return Ok(Some(t.expose().to_string()));
         }
         let Some(path) = &self.token_file else {
             return Ok(None);

@@ -1,5 +1,5 @@
-//! Durations on the command line: `500ms`, `30s`, `15m`, `2h`, `1d` (a bare number is
-//! seconds).
+//! Durations on the command line, in the grammar the server's settings use too
+//! (humantime): `500ms`, `30s`, `15m`, `1h 30m`, `1d`; a bare number is seconds.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,30 +13,15 @@ impl FromStr for Dur {
 
     fn from_str(s: &str) -> Result<Dur, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration such as 30s, 15m or 1h"))?;
-        let millis = match unit {
-            "ms" => 1,
-            "" | "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => {
-                return Err(format!(
-                    "{s:?}: unknown unit {unit:?}; use ms, s, m, h or d"
-                ))
-            }
+        let d = match s.parse::<u64>() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(_) => humantime::parse_duration(s)
+                .map_err(|e| format!("{s:?} is not a duration such as 30s, 15m or 1h 30m ({e})"))?,
         };
-        let total = n
-            .checked_mul(millis)
-            .ok_or_else(|| format!("{s:?} is too long"))?;
-        if total == 0 {
+        if d.is_zero() {
             return Err(format!("{s:?}: a duration must be more than zero"));
         }
-        Ok(Dur(Duration::from_millis(total)))
+        Ok(Dur(d))
     }
 }
 
@@ -58,5 +43,6 @@ mod tests {
         assert!("0s".parse::<Dur>().is_err());
         assert!("5 parsecs".parse::<Dur>().is_err());
         assert!("m".parse::<Dur>().is_err());
+        assert_eq!("1h 30m".parse(), Ok(Dur(Duration::from_secs(5400))));
     }
 }

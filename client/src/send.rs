@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -194,12 +195,20 @@ async fn send_outbox(home: &Home, config: &Config, opts: &Options) -> anyhow::Re
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let start = progress.position();
         let mut attempt = 0;
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(opts.retry_delay)
+            .with_max_delay(opts.retry_delay.saturating_mul(1 << 10))
+            .with_factor(2.0)
+            .with_max_times(opts.retries as usize)
+            .build();
         let outcome = loop {
             progress.set_position(start);
             let outcome = deliver(&transport, config, &path, name, &progress).await;
             match outcome {
-                Outcome::Retry(ref why) if attempt < opts.retries => {
-                    let pause = opts.retry_delay * 2u32.pow(attempt.min(10));
+                Outcome::Retry(ref why) => {
+                    let Some(pause) = pauses.next() else {
+                        break outcome;
+                    };
                     home.log(&format!(
                         "{name}: try {} failed: {why}; next try in {pause:?}",
                         attempt + 1

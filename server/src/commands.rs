@@ -1,10 +1,10 @@
 //! The one-shot commands behind the CLI: ingest for a scheduled task, and export.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::db::{BBox, ExportFilter};
@@ -28,11 +28,11 @@ pub async fn ingest(
     let report = if paths.is_empty() {
         // Two looks, a settle time apart: a file that did not change in between is
         // complete; one that did is left for the next run.
-        let settle = settings.ingest.settle();
+        let settle = settings.ingest.settle_secs;
         let mut drop_dir = DropDir::new(&settings.ingest.drop_dir, ingestor.clone(), settle)?
-            .with_incomplete_grace(settings.ingest.incomplete_grace())
+            .with_incomplete_grace(settings.ingest.incomplete_grace_secs)
             .dating_by_mtime();
-        let stop = AtomicBool::new(false);
+        let stop = CancellationToken::new();
         let mut report = drop_dir.ingest_once(&stop).await?;
         anyhow::ensure!(
             !report.unavailable,

@@ -9,10 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::deliver::{Delivered, Deliverer, Filing, Origin};
 use crate::ingest::{Ingestor, Receipt, Status, BURST};
@@ -231,8 +231,8 @@ impl DropDir {
     }
 
     /// One pass: claim every settled file, then ingest everything claimed (including
-    /// files claimed before a crash), oldest first, starting no new file once `stop` is set.
-    pub async fn ingest_once(&mut self, stop: &AtomicBool) -> anyhow::Result<StepReport> {
+    /// files claimed before a crash), oldest first, starting no new file once `stop` is cancelled.
+    pub async fn ingest_once(&mut self, stop: &CancellationToken) -> anyhow::Result<StepReport> {
         let mut report = StepReport::default();
         if !self.check_available() {
             report.unavailable = true;
@@ -291,7 +291,7 @@ impl DropDir {
         }
         let this = &*self;
         let mut results = futures::stream::iter(claimed)
-            .take_while(|_| std::future::ready(!stop.load(Ordering::SeqCst)))
+            .take_while(|_| std::future::ready(!stop.is_cancelled()))
             .map(|claimed| {
                 let take = takes.get(&claimed);
                 async move {

@@ -22,4 +22,5 @@ pub mod layout;
 pub mod metrics;
 pub mod serve;
 pub mod sources;
+pub mod tls;
 pub mod types;

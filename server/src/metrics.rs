@@ -1,29 +1,96 @@
-//! Counters for `GET /metrics`, in the Prometheus text format.
+//! Counters for `GET /metrics`, in the Prometheus text format, kept and written by the
+//! `prometheus` crate (which escapes label values).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 use crate::ingest::{Receipt, Status};
 
 /// Upper bounds (seconds) of the ingest latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0];
 
-#[derive(Default)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    batches: IntCounterVec,
+    sightings: IntCounterVec,
+    conflicts: IntCounterVec,
+    duplicates: IntCounterVec,
+    rejected: IntCounterVec,
+    password_checks: IntCounter,
+    export_bytes: IntCounter,
+    latency: Histogram,
     /// Why the drop directory cannot be read right now (share unmounted…), if it cannot.
     drop_dir_problem: Mutex<Option<String>>,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// (metric, labels) → value
-    counters: BTreeMap<(&'static str, String), u64>,
-    latency_counts: [u64; LATENCY_BUCKETS.len()],
-    latency_sum: f64,
-    latency_total: u64,
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let by = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
+            registry.register(Box::new(c.clone())).expect("a new name");
+            c
+        };
+        let batches = by(
+            "ctdata_batches_ingested_total",
+            "Batches stored",
+            &["channel"],
+        );
+        let sightings = by(
+            "ctdata_sightings_ingested_total",
+            "Sightings stored",
+            &["channel"],
+        );
+        let conflicts = by(
+            "ctdata_sighting_conflicts_total",
+            "Sightings skipped as conflicting with stored ones",
+            &["channel"],
+        );
+        let duplicates = by(
+            "ctdata_duplicate_deliveries_total",
+            "Batches delivered again",
+            &["channel"],
+        );
+        let rejected = by(
+            "ctdata_rejected_total",
+            "Batches rejected",
+            &["channel", "kind"],
+        );
+        let one = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("a valid metric");
+            registry.register(Box::new(c.clone())).expect("a new name");
+            c
+        };
+        let password_checks = one(
+            "ctdata_password_checks_total",
+            "Administrator passwords checked (Argon2)",
+        );
+        let export_bytes = one("ctdata_export_bytes_total", "Bytes of sightings exported");
+        let latency = Histogram::with_opts(
+            HistogramOpts::new("ctdata_ingest_seconds", "Time to decide a delivery")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("a valid histogram");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("a new name");
+        Metrics {
+            registry,
+            batches,
+            sightings,
+            conflicts,
+            duplicates,
+            rejected,
+            password_checks,
+            export_bytes,
+            latency,
+            drop_dir_problem: Mutex::new(None),
+        }
+    }
 }
 
 impl Metrics {
@@ -43,84 +110,65 @@ impl Metrics {
 
     /// Records one decided delivery.
     pub fn ingested(&self, r: &Receipt, took: Duration) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let channel = format!("channel=\"{}\"", r.channel);
-        let mut add = |name: &'static str, labels: String, n: u64| {
-            *m.counters.entry((name, labels)).or_default() += n;
-        };
+        let channel = [r.channel.as_str()];
         match r.status {
             Status::Ingested => {
-                add("ctdata_batches_ingested_total", channel.clone(), 1);
-                add(
-                    "ctdata_sightings_ingested_total",
-                    channel.clone(),
-                    r.inserted.max(0) as u64,
-                );
+                self.batches.with_label_values(&channel).inc();
+                self.sightings
+                    .with_label_values(&channel)
+                    .inc_by(r.inserted.max(0) as u64);
                 let conflicts = r.skipped.as_ref().map_or(0, |s| s.conflicts);
-                add(
-                    "ctdata_sighting_conflicts_total",
-                    channel,
-                    conflicts.max(0) as u64,
-                );
+                self.conflicts
+                    .with_label_values(&channel)
+                    .inc_by(conflicts.max(0) as u64);
             }
-            Status::Duplicate => add("ctdata_duplicate_deliveries_total", channel, 1),
+            Status::Duplicate => self.duplicates.with_label_values(&channel).inc(),
             Status::Rejected => {
                 let kind = r.kind.as_deref().unwrap_or("unknown");
-                add(
-                    "ctdata_rejected_total",
-                    format!("{channel},kind=\"{kind}\""),
-                    1,
-                );
+                self.rejected
+                    .with_label_values(&[r.channel.as_str(), kind])
+                    .inc();
             }
         }
-        let secs = took.as_secs_f64();
-        for (bucket, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                m.latency_counts[bucket] += 1;
-            }
-        }
-        m.latency_sum += secs;
-        m.latency_total += 1;
+        self.latency.observe(took.as_secs_f64());
     }
 
     /// One administrator password checked (Argon2), whether the name exists or not.
     pub fn password_checked(&self) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        *m.counters
-            .entry(("ctdata_password_checks_total", String::new()))
-            .or_default() += 1;
+        self.password_checks.inc();
     }
 
     pub fn exported_bytes(&self, n: u64) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        *m.counters
-            .entry(("ctdata_export_bytes_total", String::new()))
-            .or_default() += n;
+        self.export_bytes.inc_by(n);
     }
 
     pub fn render(&self) -> String {
-        let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
-        let mut last = "";
-        for ((name, labels), value) in &m.counters {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} counter");
-                last = name;
-            }
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {value}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!("cannot write the metrics: {e}");
         }
-        let name = "ctdata_ingest_seconds";
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(m.latency_counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", m.latency_total);
-        let _ = writeln!(out, "{name}_sum {}", m.latency_sum);
-        let _ = writeln!(out, "{name}_count {}", m.latency_total);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::default();
+        m.rejected.with_label_values(&["http", "a\"b\nc"]).inc();
+        m.password_checked();
+        let text = m.render();
+        assert!(
+            text.contains(r#"ctdata_rejected_total{channel="http",kind="a\"b\nc"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("ctdata_password_checks_total 1"), "{text}");
+        assert!(
+            text.contains("ctdata_ingest_seconds_bucket{le=\"+Inf\"} 0"),
+            "{text}"
+        );
     }
 }

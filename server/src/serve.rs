@@ -2,14 +2,15 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::connlimit::ConnLimits;
@@ -20,7 +21,11 @@ use crate::sources::Puller;
 
 /// Connects, migrates and builds the ingestor the settings describe.
 pub async fn open(settings: &Settings) -> anyhow::Result<Ingestor> {
-    let db = Db::connect(&settings.database.url, settings.database.max_connections).await?;
+    let db = Db::connect(
+        settings.database.url.expose_secret(),
+        settings.database.max_connections,
+    )
+    .await?;
     db.migrate().await?;
     Ok(Ingestor::new(
         db,
@@ -40,21 +45,25 @@ pub async fn run(
     let mut drop_dir = DropDir::new(
         &settings.ingest.drop_dir,
         ingestor.clone(),
-        settings.ingest.settle(),
+        settings.ingest.settle_secs,
     )?
-    .with_incomplete_grace(settings.ingest.incomplete_grace());
+    .with_incomplete_grace(settings.ingest.incomplete_grace_secs);
     let puller = Arc::new(Puller::new(
         settings.sources.clone(),
         &settings.ingest.drop_dir,
         ingestor.clone(),
     ));
-    let (http_stop, mut http_stopping) = tokio::sync::watch::channel(false);
-    let pulls_stopping = http_stop.subscribe();
+    // One token stops them all: the HTTP server finishes requests in flight, the FTP
+    // server gives sessions a grace period, scheduled pulls and the ingest loop finish
+    // the file in hand.
+    let stop = CancellationToken::new();
     let woken = Arc::new(Notify::new());
-    let ftp_stopping = http_stopping.clone();
-    let (http_addr, http) = start_http(&settings, ingestor.clone(), puller.clone(), async move {
-        let _ = http_stopping.wait_for(|stop| *stop).await;
-    })
+    let (http_addr, http) = start_http(
+        &settings,
+        ingestor.clone(),
+        puller.clone(),
+        stop.clone().cancelled_owned(),
+    )
     .await?;
     // A complete FTP upload is claimed by the FTP server itself and rings `woken`.
     let (ftp_addr, ftp) = match settings.ftp.enabled {
@@ -64,10 +73,7 @@ pub async fn run(
                 settings.ingest.drop_dir.clone(),
                 ingestor.db.clone(),
                 woken.clone(),
-                async move {
-                    let mut stopping = ftp_stopping;
-                    let _ = stopping.wait_for(|stop| *stop).await;
-                },
+                stop.clone().cancelled_owned(),
             )
             .await?;
             (Some(addr), Some(task))
@@ -80,39 +86,40 @@ pub async fn run(
         "ctdata-server watching the drop directory"
     );
 
-    // One signal stops them all: the HTTP server finishes requests in flight, the FTP
-    // server gives sessions a grace period, the ingest loop finishes the file in hand.
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let (stop, woken) = (stop.clone(), woken.clone());
-        tokio::spawn(async move {
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
             shutdown.await;
-            stop.store(true, Ordering::SeqCst);
-            woken.notify_one();
-            let _ = http_stop.send(true);
-        });
-    }
-    let pulls = crate::sources::spawn_schedules(puller, pulls_stopping, stop.clone());
+            stop.cancel();
+        }
+    });
+    let pulls = crate::sources::spawn_schedules(puller, stop.clone());
     let (events, mut changes) = mpsc::unbounded_channel();
     let mut watcher = watch(&settings.ingest.drop_dir, events.clone());
     ready_line(&http_addr, ftp_addr);
-    let mut rescan = tokio::time::interval(Duration::from_secs_f64(
-        settings.ingest.rescan_secs.max(0.1),
-    ));
+    let mut rescan =
+        tokio::time::interval(settings.ingest.rescan_secs.max(Duration::from_millis(100)));
     rescan.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
     // Doubles while the drop directory stays away (share unmounted), up to a minute.
-    let mut away_pause = Duration::from_millis(500);
-    while !stop.load(Ordering::SeqCst) {
+    let away_policy = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(60))
+        .without_max_times();
+    let mut away_pauses = away_policy.build();
+    let mut away = false;
+    while !stop.is_cancelled() {
         // Writes and closes seen since the last pass decide what is still open.
         note_changes(&mut drop_dir, &mut changes, None);
         match drop_dir.ingest_once(&stop).await {
             Ok(report) if report.unavailable => {
+                away = true;
+                let pause = away_pauses.next().unwrap_or(Duration::from_secs(60));
                 tokio::select! {
-                    _ = tokio::time::sleep(away_pause) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = woken.notified() => {}
+                    _ = stop.cancelled() => {}
                 }
-                away_pause = (away_pause * 2).min(Duration::from_secs(60));
                 // Events from a watch on a vanished folder say nothing any more.
                 while changes.try_recv().is_ok() {}
                 continue;
@@ -123,6 +130,7 @@ pub async fn run(
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                     _ = woken.notified() => {}
+                    _ = stop.cancelled() => {}
                 }
                 note_changes(&mut drop_dir, &mut changes, None);
                 continue;
@@ -130,9 +138,10 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => tracing::error!("drop directory scan failed: {e:#}"),
         }
-        if away_pause > Duration::from_millis(500) {
+        if away {
             // Back from away: the old watch died with the folder it watched.
-            away_pause = Duration::from_millis(500);
+            away = false;
+            away_pauses = away_policy.build();
             watcher = watch(&settings.ingest.drop_dir, events.clone());
         }
         let settle_wait = drop_dir
@@ -142,10 +151,9 @@ pub async fn run(
             _ = woken.notified() => {
                 // An FTP upload was claimed: let the ones right behind it join this
                 // pass, so a burst shares one filesystem sync and one scan.
-                if !stop.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
+            _ = stop.cancelled() => {}
             _ = rescan.tick() => {}
             _ = sleep_opt(settle_wait) => {}
             Some(change) = changes.recv() => {
@@ -263,10 +271,9 @@ async fn start_http(
     };
     let state = http_state(settings, ingestor, puller, tls.is_some());
     let http = &settings.http;
-    let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
     let policy = crate::http::ConnPolicy {
-        header_read_timeout: secs(http.header_read_timeout_secs),
-        idle_timeout: secs(http.idle_timeout_secs),
+        header_read_timeout: at_least_100ms(http.header_read_timeout_secs),
+        idle_timeout: at_least_100ms(http.idle_timeout_secs),
         limits: ConnLimits::trusting(
             "http",
             http.max_connections,
@@ -274,7 +281,7 @@ async fn start_http(
             &http.trusted_proxies,
         ),
         min_body_rate: http.min_body_bytes_per_sec,
-        body_idle_timeout: secs(http.body_idle_timeout_secs),
+        body_idle_timeout: at_least_100ms(http.body_idle_timeout_secs),
     };
     let app = crate::http::app(state);
     let task = tokio::spawn(crate::http::serve(listener, app, policy, tls, shutdown));
@@ -294,7 +301,7 @@ pub fn http_state(
         ingestor,
         drop_dir: Arc::new(drop_dir),
         max_body_bytes: settings.http.max_body_bytes,
-        body_idle_timeout: Duration::from_secs_f64(settings.http.body_idle_timeout_secs.max(0.1)),
+        body_idle_timeout: at_least_100ms(settings.http.body_idle_timeout_secs),
         auth_failures: Arc::new(crate::http::throttle::AuthFailures::new(
             settings.http.trusted_proxies.clone(),
         )),
@@ -309,8 +316,8 @@ pub fn http_state(
             settings.http.max_uploads_per_device,
         )),
         dashboard: Arc::new(crate::http::DashboardSettings {
-            session: Duration::from_secs_f64(settings.http.session_hours.max(0.0) * 3600.0),
-            stale_after_days: settings.http.stale_after_days,
+            session: settings.http.session_hours,
+            stale_after_days: settings.http.stale_after_days.as_secs_f64() / 86_400.0,
             secure_cookie,
             map_tiles: settings
                 .http
@@ -322,6 +329,10 @@ pub fn http_state(
                 }),
         }),
     }
+}
+
+fn at_least_100ms(d: Duration) -> Duration {
+    d.max(Duration::from_millis(100))
 }
 
 /// What a change notification tells the loop.

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ctdata_server::auth::{token_hash, verify_password};
@@ -11,6 +10,7 @@ use ctdata_server::db::Db;
 use ctdata_server::dropdir::DropDir;
 use ctdata_tests::{both_backends, fixtures, TestDb};
 use support::Server;
+use tokio_util::sync::CancellationToken;
 
 /// The unrevoked device a token belongs to, as the HTTP API would authenticate it.
 async fn active_device(db: &Db, token_hash: &str) -> sqlx::Result<Option<String>> {
@@ -111,7 +111,10 @@ async fn devices_seen_in_the_drop_directory_can_be_registered(test_db: TestDb) {
         drop_dir.root().join("ranger-07/a.json"),
     )
     .unwrap();
-    drop_dir.ingest_once(&AtomicBool::new(false)).await.unwrap();
+    drop_dir
+        .ingest_once(&CancellationToken::new())
+        .await
+        .unwrap();
 
     let listed = db.list_devices().await.unwrap();
     assert_eq!(listed.len(), 1);

@@ -3,13 +3,13 @@
 
 mod support;
 
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ctdata_server::db::{Db, ExportFilter};
 use ctdata_server::export::{write_export, ExportFormat};
 use ctdata_tests::{both_backends, fixtures, TestDb};
 use support::Server;
+use tokio_util::sync::CancellationToken;
 
 both_backends! {
     a_year_10000_row_is_exported_with_its_problem,
@@ -22,7 +22,10 @@ async fn a_year_10000_row_is_exported_with_its_problem(db: TestDb) {
     let dest = server.drop_root().join("ranger-07/a.json");
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
     std::fs::copy(fixtures().join("good/json-basic.json"), &dest).unwrap();
-    let report = drop_dir.ingest_once(&AtomicBool::new(false)).await.unwrap();
+    let report = drop_dir
+        .ingest_once(&CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(report.receipts.len(), 1, "{report:?}");
     let total = store.totals().await.unwrap().sightings;
     assert!(total >= 2);

@@ -4,7 +4,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ctdata_server::db::{Db, ExportFilter};
@@ -13,6 +12,7 @@ use ctdata_server::export::{write_export, ExportFormat};
 use ctdata_server::ingest::{Ingestor, Status};
 use ctdata_tests::{both_backends, fixtures, Batch, TestDb};
 use support::Server;
+use tokio_util::sync::CancellationToken;
 
 struct Fixture {
     _server: Server,
@@ -54,7 +54,7 @@ impl Fixture {
     async fn pass(&mut self) -> StepReport {
         let report = self
             .drop_dir
-            .ingest_once(&AtomicBool::new(false))
+            .ingest_once(&CancellationToken::new())
             .await
             .unwrap();
         assert_eq!(report.errors, 0, "{report:?}");

@@ -48,7 +48,10 @@ impl Setup {
     ) -> anyhow::Result<Server<fs::DeviceFs, auth::Device>> {
         let handoff = self.handoff.clone();
         let limits = fs::Limits {
-            data_timeout: Duration::from_secs_f64(self.settings.data_timeout_secs.max(0.1)),
+            data_timeout: self
+                .settings
+                .data_timeout_secs
+                .max(Duration::from_millis(100)),
             max_file_bytes: self.settings.max_file_bytes,
             device_quota_bytes: self.settings.device_quota_bytes,
         };
@@ -64,7 +67,7 @@ impl Setup {
         .authenticator(authenticator)
         .greeting("CTData FTP server")
         .passive_ports(self.passive.clone())
-        .idle_session_timeout(self.settings.idle_timeout_secs.max(1))
+        .idle_session_timeout(self.settings.idle_timeout_secs.as_secs().max(1))
         .active_passive_mode(ActivePassiveMode::PassiveOnly);
         if let Some(events) = events {
             builder = builder.notify_data(events.clone()).notify_presence(events);
@@ -89,16 +92,13 @@ pub async fn start(
     wake: Arc<Notify>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    let passive = settings.passive_range()?;
-    let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
-    let tls = match (set(&settings.tls_cert), set(&settings.tls_key)) {
-        (None, None) => None,
-        (Some(cert), Some(key)) => {
-            crate::http::tls::check_pair("ftp", &cert, &key)?;
-            Some((cert, key))
-        }
-        _ => anyhow::bail!("ftp.tls_cert and ftp.tls_key: FTPS needs both (or neither)"),
-    };
+    let passive = settings.passive_ports.range();
+    // libunftp loads the files itself: load them here first so a problem is a start-up
+    // error that names the setting and the file.
+    let tls = crate::tls::pair("ftp", "FTPS", &settings.tls_cert, &settings.tls_key)?;
+    if let Some((cert, key)) = &tls {
+        crate::tls::server_config("ftp", cert, key)?;
+    }
     anyhow::ensure!(
         tls.is_some() || !settings.require_tls,
         "ftp.require_tls is set but ftp.tls_cert and ftp.tls_key are not: TLS needs a certificate"
@@ -107,10 +107,7 @@ pub async fn start(
         auth: Arc::new(auth::DeviceAuth {
             db,
             require_tls: settings.require_tls,
-            lockout: auth::Lockout::new(
-                settings.max_login_failures,
-                Duration::from_secs(settings.lockout_secs),
-            ),
+            lockout: auth::Lockout::new(settings.max_login_failures, settings.lockout_secs),
         }),
         handoff: Arc::new(handoff::Handoff {
             drop_dir: drop_dir.clone(),
@@ -128,15 +125,12 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("cannot listen on ftp.bind {}: {e}", settings.bind))?;
     let addr = listener.local_addr()?;
     tracing::info!(
-        passive_ports = settings.passive_ports,
+        passive_ports = %settings.passive_ports,
         ftps = setup.tls.is_some(),
         require_tls = settings.require_tls,
         "FTP listening on {addr}"
     );
-    let sweeper = tokio::spawn(sweep_stale_parts(
-        drop_dir,
-        Duration::from_secs(settings.stale_part_secs),
-    ));
+    let sweeper = tokio::spawn(sweep_stale_parts(drop_dir, settings.stale_part_secs));
     let task = tokio::spawn(async move {
         let result = serve_connections(listener, setup, shutdown).await;
         sweeper.abort();
@@ -197,7 +191,10 @@ async fn serve_connections(
         controls.retain(|c| c.strong_count() > 0);
         controls.push(Arc::downgrade(&control));
         let watch = Arc::downgrade(&control);
-        let login_by = Duration::from_secs_f64(setup.settings.login_timeout_secs.max(0.1));
+        let login_by = setup
+            .settings
+            .login_timeout_secs
+            .max(Duration::from_millis(100));
         tokio::spawn(async move {
             tokio::time::sleep(login_by).await;
             if watch.upgrade().is_some_and(|c| c.close_unless_logged_in()) {

@@ -15,12 +15,9 @@ use suppaftp::types::FileType;
 use suppaftp::FtpError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use super::remote::{RemoteFile, StepError};
-use crate::config::SourceSettings;
+use crate::config::{Place, SourceSettings};
 
 /// Folders below the source folder are followed this deep at most.
 const MAX_DEPTH: usize = 16;
@@ -33,47 +30,20 @@ pub struct FtpRemote {
     timeout: Duration,
 }
 
-/// `ftp://HOST[:PORT]/FOLDER` → (tls, host, port, folder).
-pub fn parse_url(url: &str) -> Option<(bool, String, u16, String)> {
-    let (tls, rest) = match url.split_once("://")? {
-        ("ftp", rest) => (false, rest),
-        ("ftps", rest) => (true, rest),
-        _ => return None,
-    };
-    let (authority, folder) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    // Credentials never belong in the URL; drop any that are there.
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = match host_port.strip_prefix('[') {
-        // [IPv6]:PORT
-        Some(bracketed) => {
-            let (host, after) = bracketed.split_once(']')?;
-            match after.strip_prefix(':') {
-                Some(port) => (host, port.parse().ok()?),
-                None if after.is_empty() => (host, 21),
-                None => return None,
-            }
-        }
-        None => match host_port.rsplit_once(':') {
-            Some((host, port)) => (host, port.parse().ok()?),
-            None => (host_port, 21),
-        },
-    };
-    if host.is_empty() {
-        return None;
-    }
-    let folder = folder.trim_end_matches('/');
-    let folder = if folder.is_empty() { "/" } else { folder };
-    Some((tls, host.to_string(), port, folder.to_string()))
-}
-
 impl FtpRemote {
     pub async fn open(source: &SourceSettings, password: &str) -> Result<FtpRemote, StepError> {
-        let (tls, host, port, folder) = parse_url(&source.url).ok_or_else(|| {
-            StepError::fatal("read the url", "it is not ftp://HOST[:PORT]/FOLDER")
-        })?;
+        let Place::Ftp {
+            tls,
+            host,
+            port,
+            folder,
+        } = source.url.place().clone()
+        else {
+            return Err(StepError::fatal(
+                "read the url",
+                "it is not ftp://HOST[:PORT]/FOLDER",
+            ));
+        };
         let t = source.timeout();
         let stream = connect(&host, port, t).await?;
         let _ = stream.set_nodelay(true);
@@ -336,28 +306,8 @@ async fn connect(host: &str, port: u16, t: Duration) -> Result<TcpStream, StepEr
 
 /// The rustls client: the public roots plus the source's `tls_ca_file`.
 fn tls_connector(source: &SourceSettings) -> Result<AsyncRustlsConnector, StepError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = &source.tls_ca_file {
-        let step = format!("read tls_ca_file {}", ca.display());
-        let certs = CertificateDer::pem_file_iter(ca)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| StepError::fatal(&step, &e.to_string()))?;
-        if certs.is_empty() {
-            return Err(StepError::fatal(&step, "no PEM certificate in it"));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| StepError::fatal(&step, &e.to_string()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StepError::fatal("TLS handshake", &e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = crate::tls::client_config("tls_ca_file", source.tls_ca_file.as_deref())
+        .map_err(|e| StepError::fatal("read tls_ca_file", &format!("{e:#}")))?;
     Ok(AsyncRustlsConnector::from(
         tokio_rustls::TlsConnector::from(Arc::new(config)),
     ))
@@ -422,38 +372,4 @@ fn io_cause(e: &io::Error, t: Duration) -> String {
 
 fn timed_out(t: Duration) -> String {
     format!("timed out after {:.0} s", t.as_secs_f64())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_url;
-
-    #[test]
-    fn urls_name_scheme_host_port_and_folder() {
-        let parsed = parse_url;
-        assert_eq!(
-            parsed("ftp://ftp.example.org/CTData/"),
-            Some((false, "ftp.example.org".into(), 21, "/CTData".into()))
-        );
-        assert_eq!(
-            parsed("ftps://user:pw@10.0.0.5:2121"),
-            Some((true, "10.0.0.5".into(), 2121, "/".into()))
-        );
-        assert_eq!(
-            parsed("ftp://[::1]:2121/a/b"),
-            Some((false, "::1".into(), 2121, "/a/b".into()))
-        );
-        assert_eq!(
-            parsed("ftp://[::1]/x"),
-            Some((false, "::1".into(), 21, "/x".into()))
-        );
-        for bad in [
-            "ftp:///CTData",
-            "ftp://host:port/x",
-            "sftp://host/x",
-            "ftp://[::1/x",
-        ] {
-            assert_eq!(parsed(bad), None, "{bad}");
-        }
-    }
 }

@@ -15,10 +15,10 @@ mod schedule;
 
 use std::fs;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, AfterDownload, SourceSettings};
 use crate::db::{PullRecord, RemoteKey};
@@ -26,7 +26,6 @@ use crate::deliver::{Deliverer, Filing, Origin};
 use crate::ingest::{Ingestor, Status};
 use crate::layout::{self, stamp};
 use crate::types::Channel;
-pub use ftp::parse_url;
 use remote::{Remote, RemoteFile, StepError};
 pub use report::{describe, DownloadReport, PulledFile, SourceReport};
 pub use schedule::spawn_schedules;
@@ -72,7 +71,7 @@ impl Puller {
                     .join(", ")
             );
         }
-        let never = AtomicBool::new(false);
+        let never = CancellationToken::new();
         let mut sources = Vec::with_capacity(chosen.len());
         for source in chosen {
             sources.push(self.pull(source, trigger, &never).await);
@@ -89,7 +88,7 @@ impl Puller {
         &self,
         source: &SourceSettings,
         trigger: &str,
-        stop: &AtomicBool,
+        stop: &CancellationToken,
     ) -> SourceReport {
         let started = Utc::now();
         let mut report = SourceReport {
@@ -184,12 +183,10 @@ impl Puller {
     async fn pull_locked(
         &self,
         source: &SourceSettings,
-        stop: &AtomicBool,
+        stop: &CancellationToken,
         report: &mut SourceReport,
     ) -> Result<(), StepError> {
-        let after = source
-            .after()
-            .map_err(|e| StepError::fatal("read after_download", &e.to_string()))?;
+        let after = source.after_download.clone();
         // Files fetched before a crash: their remote copies are still there (those go
         // only after the archive), so fetching afresh is both safe and simpler.
         let work = self.deliverer.layout.pulling(&source.name);
@@ -210,7 +207,7 @@ impl Puller {
         };
         report.found = files.len() as u64;
         for file in files {
-            if stop.load(Ordering::SeqCst) {
+            if stop.is_cancelled() {
                 report.errors.push(
                     "stopped: the server is shutting down; the rest waits for the next pull".into(),
                 );

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::ftp::FtpRemote;
-use crate::config::SourceSettings;
+use crate::config::{Place, SourceSettings};
 
 /// A file in the remote folder, as listed.
 #[derive(Debug, Clone)]
@@ -65,13 +65,15 @@ pub enum Remote {
 
 impl Remote {
     pub async fn open(source: &SourceSettings) -> Result<Remote, StepError> {
-        if source.url.starts_with("ftp://") || source.url.starts_with("ftps://") {
-            let password = read_password(source)?;
-            return Ok(Remote::Ftp(Box::new(
-                FtpRemote::open(source, &password).await?,
-            )));
-        }
-        let root = PathBuf::from(source.url.strip_prefix("file://").unwrap_or(&source.url));
+        let root = match source.url.place() {
+            Place::Ftp { .. } => {
+                let password = read_password(source)?;
+                return Ok(Remote::Ftp(Box::new(
+                    FtpRemote::open(source, &password).await?,
+                )));
+            }
+            Place::Folder(root) => root.clone(),
+        };
         let step = format!("open the folder {}", root.display());
         let cause = |e: io::Error| match e.kind() {
             io::ErrorKind::NotFound => "the folder is missing (is the share mounted?)".to_string(),

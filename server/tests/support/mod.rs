@@ -30,7 +30,7 @@ impl Server {
     pub async fn open(db: &TestDb) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = Settings::default();
-        settings.database.url = db.url.clone();
+        settings.database.url = ctdata_server::config::SecretUrl::new(&db.url);
         settings.ingest.drop_dir = dir.path().join("CTData");
         let ingestor = ctdata_server::serve::open(&settings)
             .await

@@ -1,14 +1,20 @@
 //! Settings in layers: built-in defaults, then a TOML file, then `CTDATA__SECTION__KEY`
 //! environment variables last.
 
+mod values;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use values::{days, hours, opt_secs, secs};
+pub use values::{redact_url, AfterDownload, Place, PortRange, SecretUrl, SourceUrl};
+
 /// The commented example printed by `ctdata-server default-config` and shipped as
 /// `deploy/ctdata.toml`. A test keeps it equal to [`Settings::default`].
-pub const EXAMPLE_CONFIG: &str = include_str!("../../deploy/ctdata.toml");
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/ctdata.toml");
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "ctdata.toml";
@@ -26,13 +32,13 @@ pub struct Settings {
 }
 
 /// One remote folder devices upload to, pulled on a schedule or by the admin Download.
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSettings {
     /// Names the source in reports, the CLI (`download --source`) and the database.
     pub name: String,
     /// `ftp://HOST[:PORT]/FOLDER`, `ftps://…` (explicit TLS), or a folder path.
-    pub url: String,
+    pub url: SourceUrl,
     /// FTP user; `anonymous` when unset.
     #[serde(default)]
     pub user: Option<String>,
@@ -40,44 +46,30 @@ pub struct SourceSettings {
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// Pull on this schedule while `serve` runs: `90s`, `10m`, `1h`. Unset: only on Download.
-    #[serde(default)]
-    pub poll_every: Option<String>,
+    #[serde(default, with = "opt_secs")]
+    pub poll_every: Option<Duration>,
     /// What happens to a remote file once its batch is stored (or filed away as
     /// rejected): `delete`, `move:FOLDER` (relative to the source folder), or `keep`.
-    #[serde(default = "default_after_download")]
-    pub after_download: String,
+    #[serde(default)]
+    pub after_download: AfterDownload,
     /// Longest wait for any one step (connect, login, a command, a transfer stall).
-    #[serde(default = "default_source_timeout")]
-    pub timeout_secs: f64,
+    #[serde(default = "default_source_timeout", with = "secs")]
+    pub timeout_secs: Duration,
     /// PEM certificates to trust for `ftps://` besides the public roots (a private CA
     /// or a self-signed server certificate).
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
 }
 
-/// What to do with a remote file after its ingest committed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AfterDownload {
-    Delete,
-    /// Move into this folder (relative to the source folder unless absolute).
-    Move(String),
-    /// Leave it; the server remembers it and fetches it again only when it changes.
-    Keep,
+fn default_source_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
-fn default_after_download() -> String {
-    "keep".into()
-}
-
-fn default_source_timeout() -> f64 {
-    30.0
-}
-
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// `sqlite://PATH` (created when missing) or `postgres://USER:PASSWORD@HOST/DB`.
-    pub url: String,
+    pub url: SecretUrl,
     pub max_connections: u32,
 }
 
@@ -87,9 +79,11 @@ pub struct IngestSettings {
     /// The `CTData` folder devices deliver into.
     pub drop_dir: PathBuf,
     /// A file written in place is taken once its size and mtime were unchanged this long.
-    pub settle_secs: f64,
+    #[serde(with = "secs")]
+    pub settle_secs: Duration,
     /// Full rescan of the drop directory even when no change was notified.
-    pub rescan_secs: f64,
+    #[serde(with = "secs")]
+    pub rescan_secs: Duration,
     /// Device name for files that name none (CSV / GeoJSON at the top of the drop dir).
     pub default_device: String,
     /// Largest decompressed batch accepted, in bytes.
@@ -99,7 +93,8 @@ pub struct IngestSettings {
     /// A file written in place that is cut short (truncated, or cut inside a row or a
     /// JSON document) while it changed within this many seconds is left in place and
     /// looked at again when it changes; only after this long unchanged is it rejected.
-    pub incomplete_grace_secs: f64,
+    #[serde(with = "secs")]
+    pub incomplete_grace_secs: Duration,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -107,11 +102,13 @@ pub struct IngestSettings {
 pub struct HttpSettings {
     pub bind: String,
     /// A client must send its request headers within this time (slowloris guard).
-    pub header_read_timeout_secs: f64,
+    #[serde(with = "secs")]
+    pub header_read_timeout_secs: Duration,
     /// Largest request body accepted, in bytes, as sent (compressed or not).
     pub max_body_bytes: u64,
     /// A request body that sends nothing for this long is abandoned (408).
-    pub body_idle_timeout_secs: f64,
+    #[serde(with = "secs")]
+    pub body_idle_timeout_secs: Duration,
     /// Requests handled at once, uploads and all others each; more wait their turn.
     pub max_concurrent_requests: usize,
     /// PEM certificate chain (server certificate first). With `tls_key`, `bind` speaks
@@ -120,9 +117,11 @@ pub struct HttpSettings {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
     pub tls_key: Option<PathBuf>,
     /// A dashboard sign-in lasts this many hours.
-    pub session_hours: f64,
+    #[serde(with = "hours")]
+    pub session_hours: Duration,
     /// The dashboard calls a device stale after this many days without a batch.
-    pub stale_after_days: f64,
+    #[serde(with = "days")]
+    pub stale_after_days: Duration,
     /// Map tiles under the dashboard's sightings map: a URL template with `{z}`, `{x}`
     /// and `{y}` (256-pixel Web Mercator tiles, e.g. a tile server on the station's
     /// network). Unset: a plain lon/lat map that needs no network.
@@ -141,7 +140,8 @@ pub struct HttpSettings {
     pub max_connections_per_ip: usize,
     /// A connection with no request in progress (before its first byte, or between
     /// requests, HTTP/1 keep-alive or HTTP/2) is closed after this long.
-    pub idle_timeout_secs: f64,
+    #[serde(with = "secs")]
+    pub idle_timeout_secs: Duration,
     /// A request body slower than this on average (after a 10 s start) is abandoned (408).
     pub min_body_bytes_per_sec: u64,
     /// Uploads one device sends at once; more wait their turn, so one device cannot
@@ -156,7 +156,7 @@ pub struct FtpSettings {
     pub enabled: bool,
     pub bind: String,
     /// Passive data ports, `FIRST-LAST`.
-    pub passive_ports: String,
+    pub passive_ports: PortRange,
     /// PEM certificate chain for explicit FTPS (AUTH TLS); with `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
@@ -164,16 +164,20 @@ pub struct FtpSettings {
     /// Refuse logins (and transfers) that are not protected by TLS.
     pub require_tls: bool,
     /// A control connection with no command for this long is closed.
-    pub idle_timeout_secs: u64,
+    #[serde(with = "secs")]
+    pub idle_timeout_secs: Duration,
     /// An upload that sends no byte for this long is abandoned.
-    pub data_timeout_secs: f64,
+    #[serde(with = "secs")]
+    pub data_timeout_secs: Duration,
     /// Failed logins from one address for one name before the lockout.
     pub max_login_failures: u32,
     /// How long a locked-out name and address stays refused.
-    pub lockout_secs: u64,
+    #[serde(with = "secs")]
+    pub lockout_secs: Duration,
     /// Unfinished uploads (temporary names: `.part`, `.tmp`, `~`, dotfiles…)
     /// untouched for this long are deleted.
-    pub stale_part_secs: u64,
+    #[serde(with = "secs")]
+    pub stale_part_secs: Duration,
     /// Fsync each upload before answering the client, not only before ingesting it.
     pub fsync_before_reply: bool,
     /// Largest single upload; a bigger one is cut off with 552 and removed.
@@ -185,13 +189,14 @@ pub struct FtpSettings {
     /// Open control connections from one address at once.
     pub max_connections_per_ip: usize,
     /// A control connection not logged in this long after it opened is closed.
-    pub login_timeout_secs: f64,
+    #[serde(with = "secs")]
+    pub login_timeout_secs: Duration,
 }
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
         DatabaseSettings {
-            url: "sqlite://./ctdata-data/ctdata.db".into(),
+            url: SecretUrl::new("sqlite://./ctdata-data/ctdata.db"),
             max_connections: 8,
         }
     }
@@ -202,12 +207,12 @@ impl Default for IngestSettings {
         let limits = ctdata_batch::Limits::default();
         IngestSettings {
             drop_dir: PathBuf::from("./ctdata-data/CTData"),
-            settle_secs: 2.0,
-            rescan_secs: 30.0,
+            settle_secs: Duration::from_secs(2),
+            rescan_secs: Duration::from_secs(30),
             default_device: "unassigned".into(),
             max_file_bytes: limits.max_bytes,
             max_gzip_ratio: limits.max_gzip_ratio,
-            incomplete_grace_secs: 300.0,
+            incomplete_grace_secs: Duration::from_secs(300),
         }
     }
 }
@@ -216,21 +221,21 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             bind: "127.0.0.1:8080".into(),
-            header_read_timeout_secs: 10.0,
+            header_read_timeout_secs: Duration::from_secs(10),
             max_body_bytes: 1 << 30,
-            body_idle_timeout_secs: 60.0,
+            body_idle_timeout_secs: Duration::from_secs(60),
             max_concurrent_requests: 256,
             tls_cert: None,
             tls_key: None,
             read_devices: Vec::new(),
-            session_hours: 12.0,
-            stale_after_days: 3.0,
+            session_hours: Duration::from_secs(12 * 3600),
+            stale_after_days: Duration::from_secs(3 * 86_400),
             map_tile_url: None,
             map_tile_attribution: None,
             trusted_proxies: Vec::new(),
             max_connections: 2048,
             max_connections_per_ip: 256,
-            idle_timeout_secs: 30.0,
+            idle_timeout_secs: Duration::from_secs(30),
             min_body_bytes_per_sec: 1024,
             max_uploads_per_device: 4,
         }
@@ -242,52 +247,26 @@ impl Default for FtpSettings {
         FtpSettings {
             enabled: false,
             bind: "127.0.0.1:2121".into(),
-            passive_ports: "50000-50100".into(),
+            passive_ports: PortRange::try_from("50000-50100".to_string()).expect("a valid range"),
             tls_cert: None,
             tls_key: None,
             require_tls: false,
-            idle_timeout_secs: 600,
-            data_timeout_secs: 60.0,
+            idle_timeout_secs: Duration::from_secs(600),
+            data_timeout_secs: Duration::from_secs(60),
             max_login_failures: 5,
-            lockout_secs: 300,
-            stale_part_secs: 86_400,
+            lockout_secs: Duration::from_secs(300),
+            stale_part_secs: Duration::from_secs(86_400),
             fsync_before_reply: false,
             max_file_bytes: 1 << 30,
             device_quota_bytes: 10 << 30,
             max_connections: 256,
             max_connections_per_ip: 32,
-            login_timeout_secs: 30.0,
+            login_timeout_secs: Duration::from_secs(30),
         }
     }
 }
 
-impl FtpSettings {
-    /// `passive_ports` as a range, or an error that quotes it.
-    pub fn passive_range(&self) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
-        let bad = || {
-            anyhow::anyhow!(
-                "ftp.passive_ports {:?} is not a port range like \"50000-50100\" (two ports from 1 to 65535, \
-                 the first not above the second)",
-                self.passive_ports
-            )
-        };
-        let (first, last) = self.passive_ports.split_once('-').ok_or_else(bad)?;
-        let first: u16 = first.trim().parse().map_err(|_| bad())?;
-        let last: u16 = last.trim().parse().map_err(|_| bad())?;
-        anyhow::ensure!(first >= 1 && first <= last, bad());
-        Ok(first..=last)
-    }
-}
-
 impl IngestSettings {
-    pub fn settle(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.settle_secs.max(0.0))
-    }
-
-    pub fn incomplete_grace(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.incomplete_grace_secs.max(0.0))
-    }
-
     pub fn limits(&self) -> ctdata_batch::Limits {
         ctdata_batch::Limits {
             max_bytes: self.max_file_bytes,
@@ -298,40 +277,10 @@ impl IngestSettings {
 }
 
 impl SourceSettings {
-    pub fn after(&self) -> anyhow::Result<AfterDownload> {
-        match self.after_download.as_str() {
-            "delete" => Ok(AfterDownload::Delete),
-            "keep" => Ok(AfterDownload::Keep),
-            other => match other.strip_prefix("move:") {
-                Some(folder) if !folder.trim_matches('/').is_empty() && !folder.split('/').any(|p| p == "..") => {
-                    Ok(AfterDownload::Move(folder.to_string()))
-                }
-                _ => anyhow::bail!(
-                    "source {:?}: after_download {other:?} must be \"delete\", \"keep\" or \"move:FOLDER\" \
-                     (a folder name without '..')",
-                    self.name
-                ),
-            },
-        }
-    }
-
-    /// The pull schedule, if any.
-    pub fn poll(&self) -> anyhow::Result<Option<std::time::Duration>> {
-        self.poll_every
-            .as_deref()
-            .map(|p| {
-                parse_duration(p).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "source {:?}: poll_every {p:?} must be a number with s, m or h (e.g. \"10m\"), at least 1s",
-                        self.name
-                    )
-                })
-            })
-            .transpose()
-    }
-
-    pub fn timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.timeout_secs.clamp(0.1, 3600.0))
+    /// The step timeout, kept between 0.1 s and an hour.
+    pub fn timeout(&self) -> Duration {
+        self.timeout_secs
+            .clamp(Duration::from_millis(100), Duration::from_secs(3600))
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -341,45 +290,16 @@ impl SourceSettings {
             self.name,
             ctdata_batch::DeviceName::RULE
         );
-        let url = &self.url;
-        anyhow::ensure!(
-            !url.is_empty()
-                && (url.starts_with("ftp://")
-                    || url.starts_with("ftps://")
-                    || !url.contains("://")
-                    || url.starts_with("file://")),
-            "source {:?}: url {:?} must be ftp://HOST/FOLDER, ftps://HOST/FOLDER or a folder path",
-            self.name,
-            redact_url(url)
-        );
-        anyhow::ensure!(
-            !(url.starts_with("ftp://") || url.starts_with("ftps://"))
-                || crate::sources::parse_url(url).is_some(),
-            "source {:?}: url {:?} must be ftp://HOST[:PORT]/FOLDER (or ftps://…)",
-            self.name,
-            redact_url(url)
-        );
-        self.after()?;
-        self.poll()?;
+        if let Some(every) = self.poll_every {
+            anyhow::ensure!(
+                every >= Duration::from_secs(1),
+                "source {:?}: poll_every {} must be at least 1s",
+                self.name,
+                humantime::format_duration(every)
+            );
+        }
         Ok(())
     }
-}
-
-/// `90`, `90s`, `10m`, `1h`: at least a second.
-fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let factor = match unit.trim() {
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return None,
-    };
-    let secs = number.trim().parse::<f64>().ok()? * factor;
-    (secs.is_finite() && secs >= 1.0).then(|| std::time::Duration::from_secs_f64(secs))
 }
 
 impl Settings {
@@ -441,31 +361,6 @@ impl Settings {
     }
 }
 
-/// Hides the password in a URL (`postgres://user:secret@host` → `user:***@host`).
-/// The last `@` ends the credentials, since a password may hold `@` (or `/`) written
-/// as is; a path with `@` in it is hidden too, the safe mistake.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((auth, host)) => match auth.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
-impl fmt::Debug for DatabaseSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DatabaseSettings")
-            .field("url", &redact_url(&self.url))
-            .field("max_connections", &self.max_connections)
-            .finish()
-    }
-}
-
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
@@ -476,19 +371,6 @@ impl fmt::Debug for Settings {
             .field("http.bind", &self.http.bind)
             .field("ftp", &self.ftp)
             .field("sources", &self.sources)
-            .finish()
-    }
-}
-
-impl fmt::Debug for SourceSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SourceSettings")
-            .field("name", &self.name)
-            .field("url", &redact_url(&self.url))
-            .field("user", &self.user)
-            .field("password_file", &self.password_file)
-            .field("poll_every", &self.poll_every)
-            .field("after_download", &self.after_download)
             .finish()
     }
 }
@@ -526,10 +408,13 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(s.ingest.settle_secs, 0.5);
-        assert_eq!(s.ingest.rescan_secs, 7.0);
+        assert_eq!(s.ingest.settle_secs, Duration::from_millis(500));
+        assert_eq!(s.ingest.rescan_secs, Duration::from_secs(7));
         assert_eq!(s.http.bind, "127.0.0.1:8080");
-        assert_eq!(s.database.url, "postgres://u:pw@localhost/x");
+        assert_eq!(
+            s.database.url.expose_secret(),
+            "postgres://u:pw@localhost/x"
+        );
         assert!(
             !format!("{s:?}").contains("pw"),
             "password leaked into Debug output"
@@ -548,14 +433,8 @@ mod tests {
         let s = Settings::load_from(Some(&file), env(&[])).unwrap();
         assert_eq!(s.sources.len(), 1);
         let src = &s.sources[0];
-        assert_eq!(
-            src.after().unwrap(),
-            AfterDownload::Move("processed".into())
-        );
-        assert_eq!(
-            src.poll().unwrap(),
-            Some(std::time::Duration::from_secs(600))
-        );
+        assert_eq!(src.after_download, AfterDownload::Move("processed".into()));
+        assert_eq!(src.poll_every, Some(Duration::from_secs(600)));
         assert!(
             !format!("{s:?}").contains("pw@"),
             "password leaked into Debug output"
@@ -565,6 +444,8 @@ mod tests {
             ("after_download = \"shred\"", "after_download"),
             ("after_download = \"move:../x\"", "after_download"),
             ("poll_every = \"soon\"", "poll_every"),
+            ("poll_every = \"500ms\"", "poll_every"),
+            ("timeout_secs = \"a while\"", "timeout_secs"),
             ("pasword_file = \"/p\"", "pasword_file"),
         ] {
             let text = format!("[[sources]]\nname = \"a\"\nurl = \"/srv/CTData\"\n{bad}\n");
@@ -577,15 +458,54 @@ mod tests {
         std::fs::write(&file, twice).unwrap();
         let err = Settings::load_from(Some(&file), env(&[])).unwrap_err();
         assert!(err.to_string().contains("two sources"), "{err}");
+
+        for bad in ["sftp://u:pw@host/x", "ftp:///x", "ftp://host:99999/x"] {
+            let text = format!("[[sources]]\nname = \"a\"\nurl = \"{bad}\"\n");
+            std::fs::write(&file, text).unwrap();
+            let err = format!(
+                "{:#}",
+                Settings::load_from(Some(&file), env(&[])).unwrap_err()
+            );
+            assert!(err.contains("url") && !err.contains("pw@"), "{err}");
+        }
+    }
+
+    #[test]
+    fn durations_read_as_seconds_or_text_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[http]\nidle_timeout_secs = 45\nsession_hours = \"1h 30m\"\n[ftp]\nlockout_secs = \"5m\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("CTDATA__FTP__IDLE_TIMEOUT_SECS", "90"),
+                ("CTDATA__HTTP__HEADER_READ_TIMEOUT_SECS", "2m"),
+                ("CTDATA__INGEST__SETTLE_SECS", "0.3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.http.idle_timeout_secs, Duration::from_secs(45));
+        assert_eq!(s.http.session_hours, Duration::from_secs(5400));
+        assert_eq!(s.ftp.lockout_secs, Duration::from_secs(300));
+        assert_eq!(s.ftp.idle_timeout_secs, Duration::from_secs(90));
+        assert_eq!(s.http.header_read_timeout_secs, Duration::from_secs(120));
+        assert_eq!(s.ingest.settle_secs, Duration::from_millis(300));
+        let err =
+            Settings::load_from(None, env(&[("CTDATA__HTTP__SESSION_HOURS", "soon")])).unwrap_err();
+        assert!(format!("{err:#}").contains("http.session_hours"), "{err:#}");
     }
 
     #[test]
     fn ftp_passive_ports_parse_or_say_why() {
-        let mut ftp = FtpSettings::default();
-        assert_eq!(ftp.passive_range().unwrap(), 50000..=50100);
+        assert_eq!(FtpSettings::default().passive_ports.range(), 50000..=50100);
         for bad in ["50100-50000", "50000", "0-10", "a-b", "1-70000"] {
-            ftp.passive_ports = bad.into();
-            let e = ftp.passive_range().unwrap_err().to_string();
+            let e =
+                Settings::load_from(None, env(&[("CTDATA__FTP__PASSIVE_PORTS", bad)])).unwrap_err();
+            let e = format!("{e:#}");
             assert!(e.contains("ftp.passive_ports") && e.contains(bad), "{e}");
         }
         let s = Settings::load_from(None, env(&[("CTDATA__FTP__ENABLED", "true")])).unwrap();
