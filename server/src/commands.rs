@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +14,7 @@ use crate::export::{write_export, ExportFormat, ExportSummary};
 use crate::ingest::{Receipt, Status};
 use crate::layout::write_atomic;
 use crate::serve::open;
-use crate::types::Channel;
+use crate::types::{parse_time, Channel};
 
 /// Ingests files in place (they are not moved), or, with no paths, makes one pass over
 /// the drop directory (files that have not settled yet are left for the next run).
@@ -270,14 +270,4 @@ fn read_cursor(file: &Path) -> anyhow::Result<i64> {
             text.trim()
         )
     })
-}
-
-/// RFC 3339 (`2026-11-01T06:00:00+02:00`) or a plain date (`2026-11-01`, midnight UTC).
-pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
-        .map_err(|_| format!("{s:?} is not a time: use RFC 3339 (2026-11-01T06:00:00+02:00) or a date (2026-11-01)"))
 }

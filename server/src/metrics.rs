@@ -8,7 +8,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::ingest::{Receipt, Status};
+use ctdata_api::{Receipt, Status};
 
 /// Upper bounds (seconds) of the ingest latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0];

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::{DateTime, NaiveDate, Utc};
 use ctdata_batch::RejectKind;
 use serde::{Deserialize, Serialize};
 
@@ -216,6 +217,16 @@ macro_rules! named {
 named!(Channel, "channel", by_all);
 named!(RejectionKind);
 named!(RejectionStatus, "rejection status", by_all);
+
+/// RFC 3339 (`2026-11-01T06:00:00+02:00`) or a plain date (`2026-11-01`, midnight UTC).
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+        .map_err(|_| format!("{s:?} is not a time: use RFC 3339 (2026-11-01T06:00:00+02:00) or a date (2026-11-01)"))
+}
 
 #[cfg(test)]
 mod tests {

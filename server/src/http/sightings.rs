@@ -12,9 +12,9 @@ use utoipa_axum::routes;
 
 use super::auth::ReaderAuth;
 use super::{ApiError, AppState, ErrorBody, Query};
-use crate::commands::parse_time;
 use crate::db::{BBox, ExportFilter};
 use crate::export::{byte_stream, ExportFormat};
+use crate::types::parse_time;
 
 pub use ctdata_api::NEXT_CURSOR;
 

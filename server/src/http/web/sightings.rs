@@ -9,9 +9,9 @@ use serde::Deserialize;
 use super::pages::PAGE;
 use super::session::Signed;
 use super::view::{filters, given, given_pairs, render, utc, Frame, PageResult, Pager};
-use crate::commands::parse_time;
 use crate::db::{BBox, SightingQuery, SightingRow};
 use crate::http::{AppState, MapTiles};
+use crate::types::parse_time;
 
 /// Most points drawn on the map: the newest matching ones.
 const MAP_POINTS: i64 = 2000;
