@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use ctdata_batch::{ReadSummary, Rejection, Sighting};
 use sqlx::postgres::PgPool;
@@ -19,7 +20,7 @@ use crate::db::{
 };
 
 /// Deadlock retries for one load.
-const MAX_RETRIES: u32 = 5;
+const MAX_RETRIES: usize = 5;
 
 pub async fn load_batch(
     pool: &PgPool,
@@ -27,7 +28,14 @@ pub async fn load_batch(
     rows: RowSource<'_>,
 ) -> anyhow::Result<LoadResult> {
     let mut via_staging = false;
-    let mut attempt = 0;
+    // Two loads sharing sighting ids can deadlock; PostgreSQL cancels one, which waits
+    // a little (jittered, so the two do not meet again) and tries again.
+    let mut retries = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(Duration::from_millis(200))
+        .with_max_times(MAX_RETRIES)
+        .with_jitter()
+        .build();
     loop {
         let outcome = if via_staging {
             load_once(pool, b, rows(), true).await
@@ -46,12 +54,12 @@ pub async fn load_batch(
             Ok(Attempt::Finished(result)) => return Ok(*result),
             // Some sighting id is stored already: take the slower path that skips it.
             Ok(Attempt::IdsExist) => via_staging = true,
-            Err(e) if attempt < MAX_RETRIES && is_transient(&e) => {
-                // Two loads sharing sighting ids can deadlock; PostgreSQL cancels one.
-                attempt += 1;
-                tracing::debug!(attempt, "load retried: {e}");
-                let jitter = rand::random::<u64>() % 20;
-                tokio::time::sleep(Duration::from_millis(10 * attempt as u64 + jitter)).await;
+            Err(e) if is_transient(&e) => {
+                let Some(delay) = retries.next() else {
+                    return Err(e);
+                };
+                tracing::debug!(?delay, "load retried: {e}");
+                tokio::time::sleep(delay).await;
             }
             Err(e) => return Err(e),
         }
