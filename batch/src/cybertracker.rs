@@ -237,8 +237,8 @@ impl KeysOf for FeatureKeys {
             cybertracker: false,
             waypoint: true,
         };
-        while let Some(key) = map.next_key::<String>()? {
-            if key == "properties" {
+        while let Some(key) = map.next_key::<Key>()? {
+            if key == Key::Properties {
                 shape = map.next_value::<Properties>()?.0;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -265,20 +265,55 @@ impl KeysOf for PropertyKeys {
 
     fn visit<'de, M: MapAccess<'de>>(self, mut map: M) -> Result<Properties, M::Error> {
         let (mut version, mut sighting, mut device, mut time) = (false, false, false, false);
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key::<Key>()? {
             let present = map.next_value::<Option<IgnoredAny>>()?.is_some();
-            match key.as_str() {
-                "ctVersion" => version = present,
-                "sighting" => sighting = present,
-                "deviceId" => device = present,
-                "dateTime" => time = present,
-                _ => {}
+            match key {
+                Key::CtVersion => version = present,
+                Key::Sighting => sighting = present,
+                Key::DeviceId => device = present,
+                Key::DateTime => time = present,
+                Key::Properties | Key::Other => {}
             }
         }
         Ok(Properties(Shape {
             cybertracker: version || sighting || (device && time),
             waypoint: !sighting,
         }))
+    }
+}
+
+/// The keys the scan looks for, recognised without allocating a string per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Properties,
+    CtVersion,
+    Sighting,
+    DeviceId,
+    DateTime,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
+                Ok(match s {
+                    "properties" => Key::Properties,
+                    "ctVersion" => Key::CtVersion,
+                    "sighting" => Key::Sighting,
+                    "deviceId" => Key::DeviceId,
+                    "dateTime" => Key::DateTime,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(KeyVisitor)
     }
 }
 

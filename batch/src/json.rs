@@ -269,17 +269,19 @@ impl Elements for Counter {
     ) -> Result<u64, A::Error> {
         let mut n = 0;
         if kind == ArrayKind::Features {
-            while let Some(shape) = seq.next_element::<cybertracker::Shape>()? {
-                if n == 0 {
-                    self.cybertracker = shape.cybertracker;
-                }
+            // The first feature decides; plain GeoJSON is then skipped unparsed.
+            if let Some(first) = seq.next_element::<cybertracker::Shape>()? {
+                self.cybertracker = first.cybertracker;
+                self.waypoints = u64::from(first.cybertracker && first.waypoint);
+                n += 1;
+            }
+            while self.cybertracker {
+                let Some(shape) = seq.next_element::<cybertracker::Shape>()? else {
+                    return Ok(n);
+                };
                 self.waypoints += u64::from(shape.waypoint);
                 n += 1;
             }
-            if !self.cybertracker {
-                self.waypoints = 0;
-            }
-            return Ok(n);
         }
         while seq.next_element::<IgnoredAny>()?.is_some() {
             n += 1;
