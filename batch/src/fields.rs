@@ -173,7 +173,7 @@ pub(crate) fn derived_id(sha256: &str, index: u64) -> Uuid {
 #[derive(Default)]
 pub(crate) struct Draft {
     pub id: Option<Uuid>,
-    observed_at: Option<DateTime<FixedOffset>>,
+    pub observed_at: Option<DateTime<FixedOffset>>,
     latitude: Option<f64>,
     longitude: Option<f64>,
     pub altitude: Option<f64>,

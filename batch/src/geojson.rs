@@ -25,15 +25,7 @@ pub(crate) fn feature(
         );
         return Err(vec![p]);
     };
-    if obj.get("type").and_then(Value::as_str) != Some("Feature") {
-        let shown = obj.get("type").map(show);
-        problems.push(problem(
-            row.at("type"),
-            Some("type"),
-            shown,
-            "a feature must have \"type\": \"Feature\"",
-        ));
-    }
+    check_type(&obj, row, &mut problems);
     let mut draft = Draft::default();
     point(obj.get("geometry"), row, &mut draft, &mut problems);
     match obj.remove("properties") {
@@ -56,7 +48,24 @@ pub(crate) fn feature(
     })
 }
 
-fn point(geometry: Option<&Value>, row: &RowAt, draft: &mut Draft, problems: &mut Vec<Problem>) {
+pub(crate) fn check_type(obj: &Map<String, Value>, row: &RowAt, problems: &mut Vec<Problem>) {
+    if obj.get("type").and_then(Value::as_str) != Some("Feature") {
+        let shown = obj.get("type").map(show);
+        problems.push(problem(
+            row.at("type"),
+            Some("type"),
+            shown,
+            "a feature must have \"type\": \"Feature\"",
+        ));
+    }
+}
+
+pub(crate) fn point(
+    geometry: Option<&Value>,
+    row: &RowAt,
+    draft: &mut Draft,
+    problems: &mut Vec<Problem>,
+) {
     let ty = geometry.and_then(|g| g.get("type"));
     if ty.and_then(Value::as_str) != Some("Point") {
         let shown = ty.map(show).or_else(|| geometry.map(show));

@@ -1,21 +1,26 @@
-//! Opening a batch file: gzip detection by magic bytes, size and ratio limits enforced
-//! on the *decompressed* stream as it is produced, and the SHA-256 of that stream.
+//! Opening a batch file: compression recognised by content (gzip, zlib, raw deflate),
+//! size and ratio limits enforced on the *decompressed* stream as it is produced, and
+//! the SHA-256 of that stream.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use flate2::read::MultiGzDecoder;
+use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
+use flate2::{Decompress, FlushDecompress};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Limits, RejectKind, Rejection};
+use crate::model::{Compression, Limits, RejectKind, Rejection};
 use crate::problems::reject;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// Also the largest sniffing window: the first fill of the buffer is what `sniff` looks at.
 pub(crate) const BUF_CAPACITY: usize = 64 * 1024;
 
-/// Counts the compressed bytes the gzip decoder pulls from the file, for the ratio check.
+/// How much of the file is tried to decide whether it is a zlib or raw deflate stream.
+const TRIAL_BYTES: usize = 4096;
+
+/// Counts the compressed bytes the decoder pulls from the file, for the ratio check.
 struct Counted {
     file: File,
     count: u64,
@@ -32,6 +37,8 @@ impl Read for Counted {
 enum Inner {
     Plain(File),
     Gzip(Box<MultiGzDecoder<Counted>>),
+    Zlib(Box<ZlibDecoder<Counted>>),
+    Deflate(Box<DeflateDecoder<Counted>>),
 }
 
 /// The decompressed byte stream. Once a limit trips or gzip breaks, the reason is kept
@@ -52,10 +59,21 @@ impl Source {
         self.eof
     }
 
+    fn compression(&self) -> Option<Compression> {
+        match &self.inner {
+            Inner::Plain(_) => None,
+            Inner::Gzip(_) => Some(Compression::Gzip),
+            Inner::Zlib(_) => Some(Compression::Zlib),
+            Inner::Deflate(_) => Some(Compression::Deflate),
+        }
+    }
+
     fn compressed(&self) -> Option<u64> {
         match &self.inner {
             Inner::Plain(_) => None,
             Inner::Gzip(d) => Some(d.get_ref().count),
+            Inner::Zlib(d) => Some(d.get_ref().count),
+            Inner::Deflate(d) => Some(d.get_ref().count),
         }
     }
 
@@ -72,7 +90,7 @@ impl Source {
                 format!("{what} is larger than the limit of {max} bytes"),
             ));
         }
-        let Some(packed) = self.compressed() else {
+        let (Some(packed), Some(how)) = (self.compressed(), self.compression()) else {
             return Ok(());
         };
         let ratio = self.limits.max_gzip_ratio;
@@ -80,7 +98,7 @@ impl Source {
             return Err(reject(
                 RejectKind::TooLarge,
                 format!(
-                    "gzip expands more than the allowed ratio of {ratio}:1 ({} bytes from {packed}): refusing a likely gzip bomb",
+                    "{how} expands more than the allowed ratio of {ratio}:1 ({} bytes from {packed}): refusing a likely {how} bomb",
                     self.bytes
                 ),
             ));
@@ -92,6 +110,8 @@ impl Source {
         match &mut self.inner {
             Inner::Plain(f) => f.read(buf),
             Inner::Gzip(d) => d.read(buf),
+            Inner::Zlib(d) => d.read(buf),
+            Inner::Deflate(d) => d.read(buf),
         }
     }
 
@@ -118,7 +138,7 @@ impl Read for Source {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    let r = inner_error(self.compressed().is_some(), e);
+                    let r = inner_error(self.compression(), e);
                     return Err(self.broken(r));
                 }
             };
@@ -133,26 +153,26 @@ impl Read for Source {
     }
 }
 
-fn inner_error(gzip: bool, e: io::Error) -> Rejection {
-    if !gzip {
+fn inner_error(compression: Option<Compression>, e: io::Error) -> Rejection {
+    let Some(how) = compression else {
         return reject(RejectKind::Io, format!("reading the file failed: {e}"));
-    }
+    };
     if e.kind() == io::ErrorKind::UnexpectedEof {
         reject(
             RejectKind::Compression,
-            format!("gzip data is truncated: {e}"),
+            format!("{how} data is truncated: {e}"),
         )
     } else {
         reject(
             RejectKind::Compression,
-            format!("gzip data is corrupt: {e}"),
+            format!("{how} data is corrupt: {e}"),
         )
     }
 }
 
 pub(crate) struct Input {
     pub reader: BufReader<Source>,
-    pub gzip: bool,
+    pub compression: Option<Compression>,
     /// A UTF-8 byte order mark was skipped: it still counts for the NDJSON trailer hash.
     pub bom: bool,
 }
@@ -161,10 +181,10 @@ impl Input {
     pub fn open(path: &Path, limits: &Limits) -> Result<Input, Rejection> {
         let io_err = |e: io::Error| reject(RejectKind::Io, format!("cannot open the file: {e}"));
         let mut file = File::open(path).map_err(io_err)?;
-        let gzip = starts_with_gzip_magic(&mut file).map_err(io_err)?;
+        let compression = detect(&mut file).map_err(io_err)?;
         let size = file.metadata().map_err(io_err)?.len();
         // A plain file's size is known up front; no need to read it to refuse it.
-        if !gzip && size > limits.max_bytes {
+        if compression.is_none() && size > limits.max_bytes {
             return Err(reject(
                 RejectKind::TooLarge,
                 format!(
@@ -173,10 +193,12 @@ impl Input {
                 ),
             ));
         }
-        let inner = if gzip {
-            Inner::Gzip(Box::new(MultiGzDecoder::new(Counted { file, count: 0 })))
-        } else {
-            Inner::Plain(file)
+        let counted = Counted { file, count: 0 };
+        let inner = match compression {
+            None => Inner::Plain(counted.file),
+            Some(Compression::Gzip) => Inner::Gzip(Box::new(MultiGzDecoder::new(counted))),
+            Some(Compression::Zlib) => Inner::Zlib(Box::new(ZlibDecoder::new(counted))),
+            Some(Compression::Deflate) => Inner::Deflate(Box::new(DeflateDecoder::new(counted))),
         };
         let source = Source {
             inner,
@@ -188,7 +210,7 @@ impl Input {
         };
         // A small plain file needs no 64 KiB buffer (one allocation less per read, and
         // the first fill still holds all of it).
-        let capacity = if gzip {
+        let capacity = if compression.is_some() {
             BUF_CAPACITY
         } else {
             usize::try_from(size.saturating_add(1))
@@ -197,7 +219,7 @@ impl Input {
         };
         Ok(Input {
             reader: BufReader::with_capacity(capacity, source),
-            gzip,
+            compression,
             bom: false,
         })
     }
@@ -249,15 +271,50 @@ impl Input {
     }
 }
 
-fn starts_with_gzip_magic(file: &mut File) -> io::Result<bool> {
-    let mut magic = [0u8; 2];
-    let mut got = 0;
-    while got < 2 {
-        match file.read(&mut magic[got..])? {
-            0 => break,
-            n => got += n,
-        }
-    }
+/// Recognises compression from the first bytes. gzip has its magic; zlib has a
+/// two-byte header with a check sum, tried by inflating the start; raw deflate (what
+/// CyberTracker's HTTPZ may send) has no header at all, so it is only tried on a start
+/// that is not text anyway, and accepted when it inflates to text.
+fn detect(file: &mut File) -> io::Result<Option<Compression>> {
+    let mut start = Vec::with_capacity(TRIAL_BYTES);
+    file.by_ref()
+        .take(TRIAL_BYTES as u64)
+        .read_to_end(&mut start)?;
     file.seek(SeekFrom::Start(0))?;
-    Ok(got == 2 && magic == GZIP_MAGIC)
+    if start.starts_with(&GZIP_MAGIC) {
+        return Ok(Some(Compression::Gzip));
+    }
+    if zlib_header(&start) && inflates_to_text(&start, true) {
+        return Ok(Some(Compression::Zlib));
+    }
+    let text = !start.iter().any(|b| crate::sniff::is_binary(*b));
+    if !text && inflates_to_text(&start, false) {
+        return Ok(Some(Compression::Deflate));
+    }
+    Ok(None)
+}
+
+/// RFC 1950: method 8 (deflate), a window of at most 32 KiB, no preset dictionary, and
+/// the two bytes a multiple of 31.
+fn zlib_header(start: &[u8]) -> bool {
+    let [cmf, flg, ..] = *start else {
+        return false;
+    };
+    cmf & 0x0f == 8
+        && cmf >> 4 <= 7
+        && flg & 0x20 == 0
+        && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0
+}
+
+/// Whether the start of a stream inflates without error to something that is not binary.
+fn inflates_to_text(start: &[u8], zlib: bool) -> bool {
+    let mut out = vec![0u8; TRIAL_BYTES];
+    let mut d = Decompress::new(zlib);
+    if d.decompress(start, &mut out, FlushDecompress::None)
+        .is_err()
+    {
+        return false;
+    }
+    let made = &out[..d.total_out() as usize];
+    !made.is_empty() && !made.iter().any(|b| crate::sniff::is_binary(*b))
 }

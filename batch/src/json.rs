@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 use std::ops::ControlFlow;
 
 use crate::fields::{show, sighting_from_object, RowAt};
-use crate::geojson;
 use crate::input::{Input, Source};
 use crate::model::{Problem, RejectKind, Rejection, Sighting};
 use crate::problems::{problem, reject, reject_with, Rows};
+use crate::{cybertracker, geojson};
 
 /// Keys of the top-level object that are kept; everything else is skipped unread.
 const HEADER_KEYS: [&str; 7] = [
@@ -252,16 +252,37 @@ pub(crate) fn classify(top: &Top) -> Result<crate::model::Format, Rejection> {
     Ok(Format::Geojson)
 }
 
-/// Scan-time handler: skips every element unparsed, counting them.
-pub(crate) struct Counter;
+/// Scan-time handler: counts the elements without building them. Features are looked
+/// into just enough to tell a CyberTracker upload (by its first feature) and to count
+/// its waypoints.
+#[derive(Debug, Default)]
+pub(crate) struct Counter {
+    pub cybertracker: bool,
+    pub waypoints: u64,
+}
 
 impl Elements for Counter {
     fn elements<'de, A: SeqAccess<'de>>(
         &mut self,
-        _: ArrayKind,
+        kind: ArrayKind,
         mut seq: A,
     ) -> Result<u64, A::Error> {
         let mut n = 0;
+        if kind == ArrayKind::Features {
+            // The first feature decides; plain GeoJSON is then skipped unparsed.
+            if let Some(first) = seq.next_element::<cybertracker::Shape>()? {
+                self.cybertracker = first.cybertracker;
+                self.waypoints = u64::from(first.cybertracker && first.waypoint);
+                n += 1;
+            }
+            while self.cybertracker {
+                let Some(shape) = seq.next_element::<cybertracker::Shape>()? else {
+                    return Ok(n);
+                };
+                self.waypoints += u64::from(shape.waypoint);
+                n += 1;
+            }
+        }
         while seq.next_element::<IgnoredAny>()?.is_some() {
             n += 1;
         }
@@ -272,6 +293,8 @@ impl Elements for Counter {
 /// Read-time handler: validates each element and hands valid rows to the sink.
 pub(crate) struct Validator<'r, 'a, F> {
     pub rows: &'r mut Rows<'a, F>,
+    /// Features are CyberTracker's, as the scan found.
+    pub cybertracker: bool,
 }
 
 impl<F: FnMut(Sighting) -> ControlFlow<()>> Elements for Validator<'_, '_, F> {
@@ -289,6 +312,17 @@ impl<F: FnMut(Sighting) -> ControlFlow<()>> Elements for Validator<'_, '_, F> {
             let (sha, index) = (self.rows.sha256, self.rows.seen);
             let parsed = match kind {
                 ArrayKind::Sightings => sighting_value(v, &row, sha, index),
+                ArrayKind::Features if self.cybertracker => {
+                    match cybertracker::feature(v, &row, sha, index) {
+                        Ok(Some(s)) => Ok(s),
+                        Ok(None) => {
+                            self.rows.skip();
+                            i += 1;
+                            continue;
+                        }
+                        Err(problems) => Err(problems),
+                    }
+                }
                 ArrayKind::Features => geojson::feature(v, &row, sha, index),
             };
             if self.rows.row(parsed).is_break() {

@@ -8,6 +8,7 @@
 //! sightings to a sink in file order.
 
 mod csvfile;
+mod cybertracker;
 mod device;
 mod fields;
 mod geojson;
@@ -39,7 +40,8 @@ pub struct ReadSummary {
     pub rows: u64,
 }
 
-/// First pass: sniffs the format from the content (gzip by its magic bytes), enforces
+/// First pass: sniffs the format from the content (gzip by its magic bytes, zlib and raw
+/// deflate by trying to inflate the start), enforces
 /// `limits` on the decompressed stream, hashes it, and reads the header. Cheap
 /// structural checks (JSON syntax and count, NDJSON trailer, CSV header row) happen
 /// here too, so most broken files are refused before [`read`].
@@ -49,19 +51,19 @@ pub fn scan(path: &Path, limits: &Limits) -> Result<Scan, Rejection> {
         Ok(s) => s,
         // A gzip bomb of zeros sniffs as binary; inflate on (bounded by the limits) so
         // it is reported as the bomb it is.
-        Err(r) if input.gzip && r.kind == RejectKind::UnknownFormat => {
+        Err(r) if input.compression.is_some() && r.kind == RejectKind::UnknownFormat => {
             input.drain()?;
             return Err(r);
         }
         Err(r) => return Err(r),
     };
-    let (format, header) = match sniffed {
-        Sniffed::Csv => (Format::Csv, csvfile::scan(&mut input).map(|()| None)?),
-        Sniffed::Ndjson => (Format::Ndjson, Some(ndjson::scan(&mut input)?)),
+    let (format, header, waypoints) = match sniffed {
+        Sniffed::Csv => (Format::Csv, csvfile::scan(&mut input).map(|()| None)?, 0),
+        Sniffed::Ndjson => (Format::Ndjson, Some(ndjson::scan(&mut input)?), 0),
         Sniffed::JsonDocument => scan_document(&mut input)?,
     };
     input.drain()?;
-    let gzip = input.gzip;
+    let compression = input.compression;
     let (sha256, bytes) = input.finish();
     let batch_id = match &header {
         Some((h, _)) => h.batch_id,
@@ -69,7 +71,8 @@ pub fn scan(path: &Path, limits: &Limits) -> Result<Scan, Rejection> {
     };
     Ok(Scan {
         format,
-        gzip,
+        gzip: compression.is_some(),
+        compression,
         batch_id,
         device_id: header.as_ref().map(|(h, _)| h.device_id.clone()),
         created_at: header.as_ref().map(|(h, _)| h.created_at),
@@ -77,6 +80,7 @@ pub fn scan(path: &Path, limits: &Limits) -> Result<Scan, Rejection> {
         declared_count: header.map(|(_, n)| n),
         sha256,
         bytes,
+        waypoints,
     })
 }
 
@@ -88,16 +92,20 @@ const NO_LOCATION: Location = Location {
 
 type HeaderAndCount = Option<(header::Header, u64)>;
 
-fn scan_document(input: &mut Input) -> Result<(Format, HeaderAndCount), Rejection> {
-    let top = json::parse(input, &mut json::Counter)?.expect("the counter never stops");
+fn scan_document(input: &mut Input) -> Result<(Format, HeaderAndCount, u64), Rejection> {
+    let mut counter = json::Counter::default();
+    let top = json::parse(input, &mut counter)?.expect("the counter never stops");
     let format = json::classify(&top)?;
+    if format == Format::Geojson && counter.cybertracker {
+        return Ok((Format::Cybertracker, None, counter.waypoints));
+    }
     if format == Format::Geojson {
-        return Ok((format, None));
+        return Ok((format, None, 0));
     }
     let h = header::validate(&top.header, &|_| NO_LOCATION, true)?;
     let (declared, found) = (h.count.unwrap_or(0), top.array.map_or(0, |(_, n)| n));
     json::check_count(declared, found)?;
-    Ok((format, Some((h, declared))))
+    Ok((format, Some((h, declared)), 0))
 }
 
 /// Second pass: parses and validates every row and calls `sink` with each valid
@@ -116,7 +124,9 @@ pub fn read(
     match scan.format {
         Format::Csv => csvfile::read(&mut input, &mut rows)?,
         Format::Ndjson => ndjson::read(&mut input, &mut rows)?,
-        Format::Json | Format::Geojson => read_document(&mut input, scan.format, &mut rows)?,
+        Format::Json | Format::Geojson | Format::Cybertracker => {
+            read_document(&mut input, scan.format, &mut rows)?
+        }
     }
     if rows.stopped {
         return Ok(ReadSummary {
@@ -143,10 +153,20 @@ fn read_document<F>(
 where
     F: FnMut(Sighting) -> ControlFlow<()>,
 {
-    let Some(top) = json::parse(input, &mut json::Validator { rows: &mut *rows })? else {
+    let cybertracker = format == Format::Cybertracker;
+    let mut validator = json::Validator {
+        rows: &mut *rows,
+        cybertracker,
+    };
+    let Some(top) = json::parse(input, &mut validator)? else {
         return Ok(());
     };
-    if json::classify(&top)? != format {
+    let container = if cybertracker {
+        Format::Geojson
+    } else {
+        format
+    };
+    if json::classify(&top)? != container {
         return Err(reject(
             RejectKind::Io,
             "the file changed between scan and read",

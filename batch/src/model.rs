@@ -32,7 +32,7 @@ pub struct Sighting {
     pub attributes: Map<String, Value>,
 }
 
-/// The four encodings a batch may arrive in.
+/// The encodings a batch may arrive in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
@@ -40,6 +40,9 @@ pub enum Format {
     Ndjson,
     Csv,
     Geojson,
+    /// A CyberTracker Classic upload: a GeoJSON FeatureCollection whose features carry
+    /// `dateTime`, `deviceId`, `ctVersion` and a `sighting` object.
+    Cybertracker,
 }
 
 impl Format {
@@ -49,7 +52,29 @@ impl Format {
             Format::Ndjson => "ndjson",
             Format::Csv => "csv",
             Format::Geojson => "geojson",
+            Format::Cybertracker => "cybertracker",
         }
+    }
+}
+
+/// How a compressed file was packed; recognised by content, never by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    /// A zlib-wrapped deflate stream (RFC 1950), as `Content-Encoding: deflate` means.
+    Zlib,
+    /// A raw deflate stream (RFC 1951), as some HTTPZ senders write.
+    Deflate,
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::Gzip => "gzip",
+            Compression::Zlib => "zlib",
+            Compression::Deflate => "deflate",
+        })
     }
 }
 
@@ -64,8 +89,9 @@ impl fmt::Display for Format {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scan {
     pub format: Format,
-    /// Whether the file was gzip-compressed.
+    /// Whether the file was compressed (gzip, zlib or raw deflate; see `compression`).
     pub gzip: bool,
+    pub compression: Option<Compression>,
     /// SHA-256 (lowercase hex) of the *decompressed* content, so a batch sent once plain
     /// and once gzipped is recognised as the same delivery.
     pub sha256: String,
@@ -81,6 +107,9 @@ pub struct Scan {
     pub declared_count: Option<u64>,
     /// The device's running number of this batch (header `sequence`), if it gave one.
     pub sequence: Option<u64>,
+    /// Features read but not stored as sightings: the waypoints (track points) of a
+    /// CyberTracker upload. They stay in the archived original.
+    pub waypoints: u64,
 }
 
 /// Guards against hostile input.
@@ -88,7 +117,8 @@ pub struct Scan {
 pub struct Limits {
     /// Largest decompressed size accepted, in bytes.
     pub max_bytes: u64,
-    /// Largest decompressed/compressed ratio accepted for gzip input, checked once more
+    /// Largest decompressed/compressed ratio accepted for compressed input (gzip, zlib,
+    /// raw deflate), checked once more
     /// than [`Limits::ratio_grace_bytes`] have been inflated.
     pub max_gzip_ratio: u64,
     pub ratio_grace_bytes: u64,

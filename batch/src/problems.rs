@@ -152,6 +152,11 @@ impl<'a, F: FnMut(Sighting) -> ControlFlow<()>> Rows<'a, F> {
         ControlFlow::Continue(())
     }
 
+    /// Counts a valid row that is not a sighting (a CyberTracker waypoint).
+    pub fn skip(&mut self) {
+        self.seen += 1;
+    }
+
     pub fn delivered(&self) -> u64 {
         self.delivered
     }

@@ -62,7 +62,7 @@ fn classify(prefix: &[u8], complete: bool) -> Result<Sniffed, Rejection> {
 /// Control characters other than tab, newline, form feed and carriage return never
 /// occur in the text formats; invalid UTF-8 alone is not binary (it gets an Encoding
 /// rejection naming the line instead).
-fn is_binary(b: u8) -> bool {
+pub(crate) fn is_binary(b: u8) -> bool {
     matches!(b, 0x00..=0x08 | 0x0b | 0x0e..=0x1f | 0x7f)
 }
 

@@ -20,7 +20,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(post_batch))
 }
 
-/// Deliver one batch file (CTData JSON or NDJSON, CSV, GeoJSON; gzip allowed).
+/// Deliver one batch file (CTData JSON or NDJSON, CSV, GeoJSON, a CyberTracker upload;
+/// gzip or deflate allowed).
 #[utoipa::path(
     post,
     path = "/api/v1/batches",
@@ -93,16 +94,18 @@ pub(super) fn status_for(r: &Receipt) -> StatusCode {
     }
 }
 
-/// The body is kept as sent: the batch reader recognises gzip itself and inflates it
-/// within the configured size and ratio limits.
+/// The body is kept as sent: the batch reader recognises gzip, zlib and raw deflate by
+/// content and inflates them within the configured size and ratio limits. `deflate` is
+/// what CyberTracker's HTTPZ protocol sends; senders disagree on whether it is zlib
+/// wrapped (RFC 9110) or raw, so both are read.
 fn check_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?"))
     {
-        None | Some("identity") | Some("gzip") => Ok(()),
+        None | Some("identity") | Some("gzip") | Some("deflate") => Ok(()),
         Some(other) => Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Encoding {other} is not supported: send gzip or identity"
+            "Content-Encoding {other} is not supported: send gzip, deflate or identity"
         ))),
     }
 }
