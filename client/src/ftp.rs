@@ -177,12 +177,21 @@ pub fn login(t: &Target, session: &mut Session) -> Result<String, Error> {
             if !matches!(e, FtpError::UnexpectedResponse(_)) {
                 return Error::Connection(format!("logging in failed: {}", explain(e)));
             }
+            let said = explain(e);
+            // The CTData server says so in a `530-Locked out for N more minutes…` line
+            // (plain FTP only; over FTPS it cannot add that line).
+            if said.to_ascii_lowercase().contains("locked out") {
+                return Error::Login(format!(
+                    "the FTP server has locked out user {:?} at this address after repeated \
+                     failed logins; it refuses even the right token until then: {said}",
+                    t.user
+                ));
+            }
             Error::Login(format!(
                 "the FTP server refused user {:?}: {} (wrong user or token? After repeated \
                  failed logins from this address the server also refuses the right token for \
                  a while (ftp.lockout_secs): wait, then try again)",
-                t.user,
-                explain(e)
+                t.user, said
             ))
         })?;
         s.transfer_type(FileType::Binary)
