@@ -16,6 +16,9 @@ def run(op):
         if tls:
             ftp.prot_p()
         return r
+    if kind == "again":
+        # Logs in once more on the same connection (after a refused login, say).
+        return ftp.login(a[0], a[1])
     if kind == "stor":
         with open(a[0], "rb") as f:
             return ftp.storbinary("STOR " + a[1], f)

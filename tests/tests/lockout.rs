@@ -77,47 +77,52 @@ async fn a_locked_out_ftp_device_is_told_so_and_for_how_long() {
     assert!(server.terminate().success());
 }
 
-/// A server that offers FTPS adds no line of its own: libunftp may still report a
-/// session as plain just after AUTH TLS, and clear text in a TLS stream garbles it.
-/// The lockout itself holds, and sessions stay sound on both kinds of connection.
+/// On a server that offers FTPS, a device locked out over TLS gets only libunftp's fixed
+/// line (nothing can be added to the encrypted stream) and its connection stays sound;
+/// the same device over plain FTP is told why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_ftps_on_offer_the_lockout_holds_and_no_session_is_garbled() {
+async fn with_ftps_on_offer_only_plain_sessions_get_the_line_and_none_is_garbled() {
     let Some(db) = pg().await else { return };
     let (_env, server, token, other) = lockout_server(&db, true).await;
     let port = server.ftp_port();
-    let bad = serde_json::json!([
+    // Three refusals on one TLS connection, then another device logs in on it.
+    let ops = serde_json::json!([
         ["login", "ranger-07", BAD],
-        ["login", "ranger-07", BAD],
-        ["login", "ranger-07", BAD],
+        ["again", "ranger-07", BAD],
+        ["again", "ranger-07", BAD],
+        ["again", "ranger-08", other],
     ]);
-    let r = ftplib(port, false, bad);
+    let mut r = ftplib(port, true, ops.clone());
+    // libunftp 0.24 queues its switch to TLS before it answers AUTH TLS with 234, and
+    // its control loop (an unbiased select) may read the client's TLS hello as an FTP
+    // command first; the client then sees "wrong version number" at once. That race
+    // is libunftp's and random; a line of ours in the TLS stream would garble every
+    // attempt, so a second or third attempt tells the two apart.
+    for _ in 0..2 {
+        if !said(&r[0]).contains("WRONG_VERSION_NUMBER") {
+            break;
+        }
+        eprintln!("libunftp's AUTH TLS race, trying again: {r:?}");
+        r = ftplib(port, true, ops.clone());
+    }
+    eprintln!("ftplib over TLS saw: {r:?}");
+    for res in &r[..3] {
+        assert_eq!(said(res), "530 Authentication failed", "{r:?}");
+    }
     assert!(
-        r.iter().all(|res| said(res) == "530 Authentication failed"),
+        ok(&r[3]),
+        "the TLS session is sound after the lockout: {r:?}"
+    );
+
+    let r = ftplib(
+        port,
+        false,
+        serde_json::json!([["login", "ranger-07", token]]),
+    );
+    assert!(
+        said(&r[0]).starts_with("530-Locked out for 5 more minutes"),
         "{r:?}"
     );
-    for tls in [false, true] {
-        let ops = serde_json::json!([["login", "ranger-07", token], ["login", "ranger-08", other]]);
-        let mut r = ftplib(port, tls, ops.clone());
-        // libunftp 0.24 queues its switch to TLS before it answers AUTH TLS with 234, and
-        // its control loop (an unbiased select) may read the client's TLS hello as an FTP
-        // command first; the client then sees "wrong version number". That race is
-        // libunftp's and random; a line of ours in the TLS stream would garble every
-        // attempt, so a second or third attempt tells the two apart.
-        for _ in 0..2 {
-            if !r
-                .iter()
-                .any(|res| said(res).contains("WRONG_VERSION_NUMBER"))
-            {
-                break;
-            }
-            eprintln!("libunftp's AUTH TLS race, trying again: {r:?}");
-            r = ftplib(port, tls, ops.clone());
-        }
-        eprintln!("ftplib (tls: {tls}) saw: {r:?}");
-        assert_eq!(said(&r[0]), "530 Authentication failed", "{r:?}");
-        assert!(ok(&r[1]), "{r:?}");
-    }
-    assert!(server.log_text().contains("Locked out for"));
     assert!(server.terminate().success());
 }
 

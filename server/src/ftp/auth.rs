@@ -69,15 +69,11 @@ pub struct DeviceAuth {
 /// PASS only after reading the 331 to USER, so nothing of libunftp's is queued before
 /// ours, and libunftp writes its 530 only after this returns. Over TLS the socket
 /// carries encrypted records we cannot add to, so there the client sees only the
-/// fixed line (and the server log says why). libunftp notes a finished AUTH TLS in
-/// the session only when its control loop gets round to an internal message, so a
-/// PASS right after the handshake can still be reported as plain (seen as garbled TLS
-/// in tests): the line is therefore written only by servers that offer no TLS at all.
+/// fixed line (and the server log says why).
 #[derive(Debug)]
 pub struct SessionAuth {
     pub devices: Arc<DeviceAuth>,
-    /// `None` for the server built to check the settings at startup, and when FTPS is
-    /// configured.
+    /// `None` only for the server built to check the settings at startup.
     pub control: Option<Arc<Control>>,
 }
 

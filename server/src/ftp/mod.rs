@@ -58,10 +58,7 @@ impl Setup {
         let events = control.clone().map(control::Events);
         let authenticator = Arc::new(auth::SessionAuth {
             devices: self.auth.clone(),
-            // With FTPS on offer, a session may be encrypted even where libunftp still
-            // reports it plain (it records AUTH TLS asynchronously): never risk writing
-            // clear text into a TLS stream.
-            control: control.clone().filter(|_| self.tls.is_none()),
+            control: control.clone(),
         });
         let mut builder = ServerBuilder::<fs::DeviceFs, auth::Device>::with_user_detail_provider(
             Box::new(move || fs::DeviceFs::new(handoff.clone(), limits, control.clone())),
