@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use ctdata_tests::web::sign_in;
 use ctdata_tests::{both_backends, Batch, ServerEnv, TestDb};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -325,6 +326,43 @@ async fn archive_reads_back_with_sensitive_species_protected(db: TestDb) {
         };
         assert_eq!(text("kingdom"), kingdom);
     }
+
+    // The dashboard's Sightings page offers the archive, with its filters, to a
+    // signed-in administrator.
+    let (code, session) = sign_in(&server.http_base(), "alice", "a long enough password");
+    assert_eq!(code, 303);
+    let cookie = format!("ctdata_session={}", session.expect("a session"));
+    let page = api.page("/sightings?species=ele", &cookie).await;
+    assert_eq!(page.status, 200);
+    let at = page
+        .body
+        .find("id=\"dl-dwca\" href=\"")
+        .expect("a dwca link")
+        + 19;
+    let href = page.body[at..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(page.body[at..].contains(">Darwin Core (GBIF)</a>"));
+    assert!(
+        href.contains("format=dwca") && href.contains("species=ele"),
+        "{href}"
+    );
+    let reply = reqwest::Client::new()
+        .get(format!("{}{href}", server.http_base()))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 200);
+    std::fs::write(&zip, reply.bytes().await.unwrap()).unwrap();
+    let elephants = batch
+        .sightings
+        .iter()
+        .filter(|s| s.species.as_deref() == Some("ele"))
+        .count();
+    assert_eq!(read_archive(&zip, false).unwrap()["count"], elephants);
 
     // The command line writes the same archive, and the cursor moves past it.
     let cli_zip = env.dir.path().join("cli.zip");
