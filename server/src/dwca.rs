@@ -624,6 +624,32 @@ mod tests {
     }
 
     #[test]
+    fn pseudonyms_are_stable_per_observer_and_key() {
+        let mut settings = DwcaSettings {
+            title: Some("t".into()),
+            description: Some("d".into()),
+            publishing_organisation: Some("o".into()),
+            creator: Some("c".into()),
+            contact: Some("c".into()),
+            metadata_provider: Some("m".into()),
+            licence: Some(crate::config::Licence::Cc0),
+            pseudonymise_observers: true,
+            pseudonym_key: Some("a secret of sixteen+".into()),
+            ..Default::default()
+        };
+        let p = Publisher::new(&settings).unwrap();
+        let a = p.pseudonym("T. Mokoena");
+        assert_eq!(a, p.pseudonym("T. Mokoena"));
+        assert_ne!(a, p.pseudonym("L. Nkosi"));
+        assert!(!a.contains("Mokoena") && a.starts_with("observer-"), "{a}");
+        settings.pseudonym_key = Some("another secret of sixteen".into());
+        assert_ne!(
+            a,
+            Publisher::new(&settings).unwrap().pseudonym("T. Mokoena")
+        );
+    }
+
+    #[test]
     fn cells_lose_tabs_and_line_breaks() {
         let mut out = String::new();
         cell(&mut out, "a\tb\nc\r\\N");

@@ -135,6 +135,7 @@ async fn archive_reads_back_with_sensitive_species_protected(db: TestDb) {
              [[dwca.sensitive]]\nname = \"Diceros bicornis\"\ngrid_degrees = 0.2\n\
              [[dwca.sensitive]]\nname = \"Ceratotherium simum\"\n\
              [[dwca.sensitive]]\nname = \"Smutsia temminckii\"\nexclude = true\n\
+             [dwca.basis_of_record_by_device]\ncamtrap-01 = \"MachineObservation\"\n\
              [http]\nread_devices = [\"field-tablet\"]\n",
             mapping.display().to_string()
         ),
@@ -142,6 +143,7 @@ async fn archive_reads_back_with_sensitive_species_protected(db: TestDb) {
     let admin = env.admin_token();
     let device = env.device_token("ranger-07");
     let reader_device = env.device_token("field-tablet");
+    let camtrap = env.device_token("camtrap-01");
     let server = env.serve().await;
     let api = server.api();
 
@@ -176,6 +178,8 @@ async fn archive_reads_back_with_sensitive_species_protected(db: TestDb) {
             .insert("behaviour".into(), json!("grazing\nnear water"));
     });
     assert_eq!(api.post_batch(&device, batch.ndjson()).await.status, 201);
+    let traps = Batch::new("camtrap-01", 3).each(|_, s| s.species = Some("Panthera leo".into()));
+    assert_eq!(api.post_batch(&camtrap, traps.ndjson()).await.status, 201);
 
     // A device allowed to read the CSV may not take the archive.
     let (status, _, _) = download(&server.http_base(), "format=dwca", &reader_device).await;
@@ -228,7 +232,15 @@ async fn archive_reads_back_with_sensitive_species_protected(db: TestDb) {
         .iter()
         .filter(|s| s.species.as_deref() == Some("Smutsia temminckii"))
         .count();
-    assert_eq!(got.len(), rows - excluded - unnamed);
+    assert_eq!(got.len(), rows - excluded - unnamed + traps.sightings.len());
+    for s in &traps.sightings {
+        let id = format!("urn:uuid:{}", s.id);
+        let row = got
+            .iter()
+            .find(|r| r["occurrenceID"] == id.as_str())
+            .unwrap();
+        assert_eq!(row["basisOfRecord"], "MachineObservation");
+    }
     assert_eq!(archive["count"], got.len());
     assert_eq!(archive["unique_ids"], got.len());
     for s in &batch.sightings {

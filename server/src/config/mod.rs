@@ -653,6 +653,53 @@ mod tests {
     }
 
     #[test]
+    fn dwca_values_parse_at_load_or_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[dwca]\nlicence = \"cc-by-nc-4.0\"\nbasis_of_record = \"machineobservation\"\n\
+             [[dwca.sensitive]]\nname = \"Diceros bicornis\"\ngrid_degrees = 0.5\n\
+             [dwca.basis_of_record_by_device]\ncamtrap-01 = \"MachineObservation\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(s.dwca.licence, Some(Licence::CcByNc));
+        assert_eq!(s.dwca.basis_of_record.as_str(), "MachineObservation");
+        assert_eq!(s.dwca.sensitive[0].grid_degrees, Some(0.5));
+        assert_eq!(
+            s.dwca.basis_of_record_by_device["camtrap-01"].as_str(),
+            "MachineObservation"
+        );
+        let s = Settings::load_from(None, env(&[("CTDATA__DWCA__LICENCE", "CC0-1.0")])).unwrap();
+        assert_eq!(s.dwca.licence, Some(Licence::Cc0));
+
+        for (key, value, why) in [
+            ("CTDATA__DWCA__LICENCE", "CC-BY-SA-4.0", "dwca.licence"),
+            (
+                "CTDATA__DWCA__BASIS_OF_RECORD",
+                "Sighting",
+                "dwca.basis_of_record",
+            ),
+            ("CTDATA__DWCA__COUNTRY_CODE", "Kenya", "dwca.country_code"),
+            (
+                "CTDATA__DWCA__SENSITIVE_GRID_DEGREES",
+                "0",
+                "dwca.sensitive_grid_degrees",
+            ),
+            (
+                "CTDATA__DWCA__PSEUDONYMISE_OBSERVERS",
+                "true",
+                "dwca.pseudonym_key",
+            ),
+        ] {
+            let e = Settings::load_from(None, env(&[(key, value)])).unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.contains(why), "{key}={value}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
