@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs and starts what the tests drive when it is missing
 # (PostgreSQL, vsftpd, lftp, Chromium and chromedriver, util-linux's `script`,
-# python-dwca-reader), then runs
+# xmllint, python-dwca-reader), then runs
 # every test suite, carrying on past a failing one so that each suite reports.
 # Installing needs root and Debian's apt-get; without them it says which tests will
 # print SKIPPED instead (outside CI; under CI, with `CI` set, those tests fail).
@@ -20,6 +20,7 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v script >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v xmllint >/dev/null 2>&1 || need+=(libxml2-utils)
 
 is_root=false
 [ "$(id -u)" = 0 ] && is_root=true

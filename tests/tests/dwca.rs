@@ -95,6 +95,56 @@ fn read_archive(path: &Path, rows: bool) -> Option<Value> {
     Some(serde_json::from_slice(&out.stdout).expect("the reader's JSON"))
 }
 
+/// Validates the archive's `meta.xml` with xmllint against the descriptor schema in
+/// `tests/fixtures/schema/` (written for these tests from the Darwin Core text
+/// guidelines), and checks that `eml.xml` is well-formed.
+fn check_meta_xml(zip: &Path) {
+    if Command::new("xmllint").arg("--version").output().is_err() {
+        let why = "xmllint is not installed (apt-get install libxml2-utils)";
+        assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = zip.with_extension("unzipped");
+    let unzip = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])",
+        ])
+        .arg(zip)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        unzip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unzip.stderr)
+    );
+    let schema = ctdata_tests::fixtures().join("schema/dwc-text.xsd");
+    let out = Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(&schema)
+        .arg(dir.join("meta.xml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meta.xml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("xmllint")
+        .arg("--noout")
+        .arg(dir.join("eml.xml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "eml.xml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `GET /api/v1/sightings?QUERY` as bytes.
 async fn download(
     base: &str,
@@ -196,6 +246,7 @@ async fn archive_reads_back_with_sensitive_species_protected(db: TestDb) {
     assert_eq!(headers["ctdata-dwca-unnamed"], unnamed.to_string().as_str());
     let zip = env.dir.path().join("http.zip");
     std::fs::write(&zip, &body).unwrap();
+    check_meta_xml(&zip);
     let Some(archive) = read_archive(&zip, true) else {
         return;
     };
