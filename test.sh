@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs and starts what the tests drive when it is missing
-# (PostgreSQL, vsftpd, lftp, Chromium and chromedriver, util-linux's `script`), then runs
+# (PostgreSQL, vsftpd, lftp, Chromium and chromedriver, util-linux's `script`,
+# xmllint, python-dwca-reader), then runs
 # every test suite, carrying on past a failing one so that each suite reports.
 # Installing needs root and Debian's apt-get; without them it says which tests will
 # print SKIPPED instead (outside CI; under CI, with `CI` set, those tests fail).
@@ -19,6 +20,7 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v script >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v xmllint >/dev/null 2>&1 || need+=(libxml2-utils)
 
 is_root=false
 [ "$(id -u)" = 0 ] && is_root=true
@@ -31,6 +33,14 @@ if [ ${#need[@]} -gt 0 ]; then
     else
         say "missing ${need[*]}: install them (as root: apt-get install ${need[*]}); their tests print SKIPPED"
     fi
+fi
+
+# The Darwin Core Archive tests read archives back with python-dwca-reader (pip).
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import dwca.read' 2>/dev/null; then
+    say "installing python-dwca-reader"
+    python3 -m pip install -q python-dwca-reader 2>/dev/null \
+        || python3 -m pip install -q --user --break-system-packages python-dwca-reader \
+        || say "could not install python-dwca-reader: the dwca tests print SKIPPED"
 fi
 
 if $is_root && command -v pg_ctlcluster >/dev/null 2>&1; then

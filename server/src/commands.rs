@@ -10,6 +10,7 @@ use crate::config::Settings;
 use crate::db::{BBox, ExportFilter};
 use crate::deliver::{Deliverer, Filing, Origin};
 use crate::dropdir::{DropDir, StepReport};
+use crate::dwca::Publisher;
 use crate::export::{write_export, ExportFormat, ExportSummary};
 use crate::ingest::{Receipt, Status};
 use crate::layout::write_atomic;
@@ -170,7 +171,8 @@ pub fn describe(r: &Receipt) -> String {
 /// `ctdata-server export`: the doc comments are its `--help`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExportArgs {
-    /// csv (RFC 4180, UTF-8), geojson (RFC 7946 FeatureCollection) or ndjson.
+    /// csv (RFC 4180, UTF-8), geojson (RFC 7946 FeatureCollection), ndjson, or dwca (a
+    /// Darwin Core Archive zip for GBIF, described by the [dwca] settings).
     #[arg(long, value_enum)]
     pub format: ExportFormat,
     /// Only sightings that arrived after this cursor. Default: the number in
@@ -209,6 +211,11 @@ pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exp
         (None, Some(file)) if file.exists() => read_cursor(file)?,
         _ => 0,
     };
+    // A Darwin Core Archive needs its metadata settings: refuse before any work.
+    let publisher = match args.format {
+        ExportFormat::Dwca => Some(Publisher::new(&settings.dwca)?),
+        _ => None,
+    };
     let ingestor = open(settings).await?;
     let filter = ExportFilter {
         since,
@@ -219,8 +226,51 @@ pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exp
         species: args.species,
         bbox: args.bbox,
     };
-    let summary = match &args.output {
-        Some(path) => {
+    let summary = match (&publisher, &args.output) {
+        (Some(publisher), output) => {
+            let (summary, file) = match output {
+                Some(path) => {
+                    let tmp = path.with_extension("zip.part");
+                    let file = std::fs::File::create(&tmp)?;
+                    let (file, summary) = publisher.write(&ingestor.db, filter, file).await?;
+                    file.sync_all()?;
+                    std::fs::rename(&tmp, path)?;
+                    (summary, None)
+                }
+                None => {
+                    let (file, summary) = publisher
+                        .write(&ingestor.db, filter, tempfile::tempfile()?)
+                        .await?;
+                    (summary, Some(file))
+                }
+            };
+            if let Some(file) = file {
+                let mut out = tokio::io::stdout();
+                tokio::io::copy(&mut tokio::fs::File::from_std(file), &mut out).await?;
+                out.flush().await?;
+            }
+            tracing::info!(
+                occurrences = summary.rows,
+                unnamed = summary.unnamed,
+                excluded = summary.excluded,
+                generalised = summary.generalised,
+                unrenderable = summary.unrenderable,
+                "darwin core archive: {} occurrences; left out: {} without a species{}, {} of excluded \
+                 species, {} with an unreadable time; {} generalised to a grid",
+                summary.rows,
+                summary.unnamed,
+                if summary.unnamed > 0 { " (dwca.allow_unnamed is off)" } else { "" },
+                summary.excluded,
+                summary.unrenderable,
+                summary.generalised,
+            );
+            ExportSummary {
+                rows: summary.rows,
+                bytes: summary.bytes,
+                next_cursor: summary.next_cursor,
+            }
+        }
+        (None, Some(path)) => {
             let tmp = path.with_extension(format!("{}.part", args.format.extension()));
             let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(&tmp).await?);
             let summary = write_export(&ingestor.db, filter, args.format, &mut file).await?;
@@ -229,7 +279,7 @@ pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exp
             tokio::fs::rename(&tmp, path).await?;
             summary
         }
-        None => {
+        (None, None) => {
             let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
             write_export(&ingestor.db, filter, args.format, &mut out).await?
         }

@@ -1,5 +1,6 @@
 //! Export encoders (CSV, GeoJSON, NDJSON), row by row so any number of rows streams in
-//! constant memory. The CLI writes them to a file; the HTTP download streams them.
+//! constant memory. The CLI writes them to a file; the HTTP download streams them. The
+//! Darwin Core Archive (`dwca`) is a zip built by [`crate::dwca`] instead.
 
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -17,6 +18,8 @@ pub enum ExportFormat {
     Csv,
     Geojson,
     Ndjson,
+    /// A Darwin Core Archive (zip) for GBIF, written by [`crate::dwca::Publisher`].
+    Dwca,
 }
 
 impl ExportFormat {
@@ -25,6 +28,7 @@ impl ExportFormat {
             ExportFormat::Csv => "text/csv; charset=utf-8",
             ExportFormat::Geojson => "application/geo+json",
             ExportFormat::Ndjson => "application/x-ndjson",
+            ExportFormat::Dwca => "application/zip",
         }
     }
 
@@ -33,6 +37,7 @@ impl ExportFormat {
             ExportFormat::Csv => "csv",
             ExportFormat::Geojson => "geojson",
             ExportFormat::Ndjson => "ndjson",
+            ExportFormat::Dwca => "zip",
         }
     }
 }
@@ -41,7 +46,7 @@ impl FromStr for ExportFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         <Self as clap::ValueEnum>::from_str(s, true)
-            .map_err(|_| format!("unknown format {s:?}: csv, geojson or ndjson"))
+            .map_err(|_| format!("unknown format {s:?}: csv, geojson, ndjson or dwca"))
     }
 }
 
@@ -88,13 +93,15 @@ impl Encoder {
         match self.format {
             ExportFormat::Csv => format!("{}\r\n", CSV_COLUMNS.join(",")),
             ExportFormat::Geojson => "{\"type\":\"FeatureCollection\",\"features\":[\n".into(),
-            ExportFormat::Ndjson => String::new(),
+            ExportFormat::Ndjson | ExportFormat::Dwca => String::new(),
         }
     }
 
     pub fn row(&mut self, r: &ExportRow, out: &mut String) {
         match self.format {
             ExportFormat::Csv => csv_row(r, self.excel_safe, out),
+            // Never asked for: `write_export` and the download build archives with `dwca`.
+            ExportFormat::Dwca => {}
             ExportFormat::Ndjson => {
                 out.push_str(&Value::Object(properties(r, true)).to_string());
                 out.push('\n');
@@ -353,6 +360,10 @@ pub async fn write_export<W: AsyncWrite + Unpin>(
     format: ExportFormat,
     out: &mut W,
 ) -> anyhow::Result<ExportSummary> {
+    anyhow::ensure!(
+        format != ExportFormat::Dwca,
+        "a Darwin Core Archive is written by dwca::Publisher"
+    );
     // With an upper bound, the rows past the last match up to it were looked at too.
     let mut next_cursor = filter.since;
     let bound = filter.until.map(|until| until.max(filter.since));

@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod db;
 pub mod deliver;
 pub mod dropdir;
+pub mod dwca;
 pub mod export;
 pub mod ftp;
 pub mod http;

@@ -308,6 +308,7 @@ pub fn http_state(
         password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
         puller,
         read_devices: Arc::new(settings.http.read_devices.clone()),
+        dwca: Arc::new(settings.dwca.clone()),
         request_slots: Arc::new(tokio::sync::Semaphore::new(
             settings.http.max_concurrent_requests.max(1),
         )),

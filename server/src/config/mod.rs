@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use values::{days, hours, opt_secs, secs};
-pub use values::{redact_url, AfterDownload, Place, PortRange, SecretUrl, SourceUrl};
+pub use values::{
+    redact_url, AfterDownload, BasisOfRecord, Licence, Place, PortRange, SecretUrl, SourceUrl,
+};
 
 /// The commented example printed by `ctdata-server default-config` and shipped as
 /// `deploy/ctdata.toml`. A test keeps it equal to [`Settings::default`].
@@ -26,6 +28,8 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub http: HttpSettings,
     pub ftp: FtpSettings,
+    /// The Darwin Core Archive export (`--format dwca`), for publishing to GBIF.
+    pub dwca: DwcaSettings,
     /// Remote folders pulled into the drop directory (FTP, FTPS or a mounted share).
     /// Configured in the file only: environment variables cannot add or change sources.
     pub sources: Vec<SourceSettings>,
@@ -63,6 +67,125 @@ pub struct SourceSettings {
 
 fn default_source_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// The Darwin Core Archive export. The metadata settings (title to licence) are
+/// required by the export, which names the first one missing; the server starts
+/// without them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DwcaSettings {
+    /// The dataset's title, as GBIF shows it.
+    pub title: Option<String>,
+    /// What the dataset holds and how it was collected (the EML abstract).
+    pub description: Option<String>,
+    /// The organisation that publishes the dataset (registered with GBIF).
+    pub publishing_organisation: Option<String>,
+    /// Who made the dataset: `Name <email>` or `Name`.
+    pub creator: Option<String>,
+    /// Who answers questions about the dataset: `Name <email>` or `Name`.
+    pub contact: Option<String>,
+    /// Who wrote the metadata: `Name <email>` or `Name`.
+    pub metadata_provider: Option<String>,
+    /// `CC0-1.0`, `CC-BY-4.0` or `CC-BY-NC-4.0`: the licences GBIF registers.
+    pub licence: Option<Licence>,
+    /// ISO 3166-1 alpha-2 code of the country the sightings are in (`countryCode`).
+    pub country_code: Option<String>,
+    /// The place the sightings are in (`locality`), e.g. a park's name.
+    pub locality: Option<String>,
+    /// `basisOfRecord` of every row, unless its device is listed in `basis_of_record_by_device`.
+    pub basis_of_record: BasisOfRecord,
+    /// `basisOfRecord` for the rows of these devices, e.g. `MachineObservation` for camera traps.
+    pub basis_of_record_by_device: std::collections::BTreeMap<String, BasisOfRecord>,
+    /// `recordedBy` holds a stable pseudonym per observer instead of the name.
+    pub pseudonymise_observers: bool,
+    /// The key of the observer pseudonyms (a keyed hash): keep it secret and unchanged,
+    /// or the pseudonyms change. Required with `pseudonymise_observers`.
+    pub pseudonym_key: Option<String>,
+    /// Export rows without a species (with an empty `scientificName`); otherwise they
+    /// are left out and counted.
+    pub allow_unnamed: bool,
+    /// Grid cell size in degrees for sensitive species that do not name their own.
+    pub sensitive_grid_degrees: f64,
+    /// Species whose exact positions never leave the server through this export.
+    pub sensitive: Vec<SensitiveSpecies>,
+    /// CSV file mapping the species field (a local name or code) to `scientificName`,
+    /// `vernacularName`, `kingdom` and `taxonRank` (see the README).
+    pub species_file: Option<PathBuf>,
+}
+
+/// A species whose positions are generalised to a grid, or left out.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SensitiveSpecies {
+    /// The scientific name (after the species mapping), or the local name.
+    pub name: String,
+    /// This species' grid cell size in degrees; `sensitive_grid_degrees` when unset.
+    #[serde(default)]
+    pub grid_degrees: Option<f64>,
+    /// Leave this species out of the archive altogether.
+    #[serde(default)]
+    pub exclude: bool,
+}
+
+impl Default for DwcaSettings {
+    fn default() -> Self {
+        DwcaSettings {
+            title: None,
+            description: None,
+            publishing_organisation: None,
+            creator: None,
+            contact: None,
+            metadata_provider: None,
+            licence: None,
+            country_code: None,
+            locality: None,
+            basis_of_record: BasisOfRecord::default(),
+            basis_of_record_by_device: Default::default(),
+            pseudonymise_observers: false,
+            pseudonym_key: None,
+            allow_unnamed: false,
+            sensitive_grid_degrees: 0.1,
+            sensitive: Vec::new(),
+            species_file: None,
+        }
+    }
+}
+
+impl DwcaSettings {
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(cc) = &self.country_code {
+            anyhow::ensure!(
+                cc.len() == 2 && cc.bytes().all(|b| b.is_ascii_uppercase()),
+                "dwca.country_code {cc:?} must be an ISO 3166-1 alpha-2 code in capitals, e.g. \"KE\""
+            );
+        }
+        let grid_ok = |g: f64| g.is_finite() && g > 0.0 && g <= 10.0;
+        anyhow::ensure!(
+            grid_ok(self.sensitive_grid_degrees),
+            "dwca.sensitive_grid_degrees {} must be more than 0 and at most 10",
+            self.sensitive_grid_degrees
+        );
+        for s in &self.sensitive {
+            anyhow::ensure!(
+                !s.name.trim().is_empty(),
+                "dwca.sensitive: a species without a name"
+            );
+            if let Some(g) = s.grid_degrees {
+                anyhow::ensure!(
+                    grid_ok(g),
+                    "dwca.sensitive {:?}: grid_degrees {g} must be more than 0 and at most 10",
+                    s.name
+                );
+            }
+        }
+        anyhow::ensure!(
+            !self.pseudonymise_observers
+                || self.pseudonym_key.as_deref().is_some_and(|k| k.len() >= 16),
+            "dwca.pseudonymise_observers needs dwca.pseudonym_key: a secret of at least 16 characters"
+        );
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -349,6 +472,7 @@ impl Settings {
                 source.name
             );
         }
+        settings.dwca.validate()?;
         if let Some(url) = &settings.http.map_tile_url {
             anyhow::ensure!(
                 (url.starts_with("http://") || url.starts_with("https://"))
@@ -525,6 +649,53 @@ mod tests {
             ("/srv/CTData", "/srv/CTData"),
         ] {
             assert_eq!(redact_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn dwca_values_parse_at_load_or_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[dwca]\nlicence = \"cc-by-nc-4.0\"\nbasis_of_record = \"machineobservation\"\n\
+             [[dwca.sensitive]]\nname = \"Diceros bicornis\"\ngrid_degrees = 0.5\n\
+             [dwca.basis_of_record_by_device]\ncamtrap-01 = \"MachineObservation\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(s.dwca.licence, Some(Licence::CcByNc));
+        assert_eq!(s.dwca.basis_of_record.as_str(), "MachineObservation");
+        assert_eq!(s.dwca.sensitive[0].grid_degrees, Some(0.5));
+        assert_eq!(
+            s.dwca.basis_of_record_by_device["camtrap-01"].as_str(),
+            "MachineObservation"
+        );
+        let s = Settings::load_from(None, env(&[("CTDATA__DWCA__LICENCE", "CC0-1.0")])).unwrap();
+        assert_eq!(s.dwca.licence, Some(Licence::Cc0));
+
+        for (key, value, why) in [
+            ("CTDATA__DWCA__LICENCE", "CC-BY-SA-4.0", "dwca.licence"),
+            (
+                "CTDATA__DWCA__BASIS_OF_RECORD",
+                "Sighting",
+                "dwca.basis_of_record",
+            ),
+            ("CTDATA__DWCA__COUNTRY_CODE", "Kenya", "dwca.country_code"),
+            (
+                "CTDATA__DWCA__SENSITIVE_GRID_DEGREES",
+                "0",
+                "dwca.sensitive_grid_degrees",
+            ),
+            (
+                "CTDATA__DWCA__PSEUDONYMISE_OBSERVERS",
+                "true",
+                "dwca.pseudonym_key",
+            ),
+        ] {
+            let e = Settings::load_from(None, env(&[(key, value)])).unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.contains(why), "{key}={value}: {e}");
         }
     }
 

@@ -125,6 +125,118 @@ impl From<AfterDownload> for String {
     }
 }
 
+/// A licence GBIF registers data under, written as its SPDX id: `CC0-1.0`,
+/// `CC-BY-4.0` or `CC-BY-NC-4.0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Licence {
+    Cc0,
+    CcBy,
+    CcByNc,
+}
+
+impl Licence {
+    pub fn spdx(self) -> &'static str {
+        match self {
+            Licence::Cc0 => "CC0-1.0",
+            Licence::CcBy => "CC-BY-4.0",
+            Licence::CcByNc => "CC-BY-NC-4.0",
+        }
+    }
+
+    /// The licence's legal code, as GBIF's metadata profile links it.
+    pub fn url(self) -> &'static str {
+        match self {
+            Licence::Cc0 => "http://creativecommons.org/publicdomain/zero/1.0/legalcode",
+            Licence::CcBy => "http://creativecommons.org/licenses/by/4.0/legalcode",
+            Licence::CcByNc => "http://creativecommons.org/licenses/by-nc/4.0/legalcode",
+        }
+    }
+
+    /// The title GBIF's metadata profile gives the licence.
+    pub fn title(self) -> &'static str {
+        match self {
+            Licence::Cc0 => "Public Domain (CC0 1.0)",
+            Licence::CcBy => "Creative Commons Attribution (CC-BY) 4.0 License",
+            Licence::CcByNc => "Creative Commons Attribution Non Commercial (CC-BY-NC) 4.0 License",
+        }
+    }
+}
+
+impl TryFrom<String> for Licence {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let key: String = text
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_uppercase();
+        match key.as_str() {
+            "CC010" | "CC0" => Ok(Licence::Cc0),
+            "CCBY40" => Ok(Licence::CcBy),
+            "CCBYNC40" => Ok(Licence::CcByNc),
+            _ => Err(format!(
+                "licence {text:?} is not one GBIF registers: use \"CC0-1.0\", \"CC-BY-4.0\" or \"CC-BY-NC-4.0\""
+            )),
+        }
+    }
+}
+
+impl From<Licence> for String {
+    fn from(l: Licence) -> String {
+        l.spdx().into()
+    }
+}
+
+/// A Darwin Core `basisOfRecord` class name, e.g. `HumanObservation`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BasisOfRecord(String);
+
+impl BasisOfRecord {
+    const CLASSES: [&'static str; 8] = [
+        "HumanObservation",
+        "MachineObservation",
+        "Occurrence",
+        "MaterialSample",
+        "MaterialCitation",
+        "PreservedSpecimen",
+        "LivingSpecimen",
+        "FossilSpecimen",
+    ];
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for BasisOfRecord {
+    fn default() -> Self {
+        BasisOfRecord("HumanObservation".into())
+    }
+}
+
+impl TryFrom<String> for BasisOfRecord {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match Self::CLASSES.iter().find(|c| c.eq_ignore_ascii_case(&text)) {
+            Some(c) => Ok(BasisOfRecord(c.to_string())),
+            None => Err(format!(
+                "basis_of_record {text:?} must be one of {}",
+                Self::CLASSES.join(", ")
+            )),
+        }
+    }
+}
+
+impl From<BasisOfRecord> for String {
+    fn from(b: BasisOfRecord) -> String {
+        b.0
+    }
+}
+
 /// A range of ports written `FIRST-LAST`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

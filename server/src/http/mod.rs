@@ -49,6 +49,8 @@ pub struct AppState {
     pub puller: Arc<crate::sources::Puller>,
     /// Devices allowed to download sightings (`http.read_devices`).
     pub read_devices: Arc<Vec<String>>,
+    /// The Darwin Core Archive settings (`format=dwca`).
+    pub dwca: Arc<crate::config::DwcaSettings>,
     pub dashboard: Arc<DashboardSettings>,
     /// Slots for every request but uploads (`http.max_concurrent_requests`).
     pub request_slots: Arc<tokio::sync::Semaphore>,

@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 use super::auth::ReaderAuth;
 use super::{ApiError, AppState, ErrorBody, Query};
 use crate::db::{BBox, ExportFilter};
+use crate::dwca::Publisher;
 use crate::export::{byte_stream, ExportFormat};
 use crate::types::parse_time;
 
@@ -25,7 +26,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct Params {
-    /// csv (default), geojson or ndjson
+    /// csv (default), geojson, ndjson, or dwca (a Darwin Core Archive zip for GBIF;
+    /// administrators only)
     format: Option<String>,
     /// Only sightings stored after this cursor
     since: Option<i64>,
@@ -49,13 +51,14 @@ struct Params {
     tag = "administrators",
     params(Params),
     responses(
-        (status = 200, description = "The export (text/csv, application/geo+json or application/x-ndjson); \
-          the CTData-Next-Cursor header holds the `since` for next time",
+        (status = 200, description = "The export (text/csv, application/geo+json, application/x-ndjson \
+          or application/zip); the CTData-Next-Cursor header holds the `since` for next time",
          content_type = "text/csv", body = String,
          headers(("CTData-Next-Cursor" = i64, description = "Pass as `since` next time"))),
         (status = 400, description = "A bad filter", body = ErrorBody),
         (status = 401, description = "Not an administrator", body = ErrorBody),
-        (status = 403, description = "A device not listed in http.read_devices", body = ErrorBody),
+        (status = 403, description = "A device not listed in http.read_devices, or a device asking for dwca", body = ErrorBody),
+        (status = 409, description = "format=dwca while a [dwca] metadata setting is missing (named)", body = ErrorBody),
     ),
     security(("admin_token" = []), ("admin_basic" = []), ("device_token" = []))
 )]
@@ -111,6 +114,9 @@ async fn download(
         bbox,
     };
     let next = next.max(since);
+    if format == ExportFormat::Dwca {
+        return dwca_download(&state, filter, who, since, next).await;
+    }
     let metrics = state.ingestor.metrics.clone();
     let chunks =
         byte_stream(&state.ingestor.db, filter, format, excel_safe, who).inspect(move |chunk| {
@@ -134,3 +140,59 @@ async fn download(
     h.insert(NEXT_CURSOR, HeaderValue::from(next));
     Ok(response)
 }
+
+/// `format=dwca`: the archive is built in a temporary file (its zip directory comes last,
+/// so it cannot be streamed as rows arrive), then sent from there.
+async fn dwca_download(
+    state: &AppState,
+    filter: ExportFilter,
+    who: String,
+    since: i64,
+    next: i64,
+) -> Result<Response, ApiError> {
+    if !who.starts_with("admin ") {
+        return Err(ApiError::Forbidden(
+            "a Darwin Core Archive is for administrators".into(),
+        ));
+    }
+    let publisher =
+        Publisher::new(&state.dwca).map_err(|e| ApiError::Conflict(format!("{e:#}")))?;
+    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(anyhow::Error::from)?;
+    let (file, summary) = publisher.write(&state.ingestor.db, filter, file).await?;
+    state.ingestor.metrics.exported_bytes(summary.bytes);
+    tracing::info!(
+        who,
+        format = "dwca",
+        rows = summary.rows,
+        bytes = summary.bytes,
+        unnamed = summary.unnamed,
+        excluded = summary.excluded,
+        generalised = summary.generalised,
+        "darwin core archive sent"
+    );
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        tokio::fs::File::from_std(file),
+        64 * 1024,
+    ));
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(ExportFormat::Dwca.content_type()),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(summary.bytes));
+    let disposition = format!("attachment; filename=\"ctdata-dwca-{since}-{next}.zip\"");
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&disposition).map_err(anyhow::Error::from)?,
+    );
+    h.insert(NEXT_CURSOR, HeaderValue::from(next));
+    h.insert(DWCA_UNNAMED, HeaderValue::from(summary.unnamed));
+    Ok(response)
+}
+
+/// Response header of `format=dwca`: sightings left out because they name no species.
+pub const DWCA_UNNAMED: &str = "ctdata-dwca-unnamed";

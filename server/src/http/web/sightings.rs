@@ -17,7 +17,12 @@ use crate::types::parse_time;
 const MAP_POINTS: i64 = 2000;
 
 /// The Download links: format and label.
-const DOWNLOADS: [(&str, &str); 3] = [("csv", "CSV"), ("geojson", "GeoJSON"), ("ndjson", "NDJSON")];
+const DOWNLOADS: [(&str, &str); 4] = [
+    ("csv", "CSV"),
+    ("geojson", "GeoJSON"),
+    ("ndjson", "NDJSON"),
+    ("dwca", "Darwin Core (GBIF)"),
+];
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Filters {
