@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs and starts what the tests drive when it is missing
 # (PostgreSQL, vsftpd, lftp, Chromium and chromedriver, util-linux's `script`,
-# xmllint, python-dwca-reader), then runs
+# xmllint, python-dwca-reader, dwcahandler), then runs
 # every test suite, carrying on past a failing one so that each suite reports.
 # Installing needs root and Debian's apt-get; without them it says which tests will
 # print SKIPPED instead (outside CI; under CI, with `CI` set, those tests fail).
@@ -35,13 +35,17 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
-# The Darwin Core Archive tests read archives back with python-dwca-reader (pip).
-if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import dwca.read' 2>/dev/null; then
-    say "installing python-dwca-reader"
-    python3 -m pip install -q python-dwca-reader 2>/dev/null \
-        || python3 -m pip install -q --user --break-system-packages python-dwca-reader \
-        || say "could not install python-dwca-reader: the dwca tests print SKIPPED"
-fi
+# The Darwin Core Archive tests read archives back with two independent readers from
+# PyPI: python-dwca-reader and dwcahandler.
+for reader in "python-dwca-reader:dwca.read" "dwcahandler:dwcahandler"; do
+    package="${reader%%:*}" module="${reader##*:}"
+    if command -v python3 >/dev/null 2>&1 && ! python3 -c "import $module" 2>/dev/null; then
+        say "installing $package"
+        python3 -m pip install -q "$package" 2>/dev/null \
+            || python3 -m pip install -q --user --break-system-packages "$package" \
+            || say "could not install $package: the dwca tests print SKIPPED"
+    fi
+done
 
 if $is_root && command -v pg_ctlcluster >/dev/null 2>&1; then
     say "PostgreSQL"

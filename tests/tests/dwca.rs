@@ -19,6 +19,7 @@ both_backends! {
 }
 
 const READER: &str = include_str!("../src/dwca_read.py");
+const VALIDATOR: &str = include_str!("../src/dwca_validate.py");
 
 /// The columns the archive must declare, each with its Darwin Core term URI, written
 /// out here rather than taken from the server.
@@ -93,6 +94,42 @@ fn read_archive(path: &Path, rows: bool) -> Option<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     Some(serde_json::from_slice(&out.stdout).expect("the reader's JSON"))
+}
+
+/// The archive as dwcahandler sees it (a second, independent reader): valid by its
+/// own checks (unique occurrenceID keys, known columns), its core row type, rows and
+/// columns. `None` (SKIPPED) only outside CI when dwcahandler is not installed.
+fn validate_archive(path: &Path) -> Option<Value> {
+    let probe = Command::new("python3")
+        .args(["-c", "import dwcahandler"])
+        .output()
+        .expect("run python3");
+    if !probe.status.success() {
+        let why = "dwcahandler is not installed (pip install dwcahandler)";
+        assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let out = Command::new("python3")
+        .args(["-c", VALIDATOR])
+        .arg(path)
+        .output()
+        .expect("run dwcahandler");
+    assert!(
+        out.status.success(),
+        "dwcahandler failed on {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: Value = serde_json::from_slice(&out.stdout).expect("dwcahandler's JSON");
+    assert_eq!(
+        found["valid"],
+        true,
+        "dwcahandler finds the archive invalid: {found}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(found["row_type"], "OCCURRENCE", "{found}");
+    Some(found)
 }
 
 /// Validates the archive's `meta.xml` with xmllint against the descriptor schema in
@@ -258,6 +295,14 @@ async fn archive_reads_back_with_sensitive_species_protected(db: TestDb) {
     assert_eq!(archive["id_index"], 0);
     assert_eq!(archive["encoding"], "UTF-8");
     assert_eq!(archive["field_terms"], json!(TERMS));
+    if let Some(found) = validate_archive(&zip) {
+        assert_eq!(found["rows"], archive["count"], "{found}");
+        let short: Vec<&str> = TERMS
+            .iter()
+            .map(|t| t.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(found["columns"], json!(short), "{found}");
+    }
     assert_eq!(
         archive["field_indexes"],
         json!((0..TERMS.len()).collect::<Vec<_>>())
@@ -555,4 +600,7 @@ async fn occurrence_ids_are_unique_over_100k_rows(db: TestDb) {
     };
     assert_eq!(archive["count"], rows);
     assert_eq!(archive["unique_ids"], rows);
+    if let Some(found) = validate_archive(&zip) {
+        assert_eq!(found["rows"], rows, "{found}");
+    }
 }
