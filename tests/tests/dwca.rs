@@ -68,17 +68,25 @@ fn configure(env: &ServerEnv, body: &str) {
     .unwrap();
 }
 
-/// The archive as python-dwca-reader sees it; `None` when the reader is not installed
-/// (outside CI: the test says SKIPPED).
-fn read_archive(path: &Path, rows: bool) -> Option<Value> {
+/// Whether Python can import `module`; outside CI a missing one prints SKIPPED, under
+/// CI it fails the test.
+fn python_has(module: &str, package: &str) -> bool {
     let probe = Command::new("python3")
-        .args(["-c", "import dwca.read"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .expect("run python3");
     if !probe.status.success() {
-        let why = "python-dwca-reader is not installed (pip install python-dwca-reader)";
+        let why = format!("{package} is not installed (pip install {package})");
         assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
         eprintln!("SKIPPED: {why}");
+    }
+    probe.status.success()
+}
+
+/// The archive as python-dwca-reader sees it; `None` when the reader is not installed
+/// (outside CI: the test says SKIPPED).
+fn read_archive(path: &Path, rows: bool) -> Option<Value> {
+    if !python_has("dwca.read", "python-dwca-reader") {
         return None;
     }
     let mut cmd = Command::new("python3");
@@ -100,14 +108,7 @@ fn read_archive(path: &Path, rows: bool) -> Option<Value> {
 /// own checks (unique occurrenceID keys, known columns), its core row type, rows and
 /// columns. `None` (SKIPPED) only outside CI when dwcahandler is not installed.
 fn validate_archive(path: &Path) -> Option<Value> {
-    let probe = Command::new("python3")
-        .args(["-c", "import dwcahandler"])
-        .output()
-        .expect("run python3");
-    if !probe.status.success() {
-        let why = "dwcahandler is not installed (pip install dwcahandler)";
-        assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
-        eprintln!("SKIPPED: {why}");
+    if !python_has("dwcahandler", "dwcahandler") {
         return None;
     }
     let out = Command::new("python3")
