@@ -19,7 +19,7 @@ use crate::send::{self, Options};
 use crate::state::{self, AutosendState, State};
 use crate::{outbox, AutosendArgs};
 
-const LOCK: &str = ".autosend.lock";
+pub const LOCK: &str = ".autosend.lock";
 
 pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(home)?;

@@ -1,6 +1,7 @@
 //! `ctdata`, the CTData field client. This file is the manual (clap doc comments) and
 //! the dispatch; the work is in the modules.
 
+mod app;
 mod autosend;
 mod check;
 mod commands;
@@ -126,6 +127,26 @@ enum Command {
         #[command(subcommand)]
         action: SyncAction,
     },
+    /// The window for rangers: a page in the web browser with a Tap to send button.
+    ///
+    /// Serves a page on 127.0.0.1 (a free port) and opens it in the default browser:
+    /// Tap to send with live progress, what is waiting and why, auto-send, the upload
+    /// and download settings with a connection test, record a sighting, import a file,
+    /// recent sightings and batches with their receipts, sync off and delete. Every
+    /// button runs the same code as the command line. The address holds a random key
+    /// made for this run, so other users and pages cannot drive it. Stop it with
+    /// Ctrl-C or the Close button on the page.
+    App(AppArgs),
+}
+
+#[derive(Args)]
+pub struct AppArgs {
+    /// Do not open a browser; only print the address to open
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Listen on this port instead of a free one
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
 }
 
 #[derive(Subcommand)]
@@ -283,6 +304,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compare => blocking(move || sync::compare(&home)).await,
         Command::Push { files } => blocking(move || sync::push(&home, &files)).await,
         Command::Fetch { files } => blocking(move || sync::fetch(&home, &files)).await,
+        Command::App(args) => app::run(home, args).await,
         Command::Sync { action } => match action {
             SyncAction::Off => sync::switch(&home, false),
             SyncAction::On => sync::switch(&home, true),

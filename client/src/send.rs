@@ -131,6 +131,17 @@ enum Transport {
 
 /// Seals the open batch, then sends the outbox. Waits if another send is running.
 pub async fn send(home: &Home, config: &Config, opts: &Options) -> anyhow::Result<Report> {
+    send_watched(home, config, opts, None).await
+}
+
+/// [`send`], with the byte count kept in `watch` (its length set to the outbox's size)
+/// instead of a terminal bar: `ctdata app` reads it to show progress.
+pub async fn send_watched(
+    home: &Home,
+    config: &Config,
+    opts: &Options,
+    watch: Option<ProgressBar>,
+) -> anyhow::Result<Report> {
     {
         let mut locked = outbox::lock(home, &config.device)?;
         outbox::seal(home, &config.device, &mut locked)?;
@@ -143,7 +154,7 @@ pub async fn send(home: &Home, config: &Config, opts: &Options) -> anyhow::Resul
             tokio::task::spawn_blocking(move || home.lock(SEND_LOCK)).await??
         }
     };
-    let report = send_outbox(home, config, opts).await;
+    let report = send_outbox(home, config, opts, watch).await;
     let pruned = prune_sent(home, config.keep_sent_days);
     drop(lock);
     match pruned {
@@ -166,7 +177,12 @@ pub async fn send(home: &Home, config: &Config, opts: &Options) -> anyhow::Resul
     Ok(report)
 }
 
-async fn send_outbox(home: &Home, config: &Config, opts: &Options) -> anyhow::Result<Report> {
+async fn send_outbox(
+    home: &Home,
+    config: &Config,
+    opts: &Options,
+    watch: Option<ProgressBar>,
+) -> anyhow::Result<Report> {
     let up = &config.upload;
     let transport = match up.protocol {
         Protocol::Https => Transport::Http {
@@ -183,7 +199,13 @@ async fn send_outbox(home: &Home, config: &Config, opts: &Options) -> anyhow::Re
         .filter_map(|n| std::fs::metadata(dir.join(n)).ok())
         .map(|m| m.len())
         .sum();
-    let progress = progress_bar(total, names.len());
+    let progress = match watch {
+        Some(pb) => {
+            pb.set_length(total);
+            pb
+        }
+        None => progress_bar(total, names.len()),
+    };
     let mut report = Report::default();
     for (i, name) in names.iter().enumerate() {
         if opts.stop.load(Ordering::SeqCst) {
