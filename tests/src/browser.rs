@@ -171,6 +171,16 @@ impl Browser {
         );
     }
 
+    /// Sets the file of an `<input type=file>`, as picking it in the file dialog would.
+    pub fn choose_file(&self, css: &str, path: &Path) {
+        let id = self.find(css);
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": path.display().to_string() })),
+        );
+    }
+
     pub fn text(&self, css: &str) -> String {
         let id = self.find(css);
         let v = self.cmd("GET", &format!("/element/{id}/text"), None);
