@@ -130,6 +130,7 @@ pub async fn send(State(app): State<App>) -> Response {
             Ok(r) => words(&r, &config),
             Err(e) => SendResult {
                 ok: false,
+                level: "bad",
                 headline: format!("Not sent: {e:#}"),
                 detail: String::new(),
                 at: Utc::now(),
@@ -181,17 +182,41 @@ fn words(r: &send::Report, config: &Config) -> SendResult {
         );
     }
     if r.pending > 0 {
-        let why = r.error.as_deref().unwrap_or("the send was stopped");
         headline += &format!(
-            " Not sent: {why}. {} waiting; they go with the next send.",
+            " Not sent: {} waiting (why is below); they go with the next send.",
             batches(r.pending)
         );
     }
+    let detail = if r.pending > 0 {
+        format!(
+            "Why: {}",
+            r.error.as_deref().unwrap_or("the send was stopped")
+        )
+    } else if r.delivered > 0 {
+        format!("{} went to {}.", size(r.bytes), config.upload.url)
+    } else {
+        String::new()
+    };
     SendResult {
         ok: r.pending == 0 && r.rejected.is_empty(),
+        level: if r.pending > 0 {
+            "bad"
+        } else if r.rejected.is_empty() {
+            "good"
+        } else {
+            "warn"
+        },
         headline: headline.trim().to_string(),
-        detail: r.summary(&config.upload.url),
+        detail,
         at: Utc::now(),
+    }
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / f64::from(1 << 20)),
+        b if b >= 1 << 10 => format!("{} KB", b / 1024),
+        b => format!("{b} bytes"),
     }
 }
 
@@ -428,6 +453,13 @@ pub async fn autosend(State(app): State<App>, Json(f): Json<AutosendForm>) -> Re
         return problem(StatusCode::UNPROCESSABLE_ENTITY, format!("how often: {e}"));
     }
     stop_autosend(&app).await;
+    // Its lines also go to ctdata.log; its standard error is kept in a file (a pipe
+    // nobody reads would fill up, or break its writes once closed).
+    let said = app.0.home.root.join(".app-autosend.err");
+    let err = match std::fs::File::create(&said) {
+        Ok(f) => f,
+        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     let mut cmd = tokio::process::Command::new(&app.0.exe);
     cmd.arg("--home")
         .arg(&app.0.home.root)
@@ -435,28 +467,37 @@ pub async fn autosend(State(app): State<App>, Json(f): Json<AutosendForm>) -> Re
         .env_remove("CTDATA_HOME")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
+        .stderr(err);
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    // It refuses at once (sync off, already running) or settles into its loop.
-    let quick = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-    if let Ok(Ok(status)) = quick {
-        let mut why = String::new();
-        if let Some(mut err) = child.stderr.take() {
-            use tokio::io::AsyncReadExt;
-            let _ = err.read_to_string(&mut why).await;
-        }
-        let why = why.trim().trim_start_matches("error: ").to_string();
-        return problem(
-            StatusCode::CONFLICT,
-            format!("auto-send did not start ({status}): {why}"),
-        );
-    }
-    // Its own lines go to ctdata.log; nobody reads the pipe after this.
-    drop(child.stderr.take());
+    // Ours from the start, so the page never shows it as someone else's.
     *app.0.autosend.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+    // It refuses at once (sync off, already running) or settles into its loop.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ended = {
+            let mut slot = app.0.autosend.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => {
+                    *slot = None;
+                    Some(status.to_string())
+                }
+                Some(Err(e)) => Some(e.to_string()),
+                _ => None,
+            }
+        };
+        if let Some(status) = ended {
+            let why = std::fs::read_to_string(&said).unwrap_or_default();
+            let why = why.trim().trim_start_matches("error: ").to_string();
+            return problem(
+                StatusCode::CONFLICT,
+                format!("auto-send did not start ({status}): {why}"),
+            );
+        }
+    }
     answer(Said {
         ok: true,
         lines: vec![format!("auto-send is on: every {every}")],
@@ -487,6 +528,7 @@ pub async fn stop_autosend(app: &App) {
     let Some(mut child) = child else {
         return;
     };
+
     // Our own child, not reaped yet, so the pid is still its own. (The crate forbids
     // unsafe code, so not libc::kill.)
     let asked = match child.id() {

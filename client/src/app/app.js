@@ -7,6 +7,7 @@
   const $ = (id) => document.getElementById(id);
   let last = null;
   let settingsFilled = false;
+  let settingsShown = false;
   let stopped = false;
   let timer = null;
 
@@ -60,8 +61,15 @@
     return n + " bytes";
   }
 
+  function count(n, one, many) {
+    return n + " " + (n === 1 ? one : many);
+  }
+
+  // "000012-….ndjson" is batch 12; a file named otherwise keeps its name.
   function batchName(b) {
-    return b.sightings == null ? b.name : b.name + " (" + b.sightings + " sightings)";
+    const seq = /^0*(\d+)-/.exec(b.name);
+    const name = seq ? "Batch " + seq[1] : b.name;
+    return b.sightings == null ? name : name + " (" + count(b.sightings, "sighting", "sightings") + ")";
   }
 
   function unsent(v) {
@@ -70,7 +78,7 @@
 
   function showSend(s) {
     const busy = s.running;
-    $("send").disabled = busy;
+    $("send").disabled = busy || !(last && last.settings);
     $("send").textContent = busy ? "Sending…" : "Tap to send";
     $("send-progress").hidden = !busy;
     if (busy) {
@@ -90,7 +98,7 @@
     const res = $("send-result");
     if (s.result && !busy) {
       res.textContent = s.result.headline;
-      res.className = s.result.ok ? "good" : "bad";
+      res.className = s.result.level;
       $("send-detail").textContent = s.result.detail;
     } else if (busy) {
       res.textContent = "";
@@ -116,7 +124,8 @@
     $("refused-box").hidden = v.refused.length === 0;
     fill($("refused"), v.refused, "", (b) =>
       item($("refused"), batchName(b), [["why", b.why]]));
-    $("last-success").textContent = v.last_success ? "Last good send: " + v.last_success : "Nothing sent yet.";
+    $("last-success").textContent = v.send.result ? ""
+      : v.last_success ? "Last good send: " + v.last_success : "Nothing sent yet.";
 
     const a = v.autosend;
     $("autosend-on").checked = a.running;
@@ -126,14 +135,16 @@
       info = a.ours ? "On" : "On (started outside this window)";
       if (a.every_secs) info += ", every " + everyWords(a.every_secs);
       info += ". Last try: " + (a.last_attempt || "not yet") + ". Next try: " + (a.next_attempt || "soon") + ".";
-      if (a.failures) info += " " + a.failures + " tries in a row failed.";
+      if (a.failures === 1) info += " The last try failed.";
+      else if (a.failures > 1) info += " " + a.failures + " tries in a row failed.";
     }
     if (v.sync_off) info += " Sync is off for this device, so auto-send does not run.";
     $("autosend-info").textContent = info;
 
     fill($("recent"), v.recent, "No sightings yet.", (s) => {
-      const what = [s.time, s.count != null ? s.count + " seen" : "", s.observer, s.position].filter(Boolean).join(" · ");
-      item($("recent"), s.species || "(no species)", [["what", what], ["what", s.notes], ["what", s.sent ? "sent" : "not sent yet"]]);
+      const what = [s.time, s.count != null ? s.count + " seen" : "", s.observer, s.position,
+        s.sent ? "sent" : "not sent yet"].filter(Boolean).join(" · ");
+      item($("recent"), s.species || "(no species)", [["what", what], ["what", s.notes]]);
     });
     fill($("sent"), v.sent, "No batches sent yet.", (b) =>
       item($("sent"), batchName(b), [["what", b.state]]));
@@ -143,8 +154,14 @@
       : "Sync is on.";
     $("sync-toggle").textContent = v.sync_off ? "Turn sync on" : "Turn sync off";
 
-    if (!settingsFilled && v.settings) {
+    // Filled once, from what is saved: later polls never overwrite what is being typed.
+    if (!settingsFilled) {
       settingsFilled = true;
+      downloadShown();
+      protocolShown();
+    }
+    if (v.settings && !settingsShown) {
+      settingsShown = true;
       const s = v.settings;
       $("s-protocol").value = s.protocol;
       $("s-url").value = s.url;
@@ -232,6 +249,7 @@
     const r = await call("POST", "autosend", { on, every: $("autosend-every").value });
     $("autosend-msg").textContent = (r.data.lines || []).join(" ");
     $("autosend-msg").className = "small " + (r.data.ok ? "good" : "bad");
+    refresh();
   }
   $("autosend-on").addEventListener("change", autosendChanged);
   $("autosend-every").addEventListener("change", () => {
@@ -288,7 +306,14 @@
     };
     const r = await call("POST", "settings", body);
     said($("settings-msg"), r.data);
-    if (r.data.ok) { $("s-token").value = ""; $("d-token").value = ""; settingsFilled = false; }
+    if (r.data.ok) {
+      settingsShown = true;
+      for (const id of ["s-token", "d-token"]) {
+        const e = $(id);
+        if (e.value) e.placeholder = "saved (leave empty to keep it)";
+        e.value = "";
+      }
+    }
   });
 
   $("test-btn").addEventListener("click", async () => {
@@ -316,7 +341,9 @@
   });
 
   $("sync-toggle").addEventListener("click", async () => {
-    const r = await call("POST", "sync", { on: !!(last && last.sync_off) });
+    const on = !!(last && last.sync_off);
+    const r = await call("POST", "sync", { on });
+    if (r.data.ok) r.data.lines = [on ? "Sync is on again." : "Sync is off: auto-send stops and will not start. Your data stays here."];
     said($("sync-msg"), r.data);
     refresh();
   });
@@ -328,8 +355,8 @@
     const sightings = last.pending.reduce((n, b) => n + (b.sightings || 0), 0) + last.open_sightings;
     $("purge-text").textContent = purgeCount === 0
       ? "Nothing is waiting to be sent. This deletes the copies of sent batches, their receipts and downloaded files on this computer."
-      : "This deletes " + purgeCount + (purgeCount === 1 ? " unsent batch" : " unsent batches") +
-        " (" + sightings + " sightings) that the server does NOT have yet, and the copies of sent batches on this computer. It cannot be undone.";
+      : "This deletes " + count(purgeCount, "unsent batch", "unsent batches") +
+        " (" + count(sightings, "sighting", "sightings") + ") that the server does NOT have yet, and the copies of sent batches on this computer. It cannot be undone.";
     $("purge-yes").textContent = purgeCount === 0 ? "Yes, delete"
       : "Yes, delete " + purgeCount + (purgeCount === 1 ? " unsent batch" : " unsent batches");
     $("purge-confirm").hidden = false;
@@ -338,6 +365,7 @@
   $("purge-yes").addEventListener("click", async () => {
     const r = await call("POST", "purge", { unsent: purgeCount });
     $("purge-confirm").hidden = true;
+    if (r.data.ok) r.data.lines = ["Deleted. This device's data on this computer is gone; the settings stay."];
     said($("sync-msg"), r.data);
     refresh();
   });

@@ -68,6 +68,8 @@ struct SendJob {
 #[derive(Clone, serde::Serialize)]
 struct SendResult {
     ok: bool,
+    /// `good`, `warn` (some refused) or `bad` (something left waiting).
+    level: &'static str,
     headline: String,
     detail: String,
     at: DateTime<Utc>,
