@@ -430,6 +430,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream, free: usize, gate: &Gate) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
+/// The progress bar's value and maximum.
+fn bar(b: &Browser) -> (f64, f64) {
+    let v = b.execute(
+        "const e = document.getElementById('send-bar'); return [e.value, e.max];",
+        serde_json::json!([]),
+    );
+    (v[0].as_f64().unwrap_or(-1.0), v[1].as_f64().unwrap_or(-1.0))
+}
+
 both_backends!(ten_thousand_sightings_show_their_progress_then_the_receipt);
 
 async fn ten_thousand_sightings_show_their_progress_then_the_receipt(db: TestDb) {
@@ -475,8 +484,7 @@ async fn ten_thousand_sightings_show_their_progress_then_the_receipt(db: TestDb)
     // Held after 256 KB: the page shows bytes on their way, the bar part-way.
     let shown = wait_for(&b, "#send-status", "Sending", 30);
     assert!(shown.contains(" of "), "{shown}");
-    let value: f64 = b.property("#send-bar", "value").parse().unwrap_or(0.0);
-    let max: f64 = b.property("#send-bar", "max").parse().unwrap_or(0.0);
+    let (value, max) = bar(&b);
     assert_eq!(max as u64, total, "the bar counts the batch's bytes");
     assert!(value > 0.0 && value < max, "part-way: {value} of {max}");
     assert_eq!(b.text("#send").trim(), "Sending…");
@@ -485,7 +493,7 @@ async fn ten_thousand_sightings_show_their_progress_then_the_receipt(db: TestDb)
     // All bytes through, the answer held: the server is storing.
     relay.body.open();
     wait_for(&b, "#send-status", "waiting for the server to store it", 60);
-    let value: f64 = b.property("#send-bar", "value").parse().unwrap_or(0.0);
+    let (value, max) = bar(&b);
     assert_eq!(value, max, "every byte sent");
     screenshots(&b, "10-storing", "send-card");
 
