@@ -113,7 +113,7 @@ fn settings(b: &Browser, url: &str, device: &str, token: &str) {
     b.type_into("#s-device", device);
     b.type_into("#s-token", token);
     b.click("#save-settings");
-    wait_for(b, "#settings-msg", "wrote", 20);
+    wait_for(b, "#settings-msg", "Saved: device ranger-07", 20);
 }
 
 async fn sightings(db: &TestDb) -> i64 {
@@ -148,7 +148,7 @@ async fn every_control_of_the_window_in_chromium() {
     // The right address; the saved token is kept when the field is left empty.
     b.type_into("#s-url", &server.http_base());
     b.click("#save-settings");
-    wait_for(&b, "#settings-msg", "wrote", 20);
+    wait_for(&b, "#settings-msg", "Saved: device ranger-07", 20);
     b.click("#test-btn");
     let steps = wait_for(&b, "#test-steps", "The connection works", 30);
     assert!(steps.contains("✓log in"), "{steps}");
@@ -170,7 +170,7 @@ async fn every_control_of_the_window_in_chromium() {
     assert!(config.contains("[download]") && config.contains("download-token-1"));
     b.click("#d-same");
     b.click("#save-settings");
-    wait_for(&b, "#settings-msg", "wrote", 20);
+    wait_for(&b, "#settings-msg", "Saved: device ranger-07", 20);
     let config = std::fs::read_to_string(client.path("config.toml")).unwrap();
     assert!(!config.contains("[download]"), "{config}");
 

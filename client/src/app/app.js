@@ -305,6 +305,8 @@
       download_same: $("d-same").checked, download_url: $("d-url").value, download_token: $("d-token").value,
     };
     const r = await call("POST", "settings", body);
+    // `init` says "wrote PATH: device … sends over …": the path means nothing here.
+    r.data.lines = (r.data.lines || []).map((l) => l.replace(/^wrote [^\n]*?config\.toml: /, "Saved: "));
     said($("settings-msg"), r.data);
     if (r.data.ok) {
       settingsShown = true;
