@@ -182,7 +182,19 @@ async fn httpz_upload(db: TestDb) {
         (&json!("cybertracker"), &json!(2), &json!(2)),
         "{receipt}"
     );
+    assert_eq!(receipt["track_points"], 1, "{receipt}");
     assert_eq!(stored(&base, &admin).await, expected());
+    // The waypoint is a track point, not a sighting.
+    let out = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {admin}"),
+        &format!("{base}/api/v1/tracks?format=csv"),
+    ]);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "device,time,latitude,longitude,altitude,accuracy\n\
+         ct-classic-01,2024-05-01T04:40:00Z,-24.9925,31.5911,,\n"
+    );
 
     // The same upload again, raw deflate this time: the content decides, a duplicate.
     std::fs::write(&body, raw_deflate(&text)).unwrap();

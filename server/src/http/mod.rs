@@ -12,6 +12,7 @@ pub mod paced;
 mod sightings;
 pub(crate) mod throttle;
 pub mod tls;
+mod tracks;
 mod web;
 mod whoami;
 
@@ -115,6 +116,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(admin::router())
         .merge(download::router())
         .merge(whoami::router())
+        .merge(tracks::router())
 }
 
 #[derive(utoipa::OpenApi)]
