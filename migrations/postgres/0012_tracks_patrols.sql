@@ -30,3 +30,15 @@ CREATE TABLE patrol_events (
     attributes   JSONB NOT NULL DEFAULT '{}'
 );
 CREATE INDEX patrol_events_patrol ON patrol_events (patrol_id, occurred_at);
+
+-- Earlier versions of sightings that a newer one replaced (a CyberTracker webhook
+-- sends an edited observation again with a newer updateTime): the replaced row, whole.
+CREATE TABLE sighting_versions (
+    id           BIGSERIAL PRIMARY KEY,
+    sighting_id  UUID NOT NULL,
+    batch        BIGINT NOT NULL REFERENCES batches(id),
+    version      TEXT,
+    content      JSONB NOT NULL,
+    replaced_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX sighting_versions_sighting ON sighting_versions (sighting_id);

@@ -30,3 +30,15 @@ CREATE TABLE patrol_events (
     attributes   TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX patrol_events_patrol ON patrol_events (patrol_id, occurred_at);
+
+-- Earlier versions of sightings that a newer one replaced (a CyberTracker webhook
+-- sends an edited observation again with a newer updateTime): the replaced row, whole.
+CREATE TABLE sighting_versions (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    sighting_id  TEXT NOT NULL,
+    batch        INTEGER NOT NULL REFERENCES batches(id),
+    version      TEXT,
+    content      TEXT NOT NULL,
+    replaced_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX sighting_versions_sighting ON sighting_versions (sighting_id);

@@ -100,6 +100,11 @@ impl Ingestor {
         }
     }
 
+    /// The `[formats.cybertracker]` mapping this ingestor applies.
+    pub fn cybertracker_mapping(&self) -> &CybertrackerSettings {
+        &self.cybertracker
+    }
+
     /// Reads CyberTracker and SMART uploads with this element → field mapping.
     pub fn with_cybertracker(mut self, mapping: CybertrackerSettings) -> Ingestor {
         self.cybertracker = Arc::new(mapping);

@@ -27,6 +27,7 @@ mod pg;
 mod sources;
 mod sqlite;
 pub(crate) mod tracks;
+mod versions;
 
 pub use admin::{BatchListFilter, BatchSummary, RejectionInfo, MAX_PAGE};
 pub use admins::{AdminInfo, AdminTokenInfo, Revoked, TokenChoice};
@@ -37,6 +38,7 @@ pub use export::{BBox, ExportFilter, ExportRow};
 pub use health::{WriteFailure, WriteHealth};
 pub use sources::{PullRecord, RemoteKey};
 pub use tracks::{PatrolRow, TrackRow};
+pub use versions::Superseded;
 
 use chrono::{DateTime, FixedOffset, Utc};
 use ctdata_batch::{Location, Problem, ReadSummary, RejectKind, Rejection, Sighting};

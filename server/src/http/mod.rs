@@ -14,6 +14,7 @@ pub(crate) mod throttle;
 pub mod tls;
 mod tracks;
 mod web;
+mod webhooks;
 mod whoami;
 
 use std::path::PathBuf;
@@ -117,6 +118,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(download::router())
         .merge(whoami::router())
         .merge(tracks::router())
+        .merge(webhooks::router())
 }
 
 #[derive(utoipa::OpenApi)]
