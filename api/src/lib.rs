@@ -56,6 +56,13 @@ pub struct Receipt {
     /// which of them came with other content (conflicts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<Skipped>,
+    /// Track points (CyberTracker waypoints) in the file: stored in the tracks, not
+    /// counted as sightings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_points: Option<i64>,
+    /// SMART patrol events (start, stop, pause, resume, change) in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patrol_events: Option<i64>,
 }
 
 /// What a receipt and the batch API say about the sightings a batch skipped.

@@ -1,7 +1,13 @@
 //! CyberTracker Classic uploads (its HTTP, HTTPS and HTTPZ protocols): a GeoJSON
 //! FeatureCollection whose features carry CyberTracker's own property names. A feature
 //! with a `sighting` object is a sighting; one without is a waypoint (a track point),
-//! which is validated and counted but not stored as a sighting.
+//! which is validated and handed to the server by [`crate::tracks::extras`], never as a
+//! sighting. SMART Mobile writes the same envelope: its patrol events (a `sighting`
+//! whose `SMART_ObservationType` is not `Observation`) are patrol records, not sightings.
+//!
+//! The envelope's own properties (`ctVersion`, `dbName`, `appName`, `deviceId` and any
+//! other) are kept under the one attribute `cybertracker`, so a sighting element of the
+//! same name never clashes with them.
 
 use std::fmt;
 
@@ -9,10 +15,18 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::fields::{add_attribute, parse_time, show, Draft, Field, RowAt};
+use serde_json::Map;
+
+use crate::fields::{add_attribute, nul_in, parse_time, show, Draft, Field, RowAt};
 use crate::geojson;
 use crate::model::{Problem, Sighting};
 use crate::problems::problem;
+use crate::tracks::{media, PatrolEvent, TrackPoint};
+
+/// The attribute that holds the envelope's properties.
+pub const ENVELOPE: &str = "cybertracker";
+/// The attribute a SMART observation's patrol id is kept under.
+pub const EVENT_ID: &str = "event_id";
 
 const ID: &str = "id is required: the sighting's GUID, e.g. {3f2b8c1e-5d4a-4e8b-9c7d-1a2b3c4d5e6f}";
 const DATE_TIME: &str =
@@ -31,13 +45,21 @@ pub(crate) fn parse_guid(s: &str) -> Option<Uuid> {
         .flatten()
 }
 
-/// One feature: `Ok(None)` for a valid waypoint.
+/// What one valid feature is.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    Sighting(Sighting),
+    Waypoint(TrackPoint),
+    Patrol(PatrolEvent),
+}
+
+/// One feature: a sighting, a waypoint or a SMART patrol event.
 pub(crate) fn feature(
     v: Value,
     row: &RowAt,
     sha256: &str,
     index: u64,
-) -> Result<Option<Sighting>, Vec<Problem>> {
+) -> Result<Parsed, Vec<Problem>> {
     let mut problems = Vec::new();
     let Value::Object(mut obj) = v else {
         let p = problem(
@@ -66,6 +88,7 @@ pub(crate) fn feature(
     };
     let waypoint = props.get("sighting").is_none_or(Value::is_null);
     let mut sighting = None;
+    let mut envelope = Map::new();
     for (key, v) in props {
         let at = row.at(&format!("properties.{key}"));
         match key.as_str() {
@@ -100,13 +123,27 @@ pub(crate) fn feature(
                     Some(guid) => Value::String(guid.to_string()),
                     None => v,
                 };
-                add_attribute(&mut draft, key, v, row, &mut problems);
+                envelope.insert(key, v);
             }
-            _ => add_attribute(&mut draft, key, v, row, &mut problems),
+            _ => match nul_in(&key, &v) {
+                Some(msg) => problems.push(problem(at, Some(&key), None, msg)),
+                None => {
+                    envelope.insert(key, v);
+                }
+            },
         }
     }
+    let smart = sighting.as_mut().and_then(smart_kind);
     for (element, v) in sighting.into_iter().flatten() {
         element_value(&mut draft, element, v, row, &mut problems);
+    }
+    if let Some((_, patrol)) = &smart {
+        let v = Value::String(patrol.clone());
+        add_attribute(&mut draft, EVENT_ID.into(), v, row, &mut problems);
+    }
+    if !envelope.is_empty() {
+        let v = Value::Object(envelope);
+        add_attribute(&mut draft, ENVELOPE.into(), v, row, &mut problems);
     }
     if let Some(id) = obj.remove("id").filter(|v| !v.is_null()) {
         add_attribute(&mut draft, "feature_id".into(), id, row, &mut problems);
@@ -126,13 +163,31 @@ pub(crate) fn feature(
     if !problems.is_empty() {
         return Err(problems);
     }
-    if waypoint {
-        return Ok(None);
-    }
-    draft.finish(sha256, index).map(Some).map_err(|missing| {
+    let s = draft.finish(sha256, index).map_err(|missing| {
         row.missing(missing, &mut problems);
         problems
+    })?;
+    Ok(match smart {
+        _ if waypoint => Parsed::Waypoint(TrackPoint::from(s)),
+        Some((Some(kind), patrol_id)) => Parsed::Patrol(PatrolEvent::new(kind, patrol_id, s)),
+        _ => Parsed::Sighting(s),
     })
+}
+
+/// SMART Mobile's marks: the patrol id, and the event kind unless the feature is an
+/// observation (`None`). Both stay among the elements, as SMART wrote them.
+fn smart_kind(elements: &mut Map<String, Value>) -> Option<(Option<String>, String)> {
+    let patrol = match elements.get("SMART_PatrolID")? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let kind = elements
+        .get("SMART_ObservationType")
+        .and_then(Value::as_str)
+        .filter(|k| !k.eq_ignore_ascii_case("Observation"))
+        .map(str::to_string);
+    Some((kind, patrol))
 }
 
 fn is_field(p: &Problem, field: &str) -> bool {
@@ -141,7 +196,8 @@ fn is_field(p: &Problem, field: &str) -> bool {
 
 /// Elements named species, count or observer (any case) fill those fields when their
 /// value fits; everything else, and a value that does not fit, is kept as an attribute
-/// under the element's name, base64 media included.
+/// under the element's name. Base64 media is listed (type, size, sha256) in its place:
+/// the bytes stay in the batch's archived original.
 fn element_value(
     draft: &mut Draft,
     element: String,
@@ -165,6 +221,10 @@ fn element_value(
             .prefix
             .as_ref()
             .map(|p| format!("{p}.properties.sighting")),
+    };
+    let v = match &v {
+        Value::String(s) => media::describe(&element, s).unwrap_or(v),
+        _ => v,
     };
     add_attribute(draft, element, v, &at, problems);
 }

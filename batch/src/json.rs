@@ -314,8 +314,8 @@ impl<F: FnMut(Sighting) -> ControlFlow<()>> Elements for Validator<'_, '_, F> {
                 ArrayKind::Sightings => sighting_value(v, &row, sha, index),
                 ArrayKind::Features if self.cybertracker => {
                     match cybertracker::feature(v, &row, sha, index) {
-                        Ok(Some(s)) => Ok(s),
-                        Ok(None) => {
+                        Ok(cybertracker::Parsed::Sighting(s)) => Ok(s),
+                        Ok(_) => {
                             self.rows.skip();
                             i += 1;
                             continue;

@@ -19,6 +19,7 @@ mod model;
 mod ndjson;
 mod problems;
 mod sniff;
+pub mod tracks;
 pub mod write;
 
 use std::ops::ControlFlow;
@@ -26,6 +27,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
+pub use cybertracker::{ENVELOPE as CYBERTRACKER_ENVELOPE, EVENT_ID};
 pub use device::{DeviceName, InvalidDeviceName};
 pub use model::*;
 

@@ -108,7 +108,7 @@ pub struct Scan {
     /// The device's running number of this batch (header `sequence`), if it gave one.
     pub sequence: Option<u64>,
     /// Features read but not stored as sightings: the waypoints (track points) of a
-    /// CyberTracker upload. They stay in the archived original.
+    /// CyberTracker upload, which [`crate::tracks::extras`] hands out.
     pub waypoints: u64,
 }
 

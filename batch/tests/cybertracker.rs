@@ -5,12 +5,15 @@
 use std::io::Write;
 use std::ops::ControlFlow;
 
+use base64::Engine;
+use ctdata_batch::tracks::extras;
 use ctdata_batch::{
     read, scan, Compression, Format, Limits, RejectKind, Rejection, Scan, Sighting,
     CTDATA_NAMESPACE,
 };
 use flate2::write::{DeflateEncoder, ZlibEncoder};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 use uuid::Uuid;
 
@@ -118,8 +121,8 @@ fn an_upload_becomes_sightings_and_skips_its_waypoint() {
         (Some("Loxodonta africana"), Some(3), None)
     );
     let want = json!({"Behaviour": "Feeding", "{5C1E7A90-1B2C-4D3E-8F40-5A6B7C8D9E0F}": "Male",
-        "deviceId": "0d6a9b12-3c4e-4f50-8a61-7b2c9d0e1f23", "ctVersion": "3.520",
-        "dbName": "Kruger Rangers", "appName": "CyberTracker"});
+        "cybertracker": {"deviceId": "0d6a9b12-3c4e-4f50-8a61-7b2c9d0e1f23", "ctVersion": "3.520",
+        "dbName": "Kruger Rangers", "appName": "CyberTracker"}});
     assert_eq!(Value::Object(e.attributes.clone()), want);
 
     let l = &rows[1];
@@ -130,7 +133,68 @@ fn an_upload_becomes_sightings_and_skips_its_waypoint() {
         (l.species.as_deref(), l.count, l.observer.as_deref()),
         (Some("Panthera leo"), Some(2), Some("T. Nkosi"))
     );
-    assert_eq!(l.attributes["Photo"], PHOTO, "inline media is kept whole");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(PHOTO)
+        .unwrap();
+    assert_eq!(
+        l.attributes["Photo"],
+        json!({"name": "Photo", "type": "image/jpeg", "size": bytes.len(),
+               "sha256": hex::encode(Sha256::digest(&bytes)),
+               "kept": "in the batch's archived original"}),
+        "inline media is listed, not stored as base64"
+    );
+
+    let f = file(&text);
+    let x = extras(f.path(), &s, &Limits::default()).unwrap();
+    assert_eq!(x.patrol_events, vec![]);
+    assert_eq!(x.track.len(), 1);
+    let p = &x.track[0];
+    assert_eq!(
+        (
+            p.time.to_rfc3339(),
+            p.latitude,
+            p.longitude,
+            p.altitude,
+            p.accuracy
+        ),
+        (
+            "2024-05-01T04:40:00+00:00".into(),
+            -24.9925,
+            31.5911,
+            None,
+            Some(6.0)
+        )
+    );
+}
+
+#[test]
+fn an_element_named_like_an_envelope_property_is_kept_apart() {
+    let mut doc = upload();
+    doc["features"][0]["properties"]["sighting"]["appName"] = json!("Ranger app 2");
+    doc["features"][0]["properties"]["sighting"]["deviceId"] = json!("handheld 7");
+    let (_, rows) = load_bytes(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    let a = &rows[0].attributes;
+    assert_eq!(
+        (&a["appName"], &a["deviceId"]),
+        (&json!("Ranger app 2"), &json!("handheld 7"))
+    );
+    assert_eq!(a["cybertracker"]["appName"], "CyberTracker");
+}
+
+#[test]
+fn data_uris_and_short_words_are_told_apart() {
+    let mut doc = upload();
+    let wav = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAEAfAAABAAgAZGF0YQAAAAA=";
+    doc["features"][2]["properties"]["sighting"]["Call"] =
+        json!(format!("data:audio/wav;base64,{wav}"));
+    doc["features"][2]["properties"]["sighting"]["Code"] = json!("QUJD");
+    let (_, rows) = load_bytes(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    let a = &rows[1].attributes;
+    assert_eq!(
+        (&a["Call"]["type"], &a["Call"]["size"]),
+        (&json!("audio/wav"), &json!(44))
+    );
+    assert_eq!(a["Code"], "QUJD", "a short word is not media");
 }
 
 #[test]
@@ -262,4 +326,93 @@ fn plain_geojson_is_still_plain() {
          "properties": {"eventDate": "2024-06-11T05:58:00Z", "dateTime": "local noon"}}]});
     let (s, rows) = load_bytes(doc.to_string().as_bytes()).unwrap();
     assert_eq!((s.format, s.waypoints, rows.len()), (Format::Geojson, 0, 1));
+}
+
+/// A SMART Mobile piece: a patrol start, an observation, a track point and a pause.
+fn smart_piece() -> Value {
+    let feature = |id: &str, time: &str, lon: f64, lat: f64, sighting: Option<Value>| {
+        let mut props = json!({"id": id, "deviceId": "{0D6A9B12-3C4E-4F50-8A61-7B2C9D0E1F23}",
+            "dateTime": time, "latitude": lat, "longitude": lon, "ctVersion": "SMART 7.5",
+            "appName": "SMART Mobile"});
+        if let Some(s) = sighting {
+            props["sighting"] = s;
+        }
+        json!({"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
+               "properties": props})
+    };
+    let smart = |kind: &str, counter: u32| {
+        json!({"SMART_ObservationType": kind, "SMART_PatrolID": "KNP-P-0042",
+               "SMART_ObsCounter": counter, "SMART_PatrolLegCounter": 1,
+               "SMART_Employees": "T. Nkosi; J. Mokoena"})
+    };
+    let mut obs = smart("Observation", 2);
+    obs["species"] = json!("Diceros bicornis");
+    obs["Number of animals"] = json!(1);
+    json!({"type": "FeatureCollection", "features": [
+        feature("{11111111-2222-4333-8444-555555555501}", "2024-06-02T05:00:00Z", 31.50, -24.90, Some(smart("NewPatrol", 1))),
+        feature("{11111111-2222-4333-8444-555555555502}", "2024-06-02T05:20:00Z", 31.51, -24.91, Some(obs)),
+        feature("{11111111-2222-4333-8444-555555555503}", "2024-06-02T05:30:00Z", 31.52, -24.92, None),
+        feature("{11111111-2222-4333-8444-555555555504}", "2024-06-02T05:40:00Z", 31.53, -24.93, Some(smart("PausePatrol", 3))),
+    ]})
+}
+
+#[test]
+fn smart_observations_are_sightings_and_patrol_events_are_not() {
+    let text = serde_json::to_vec(&smart_piece()).unwrap();
+    let (s, rows) = load_bytes(&text).unwrap();
+    assert_eq!((s.format, s.waypoints), (Format::Cybertracker, 1));
+    assert_eq!(rows.len(), 1, "only the observation is a sighting");
+    let o = &rows[0];
+    assert_eq!(o.species.as_deref(), Some("Diceros bicornis"));
+    assert_eq!(o.attributes["event_id"], "KNP-P-0042");
+    assert_eq!(o.attributes["SMART_ObservationType"], "Observation");
+
+    let f = file(&text);
+    let x = extras(f.path(), &s, &Limits::default()).unwrap();
+    assert_eq!(x.track.len(), 1);
+    let kinds: Vec<_> = x
+        .patrol_events
+        .iter()
+        .map(|e| {
+            (
+                e.kind.as_str(),
+                e.patrol_id.as_str(),
+                e.leg,
+                e.time.to_rfc3339(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                "NewPatrol",
+                "KNP-P-0042",
+                Some(1),
+                "2024-06-02T05:00:00+00:00".to_string()
+            ),
+            (
+                "PausePatrol",
+                "KNP-P-0042",
+                Some(1),
+                "2024-06-02T05:40:00+00:00".to_string()
+            ),
+        ]
+    );
+    assert_eq!(
+        x.patrol_events[0].id.to_string(),
+        "11111111-2222-4333-8444-555555555501"
+    );
+}
+
+#[test]
+fn a_multipoint_is_refused_with_its_index() {
+    let mut doc = upload();
+    doc["features"][1]["geometry"] = json!({"type": "MultiPoint", "coordinates": [[31.0, -24.0]]});
+    let (kind, problems) = refusal(&doc);
+    assert_eq!(kind, RejectKind::InvalidRows);
+    assert_eq!(
+        (problems[0].0.as_str(), problems[0].1.as_str()),
+        ("features[1].geometry.type", "geometry")
+    );
 }

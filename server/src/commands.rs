@@ -321,3 +321,20 @@ fn read_cursor(file: &Path) -> anyhow::Result<i64> {
         )
     })
 }
+
+/// Writes `body` to `path` under a temporary name, renamed when complete (or to stdout).
+pub fn write_whole(path: Option<&Path>, body: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let Some(path) = path else {
+        std::io::stdout().lock().write_all(body)?;
+        return Ok(());
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

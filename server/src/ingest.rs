@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::Utc;
+use ctdata_batch::tracks::Extras;
 use ctdata_batch::{DeviceName, Format, Limits, Problem, RejectKind, Rejection, Scan, Sighting};
 
+use crate::cybertracker::CybertrackerSettings;
 use crate::db::{
     BatchRecord, Db, LoadResult, NewBatch, NewRejection, RowStream, Skipped, WriteHealth,
 };
@@ -81,6 +83,8 @@ pub struct Ingestor {
     /// Whether a `truncated` rejection may be waiting for a complete delivery to
     /// resolve it; while none is, a stored batch costs no extra statement.
     truncated_pending: Arc<AtomicBool>,
+    /// `[formats.cybertracker]`: elements that fill species, count and observer.
+    cybertracker: Arc<CybertrackerSettings>,
 }
 
 impl Ingestor {
@@ -92,7 +96,19 @@ impl Ingestor {
             limits,
             default_device: default_device.into(),
             truncated_pending: Arc::new(AtomicBool::new(true)),
+            cybertracker: Arc::default(),
         }
+    }
+
+    /// The `[formats.cybertracker]` mapping this ingestor applies.
+    pub fn cybertracker_mapping(&self) -> &CybertrackerSettings {
+        &self.cybertracker
+    }
+
+    /// Reads CyberTracker and SMART uploads with this element → field mapping.
+    pub fn with_cybertracker(mut self, mapping: CybertrackerSettings) -> Ingestor {
+        self.cybertracker = Arc::new(mapping);
+        self
     }
 
     /// Ingests one file exactly once. `Err` means the server could not decide (the
@@ -210,6 +226,16 @@ impl Ingestor {
                     .map(Outcome::Decided)
             }
         };
+        // Track points and patrol events go into the same transaction as the sightings.
+        let extras = match self.extras(&d.path, &scan).await? {
+            Ok(extras) => Arc::new(extras),
+            Err(rejection) => {
+                return self
+                    .reject(d, Some(&scan), Some(&device), rejection)
+                    .await
+                    .map(Outcome::Decided)
+            }
+        };
         let batch = NewBatch {
             device: device.clone(),
             batch_id: scan.batch_id,
@@ -220,6 +246,7 @@ impl Ingestor {
             claim_name: d.claim_name.clone(),
             created_at: scan.created_at,
             sequence: scan.sequence.map(|n| n.min(i64::MAX as u64) as i64),
+            extras: extras.clone(),
         };
         // The load itself finds a batch stored before (or by a concurrent delivery that
         // won the race), before it reads a single row.
@@ -274,7 +301,7 @@ impl Ingestor {
             }
             LoadResult::Exists(existing) => self.seen_before(d, &scan, existing).await?,
         };
-        Ok(Outcome::Decided(receipt))
+        Ok(Outcome::Decided(with_extras(receipt, &scan, &extras)))
     }
 
     /// The same device and batch id arrived before: a duplicate, a conflict, or our own
@@ -356,13 +383,28 @@ impl Ingestor {
         }
     }
 
+    /// The file's track points and patrol events (none for most formats).
+    async fn extras(&self, path: &Path, scan: &Scan) -> anyhow::Result<Result<Extras, Rejection>> {
+        if scan.format != Format::Cybertracker {
+            return Ok(Ok(Extras::default()));
+        }
+        let (path, scan, limits) = (path.to_path_buf(), scan.clone(), self.limits);
+        let extras = move || ctdata_batch::tracks::extras(&path, &scan, &limits);
+        Ok(tokio::task::spawn_blocking(extras).await?)
+    }
+
     /// Starts a parser on a blocking thread that streams valid rows in chunks.
     fn rows(&self, path: &Path, scan: &Scan) -> RowStream {
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Sighting>>(16);
         let (path, scan, limits) = (path.to_path_buf(), scan.clone(), self.limits);
+        let mapping = (scan.format == Format::Cybertracker && !self.cybertracker.is_empty())
+            .then(|| self.cybertracker.clone());
         let done = tokio::task::spawn_blocking(move || {
             let mut chunk = Vec::with_capacity(CHUNK);
-            let result = ctdata_batch::read(&path, &scan, &limits, |s| {
+            let result = ctdata_batch::read(&path, &scan, &limits, |mut s| {
+                if let Some(m) = &mapping {
+                    m.apply(&mut s);
+                }
                 chunk.push(s);
                 if chunk.len() == CHUNK && tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
                     return ControlFlow::Break(());
@@ -458,6 +500,8 @@ impl Ingestor {
             reason: Some(reason),
             kind: Some(kind.to_string()),
             skipped: None,
+            track_points: None,
+            patrol_events: None,
         })
     }
 }
@@ -491,7 +535,18 @@ fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
         reason: None,
         kind: None,
         skipped: None,
+        track_points: None,
+        patrol_events: None,
     }
+}
+
+/// A CyberTracker upload's receipt says how many track points and patrol events it had.
+fn with_extras(mut r: Receipt, scan: &Scan, extras: &Extras) -> Receipt {
+    if scan.format == Format::Cybertracker && r.status != Status::Rejected {
+        r.track_points = Some(extras.track.len() as i64);
+        r.patrol_events = Some(extras.patrol_events.len() as i64);
+    }
+    r
 }
 
 /// Whether a file failed because it ends early, as one still being written does: a

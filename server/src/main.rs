@@ -65,6 +65,25 @@ enum Command {
     /// Export sightings in cursor order. The next cursor is printed on stderr (and
     /// written to --cursor-file); pass it as --since to get only what arrived later.
     Export(ExportArgs),
+    /// Export the track points of CyberTracker and SMART devices: a GeoJSON LineString
+    /// per device and UTC day, or CSV with one row per point.
+    Tracks {
+        #[arg(long, value_enum, default_value = "geojson")]
+        format: ctdata_server::tracks::TrackFormat,
+        /// Only this device's track.
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
+        /// Write here (complete or not at all) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Export SMART patrols as CSV: one row per patrol with start, end, distance along
+    /// its track (metres, pauses left out) and observation count.
+    Patrols {
+        /// Write here (complete or not at all) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
     /// Field devices and their tokens.
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -214,6 +233,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "exported {} sightings; next cursor: {}",
                 summary.rows, summary.next_cursor
             );
+        }
+        Command::Tracks {
+            format,
+            device,
+            output,
+        } => {
+            let db = ctdata_server::serve::open(&settings).await?.db;
+            let body = ctdata_server::tracks::tracks(&db, format, device.as_deref()).await?;
+            commands::write_whole(output.as_deref(), &body)?;
+        }
+        Command::Patrols { output } => {
+            let db = ctdata_server::serve::open(&settings).await?.db;
+            let patrols = ctdata_server::tracks::patrols(&db).await?;
+            let body = ctdata_server::tracks::patrols_csv(&patrols)?;
+            commands::write_whole(output.as_deref(), &body)?;
+            eprintln!("exported {} patrols", patrols.len());
         }
         Command::Device(cmd) => device(&settings, cmd).await?,
         Command::Admin(cmd) => admin(&settings, cmd).await?,

@@ -31,7 +31,8 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Ingestor> {
         db,
         settings.ingest.limits(),
         &settings.ingest.default_device,
-    ))
+    )
+    .with_cybertracker(settings.formats.cybertracker.clone()))
 }
 
 /// Runs the ingest loop until `shutdown` resolves, then finishes the file in hand and

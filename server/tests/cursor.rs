@@ -31,6 +31,7 @@ fn new_batch(device: &str) -> NewBatch {
         claim_name: None,
         created_at: None,
         sequence: None,
+        extras: Default::default(),
     }
 }
 

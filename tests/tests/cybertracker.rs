@@ -61,8 +61,8 @@ fn upload() -> Value {
 /// The sightings the upload must store, as the NDJSON export shows them (without
 /// cursor, batch id and receipt time).
 fn expected() -> Vec<Value> {
-    let meta = json!({"deviceId": "0d6a9b12-3c4e-4f50-8a61-7b2c9d0e1f23", "ctVersion": "3.520",
-                      "dbName": "Kruger Rangers", "appName": "CyberTracker"});
+    let meta = json!({"cybertracker": {"deviceId": "0d6a9b12-3c4e-4f50-8a61-7b2c9d0e1f23",
+                      "ctVersion": "3.520", "dbName": "Kruger Rangers", "appName": "CyberTracker"}});
     let with = |extra: Value| {
         let mut m = meta.as_object().unwrap().clone();
         m.extend(extra.as_object().unwrap().clone());
@@ -77,8 +77,32 @@ fn expected() -> Vec<Value> {
         json!({"id": "9e8d7c6b-5a49-4382-b1a0-f9e8d7c6b5a4", "device": DEVICE,
                "observed_at": "2024-05-01T05:02:45+00:00", "latitude": -24.9871,
                "longitude": 31.6002, "altitude": null, "accuracy": null, "observer": "T. Nkosi",
-               "species": "Panthera leo", "count": 2, "attributes": with(json!({"Photo": PHOTO}))}),
+               "species": "Panthera leo", "count": 2, "attributes": with(json!({"Photo": photo_listing()}))}),
     ]
+}
+
+/// What the sighting keeps of the inline photo: the bytes stay in the archived upload.
+fn photo_listing() -> Value {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(PHOTO)
+        .unwrap();
+    let sha = sha256_hex(&bytes);
+    json!({"name": "Photo", "type": "image/jpeg", "size": bytes.len(), "sha256": sha,
+           "kept": "in the batch's archived original"})
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
 fn zlib(bytes: &[u8]) -> Vec<u8> {
@@ -158,7 +182,19 @@ async fn httpz_upload(db: TestDb) {
         (&json!("cybertracker"), &json!(2), &json!(2)),
         "{receipt}"
     );
+    assert_eq!(receipt["track_points"], 1, "{receipt}");
     assert_eq!(stored(&base, &admin).await, expected());
+    // The waypoint is a track point, not a sighting.
+    let out = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {admin}"),
+        &format!("{base}/api/v1/tracks?format=csv"),
+    ]);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "device,time,latitude,longitude,altitude,accuracy\n\
+         ct-classic-01,2024-05-01T04:40:00Z,-24.9925,31.5911,,\n"
+    );
 
     // The same upload again, raw deflate this time: the content decides, a duplicate.
     std::fs::write(&body, raw_deflate(&text)).unwrap();

@@ -656,8 +656,10 @@ async fn openapi_document_matches_the_routes() {
         ("GET", "/api/v1/batches/{id}"),
         ("GET", "/api/v1/conflicts"),
         ("GET", "/api/v1/devices"),
+        ("GET", "/api/v1/patrols"),
         ("GET", "/api/v1/rejected"),
         ("GET", "/api/v1/sightings"),
+        ("GET", "/api/v1/tracks"),
         ("GET", "/api/v1/whoami"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),
@@ -665,6 +667,8 @@ async fn openapi_document_matches_the_routes() {
         ("POST", "/api/v1/admin/download"),
         ("POST", "/api/v1/batches"),
         ("POST", "/api/v1/rejected/{id}/reprocess"),
+        ("POST", "/api/v1/webhooks/cybertracker"),
+        ("POST", "/api/v1/webhooks/cybertracker/{token}"),
     ];
     let expected: Vec<(String, String)> = expected
         .iter()
@@ -673,7 +677,10 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(documented, expected);
     // Every documented operation is served (anything but 404/405, without credentials).
     for (method, path) in &documented {
-        let url = format!("{base}{}", path.replace("{id}", "1"));
+        let url = format!(
+            "{base}{}",
+            path.replace("{id}", "1").replace("{token}", "x")
+        );
         let out = Command::new("curl")
             .args([
                 "-s",

@@ -30,6 +30,8 @@ pub struct Settings {
     pub ftp: FtpSettings,
     /// The Darwin Core Archive export (`--format dwca`), for publishing to GBIF.
     pub dwca: DwcaSettings,
+    /// Per-format reading settings.
+    pub formats: FormatSettings,
     /// Remote folders pulled into the drop directory (FTP, FTPS or a mounted share).
     /// Configured in the file only: environment variables cannot add or change sources.
     pub sources: Vec<SourceSettings>,
@@ -67,6 +69,15 @@ pub struct SourceSettings {
 
 fn default_source_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// How some batch formats are read.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FormatSettings {
+    /// CyberTracker Classic and SMART Mobile uploads: sighting elements that fill
+    /// species, count and observer.
+    pub cybertracker: crate::cybertracker::CybertrackerSettings,
 }
 
 /// The Darwin Core Archive export. The metadata settings (title to licence) are

@@ -26,6 +26,8 @@ mod health;
 mod pg;
 mod sources;
 mod sqlite;
+pub(crate) mod tracks;
+mod versions;
 
 pub use admin::{BatchListFilter, BatchSummary, RejectionInfo, MAX_PAGE};
 pub use admins::{AdminInfo, AdminTokenInfo, Revoked, TokenChoice};
@@ -35,6 +37,8 @@ pub use dashboard::{DayCount, DeviceStats, Session, SightingQuery, SightingRow};
 pub use export::{BBox, ExportFilter, ExportRow};
 pub use health::{WriteFailure, WriteHealth};
 pub use sources::{PullRecord, RemoteKey};
+pub use tracks::{PatrolRow, TrackRow};
+pub use versions::Superseded;
 
 use chrono::{DateTime, FixedOffset, Utc};
 use ctdata_batch::{Location, Problem, ReadSummary, RejectKind, Rejection, Sighting};
@@ -87,6 +91,8 @@ pub struct NewBatch {
     pub created_at: Option<DateTime<FixedOffset>>,
     /// The device's running number of this batch, when the header gives one.
     pub sequence: Option<i64>,
+    /// Track points and patrol events, stored in the batch's transaction.
+    pub extras: std::sync::Arc<ctdata_batch::tracks::Extras>,
 }
 
 /// The SQL of [`BatchRecord`] for one device's batch: `$1` the device, `$2` the batch id.

@@ -137,6 +137,20 @@ where
     }
 }
 
+/// A device token in the URL path, for senders that can set no header (webhooks);
+/// counted against failed logins like a Bearer token.
+pub(super) async fn device_by_path_token(
+    state: &AppState,
+    parts: &Parts,
+    token: String,
+) -> Result<String, ApiError> {
+    let client = Client::of(parts, state);
+    throttled(state, client, Credentials::Bearer(token), |c| {
+        check_device(state, c)
+    })
+    .await
+}
+
 /// `Authorization: Bearer TOKEN`, or Basic `NAME:TOKEN` for field software that only
 /// knows Basic. A revoked device is told so (403), anything else unknown gets 401.
 async fn authenticate_device(

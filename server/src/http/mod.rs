@@ -12,7 +12,9 @@ pub mod paced;
 mod sightings;
 pub(crate) mod throttle;
 pub mod tls;
+mod tracks;
 mod web;
+mod webhooks;
 mod whoami;
 
 use std::path::PathBuf;
@@ -115,6 +117,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(admin::router())
         .merge(download::router())
         .merge(whoami::router())
+        .merge(tracks::router())
+        .merge(webhooks::router())
 }
 
 #[derive(utoipa::OpenApi)]

@@ -36,9 +36,13 @@ pub async fn load_batch(
         .with_max_times(MAX_RETRIES)
         .with_jitter()
         .build();
+    // The one-round-trip function stores sightings only.
+    let small = b.extras.is_empty();
     loop {
         let outcome = if via_staging {
             load_once(pool, b, rows(), true).await
+        } else if !small {
+            load_once(pool, b, rows(), false).await
         } else {
             match load_small(pool, b, rows()).await {
                 Ok(Small::Done(attempt)) => Ok(attempt),
@@ -300,6 +304,7 @@ async fn load_once(
             Copied::UniqueViolation => return Ok(Attempt::IdsExist),
         }
     };
+    crate::db::tracks::store_pg(&mut tx, ids.batch, ids.device, &b.extras).await?;
     let rows_total = summary.rows as i64;
     let (received_at, cursor_first, cursor_last): (DateTime<Utc>, Option<i64>, Option<i64>) =
         sqlx::query_as(

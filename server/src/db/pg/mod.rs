@@ -10,10 +10,11 @@ pub use load::load_batch;
 
 /// Advisory lock keys from here up register running loads: key = base + the cursor
 /// sequence's high-water mark when the load began (see [`safe_cursor`]).
-const LOAD_KEY_BASE: &str = "(1::bigint << 62)";
+pub(in crate::db) const LOAD_KEY_BASE: &str = "(1::bigint << 62)";
 
 /// The last cursor the sequence has handed out (0 before the first).
-const ALLOCATED: &str = "(CASE WHEN is_called THEN last_value ELSE last_value - 1 END)";
+pub(in crate::db) const ALLOCATED: &str =
+    "(CASE WHEN is_called THEN last_value ELSE last_value - 1 END)";
 
 const SIGHTING_COLUMNS: &str =
     "id, batch, device_id, observed_at, observed_offset, latitude, longitude, \

@@ -1,0 +1,165 @@
+//! Sightings that come again as a newer version (a CyberTracker webhook's edited
+//! observation): the newer one replaces the stored row, which is kept whole in
+//! `sighting_versions`. The replacement is a new row with a new cursor, so an
+//! incremental export (`since`) hands it out again and a full export shows the latest.
+
+use chrono::{DateTime, Utc};
+use ctdata_batch::Sighting;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::dialect::{DbUuid, Time};
+use super::Db;
+
+/// What became of a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Superseded {
+    /// It replaced the stored sighting, whose version was this (if it had one).
+    Replaced(Option<String>),
+    /// The stored sighting is this version or a newer one: nothing changed.
+    NotNewer(String),
+    /// No sighting with this id is stored.
+    Missing,
+}
+
+/// The version a stored or incoming sighting carries: a time at `key` in `envelope`.
+fn version_of(
+    attributes: &serde_json::Map<String, Value>,
+    envelope: &str,
+    key: &str,
+) -> Option<String> {
+    attributes
+        .get(envelope)?
+        .get(key)?
+        .as_str()
+        .map(str::to_string)
+}
+
+fn parsed(v: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(v).ok().map(|t| t.to_utc())
+}
+
+type StoredRow = (
+    i64,
+    DateTime<Utc>,
+    i32,
+    f64,
+    f64,
+    Option<f64>,
+    Option<f64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    String,
+);
+
+impl Db {
+    /// Replaces sighting `s.id` by `s` when `s`'s version (`attributes[envelope][key]`,
+    /// an RFC 3339 time) is newer than the stored one's, in one transaction; `batch` is
+    /// the batch that brought `s`. The conflict the load recorded for this arrival is
+    /// resolved by it and removed.
+    #[tracing::instrument(skip_all, err, fields(id = %s.id))]
+    pub async fn supersede(
+        &self,
+        s: &Sighting,
+        envelope: &str,
+        key: &str,
+        batch: i64,
+    ) -> anyhow::Result<Superseded> {
+        let Some(new_version) = version_of(&s.attributes, envelope, key) else {
+            anyhow::bail!("the new version of {} has no {envelope}.{key}", s.id);
+        };
+        let new_time = parsed(&new_version);
+        let select = format!(
+            "SELECT batch, observed_at, observed_offset, latitude, longitude, altitude, accuracy, \
+             observer, species, count, {} AS attributes FROM sightings WHERE id = $1",
+            self.json_text("attributes")
+        );
+        let register = format!(
+            "SELECT pg_advisory_xact_lock_shared({} + {}) FROM sightings_cursor_seq",
+            super::pg::LOAD_KEY_BASE,
+            super::pg::ALLOCATED
+        );
+        let postgres = matches!(self, Db::Postgres(_));
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            if postgres {
+                // Registers like a load, before the new cursor is taken (see pg::safe_cursor).
+                sqlx::query(&register).execute(&mut *tx).await?;
+            }
+            let row: Option<StoredRow> = sqlx::query_as(&select)
+                .bind(DbUuid(s.id))
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(old) = row else {
+                return Ok(Superseded::Missing);
+            };
+            let old_attributes: serde_json::Map<String, Value> = serde_json::from_str(&old.10)?;
+            let old_version = version_of(&old_attributes, envelope, key);
+            let newer = match (old_version.as_deref().and_then(parsed), new_time) {
+                (Some(old), Some(new)) => new > old,
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if !newer {
+                return Ok(Superseded::NotNewer(old_version.unwrap_or_default()));
+            }
+            let content = stored_json(s.id, &old, old_attributes);
+            sqlx::query(
+                "INSERT INTO sighting_versions (sighting_id, batch, version, content) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(DbUuid(s.id))
+            .bind(old.0)
+            .bind(&old_version)
+            .bind(sqlx::types::Json(&content))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM sightings WHERE id = $1")
+                .bind(DbUuid(s.id))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO sightings (id, batch, device_id, observed_at, observed_offset, latitude, \
+                 longitude, altitude, accuracy, observer, species, count, attributes) SELECT $1, $2, \
+                 device_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM batches WHERE id = $2",
+            )
+            .bind(DbUuid(s.id))
+            .bind(batch)
+            .bind(Time(s.observed_at.to_utc()))
+            .bind(s.observed_at.offset().local_minus_utc())
+            .bind(s.latitude)
+            .bind(s.longitude)
+            .bind(s.altitude)
+            .bind(s.accuracy)
+            .bind(&s.observer)
+            .bind(&s.species)
+            .bind(s.count)
+            .bind(sqlx::types::Json(&s.attributes))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM sighting_conflicts WHERE sighting_id = $1 AND new_batch = $2")
+                .bind(DbUuid(s.id))
+                .bind(batch)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Superseded::Replaced(old_version))
+        })
+    }
+
+    /// How many earlier versions of a sighting are kept.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn sighting_versions(&self, id: Uuid) -> sqlx::Result<i64> {
+        on_pool!(self, p => sqlx::query_scalar(
+            "SELECT count(*) FROM sighting_versions WHERE sighting_id = $1")
+            .bind(DbUuid(id)).fetch_one(p).await)
+    }
+}
+
+fn stored_json(id: Uuid, r: &StoredRow, attributes: serde_json::Map<String, Value>) -> Value {
+    json!({
+        "id": id, "batch": r.0, "observed_at": r.1, "observed_offset": r.2, "latitude": r.3,
+        "longitude": r.4, "altitude": r.5, "accuracy": r.6, "observer": r.7, "species": r.8,
+        "count": r.9, "attributes": attributes,
+    })
+}

@@ -1,0 +1,125 @@
+//! `GET /api/v1/tracks` and `GET /api/v1/patrols`: the track points of CyberTracker
+//! and SMART devices, and SMART patrols merged from their events (administrators).
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::AdminAuth;
+use super::{ApiError, AppState, ErrorBody, Query};
+use crate::tracks::{self, TrackFormat};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(track_export))
+        .routes(routes!(patrol_export))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TrackParams {
+    /// geojson (default: a LineString per device and UTC day) or csv (one row per point)
+    format: Option<String>,
+    /// Only this device's track
+    device: Option<String>,
+}
+
+fn parse_format(s: Option<&str>) -> Result<TrackFormat, ApiError> {
+    match s.unwrap_or("geojson") {
+        "geojson" => Ok(TrackFormat::Geojson),
+        "csv" => Ok(TrackFormat::Csv),
+        other => Err(ApiError::BadRequest(format!(
+            "format {other:?}: use geojson or csv"
+        ))),
+    }
+}
+
+fn attachment(body: Vec<u8>, content_type: &'static str, file: &str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
+}
+
+/// Track points (CyberTracker waypoints), by device and time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tracks",
+    tag = "administrators",
+    params(TrackParams),
+    responses(
+        (status = 200, description = "application/geo+json or text/csv", content_type = "application/geo+json", body = String),
+        (status = 400, description = "An unknown format", body = ErrorBody),
+        (status = 401, description = "Not an administrator", body = ErrorBody),
+    ),
+    security(("admin_token" = []), ("admin_basic" = []))
+)]
+async fn track_export(
+    State(state): State<AppState>,
+    AdminAuth(admin): AdminAuth,
+    Query(p): Query<TrackParams>,
+) -> Result<Response, ApiError> {
+    let format = parse_format(p.format.as_deref())?;
+    tracing::debug!(admin, "tracks export");
+    let body = tracks::tracks(&state.ingestor.db, format, p.device.as_deref()).await?;
+    let ext = match format {
+        TrackFormat::Geojson => "geojson",
+        TrackFormat::Csv => "csv",
+    };
+    Ok(attachment(
+        body,
+        format.content_type(),
+        &format!("ctdata-tracks.{ext}"),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PatrolParams {
+    /// csv (default) or json
+    format: Option<String>,
+}
+
+/// SMART patrols: one row per patrol with its start, end, distance along its track and
+/// observation count, merged from every piece that has arrived.
+#[utoipa::path(
+    get,
+    path = "/api/v1/patrols",
+    tag = "administrators",
+    params(PatrolParams),
+    responses(
+        (status = 200, description = "text/csv or application/json", content_type = "text/csv", body = String),
+        (status = 400, description = "An unknown format", body = ErrorBody),
+        (status = 401, description = "Not an administrator", body = ErrorBody),
+    ),
+    security(("admin_token" = []), ("admin_basic" = []))
+)]
+async fn patrol_export(
+    State(state): State<AppState>,
+    AdminAuth(admin): AdminAuth,
+    Query(p): Query<PatrolParams>,
+) -> Result<Response, ApiError> {
+    tracing::debug!(admin, "patrols export");
+    let patrols = tracks::patrols(&state.ingestor.db).await?;
+    match p.format.as_deref().unwrap_or("csv") {
+        "csv" => Ok(attachment(
+            tracks::patrols_csv(&patrols)?,
+            "text/csv; charset=utf-8",
+            "ctdata-patrols.csv",
+        )),
+        "json" => Ok(attachment(
+            serde_json::to_vec(&patrols).map_err(anyhow::Error::from)?,
+            "application/json",
+            "ctdata-patrols.json",
+        )),
+        other => Err(ApiError::BadRequest(format!(
+            "format {other:?}: use csv or json"
+        ))),
+    }
+}
