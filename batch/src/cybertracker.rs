@@ -142,7 +142,7 @@ fn is_field(p: &Problem, field: &str) -> bool {
 /// Elements named species, count or observer (any case) fill those fields when their
 /// value fits; everything else, and a value that does not fit, is kept as an attribute
 /// under the element's name, base64 media included.
-fn element_value(
+pub(crate) fn element_value(
     draft: &mut Draft,
     element: String,
     v: Value,

@@ -43,6 +43,9 @@ pub enum Format {
     /// A CyberTracker Classic upload: a GeoJSON FeatureCollection whose features carry
     /// `dateTime`, `deviceId`, `ctVersion` and a `sighting` object.
     Cybertracker,
+    /// A CyberTracker Classic `.CTX` archive (a CAB of `Sightings.dat`, `Waypoints.dat`,
+    /// `Elements.txt`, `Info.xml`), as its FTP and share uploads carry.
+    Ctx,
 }
 
 impl Format {
@@ -53,6 +56,7 @@ impl Format {
             Format::Csv => "csv",
             Format::Geojson => "geojson",
             Format::Cybertracker => "cybertracker",
+            Format::Ctx => "ctx",
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct Scan {
     /// Features read but not stored as sightings: the waypoints (track points) of a
     /// CyberTracker upload. They stay in the archived original.
     pub waypoints: u64,
+    /// Records read but not stored because the device marked them deleted (CTX).
+    pub deleted: u64,
 }
 
 /// Guards against hostile input.

@@ -1,0 +1,371 @@
+//! The CTX reader against CTX files built the way the device builds them
+//! (`ctdata_tests::ctx`): field by field, the fix variants, media, element references,
+//! deleted sightings, the 16 MB split, and refusals that name the record.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use ctdata_batch::{Format, Limits, RejectKind, Sighting};
+use ctdata_tests::ctx::{self, Attr, Clock, Fix, Upload, Waypoint};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const SPECIES: Uuid = Uuid::from_u128(0x11111111_2222_4333_8444_555555555555);
+const ELEPHANT: Uuid = Uuid::from_u128(0x22222222_3333_4444_8555_666666666666);
+const COUNT: Uuid = Uuid::from_u128(0x33333333_4444_4555_8666_777777777777);
+const NOTES: Uuid = Uuid::from_u128(0x44444444_5555_4666_8777_888888888888);
+const PHOTO: Uuid = Uuid::from_u128(0x82d16c8e_776e_4e8b_a459_6ebf62e50076);
+const BEHAVIOUR: Uuid = Uuid::from_u128(0x55555555_6666_4777_8888_999999999999);
+const FEEDING: Uuid = Uuid::from_u128(0x66666666_7777_4888_8999_aaaaaaaaaaaa);
+const OBSERVER: Uuid = Uuid::from_u128(0x77777777_8888_4999_8aaa_bbbbbbbbbbbb);
+const DEVICE: Uuid = Uuid::from_u128(0x0d6a9b12_3c4e_4f50_8a61_7b2c9d0e1f23);
+
+fn clock(hour: u32, minute: u32, second: u32) -> Clock {
+    Clock {
+        year: 2024,
+        month: 5,
+        day: 1,
+        hour,
+        minute,
+        second,
+    }
+}
+
+fn id(n: u128) -> Uuid {
+    Uuid::from_u128(0x6f1c2a44_0b7e_4c5d_9a31_000000000000 + n)
+}
+
+/// JPEG start, then bytes that differ per photo.
+pub fn photo(len: usize, seed: u8) -> Vec<u8> {
+    let mut v = vec![0xff, 0xd8, 0xff, 0xe0];
+    let mut x = u32::from(seed) | 1;
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v.push(x as u8);
+    }
+    v
+}
+
+fn elements() -> Vec<(Uuid, String)> {
+    [
+        (SPECIES, "Species"),
+        (ELEPHANT, "Loxodonta africana"),
+        (COUNT, "Count"),
+        (NOTES, "Notes"),
+        (PHOTO, "Photo"),
+        (BEHAVIOUR, "Behaviour"),
+        (FEEDING, "Feeding"),
+        (OBSERVER, "Observer"),
+    ]
+    .into_iter()
+    .map(|(g, n)| (g, n.to_string()))
+    .collect()
+}
+
+/// Four sightings (3D fix with accuracy, 2D fix without, a deleted one, one with a
+/// photo and an element reference) and two waypoints (one deleted).
+pub fn upload() -> Upload {
+    let base = |n: u128, at: Clock, fix: Fix, accuracy: f64| ctx::Sighting {
+        id: id(n),
+        at,
+        fix,
+        latitude: -24.99312,
+        longitude: 31.59012,
+        altitude: 312.5,
+        accuracy,
+        deleted: false,
+        attributes: vec![],
+    };
+    let mut s1 = base(1, clock(6, 32, 10), Fix::ThreeD, 4.0);
+    s1.attributes = vec![
+        Attr::guid(SPECIES, ELEPHANT),
+        Attr::int32(COUNT, 7),
+        Attr::text(OBSERVER, "T. Mokoena"),
+        Attr::null(FEEDING),
+    ];
+    let mut s2 = base(2, clock(7, 5, 44), Fix::TwoD, 0.0);
+    s2.latitude = -24.9812;
+    s2.longitude = 31.60355;
+    s2.attributes = vec![Attr::text(NOTES, "tracks only, ü")];
+    let mut s3 = base(3, clock(7, 30, 0), Fix::ThreeD, 75.0);
+    s3.deleted = true;
+    s3.attributes = vec![Attr::text(NOTES, "entered by mistake")];
+    let mut s4 = base(4, clock(8, 0, 1), Fix::ThreeD, 12.5);
+    s4.attributes = vec![
+        Attr::guid(BEHAVIOUR, FEEDING),
+        Attr::media(PHOTO, false, photo(70_000, 4)),
+        Attr::double(COUNT, 2.0),
+    ];
+    let way = |n: u128, deleted: bool| Waypoint {
+        id: id(100 + n),
+        at: clock(6, 0, n as u32),
+        latitude: -24.99,
+        longitude: 31.59,
+        altitude: 300.0,
+        accuracy: 5.0,
+        deleted,
+    };
+    Upload {
+        database: "C:\\Data\\Kruger Rangers 2024.mdb".into(),
+        device: DEVICE,
+        elements: elements(),
+        sightings: vec![s1, s2, s3, s4],
+        waypoints: vec![way(1, false), way(2, true)],
+        version: 3295,
+    }
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn read_all(path: &Path) -> Result<(ctdata_batch::Scan, Vec<Sighting>), ctdata_batch::Rejection> {
+    let limits = Limits::default();
+    let scan = ctdata_batch::scan(path, &limits)?;
+    let mut rows = Vec::new();
+    ctdata_batch::read(path, &scan, &limits, |s| {
+        rows.push(s);
+        ControlFlow::Continue(())
+    })?;
+    Ok((scan, rows))
+}
+
+#[test]
+fn writer_follows_the_packed_structures() {
+    // SIGHTING_EXPORT_HEADER: 'SIGT' little-endian, GUID Data1..3 little-endian, whole
+    // days, BOOL flags of one byte, the attribute size.
+    let mut out = Vec::new();
+    let s = &upload().sightings[0];
+    ctx::sighting_record(&mut out, s, DEVICE);
+    assert_eq!(&out[0..4], b"TGIS");
+    assert_eq!(&out[4..8], &[0x44, 0x2a, 0x1c, 0x6f]); // Data1 0x6f1c2a44 little-endian
+    assert_eq!(&out[4 + 6..4 + 8], &[0x5d, 0x4c]); // Data3 0x4c5d little-endian
+    assert_eq!(&out[4 + 8..4 + 10], &[0x9a, 0x31]); // Data4 as is
+    assert_eq!(u32::from_le_bytes(out[36..40].try_into().unwrap()), 45413); // 2024-05-01
+    assert_eq!(out[40..44], out[36..40]);
+    assert_eq!((out[44], out[45]), (0, 0));
+    let size = u32::from_le_bytes(out[46..50].try_into().unwrap()) as usize;
+    assert_eq!(size, out.len() - 50);
+    // First attribute: the date element, dtDate (7), 8 bytes, the day as a double.
+    assert_eq!(&out[50..54], &[0xe6, 0xf5, 0x64, 0x47]);
+    assert_eq!(out[66], 7);
+    assert_eq!(u32::from_le_bytes(out[67..71].try_into().unwrap()), 8);
+    assert_eq!(f64::from_le_bytes(out[71..79].try_into().unwrap()), 45413.0);
+    // Then dtTime (8): the fraction of the day, 06:32:10.
+    assert_eq!(out[79 + 16], 8);
+    let t = f64::from_le_bytes(out[79 + 21..79 + 29].try_into().unwrap());
+    assert!((t * 86400.0 - (6.0 * 3600.0 + 32.0 * 60.0 + 10.0)).abs() < 1e-3);
+    // The cabinet: "MSCF", its own size, version 1.3, set id 1234, MSZIP.
+    let cab = upload().single();
+    assert_eq!(&cab[0..4], b"MSCF");
+    assert_eq!(
+        u32::from_le_bytes(cab[8..12].try_into().unwrap()) as usize,
+        cab.len()
+    );
+    assert_eq!((cab[24], cab[25]), (3, 1));
+    assert_eq!(u16::from_le_bytes(cab[32..34].try_into().unwrap()), 1234);
+    assert_eq!(u16::from_le_bytes(cab[42..44].try_into().unwrap()), 1);
+    assert_eq!(
+        upload().file_name(DEVICE, 0),
+        "Kruger_Rangers_2_0d6a9b123c4e4f508a617b2c9d0e1f23_0.CTX"
+    );
+}
+
+#[test]
+fn reads_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "Kruger_0.CTX", &upload().single());
+    let (scan, rows) = read_all(&path).expect("a valid CTX");
+    assert_eq!(scan.format, Format::Ctx);
+    assert_eq!(scan.declared_count, Some(3));
+    assert_eq!((scan.deleted, scan.waypoints), (1, 1));
+    assert_eq!(rows.len(), 3, "the deleted sighting is not read");
+    let s1 = &rows[0];
+    assert_eq!(s1.id, id(1));
+    assert_eq!(s1.observed_at.to_rfc3339(), "2024-05-01T06:32:10+00:00");
+    assert_eq!((s1.latitude, s1.longitude), (-24.99312, 31.59012));
+    assert_eq!((s1.altitude, s1.accuracy), (Some(312.5), Some(4.0)));
+    assert_eq!(s1.count, Some(7));
+    assert_eq!(s1.observer.as_deref(), Some("T. Mokoena"));
+    assert_eq!(
+        s1.species.as_deref(),
+        Some("Loxodonta africana"),
+        "element reference resolved"
+    );
+    assert_eq!(s1.attributes["Feeding"], Value::Null, "a selected element");
+    assert_eq!(s1.attributes["deviceId"], json!(DEVICE.to_string()));
+    assert_eq!(
+        s1.attributes["dbName"],
+        json!("C:\\Data\\Kruger Rangers 2024.mdb")
+    );
+    let s2 = &rows[1];
+    assert_eq!(s2.observed_at.to_rfc3339(), "2024-05-01T07:05:44+00:00");
+    assert_eq!(
+        (s2.altitude, s2.accuracy),
+        (None, None),
+        "2D fix, no accuracy"
+    );
+    assert_eq!(s2.attributes["Notes"], json!("tracks only, ü"));
+    let s4 = &rows[2];
+    assert_eq!(s4.id, id(4));
+    assert_eq!(s4.accuracy, Some(12.5));
+    assert_eq!(s4.count, Some(2));
+    assert_eq!(s4.attributes["Behaviour"], json!("Feeding"));
+    let bytes = photo(70_000, 4);
+    let sha = {
+        use sha2_shim::digest;
+        digest(&bytes)
+    };
+    let name = format!("{}-0", id(4));
+    assert_eq!(s4.attributes["Photo"], json!(name));
+    assert_eq!(
+        s4.attributes["attachments"],
+        json!([{"kind": "graphic", "media_type": "image/jpeg", "size": 70_000,
+                "sha256": sha, "element": "Photo", "name": name}])
+    );
+}
+
+/// sha256 via the system's sha256sum: an independent hash of the media bytes.
+mod sha2_shim {
+    pub fn digest(bytes: &[u8]) -> String {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sha256sum");
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    }
+}
+
+#[test]
+fn split_at_sixteen_megabytes_reads_each_sighting_once() {
+    let mut up = upload();
+    up.sightings.truncate(1);
+    for n in 0..4u8 {
+        let mut s = up.sightings[0].clone();
+        s.id = id(10 + u128::from(n));
+        s.attributes = vec![Attr::media(PHOTO, false, photo(6 << 20, n + 1))];
+        up.sightings.push(s);
+    }
+    let parts = up.parts(ctx::QUOTA);
+    assert_eq!(
+        parts.len(),
+        2,
+        "four 6 MB photos after one small sighting: two parts"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let path = write(dir.path(), &up.file_name(DEVICE, i), part);
+        let (scan, rows) = read_all(&path).expect("a valid part");
+        assert_eq!(scan.declared_count, Some(rows.len() as u64));
+        ids.extend(rows.iter().map(|r| r.id));
+    }
+    let mut want: Vec<Uuid> = up.sightings.iter().map(|s| s.id).collect();
+    want.sort();
+    ids.sort();
+    assert_eq!(ids, want, "every sighting in exactly one part");
+}
+
+fn refused(bytes: &[u8]) -> ctdata_batch::Rejection {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bad.CTX", bytes);
+    read_all(&path).expect_err("refused")
+}
+
+fn member_cab(sightings: Vec<u8>, version: u32) -> Vec<u8> {
+    ctx::cabinet(&[
+        ("Info.xml", ctx::info_xml("x", version)),
+        ("Sightings.dat", sightings),
+    ])
+}
+
+#[test]
+fn refusals_name_the_record() {
+    let mut dat = Vec::new();
+    for s in &upload().sightings {
+        ctx::sighting_record(&mut dat, s, DEVICE);
+    }
+    let first_len = {
+        let mut one = Vec::new();
+        ctx::sighting_record(&mut one, &upload().sightings[0], DEVICE);
+        one.len()
+    };
+    // Record 1 declares more attribute bytes than Sightings.dat holds.
+    let mut overrun = dat.clone();
+    overrun[first_len + 46..first_len + 50].copy_from_slice(&u32::MAX.to_le_bytes());
+    let r = refused(&member_cab(overrun, 3295));
+    assert_eq!(r.kind, RejectKind::Syntax);
+    assert!(
+        r.summary.contains("Sightings.dat[1]") && r.summary.contains("overruns"),
+        "{r}"
+    );
+    // Record 1 with a broken magic.
+    let mut magic = dat.clone();
+    magic[first_len] = b'X';
+    let r = refused(&member_cab(magic, 3295));
+    assert!(
+        r.summary.contains("record 1") && r.summary.contains("SIGT"),
+        "{r}"
+    );
+    // An unknown data type in record 0.
+    let mut up = upload();
+    up.sightings[0]
+        .attributes
+        .push(Attr::raw(NOTES, 42, vec![1, 2]));
+    let mut bad = Vec::new();
+    ctx::sighting_record(&mut bad, &up.sightings[0], DEVICE);
+    let r = refused(&member_cab(bad, 3295));
+    assert!(
+        r.summary.contains("Sightings.dat[0]") && r.summary.contains("unknown data type 42"),
+        "{r}"
+    );
+    // The last record cut short.
+    let r = refused(&member_cab(dat[..dat.len() - 3].to_vec(), 3295));
+    assert!(r.summary.contains("Sightings.dat[3]"), "{r}");
+    // Unknown CTXVersion.
+    let r = refused(&member_cab(dat.clone(), 4000));
+    assert_eq!(r.kind, RejectKind::Header);
+    assert!(r.summary.contains("unknown CTXVersion 4000"), "{r}");
+    // No Sightings.dat (and no Waypoints.dat).
+    let r = refused(&ctx::cabinet(&[("Info.xml", ctx::info_xml("x", 3295))]));
+    assert!(r.summary.contains("no Sightings.dat"), "{r}");
+    // A damaged archive: a data block's bytes changed (its checksum no longer fits).
+    let mut cab = upload().single();
+    let n = cab.len();
+    cab[n - 10] ^= 0xff;
+    let r = refused(&cab);
+    assert_eq!(r.kind, RejectKind::Compression, "{r}");
+    assert!(r.summary.contains("damaged CTX"), "{r}");
+    // Cut short in transfer.
+    let cab = upload().single();
+    let r = refused(&cab[..cab.len() / 2]);
+    assert_eq!(r.kind, RejectKind::Truncated, "{r}");
+    // A latitude out of range is a row problem naming the record.
+    let mut up = upload();
+    up.sightings[1].latitude = 95.0;
+    let r = refused(&up.single());
+    assert_eq!(r.kind, RejectKind::InvalidRows);
+    assert!(
+        r.problems[0].to_string().contains("Sightings.dat[1]"),
+        "{r}"
+    );
+}
+
+#[test]
+fn waypoints_only_upload_has_no_sightings() {
+    let mut up = upload();
+    up.sightings.clear();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "w.CTX", &up.single());
+    let (scan, rows) = read_all(&path).expect("valid");
+    assert_eq!((rows.len(), scan.waypoints), (0, 1));
+}
