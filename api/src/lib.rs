@@ -56,6 +56,20 @@ pub struct Receipt {
     /// which of them came with other content (conflicts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<Skipped>,
+    /// Records the file carried that are not stored as sightings (a CyberTracker
+    /// upload's deleted sightings and waypoints), for a batch stored now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_stored: Option<NotStored>,
+}
+
+/// What a stored batch carried besides its sightings.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NotStored {
+    /// Sightings the device marked deleted (CTX): read, counted, not stored.
+    pub deleted: u64,
+    /// Waypoints (track points): counted; they stay in the archived original.
+    pub waypoints: u64,
 }
 
 /// What a receipt and the batch API say about the sightings a batch skipped.

@@ -233,6 +233,19 @@ impl Ingestor {
             LoadResult::Loaded(record) => {
                 let mut r = receipt(Status::Ingested, d, &record);
                 r.skipped = self.skipped(&record).await?;
+                if scan.deleted > 0 || scan.waypoints > 0 {
+                    r.not_stored = Some(ctdata_api::NotStored {
+                        deleted: scan.deleted,
+                        waypoints: scan.waypoints,
+                    });
+                    per_file!(
+                        device,
+                        batch_id = %record.batch_id,
+                        deleted = scan.deleted,
+                        waypoints = scan.waypoints,
+                        "records not stored as sightings: deleted on the device, or track points"
+                    );
+                }
                 let conflicts = r.skipped.as_ref().map_or(0, |s| s.conflicts);
                 per_file!(
                     device,
@@ -458,6 +471,7 @@ impl Ingestor {
             reason: Some(reason),
             kind: Some(kind.to_string()),
             skipped: None,
+            not_stored: None,
         })
     }
 }
@@ -491,6 +505,7 @@ fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
         reason: None,
         kind: None,
         skipped: None,
+        not_stored: None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! The CTX reader against CTX files built the way the device builds them
+//! CTX uploads: the reader against CTX files built the way the device builds them
 //! (`ctdata_tests::ctx`): field by field, the fix variants, media, element references,
 //! deleted sightings, the 16 MB split, and refusals that name the record.
 
@@ -369,3 +369,235 @@ fn waypoints_only_upload_has_no_sightings() {
     let (scan, rows) = read_all(&path).expect("valid");
     assert_eq!((rows.len(), scan.waypoints), (0, 1));
 }
+
+// ---- Through the server, every channel ---------------------------------------------
+
+use std::time::Duration;
+
+use ctdata_tests::ftp::{curl, ftp_url, wait_for_batches};
+use ctdata_tests::{both_backends, eventually, ServerEnv, TestDb};
+
+const NAME: &str = "ct-classic-02";
+const PASSWORD: &str = "s3cret-Pa55word";
+const URL: &str = "ftp://ranger.example.org/CTData";
+const USER: &str = "kruger-upload";
+
+/// Every file below `dir`, recursively.
+fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// No `.OUT` file and no file holding the password anywhere in the drop directory.
+fn no_credentials_kept(drop_dir: &Path) {
+    for f in files_below(drop_dir) {
+        let name = f
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_ascii_lowercase();
+        assert!(!name.ends_with(".out"), "kept: {}", f.display());
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(PASSWORD.len())
+                .any(|w| w == PASSWORD.as_bytes()),
+            "the password is kept in {}",
+            f.display()
+        );
+    }
+}
+
+async fn sightings(base: &str, admin: &str) -> Vec<Value> {
+    let out = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {admin}"),
+        &format!("{base}/api/v1/sightings?format=ndjson"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn ctx_channels(db: TestDb) {
+    let mut env = ServerEnv::new(&db);
+    env.enable_ftp();
+    let token = env.device_token(NAME);
+    let admin = env.admin_token();
+    let server = env.serve().await;
+    let base = server.http_base();
+    let port = server.ftp_port();
+    let up = upload();
+    let out = ctx::out_file(URL, USER, PASSWORD);
+
+    // FTP, as the device uploads: straight to the final name in CTData/, the .OUT beside
+    // it. Split small so the upload comes in several parts.
+    let parts = up.parts(200);
+    assert!(parts.len() >= 2, "{} parts", parts.len());
+    let upload_id = Uuid::from_u128(0xabcdef);
+    for (i, part) in parts.iter().enumerate() {
+        let name = up.file_name(upload_id, i);
+        let local = env.dir.path().join(&name);
+        std::fs::write(&local, part).unwrap();
+        let url = ftp_url(port, NAME, &token, &format!("/CTData/{name}"));
+        let r = curl(&["--ftp-create-dirs", "-T", local.to_str().unwrap(), &url]);
+        assert!(r.status.success(), "{r:?}");
+        let out_name = name.replace(".CTX", ".OUT");
+        let local_out = env.dir.path().join(&out_name);
+        std::fs::write(&local_out, &out).unwrap();
+        let url = ftp_url(port, NAME, &token, &format!("/CTData/{out_name}"));
+        let r = curl(&["-T", local_out.to_str().unwrap(), &url]);
+        assert!(r.status.success(), "{r:?}");
+    }
+    let batches = wait_for_batches(&db, parts.len()).await;
+    assert!(
+        batches.iter().all(|(d, c, _)| d == NAME && c == "ftp"),
+        "{batches:?}"
+    );
+    let stored = sightings(&base, &admin).await;
+    let mut ids: Vec<String> = stored
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = [1, 2, 4].iter().map(|n| id(*n).to_string()).collect();
+    want.sort();
+    assert_eq!(ids, want, "each sighting once, the deleted one not at all");
+    let s1 = stored
+        .iter()
+        .find(|s| s["id"] == json!(id(1).to_string()))
+        .unwrap();
+    assert_eq!(
+        (
+            &s1["species"],
+            &s1["count"],
+            &s1["device"],
+            &s1["observed_at"]
+        ),
+        (
+            &json!("Loxodonta africana"),
+            &json!(7),
+            &json!(NAME),
+            &json!("2024-05-01T06:32:10+00:00")
+        )
+    );
+    assert_eq!(s1["attributes"]["deviceId"], json!(DEVICE.to_string()));
+
+    // HTTP POST of the whole upload as one file: a new batch, every sighting a duplicate.
+    let whole = env.dir.path().join("whole.CTX");
+    std::fs::write(&whole, up.single()).unwrap();
+    let post = |path: &Path, ctype: &str| {
+        let r = curl(&[
+            "-u",
+            &format!("{NAME}:{token}"),
+            "-H",
+            &format!("Content-Type: {ctype}"),
+            "--data-binary",
+            &format!("@{}", path.display()),
+            "-w",
+            "\n%{http_code}",
+            &format!("{base}/api/v1/batches"),
+        ]);
+        let text = String::from_utf8(r.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (
+            code.parse::<u16>().unwrap(),
+            serde_json::from_str::<Value>(body).unwrap_or(Value::Null),
+        )
+    };
+    let (code, receipt) = post(&whole, "application/vnd.cybertracker.ctx");
+    assert_eq!(code, 201, "{receipt}");
+    assert_eq!(
+        (
+            &receipt["format"],
+            &receipt["sightings"],
+            &receipt["inserted"],
+            &receipt["duplicates"]
+        ),
+        (&json!("ctx"), &json!(3), &json!(0), &json!(3)),
+        "{receipt}"
+    );
+    assert_eq!(
+        receipt["not_stored"],
+        json!({"deleted": 1, "waypoints": 1}),
+        "{receipt}"
+    );
+    let (code, again) = post(&whole, "application/octet-stream");
+    assert_eq!(
+        (code, &again["status"]),
+        (200, &json!("duplicate")),
+        "{again}"
+    );
+    // An .OUT body over HTTP: refused, deleted, nothing of it kept.
+    let out_path = env.dir.path().join("x.OUT");
+    std::fs::write(&out_path, &out).unwrap();
+    let (code, refused) = post(&out_path, "application/octet-stream");
+    assert_eq!(code, 415, "{refused}");
+
+    // The share: an .OUT dropped with a bad CTX; the .OUT goes, the CTX is refused by
+    // its record index.
+    let dev = env.drop_dir().join(NAME);
+    std::fs::create_dir_all(&dev).unwrap();
+    let mut bad = upload();
+    bad.sightings[1]
+        .attributes
+        .push(Attr::raw(NOTES, 99, vec![0; 3]));
+    std::fs::write(dev.join("bad_0.OUT"), &out).unwrap();
+    std::fs::write(dev.join("bad_0.CTX"), bad.single()).unwrap();
+    let reasons = eventually("the bad CTX refused", Duration::from_secs(60), || async {
+        let r = ctdata_tests::rejected_reasons(&env.drop_dir());
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert!(
+        reasons.iter().any(
+            |(_, why)| why.contains("Sightings.dat[1]") && why.contains("unknown data type 99")
+        ),
+        "{reasons:?}"
+    );
+    eventually(
+        "the shared .OUT deleted",
+        Duration::from_secs(60),
+        || async { (!dev.join("bad_0.OUT").exists()).then_some(()) },
+    )
+    .await;
+
+    // The command line, in place.
+    let mut more = upload();
+    more.sightings = vec![up.sightings[0].clone()];
+    more.sightings[0].id = id(50);
+    let cli_file = env.dir.path().join("cli_0.CTX");
+    std::fs::write(&cli_file, more.single()).unwrap();
+    let r = env
+        .command(&["ingest", "--json", &cli_file.display().to_string()])
+        .output()
+        .unwrap();
+    let line: Value =
+        serde_json::from_slice(r.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(
+        (&line["status"], &line["inserted"]),
+        (&json!("ingested"), &json!(1)),
+        "{line}"
+    );
+
+    assert_eq!(sightings(&base, &admin).await.len(), 4);
+    no_credentials_kept(&env.drop_dir());
+    let log = server.log_text();
+    assert!(log.contains(".OUT"), "the deletion is logged");
+    for secret in [PASSWORD, USER, "ranger.example.org"] {
+        assert!(!log.contains(secret), "the log shows {secret}");
+    }
+}
+
+both_backends!(ctx_channels);
