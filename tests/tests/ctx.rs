@@ -601,3 +601,53 @@ async fn ctx_channels(db: TestDb) {
 }
 
 both_backends!(ctx_channels);
+
+/// Download from a remote FTP site (vsftpd) and from a share folder, each holding a
+/// device's CTX with its .OUT beside it: the CTX is stored, the .OUT never fetched.
+async fn ctx_download(db: TestDb) {
+    let Some(ftp) = ctdata_tests::vsftpd::Vsftpd::start() else {
+        return;
+    };
+    let env = ServerEnv::new(&db);
+    let up = upload();
+    let name = up.file_name(Uuid::from_u128(7), 0);
+    let out_name = name.replace(".CTX", ".OUT");
+    let out = ctx::out_file(URL, USER, PASSWORD);
+    ftp.put(&format!("{NAME}/{name}"), &up.single());
+    ftp.put(&format!("{NAME}/{out_name}"), &out);
+    let share = tempfile::tempdir().unwrap();
+    let folder = share.path().join("CTData");
+    std::fs::create_dir_all(folder.join(NAME)).unwrap();
+    let mut other = upload();
+    for (n, s) in other.sightings.iter_mut().enumerate() {
+        s.id = id(200 + n as u128);
+    }
+    std::fs::write(folder.join(NAME).join("share_0.CTX"), other.single()).unwrap();
+    std::fs::write(folder.join(NAME).join("share_0.OUT"), &out).unwrap();
+    let pass = env.dir.path().join("site.pass");
+    std::fs::write(&pass, format!("{}\n", ftp.password)).unwrap();
+    let config = format!(
+        "[[sources]]\nname = \"site\"\nurl = \"{}\"\nuser = \"{}\"\npassword_file = \"{}\"\n\
+         after_download = \"keep\"\ntimeout_secs = 20\n\
+         [[sources]]\nname = \"share\"\nurl = \"{}\"\nafter_download = \"keep\"\n",
+        ftp.url("CTData"),
+        ftp.user,
+        pass.display(),
+        folder.display()
+    );
+    std::fs::write(env.dir.path().join("ctdata.toml"), config).unwrap();
+    let run = env.command(&["download", "--json"]).output().unwrap();
+    let log = String::from_utf8_lossy(&run.stderr).to_string();
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap_or(Value::Null);
+    assert!(run.status.success(), "{report:#} {log}");
+    for s in report["sources"].as_array().unwrap() {
+        assert_eq!((&s["found"], &s["ingested"]), (&json!(1), &json!(1)), "{s}");
+    }
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 6);
+    no_credentials_kept(&env.drop_dir());
+    for secret in [PASSWORD, USER] {
+        assert!(!log.contains(secret), "the log shows {secret}");
+    }
+}
+
+both_backends!(ctx_download);
