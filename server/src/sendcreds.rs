@@ -33,16 +33,21 @@ pub fn is_send_data(file: &Path, name: &str) -> bool {
         && magic == SEND_DATA_MAGIC
 }
 
+/// Says that a send-data file was dropped, naming only the file.
+pub fn discarded(channel: &str, device: Option<&str>, name: &str) {
+    tracing::warn!(
+        channel,
+        device = device.unwrap_or("-"),
+        file = name,
+        "deleted a CyberTracker .OUT file on arrival: it holds the sender's password in plain text and is never ingested or kept"
+    );
+}
+
 /// Deletes a send-data file and says so, naming only the file.
 pub fn discard(file: &Path, channel: &str, device: Option<&str>, name: &str) {
     let removed = std::fs::remove_file(file);
     match removed {
-        Ok(()) => tracing::warn!(
-            channel,
-            device = device.unwrap_or("-"),
-            file = name,
-            "deleted a CyberTracker .OUT file on arrival: it holds the sender's password in plain text and is never ingested or kept"
-        ),
+        Ok(()) => discarded(channel, device, name),
         Err(e) => tracing::error!(
             channel,
             device = device.unwrap_or("-"),

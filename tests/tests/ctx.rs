@@ -460,6 +460,20 @@ async fn ctx_channels(db: TestDb) {
         let r = curl(&["-T", local_out.to_str().unwrap(), &url]);
         assert!(r.status.success(), "{r:?}");
     }
+    // An .OUT written to a temporary name and renamed into place goes the same way.
+    let late = env.dir.path().join("late.OUT.part");
+    std::fs::write(&late, &out).unwrap();
+    let url = ftp_url(port, NAME, &token, "/CTData/late.OUT.part");
+    let r = curl(&[
+        "-T",
+        late.to_str().unwrap(),
+        "-Q",
+        "-RNFR late.OUT.part",
+        "-Q",
+        "-RNTO late.OUT",
+        &url,
+    ]);
+    assert!(r.status.success(), "{r:?}");
     let batches = wait_for_batches(&db, parts.len()).await;
     assert!(
         batches.iter().all(|(d, c, _)| d == NAME && c == "ftp"),
@@ -595,6 +609,7 @@ async fn ctx_channels(db: TestDb) {
     no_credentials_kept(&env.drop_dir());
     let log = server.log_text();
     assert!(log.contains(".OUT"), "the deletion is logged");
+    assert!(log.contains("late.OUT"), "the renamed .OUT too: {log}");
     for secret in [PASSWORD, USER, "ranger.example.org"] {
         assert!(!log.contains(secret), "the log shows {secret}");
     }
