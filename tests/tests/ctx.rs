@@ -666,3 +666,30 @@ async fn ctx_download(db: TestDb) {
 }
 
 both_backends!(ctx_download);
+
+/// `CreateCAB` counts `size / 32768 + 1` blocks, so content of exactly 32 KiB·k ends with
+/// an empty block: still a readable CTX.
+#[test]
+fn content_of_whole_blocks_ends_with_an_empty_block() {
+    let up = upload();
+    let mut dat = Vec::new();
+    for s in &up.sightings {
+        ctx::sighting_record(&mut dat, s, DEVICE);
+    }
+    let info = ctx::info_xml("x", 3295);
+    let used = dat.len() + info.len();
+    let mut elements = ctx::elements_txt(&[(COUNT, "Count")]);
+    let target = (used + elements.len()).div_ceil(32768) * 32768;
+    elements.resize(target - used, b'\n');
+    let total = used + elements.len();
+    assert_eq!(total % 32768, 0, "{total}");
+    let cab = ctx::cabinet(&[
+        ("Elements.txt", elements),
+        ("Info.xml", info),
+        ("Sightings.dat", dat),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let (scan, rows) = read_all(&write(dir.path(), "whole.CTX", &cab)).expect("readable");
+    assert_eq!((rows.len(), scan.deleted), (3, 1));
+    assert_eq!(rows[0].count, Some(7));
+}
