@@ -38,6 +38,10 @@ const HEADER_BYTES: u64 = 50;
 const WAYPOINT_BYTES: u64 = 85;
 /// The largest text value held in memory; longer ones refuse the file.
 const MAX_TEXT: u32 = 16 << 20;
+/// The most one record may hold in memory (its values other than media, which are
+/// hashed as they pass), and the most attributes it may have: a form has dozens.
+const MAX_RECORD_HELD: u64 = 32 << 20;
+const MAX_ATTRIBUTES: usize = 10_000;
 /// Days from 0001-01-01 to the Delphi/OLE epoch 1899-12-30 (the date encoding's zero).
 const OLE_EPOCH: (i32, u32, u32) = (1899, 12, 30);
 
@@ -417,6 +421,7 @@ fn walk_sightings<R: Read>(
         }
         let end = dat.pos + header.size;
         let mut attributes = Vec::new();
+        let mut held = 0u64;
         while dat.pos < end {
             let n = attributes.len();
             let here = format!("Sightings.dat[{index}].attributes[{n}]");
@@ -440,6 +445,17 @@ fn walk_sightings<R: Read>(
                     format!(
                         "attribute {n} of record {index} overruns its record: its value is declared as {size} bytes but only {} remain",
                         end - dat.pos
+                    ),
+                ));
+            }
+            if !matches!(kind, 14..=16) {
+                held += u64::from(size) + 64;
+            }
+            if n >= MAX_ATTRIBUTES || held > MAX_RECORD_HELD {
+                return Err(reject(
+                    RejectKind::TooLarge,
+                    format!(
+                        "{here}: record {index} holds more than {MAX_ATTRIBUTES} attributes or {MAX_RECORD_HELD} bytes of values; a CyberTracker form has far fewer"
                     ),
                 ));
             }

@@ -328,6 +328,20 @@ fn refusals_name_the_record() {
         r.summary.contains("Sightings.dat[0]") && r.summary.contains("unknown data type 42"),
         "{r}"
     );
+    // A record of a hundred thousand tiny attributes: refused before it fills memory.
+    let mut up = upload();
+    up.sightings[0].attributes = (1..100_000u128)
+        .map(|i| {
+            Attr::null(Uuid::from_u128(
+                i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
+            ))
+        })
+        .collect();
+    let mut many = Vec::new();
+    ctx::sighting_record(&mut many, &up.sightings[0], DEVICE);
+    let r = refused(&member_cab(many, 3295));
+    assert_eq!(r.kind, RejectKind::TooLarge, "{r}");
+    assert!(r.summary.contains("Sightings.dat[0]"), "{r}");
     // The last record cut short.
     let r = refused(&member_cab(dat[..dat.len() - 3].to_vec(), 3295));
     assert!(r.summary.contains("Sightings.dat[3]"), "{r}");
