@@ -578,6 +578,9 @@ async fn ctx_channels(db: TestDb) {
     let dev = env.drop_dir().join(NAME);
     std::fs::create_dir_all(&dev).unwrap();
     let mut bad = upload();
+    for (n, s) in bad.sightings.iter_mut().enumerate() {
+        s.id = id(300 + n as u128); // new ids: had any been stored, the count would show it
+    }
     bad.sightings[1]
         .attributes
         .push(Attr::raw(NOTES, 99, vec![0; 3]));
