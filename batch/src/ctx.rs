@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek};
 use std::path::Path;
 
-use chrono::{DateTime, Duration, FixedOffset, NaiveDate};
+use chrono::{DateTime, Duration, FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -706,7 +706,13 @@ where
             rows.skip();
             return Ok(());
         }
-        let parsed = sighting(&names, index, header, attributes);
+        let parsed = sighting(
+            &names,
+            limits.ctx_utc_offset_minutes,
+            index,
+            header,
+            attributes,
+        );
         if rows.row(parsed).is_break() {
             return Err(reject(RejectKind::Io, "stopped"));
         }
@@ -715,21 +721,27 @@ where
     .or_else(|r| if rows.stopped { Ok(()) } else { Err(r) })
 }
 
-/// Days since 1899-12-30 (whole and fraction) as a time; CyberTracker records the
-/// device's wall clock, read here as UTC.
-fn ole_time(days: f64) -> Option<DateTime<FixedOffset>> {
+/// Days since 1899-12-30 (whole and fraction) as a wall-clock time.
+fn ole_naive(days: f64) -> Option<NaiveDateTime> {
     if !days.is_finite() || !(-693_593.0..2_958_466.0).contains(&days) {
         return None;
     }
     let (y, m, d) = OLE_EPOCH;
     let epoch = NaiveDate::from_ymd_opt(y, m, d)?.and_hms_opt(0, 0, 0)?;
     let ms = (days * 86_400_000.0).round() as i64;
-    let t = epoch.checked_add_signed(Duration::milliseconds(ms))?;
-    Some(t.and_utc().fixed_offset())
+    epoch.checked_add_signed(Duration::milliseconds(ms))
+}
+
+/// CyberTracker records the device's wall clock with no zone: it is read at the
+/// configured offset (`Limits::ctx_utc_offset_minutes`, UTC by default).
+fn ole_time(days: f64, offset_minutes: i32) -> Option<DateTime<FixedOffset>> {
+    let zone = FixedOffset::east_opt(offset_minutes.checked_mul(60)?)?;
+    zone.from_local_datetime(&ole_naive(days)?).single()
 }
 
 fn sighting(
     ctx: &Names,
+    offset_minutes: i32,
     index: u64,
     header: Header,
     attributes: Vec<(Uuid, Val)>,
@@ -777,13 +789,11 @@ fn sighting(
                     Val::Number(x) if x.fract() == 0.0 && x.abs() < 9e15 => json!(x as i64),
                     Val::Number(x) => serde_json::Number::from_f64(x)
                         .map_or_else(|| Value::String(x.to_string()), Value::Number),
-                    Val::Date(d) => {
-                        ole_time(d).map_or(Value::Null, |t| json!(t.format("%Y-%m-%d").to_string()))
-                    }
-                    Val::Time(d) => {
-                        ole_time(d).map_or(Value::Null, |t| json!(t.format("%H:%M:%S").to_string()))
-                    }
-                    Val::DateTime(d) => ole_time(d).map_or(Value::Null, |t| {
+                    Val::Date(d) => ole_naive(d)
+                        .map_or(Value::Null, |t| json!(t.format("%Y-%m-%d").to_string())),
+                    Val::Time(d) => ole_naive(d)
+                        .map_or(Value::Null, |t| json!(t.format("%H:%M:%S").to_string())),
+                    Val::DateTime(d) => ole_naive(d).map_or(Value::Null, |t| {
                         json!(t.format("%Y-%m-%dT%H:%M:%S").to_string())
                     }),
                     Val::Guid(g) => json!(ctx.name_of(g)),
@@ -806,7 +816,7 @@ fn sighting(
         }
     }
     match (date, time) {
-        (Some(d), t) => match ole_time(d + t.unwrap_or(0.0)) {
+        (Some(d), t) => match ole_time(d + t.unwrap_or(0.0), offset_minutes) {
             Some(t) => draft.observed_at = Some(t),
             None => problems.push(problem(
                 row.at("Date"),
@@ -868,12 +878,14 @@ mod tests {
     #[test]
     fn ole_dates() {
         assert_eq!(
-            ole_time(0.0).unwrap().to_rfc3339(),
+            ole_time(0.0, 0).unwrap().to_rfc3339(),
             "1899-12-30T00:00:00+00:00"
         );
         // 2024-05-01 is day 45413; 06:30 is 0.2708333….
-        let t = ole_time(45413.0 + (6.5 / 24.0)).unwrap();
+        let t = ole_time(45413.0 + (6.5 / 24.0), 0).unwrap();
         assert_eq!(t.to_rfc3339(), "2024-05-01T06:30:00+00:00");
-        assert!(ole_time(f64::NAN).is_none());
+        assert!(ole_time(f64::NAN, 0).is_none());
+        let t = ole_time(45413.0 + (6.5 / 24.0), 120).unwrap();
+        assert_eq!(t.to_rfc3339(), "2024-05-01T06:30:00+02:00");
     }
 }

@@ -130,6 +130,9 @@ pub struct Limits {
     pub ratio_grace_bytes: u64,
     /// How many row errors are listed before the rest are only counted.
     pub max_listed_errors: usize,
+    /// Not a limit: the UTC offset, in minutes, at which a CTX's times are read.
+    /// CyberTracker Classic records the device's wall clock without a zone.
+    pub ctx_utc_offset_minutes: i32,
 }
 
 impl Default for Limits {
@@ -139,6 +142,7 @@ impl Default for Limits {
             max_gzip_ratio: 100,
             ratio_grace_bytes: 1 << 20,
             max_listed_errors: 50,
+            ctx_utc_offset_minutes: 0,
         }
     }
 }

@@ -246,6 +246,24 @@ mod sha2_shim {
 }
 
 #[test]
+fn times_are_read_at_the_configured_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "k_0.CTX", &upload().single());
+    let limits = Limits {
+        ctx_utc_offset_minutes: 120,
+        ..Limits::default()
+    };
+    let scan = ctdata_batch::scan(&path, &limits).unwrap();
+    let mut first = None;
+    ctdata_batch::read(&path, &scan, &limits, |s| {
+        first.get_or_insert(s.observed_at.to_rfc3339());
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(first.as_deref(), Some("2024-05-01T06:32:10+02:00"));
+}
+
+#[test]
 fn split_at_sixteen_megabytes_reads_each_sighting_once() {
     let mut up = upload();
     up.sightings.truncate(1);
@@ -447,6 +465,8 @@ async fn sightings(base: &str, admin: &str) -> Vec<Value> {
 async fn ctx_channels(db: TestDb) {
     let mut env = ServerEnv::new(&db);
     env.enable_ftp();
+    // The devices' clocks run at UTC+02:00.
+    env.set("CTDATA__INGEST__CTX_UTC_OFFSET_MINUTES", "120");
     let token = env.device_token(NAME);
     let admin = env.admin_token();
     let server = env.serve().await;
@@ -517,7 +537,7 @@ async fn ctx_channels(db: TestDb) {
             &json!("Loxodonta africana"),
             &json!(7),
             &json!(NAME),
-            &json!("2024-05-01T06:32:10+00:00")
+            &json!("2024-05-01T06:32:10+02:00")
         )
     );
     assert_eq!(s1["attributes"]["deviceId"], json!(DEVICE.to_string()));
