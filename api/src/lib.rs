@@ -63,6 +63,19 @@ pub struct Receipt {
     /// SMART patrol events (start, stop, pause, resume, change) in the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patrol_events: Option<i64>,
+    /// Records the file carried that are not stored as sightings (a CyberTracker
+    /// upload's deleted sightings and waypoints), for a batch stored now.
+    pub not_stored: Option<NotStored>,
+}
+
+/// What a stored batch carried besides its sightings.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NotStored {
+    /// Sightings the device marked deleted (CTX): read, counted, not stored.
+    pub deleted: u64,
+    /// Waypoints (track points): counted; they stay in the archived original.
+    pub waypoints: u64,
 }
 
 /// What a receipt and the batch API say about the sightings a batch skipped.

@@ -198,7 +198,7 @@ fn is_field(p: &Problem, field: &str) -> bool {
 /// value fits; everything else, and a value that does not fit, is kept as an attribute
 /// under the element's name. Base64 media is listed (type, size, sha256) in its place:
 /// the bytes stay in the batch's archived original.
-fn element_value(
+pub(crate) fn element_value(
     draft: &mut Draft,
     element: String,
     v: Value,

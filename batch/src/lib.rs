@@ -8,6 +8,7 @@
 //! sightings to a sink in file order.
 
 mod csvfile;
+mod ctx;
 mod cybertracker;
 mod device;
 mod fields;
@@ -48,6 +49,9 @@ pub struct ReadSummary {
 /// structural checks (JSON syntax and count, NDJSON trailer, CSV header row) happen
 /// here too, so most broken files are refused before [`read`].
 pub fn scan(path: &Path, limits: &Limits) -> Result<Scan, Rejection> {
+    if ctx::is_cab(path) {
+        return scan_ctx(path, limits);
+    }
     let mut input = Input::open(path, limits)?;
     let sniffed = match sniff::sniff(&mut input) {
         Ok(s) => s,
@@ -83,6 +87,28 @@ pub fn scan(path: &Path, limits: &Limits) -> Result<Scan, Rejection> {
         sha256,
         bytes,
         waypoints,
+        deleted: 0,
+    })
+}
+
+/// A CTX is identified by its archive's bytes: the same upload again is a duplicate,
+/// and each of its sightings keeps its own GUID, so the parts of a split upload (and a
+/// part sent twice under another name) store every sighting exactly once.
+fn scan_ctx(path: &Path, limits: &Limits) -> Result<Scan, Rejection> {
+    let c = ctx::scan(path, limits)?;
+    Ok(Scan {
+        format: Format::Ctx,
+        gzip: false,
+        compression: None,
+        batch_id: Uuid::new_v5(&CTDATA_NAMESPACE, c.sha256.as_bytes()),
+        sha256: c.sha256,
+        bytes: c.bytes,
+        device_id: None,
+        created_at: None,
+        declared_count: Some(c.sightings),
+        sequence: None,
+        waypoints: c.waypoints,
+        deleted: c.deleted,
     })
 }
 
@@ -120,6 +146,11 @@ pub fn read(
     limits: &Limits,
     sink: impl FnMut(Sighting) -> ControlFlow<()>,
 ) -> Result<ReadSummary, Rejection> {
+    if scan.format == Format::Ctx {
+        let mut rows = Rows::new(sink, &scan.sha256, limits.max_listed_errors);
+        ctx::read(path, limits, &mut rows)?;
+        return rows.finish().map(|rows| ReadSummary { rows });
+    }
     let mut input = Input::open(path, limits)?;
     input.skip_bom()?;
     let mut rows = Rows::new(sink, &scan.sha256, limits.max_listed_errors);
@@ -129,6 +160,7 @@ pub fn read(
         Format::Json | Format::Geojson | Format::Cybertracker => {
             read_document(&mut input, scan.format, &mut rows)?
         }
+        Format::Ctx => unreachable!("read above"),
     }
     if rows.stopped {
         return Ok(ReadSummary {

@@ -43,6 +43,9 @@ pub enum Format {
     /// A CyberTracker Classic upload: a GeoJSON FeatureCollection whose features carry
     /// `dateTime`, `deviceId`, `ctVersion` and a `sighting` object.
     Cybertracker,
+    /// A CyberTracker Classic `.CTX` archive (a CAB of `Sightings.dat`, `Waypoints.dat`,
+    /// `Elements.txt`, `Info.xml`), as its FTP and share uploads carry.
+    Ctx,
 }
 
 impl Format {
@@ -53,6 +56,7 @@ impl Format {
             Format::Csv => "csv",
             Format::Geojson => "geojson",
             Format::Cybertracker => "cybertracker",
+            Format::Ctx => "ctx",
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct Scan {
     /// Features read but not stored as sightings: the waypoints (track points) of a
     /// CyberTracker upload, which [`crate::tracks::extras`] hands out.
     pub waypoints: u64,
+    /// Records read but not stored because the device marked them deleted (CTX).
+    pub deleted: u64,
 }
 
 /// Guards against hostile input.
@@ -124,6 +130,9 @@ pub struct Limits {
     pub ratio_grace_bytes: u64,
     /// How many row errors are listed before the rest are only counted.
     pub max_listed_errors: usize,
+    /// Not a limit: the UTC offset, in minutes, at which a CTX's times are read.
+    /// CyberTracker Classic records the device's wall clock without a zone.
+    pub ctx_utc_offset_minutes: i32,
 }
 
 impl Default for Limits {
@@ -133,6 +142,7 @@ impl Default for Limits {
             max_gzip_ratio: 100,
             ratio_grace_bytes: 1 << 20,
             max_listed_errors: 50,
+            ctx_utc_offset_minutes: 0,
         }
     }
 }

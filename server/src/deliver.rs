@@ -104,6 +104,9 @@ impl Deliverer {
         origin: &Origin,
         wait_if_incomplete: bool,
     ) -> anyhow::Result<Delivered> {
+        if crate::sendcreds::is_send_data(file, &origin.file_name) {
+            return Ok(Delivered::Filed(self.discard_send_data(file, origin)));
+        }
         let delivery = self.delivery(file, origin);
         let receipt = if origin.filing == Filing::DropDirWithReceipt
             && origin.file_name.len() > MAX_NAME_BYTES
@@ -128,6 +131,47 @@ impl Deliverer {
         };
         self.file_away(file, origin, &receipt)?;
         Ok(Delivered::Filed(receipt))
+    }
+
+    /// A CyberTracker `.OUT` file: deleted unread (left alone when the command line
+    /// names it in place: the operator's own file), nothing recorded, no receipt.
+    fn discard_send_data(&self, file: &Path, origin: &Origin) -> Receipt {
+        let channel = origin.channel.to_string();
+        let device = origin.device.as_deref();
+        if origin.filing == Filing::InPlace {
+            tracing::warn!(
+                channel,
+                file = origin.file_name,
+                "not ingesting a CyberTracker .OUT file: it holds the sender's password in plain text"
+            );
+        } else {
+            crate::sendcreds::discard(file, &channel, device, &origin.file_name);
+        }
+        let kind = RejectionKind::Batch(ctdata_batch::RejectKind::UnknownFormat);
+        Receipt {
+            status: Status::Rejected,
+            file: origin.file_name.clone(),
+            channel,
+            device: origin.device.clone(),
+            batch_id: None,
+            format: None,
+            sha256: None,
+            sightings: 0,
+            inserted: 0,
+            duplicates: 0,
+            cursor: None,
+            received_at: chrono::Utc::now(),
+            reason: Some(format!(
+                "{}: a CyberTracker .OUT file (the sender's URL, user and password in plain text) is never \
+                 ingested or kept; it was deleted unread",
+                origin.file_name
+            )),
+            kind: Some(kind.to_string()),
+            skipped: None,
+            track_points: None,
+            patrol_events: None,
+            not_stored: None,
+        }
     }
 
     /// What the ingest needs to know of a file from `origin`.

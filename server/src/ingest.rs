@@ -260,6 +260,19 @@ impl Ingestor {
             LoadResult::Loaded(record) => {
                 let mut r = receipt(Status::Ingested, d, &record);
                 r.skipped = self.skipped(&record).await?;
+                if scan.deleted > 0 || scan.waypoints > 0 {
+                    r.not_stored = Some(ctdata_api::NotStored {
+                        deleted: scan.deleted,
+                        waypoints: scan.waypoints,
+                    });
+                    per_file!(
+                        device,
+                        batch_id = %record.batch_id,
+                        deleted = scan.deleted,
+                        waypoints = scan.waypoints,
+                        "records not stored as sightings: deleted on the device, or track points"
+                    );
+                }
                 let conflicts = r.skipped.as_ref().map_or(0, |s| s.conflicts);
                 per_file!(
                     device,
@@ -502,6 +515,7 @@ impl Ingestor {
             skipped: None,
             track_points: None,
             patrol_events: None,
+            not_stored: None,
         })
     }
 }
@@ -537,6 +551,7 @@ fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
         skipped: None,
         track_points: None,
         patrol_events: None,
+        not_stored: None,
     }
 }
 

@@ -22,6 +22,7 @@ pub mod hygiene;
 pub mod ingest;
 pub mod layout;
 pub mod metrics;
+pub mod sendcreds;
 pub mod serve;
 pub mod sources;
 pub mod tls;

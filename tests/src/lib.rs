@@ -14,6 +14,7 @@ pub mod api;
 pub mod batch;
 pub mod browser;
 pub mod client;
+pub mod ctx;
 pub mod ftp;
 pub mod vsftpd;
 pub mod web;

@@ -229,6 +229,9 @@ pub struct IngestSettings {
     /// looked at again when it changes; only after this long unchanged is it rejected.
     #[serde(with = "secs")]
     pub incomplete_grace_secs: Duration,
+    /// CyberTracker Classic `.CTX` files record the device's wall clock without a time
+    /// zone: their times are read at this UTC offset, in minutes (120 for UTC+02:00).
+    pub ctx_utc_offset_minutes: i32,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -347,6 +350,7 @@ impl Default for IngestSettings {
             max_file_bytes: limits.max_bytes,
             max_gzip_ratio: limits.max_gzip_ratio,
             incomplete_grace_secs: Duration::from_secs(300),
+            ctx_utc_offset_minutes: 0,
         }
     }
 }
@@ -405,6 +409,7 @@ impl IngestSettings {
         ctdata_batch::Limits {
             max_bytes: self.max_file_bytes,
             max_gzip_ratio: self.max_gzip_ratio,
+            ctx_utc_offset_minutes: self.ctx_utc_offset_minutes,
             ..ctdata_batch::Limits::default()
         }
     }
@@ -484,6 +489,11 @@ impl Settings {
             );
         }
         settings.dwca.validate()?;
+        let offset = settings.ingest.ctx_utc_offset_minutes;
+        anyhow::ensure!(
+            (-720..=840).contains(&offset),
+            "ingest.ctx_utc_offset_minutes {offset} must be from -720 (UTC-12:00) to 840 (UTC+14:00)"
+        );
         if let Some(url) = &settings.http.map_tile_url {
             anyhow::ensure!(
                 (url.starts_with("http://") || url.starts_with("https://"))

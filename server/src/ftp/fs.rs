@@ -282,6 +282,14 @@ impl StorageBackend<Device> for DeviceFs {
         let (device, _) = self.home()?;
         let (root, rel) = self.resolve(path.as_ref())?;
         let name = file_name(&rel)?;
+        if crate::sendcreds::is_out_name(&name) {
+            // A CyberTracker .OUT (a password in plain text): read off the wire into
+            // nothing, so not a byte of it reaches the disk.
+            let mut input = input;
+            let n = tokio::io::copy(&mut input, &mut tokio::io::sink()).await?;
+            crate::sendcreds::discarded("ftp", Some(device), &name);
+            return Ok(n);
+        }
         let used = self.used().await;
         if !is_candidate_name(&name) {
             // A temporary name (x.part): written in place, never ingested from here; a
@@ -402,6 +410,11 @@ impl StorageBackend<Device> for DeviceFs {
         let meta = root.stat(&from).map_err(fs_error)?;
         let to_name = file_name(&to)?;
         let onto_folder = root.stat(&to).is_ok_and(|m| m.is_dir());
+        if meta.is_file() && crate::sendcreds::is_out_name(&to_name) {
+            root.remove(&from, false).map_err(fs_error)?;
+            crate::sendcreds::discarded("ftp", Some(device), &to_name);
+            return Ok(());
+        }
         if meta.is_file() && is_candidate_name(&to_name) && !onto_folder {
             // x.part → x.json: the upload is complete. Whichever folder it names, it
             // is this device's delivery: ingest it now.

@@ -161,6 +161,13 @@ impl FtpRemote {
                 if name == "." || name == ".." || !crate::dropdir::is_candidate_name(&name) {
                     continue;
                 }
+                if crate::sendcreds::is_out_name(&name) {
+                    tracing::info!(
+                        file = name,
+                        "a CyberTracker .OUT file (a password in plain text) is never fetched"
+                    );
+                    continue;
+                }
                 let rel = if dir.is_empty() {
                     name.clone()
                 } else {

@@ -213,6 +213,13 @@ fn walk(
         if !crate::dropdir::is_candidate_name(&name) {
             continue;
         }
+        if crate::sendcreds::is_out_name(&name) {
+            tracing::info!(
+                file = name,
+                "a CyberTracker .OUT file (a password in plain text) is never fetched"
+            );
+            continue;
+        }
         let child = if rel.is_empty() {
             name.clone()
         } else {
