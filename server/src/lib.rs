@@ -5,6 +5,7 @@
 //! [`ingest::Ingestor::ingest`] and files it away in the folders of [`layout`];
 //! [`serve::run`] runs the channels until shutdown.
 
+pub mod attachments;
 pub mod auth;
 pub mod commands;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod hygiene;
 pub mod ingest;
 pub mod layout;
 pub mod metrics;
+pub mod openrosa;
 pub mod serve;
 pub mod sources;
 pub mod tls;

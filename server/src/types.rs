@@ -23,19 +23,22 @@ pub enum Channel {
     Pull,
     /// `ctdata-server ingest PATH…`.
     Cli,
+    /// `POST /openrosa/…/submission` (ODK Collect, KoboCollect, the CyberTracker app).
+    Openrosa,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [
+    pub const ALL: [Channel; 6] = [
         Channel::Http,
         Channel::Ftp,
         Channel::Share,
         Channel::Pull,
         Channel::Cli,
+        Channel::Openrosa,
     ];
     /// The names of [`Channel::ALL`], in the same order.
-    pub const ALL_NAMES: [&'static str; 5] = {
-        let mut names = [""; 5];
+    pub const ALL_NAMES: [&'static str; 6] = {
+        let mut names = [""; 6];
         let mut i = 0;
         while i < names.len() {
             names[i] = Channel::ALL[i].as_str();
@@ -51,6 +54,7 @@ impl Channel {
             Channel::Http => "http",
             Channel::Pull => "pull",
             Channel::Cli => "cli",
+            Channel::Openrosa => "openrosa",
         }
     }
 }

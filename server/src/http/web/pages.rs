@@ -11,7 +11,7 @@ use super::view::{filters, given, message, render, Frame, Notice, PageResult, Pa
 use crate::db::{BatchListFilter, BatchSummary, RejectionInfo, SightingQuery, SightingRow};
 use crate::http::AppState;
 
-const CHANNELS: [&str; 5] = crate::types::Channel::ALL_NAMES;
+const CHANNELS: [&str; 6] = crate::types::Channel::ALL_NAMES;
 
 /// Rows on a page.
 pub const PAGE: i64 = 50;
