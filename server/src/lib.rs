@@ -16,6 +16,7 @@ pub mod deliver;
 pub mod dropdir;
 pub mod dwca;
 pub mod export;
+pub mod export_zip;
 pub mod ftp;
 pub mod http;
 pub mod hygiene;

@@ -652,6 +652,7 @@ async fn openapi_document_matches_the_routes() {
         .collect();
     documented.sort();
     let expected = [
+        ("GET", "/api/v1/attachments/{sha256}"),
         ("GET", "/api/v1/batches"),
         ("GET", "/api/v1/batches/{id}"),
         ("GET", "/api/v1/conflicts"),
@@ -673,7 +674,11 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(documented, expected);
     // Every documented operation is served (anything but 404/405, without credentials).
     for (method, path) in &documented {
-        let url = format!("{base}{}", path.replace("{id}", "1"));
+        let url = format!(
+            "{base}{}",
+            path.replace("{id}", "1")
+                .replace("{sha256}", &"0".repeat(64))
+        );
         let out = Command::new("curl")
             .args([
                 "-s",

@@ -19,6 +19,13 @@ both_backends! {
 
 const COLLECT: &str = include_str!("../src/openrosa_collect.py");
 
+/// Every entry of a zip (argv[1]) with the SHA-256 of its content, as Python's zipfile
+/// reads it (testzip checks every CRC first).
+const ZIP_LISTING: &str = "import hashlib, json, sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+assert z.testzip() is None
+print(json.dumps({n: hashlib.sha256(z.read(n)).hexdigest() for n in z.namelist()}))";
+
 /// Whether pyxform is installed; outside CI a missing one prints SKIPPED, under CI it
 /// fails the test.
 fn have_pyxform() -> bool {
@@ -192,6 +199,74 @@ async fn collect_sends_a_split_submission_once_through_a_cut_and_a_retry(db: Tes
     assert_eq!(attrs["species"], "zebra", "{row}");
     assert_eq!(attrs["notes/behaviour"], "grazing", "{row}");
     assert_eq!(attrs["openrosa"]["form_id"], "wildlife_sighting", "{row}");
+    // The export links both photos (not the XML), each with its download path.
+    let files = row["attachments"].as_array().expect("attachments");
+    let linked: Vec<(&str, &str)> = files
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap(), f["sha256"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        linked,
+        [("p1.jpg", sha1.as_str()), ("p2.jpg", sha2.as_str())]
+    );
+    assert_eq!(files[0]["size"], 300_000);
+    assert_eq!(files[0]["content_type"], "image/jpeg");
+    assert_eq!(files[0]["url"], format!("/api/v1/attachments/{sha1}"));
+    let geo = api.get("/api/v1/sightings?format=geojson", &admin).await;
+    let geo: Value = serde_json::from_str(&geo.body).unwrap();
+    assert_eq!(
+        geo["features"][0]["properties"]["attachments"][1]["sha256"],
+        sha2.as_str()
+    );
+
+    // export --with-attachments: a zip Python's zipfile opens, photos byte for byte.
+    let zip = env.dir.path().join("with-files.zip");
+    let out = env
+        .command(&[
+            "export",
+            "--format",
+            "ndjson",
+            "--with-attachments",
+            "--output",
+        ])
+        .arg(&zip)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = Command::new("python3")
+        .args(["-c", ZIP_LISTING])
+        .arg(&zip)
+        .output()
+        .unwrap();
+    assert!(
+        listing.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    let listing: Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let id = row["id"].as_str().unwrap();
+    assert_eq!(
+        listing[format!("files/{id}/p1.jpg")],
+        sha1.as_str(),
+        "{listing}"
+    );
+    assert_eq!(
+        listing[format!("files/{id}/p2.jpg")],
+        sha2.as_str(),
+        "{listing}"
+    );
+    assert_eq!(listing.as_object().unwrap().len(), 3, "{listing}");
+    assert!(listing["sightings.ndjson"].is_string(), "{listing}");
+    let refused = env
+        .command(&["export", "--format", "ndjson", "--with-attachments"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--output"));
 
     // The photos come back byte for byte, and in part.
     for (sha, path) in [(&sha1, &p1), (&sha2, &p2)] {
