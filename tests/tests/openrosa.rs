@@ -302,6 +302,34 @@ async fn collect_sends_a_split_submission_once_through_a_cut_and_a_retry(db: Tes
         .await
         .unwrap();
     assert_eq!(beyond.status(), 416);
+    // The dashboard's batch page shows the photos as thumbnails, loaded with the
+    // session cookie; the XML is listed too, but served only as a download.
+    let (code, session) =
+        ctdata_tests::web::sign_in(&server.http_base(), "alice", "a long enough password");
+    let session = session.unwrap_or_else(|| panic!("sign-in answered {code} without a session"));
+    let cookie = format!("ctdata_session={session}");
+    let batch = db.scalar("SELECT id FROM batches").await;
+    let page = api.page(&format!("/batches/{batch}"), &cookie).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for sha in [&sha1, &sha2] {
+        let img = format!("<img class=\"thumb\" src=\"/api/v1/attachments/{sha}\"");
+        assert!(page.body.contains(&img), "{}", page.body);
+    }
+    assert!(page.body.contains("xml_submission_file"), "{}", page.body);
+    let thumb = api
+        .page(&format!("/api/v1/attachments/{sha1}"), &cookie)
+        .await;
+    assert_eq!(thumb.status, 200);
+    assert_eq!(thumb.header("content-type"), Some("image/jpeg"));
+    let xml_sha = hex::encode(Sha256::digest(std::fs::read(&xml).unwrap()));
+    let raw = api
+        .page(&format!("/api/v1/attachments/{xml_sha}"), &cookie)
+        .await;
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(raw.header("content-disposition"), Some("attachment"));
+    assert_eq!(raw.body.as_bytes(), &std::fs::read(&xml).unwrap()[..]);
+
     // Devices cannot read attachments; unknown ones are 404.
     assert_eq!(
         api.get(&format!("/api/v1/attachments/{sha1}"), &token)

@@ -2,7 +2,8 @@
 //! administrators, with `Range` so a large video can be resumed or seeked.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -14,6 +15,33 @@ use super::{ApiError, AppState, ErrorBody};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_attachment))
+}
+
+/// An administrator: by token or password, or signed in to the dashboard (whose
+/// thumbnails are plain `<img>` links; safe, as the route only reads).
+struct AdminOrSession;
+
+impl FromRequestParts<AppState> for AdminOrSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if super::web::signed_in(state, &parts.headers).await.is_some() {
+            return Ok(AdminOrSession);
+        }
+        AdminAuth::from_request_parts(parts, state)
+            .await
+            .map(|_| AdminOrSession)
+    }
+}
+
+/// Types a browser may show in place. Anything else a device sent (HTML, SVG, PDF…) is
+/// served as a download, so it can never run as a page of the dashboard's origin.
+fn shown_inline(content_type: &str) -> bool {
+    matches!(
+        content_type,
+        "image/jpeg" | "image/png" | "image/gif" | "image/webp"
+    ) || content_type.starts_with("audio/")
+        || content_type.starts_with("video/")
 }
 
 /// One stored attachment by its SHA-256 (as the exports link it).
@@ -33,7 +61,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 async fn get_attachment(
     State(state): State<AppState>,
-    AdminAuth(_admin): AdminAuth,
+    _admin: AdminOrSession,
     Path(sha256): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -78,8 +106,20 @@ async fn get_attachment(
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = status;
     let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&info.content_type) {
-        h.insert(header::CONTENT_TYPE, v);
+    match HeaderValue::from_str(&info.content_type) {
+        Ok(v) if shown_inline(&info.content_type) => {
+            h.insert(header::CONTENT_TYPE, v);
+        }
+        _ => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_static("attachment"),
+            );
+        }
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
