@@ -456,6 +456,36 @@ async fn edits_conflicts_and_refusals_say_what_is_wrong(db: TestDb) {
     assert_eq!(statuses(&sent), [Some(201)], "{sent}");
     assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 1);
 
+    // Another device can neither add to this submission nor retire it by an "edit".
+    let other_token = env.device_token("collect-03");
+    let other_url = format!("{}/openrosa/key/{other_token}", server.http_base());
+    let sent = collect(&["submit", &other_url, &edit]);
+    assert_eq!(statuses(&sent), [Some(409)], "{sent}");
+    assert!(
+        sent["posts"][0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("another device"),
+        "{sent}"
+    );
+    seen.extend(statuses(&sent));
+    let hijack = form.instance(
+        "hijack.xml",
+        "uuid:hijack-0001",
+        &SIGHTING,
+        &["--deprecated-id", "uuid:edit-0002"],
+    );
+    let sent = collect(&["submit", &other_url, &hijack]);
+    assert_eq!(statuses(&sent), [Some(201)], "{sent}");
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 2);
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM openrosa_submissions WHERE superseded_by = 'uuid:hijack-0001'"
+        )
+        .await,
+        0
+    );
+
     // An attachment over storage.max_attachment_bytes: 413 naming the limit, nothing kept.
     let (big, _) = photo(env.dir.path(), "big.jpg", 1_500_000, 4);
     let mut sets = SIGHTING.to_vec();

@@ -156,7 +156,9 @@ impl Db {
         const INSERT: &str = "INSERT INTO openrosa_submissions (instance_id, device, form_id, \
              form_version, xml_sha256, batch, deprecated_id) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (instance_id) DO NOTHING";
-        const OLD: &str = "SELECT batch FROM openrosa_submissions WHERE instance_id = $1";
+        // Only the device's own submission: another device cannot retire its sightings.
+        const OLD: &str =
+            "SELECT batch FROM openrosa_submissions WHERE instance_id = $1 AND device = $2";
         const KEEP: &str = "INSERT INTO openrosa_superseded_sightings (id, instance_id, superseded_by, \
              batch, observed_at, observed_offset, latitude, longitude, altitude, accuracy, observer, \
              species, count, attributes) SELECT id, $1, $2, batch, observed_at, observed_offset, \
@@ -176,7 +178,7 @@ impl Db {
                 .bind(s.xml_sha256).bind(s.batch).bind(s.deprecated_id)
                 .execute(&mut *tx).await?;
             if let Some(old) = s.deprecated_id {
-                let old_batch: Option<i64> = sqlx::query_scalar(OLD).bind(old)
+                let old_batch: Option<i64> = sqlx::query_scalar(OLD).bind(old).bind(s.device)
                     .fetch_optional(&mut *tx).await?;
                 if let Some(old_batch) = old_batch.filter(|b| *b != s.batch) {
                     sqlx::query(KEEP).bind(old).bind(s.instance_id).bind(old_batch)

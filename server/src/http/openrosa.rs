@@ -190,6 +190,13 @@ async fn submit(
         .await
         .map_err(store_error)?;
     let batch = match db.openrosa_submission(&sub.instance_id).await? {
+        Some(known) if known.device != device => {
+            return Err(ApiError::Conflict(format!(
+                "instanceID {} was sent by another device: every submission needs an \
+                 instanceID of its own",
+                sub.instance_id
+            )))
+        }
         Some(known) if known.xml_sha256 == xml_stored.sha256 => known.batch,
         Some(known) => {
             return Err(ApiError::Conflict(format!(
