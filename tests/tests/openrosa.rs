@@ -553,6 +553,12 @@ async fn basic_credentials_over_https_with_a_challenge(db: TestDb) {
         assert_eq!(head["status"], 403, "{head}");
     }
     plain.enable_https();
+    // storage.attachments_dir moves the store (here it holds just the submission XML).
+    let elsewhere = plain.dir.path().join("elsewhere");
+    plain.set(
+        "CTDATA__STORAGE__ATTACHMENTS_DIR",
+        elsewhere.to_str().unwrap(),
+    );
     let server = plain.serve().await;
     let url = format!("{}/openrosa", server.http_base());
     assert!(url.starts_with("https://"));
@@ -580,4 +586,22 @@ async fn basic_credentials_over_https_with_a_challenge(db: TestDb) {
     ]);
     assert_eq!(statuses(&wrong), [Some(401)], "{wrong}");
     assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 1);
+    let kept: Vec<PathBuf> = walk(&elsewhere)
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("/.tmp/"))
+        .collect();
+    let xml_sha = hex::encode(Sha256::digest(std::fs::read(&xml).unwrap()));
+    assert_eq!(
+        kept,
+        [elsewhere
+            .join(&xml_sha[..2])
+            .join(&xml_sha[2..4])
+            .join(&xml_sha)]
+    );
+    assert!(!plain
+        .dir
+        .path()
+        .join("attachments")
+        .join(&xml_sha[..2])
+        .exists());
 }

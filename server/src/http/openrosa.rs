@@ -442,7 +442,11 @@ async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Re
                 }
             }
             got.xml = Some(xml);
-        } else if file.is_some() || name != "*isIncomplete*" && field.content_type().is_some() {
+        } else if file.is_some()
+            || field
+                .content_type()
+                .is_some_and(|m| m.essence_str() != "text/plain")
+        {
             let name = file_name(file.as_deref().unwrap_or(&name))?;
             let content_type = field
                 .content_type()
