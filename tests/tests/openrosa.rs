@@ -369,6 +369,8 @@ async fn edits_conflicts_and_refusals_say_what_is_wrong(db: TestDb) {
     }
     let mut env = ServerEnv::new(&db);
     env.set("CTDATA__STORAGE__MAX_ATTACHMENT_BYTES", "1000000");
+    env.set("CTDATA__OPENROSA__MAX_SUBMISSION_BYTES", "2000000");
+    env.set("CTDATA__OPENROSA__MAX_ATTACHMENTS", "3");
     let token = env.device_token("collect-02");
     let admin = env.admin_token();
     let server = env.serve().await;
@@ -502,6 +504,38 @@ async fn edits_conflicts_and_refusals_say_what_is_wrong(db: TestDb) {
     assert_eq!(
         db.scalar(
             "SELECT count(*) FROM openrosa_submissions WHERE instance_id = 'uuid:large-0001'"
+        )
+        .await,
+        0
+    );
+
+    // A POST over openrosa.max_submission_bytes (each file under its own limit), and a
+    // submission with more files than openrosa.max_attachments: 413 naming the setting.
+    let (a, _) = photo(env.dir.path(), "a.jpg", 1_000_000, 5);
+    let (b, _) = photo(env.dir.path(), "b.jpg", 1_000_000, 6);
+    let two = form.instance("two.xml", "uuid:two-0001", &SIGHTING, &[]);
+    let sent = collect(&["submit", &url, &two, &a, &b, "--accept", "100000000"]);
+    assert_eq!(statuses(&sent), [Some(413)], "{sent}");
+    let body = sent["posts"][0]["body"].as_str().unwrap();
+    assert!(
+        body.contains("2000000") && body.contains("openrosa.max_submission_bytes"),
+        "{body}"
+    );
+    seen.extend(statuses(&sent));
+    let small: Vec<String> = (0..4)
+        .map(|i| photo(env.dir.path(), &format!("s{i}.jpg"), 1000, 10 + i as u8).0)
+        .collect();
+    let many = form.instance("many.xml", "uuid:many-0001", &SIGHTING, &[]);
+    let mut args = vec!["submit", url.as_str(), many.as_str()];
+    args.extend(small.iter().map(String::as_str));
+    let sent = collect(&args);
+    assert_eq!(statuses(&sent), [Some(413)], "{sent}");
+    let body = sent["posts"][0]["body"].as_str().unwrap();
+    assert!(body.contains("openrosa.max_attachments"), "{body}");
+    seen.extend(statuses(&sent));
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM openrosa_submissions WHERE instance_id IN ('uuid:two-0001', 'uuid:many-0001')"
         )
         .await,
         0
