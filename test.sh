@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs and starts what the tests drive when it is missing
 # (PostgreSQL, vsftpd, lftp, Chromium and chromedriver, util-linux's `script`,
-# xmllint, python-dwca-reader, dwcahandler), then runs
+# xmllint, python-dwca-reader, dwcahandler, pyxform), then runs
 # every test suite, carrying on past a failing one so that each suite reports.
 # Installing needs root and Debian's apt-get; without them it says which tests will
 # print SKIPPED instead (outside CI; under CI, with `CI` set, those tests fail).
@@ -36,8 +36,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # The Darwin Core Archive tests read archives back with two independent readers from
-# PyPI: python-dwca-reader and dwcahandler.
-for reader in "python-dwca-reader:dwca.read" "dwcahandler:dwcahandler"; do
+# PyPI: python-dwca-reader and dwcahandler. The OpenRosa tests build their form from an
+# XLSForm with pyxform.
+for reader in "python-dwca-reader:dwca.read" "dwcahandler:dwcahandler" "pyxform:pyxform"; do
     package="${reader%%:*}" module="${reader##*:}"
     if command -v python3 >/dev/null 2>&1 && ! python3 -c "import $module" 2>/dev/null; then
         say "installing $package"

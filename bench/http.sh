@@ -2,6 +2,7 @@
 # CTData HTTP benchmarks. Builds the release binaries, then runs one scenario:
 #   bench/http.sh upload [--requests 20000] [--clients 64] ...   POST /api/v1/batches vs. pgbench
 #   bench/http.sh export [--rows 1000000] [--rounds 3] ...      GET /api/v1/sightings vs. psql \copy
+#   bench/http.sh openrosa [--clients 64] [--per-client 4] ...  OpenRosa submissions vs. plain batches
 # Any other flag goes to `ctdata-bench upload|export --help`.
 set -euo pipefail
 
@@ -10,9 +11,9 @@ cd "$root"
 
 scenario="${1:-}"
 case "$scenario" in
-    upload | export) shift ;;
+    upload | export | openrosa) shift ;;
     *)
-        echo "usage: bench/http.sh upload|export [flags]  (see ctdata-bench upload|export --help)" >&2
+        echo "usage: bench/http.sh upload|export|openrosa [flags]  (see ctdata-bench upload|export|openrosa --help)" >&2
         exit 64
         ;;
 esac

@@ -9,6 +9,7 @@ mod export;
 mod ftp;
 mod ftp_client;
 mod http;
+mod openrosa;
 mod pg;
 mod run;
 mod server;
@@ -46,6 +47,9 @@ enum Scenario {
     /// Small files uploaded over FTP (temporary name, then rename) to the embedded
     /// server and to vsftpd with the same client.
     Ftp(ftp::FtpArgs),
+    /// OpenRosa submissions with one photo each, against the same bytes uploaded as
+    /// plain batches.
+    Openrosa(openrosa::OpenRosaArgs),
 }
 
 #[derive(Args)]
@@ -139,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Upload(args) => upload(args),
         Scenario::Export(args) => export(args),
         Scenario::Ftp(args) => ftp::run(args),
+        Scenario::Openrosa(args) => openrosa::run(args),
     }
 }
 

@@ -201,6 +201,11 @@ pub struct ExportArgs {
     /// export each sighting once.
     #[arg(long, value_name = "FILE")]
     pub cursor_file: Option<PathBuf>,
+    /// Write a zip instead: the export as sightings.<format> and every photo, recording
+    /// or other file attached to an exported sighting under files/<sighting id>/<name>.
+    /// Needs --output; not with --format dwca.
+    #[arg(long)]
+    pub with_attachments: bool,
 }
 
 /// Exports to a file (written under a temporary name, renamed when complete) or stdout,
@@ -216,6 +221,17 @@ pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exp
         ExportFormat::Dwca => Some(Publisher::new(&settings.dwca)?),
         _ => None,
     };
+    if args.with_attachments {
+        anyhow::ensure!(
+            publisher.is_none(),
+            "--with-attachments writes csv, geojson or ndjson with the files; a Darwin Core \
+             Archive does not carry them"
+        );
+        let path = args.output.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("--with-attachments writes a zip: name it with --output FILE.zip")
+        })?;
+        crate::export_zip::check_output(path)?;
+    }
     let ingestor = open(settings).await?;
     let filter = ExportFilter {
         since,
@@ -227,6 +243,24 @@ pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exp
         bbox: args.bbox,
     };
     let summary = match (&publisher, &args.output) {
+        (None, Some(path)) if args.with_attachments => {
+            let store = crate::attachments::AttachmentStore::new(
+                &settings.storage.attachments_dir(&settings.ingest.drop_dir),
+            );
+            let tmp = path.with_extension("zip.part");
+            let file = std::fs::File::create(&tmp)?;
+            let (summary, files, file) =
+                crate::export_zip::write_zip(&ingestor.db, &store, filter, args.format, file)
+                    .await?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            tracing::info!(
+                files,
+                "export zip: {} rows and {files} attached files",
+                summary.rows
+            );
+            summary
+        }
         (Some(publisher), output) => {
             let (summary, file) = match output {
                 Some(path) => {

@@ -150,6 +150,9 @@ fn properties(r: &ExportRow, with_position: bool) -> Map<String, Value> {
     m.insert("count".into(), json!(s.count));
     m.insert("attributes".into(), Value::Object(r.attributes()));
     m.insert("received_at".into(), r.received_at.to_rfc3339().into());
+    if let Some(files) = r.attachments() {
+        m.insert("attachments".into(), files);
+    }
     m
 }
 
@@ -360,6 +363,17 @@ pub async fn write_export<W: AsyncWrite + Unpin>(
     format: ExportFormat,
     out: &mut W,
 ) -> anyhow::Result<ExportSummary> {
+    write_export_with(db, filter, format, out, |_| Ok(())).await
+}
+
+/// As [`write_export`], showing every row to `each` as it is written.
+pub async fn write_export_with<W: AsyncWrite + Unpin>(
+    db: &Db,
+    filter: ExportFilter,
+    format: ExportFormat,
+    out: &mut W,
+    mut each: impl FnMut(&ExportRow) -> std::io::Result<()>,
+) -> anyhow::Result<ExportSummary> {
     anyhow::ensure!(
         format != ExportFormat::Dwca,
         "a Darwin Core Archive is written by dwca::Publisher"
@@ -374,6 +388,7 @@ pub async fn write_export<W: AsyncWrite + Unpin>(
     while let Some(row) = rows.next().await {
         let row = row?;
         next_cursor = row.cursor;
+        each(&row)?;
         enc.row(&row, &mut buf);
         if buf.len() >= 64 * 1024 {
             out.write_all(buf.as_bytes()).await?;

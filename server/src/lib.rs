@@ -5,6 +5,7 @@
 //! [`ingest::Ingestor::ingest`] and files it away in the folders of [`layout`];
 //! [`serve::run`] runs the channels until shutdown.
 
+pub mod attachments;
 pub mod auth;
 pub mod commands;
 pub mod config;
@@ -16,12 +17,14 @@ pub mod deliver;
 pub mod dropdir;
 pub mod dwca;
 pub mod export;
+pub mod export_zip;
 pub mod ftp;
 pub mod http;
 pub mod hygiene;
 pub mod ingest;
 pub mod layout;
 pub mod metrics;
+pub mod openrosa;
 pub mod sendcreds;
 pub mod serve;
 pub mod sources;

@@ -256,6 +256,13 @@ async fn start_http(
     let tls = crate::http::tls::acceptor(&settings.http)?;
     let drop_dir = settings.ingest.drop_dir.clone();
     let _ = std::fs::remove_dir_all(drop_dir.join(crate::layout::INCOMING));
+    let attachments_dir = settings.storage.attachments_dir(&drop_dir);
+    crate::attachments::AttachmentStore::open(&attachments_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot use storage.attachments_dir {}: {e}",
+            attachments_dir.display()
+        )
+    })?;
     let listener = tokio::net::TcpListener::bind(&settings.http.bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.bind {}: {e}", settings.http.bind))?;
@@ -299,6 +306,11 @@ pub fn http_state(
 ) -> crate::http::AppState {
     let drop_dir = settings.ingest.drop_dir.clone();
     crate::http::AppState {
+        attachments: crate::attachments::AttachmentStore::new(
+            &settings.storage.attachments_dir(&drop_dir),
+        ),
+        max_attachment_bytes: settings.storage.max_attachment_bytes,
+        openrosa: Arc::new(settings.openrosa.clone()),
         ingestor,
         drop_dir: Arc::new(drop_dir),
         max_body_bytes: settings.http.max_body_bytes,

@@ -25,20 +25,23 @@ pub enum Channel {
     Cli,
     /// `POST /api/v1/webhooks/cybertracker`: one CyberTracker observation as JSON.
     Webhook,
+    /// `POST /openrosa/…/submission` (ODK Collect, KoboCollect, the CyberTracker app).
+    Openrosa,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 6] = [
+    pub const ALL: [Channel; 7] = [
         Channel::Http,
         Channel::Ftp,
         Channel::Share,
         Channel::Pull,
         Channel::Cli,
         Channel::Webhook,
+        Channel::Openrosa,
     ];
     /// The names of [`Channel::ALL`], in the same order.
-    pub const ALL_NAMES: [&'static str; 6] = {
-        let mut names = [""; 6];
+    pub const ALL_NAMES: [&'static str; 7] = {
+        let mut names = [""; Channel::ALL.len()];
         let mut i = 0;
         while i < names.len() {
             names[i] = Channel::ALL[i].as_str();
@@ -55,6 +58,7 @@ impl Channel {
             Channel::Pull => "pull",
             Channel::Cli => "cli",
             Channel::Webhook => "webhook",
+            Channel::Openrosa => "openrosa",
         }
     }
 }

@@ -652,6 +652,7 @@ async fn openapi_document_matches_the_routes() {
         .collect();
     documented.sort();
     let expected = [
+        ("GET", "/api/v1/attachments/{sha256}"),
         ("GET", "/api/v1/batches"),
         ("GET", "/api/v1/batches/{id}"),
         ("GET", "/api/v1/conflicts"),
@@ -679,7 +680,9 @@ async fn openapi_document_matches_the_routes() {
     for (method, path) in &documented {
         let url = format!(
             "{base}{}",
-            path.replace("{id}", "1").replace("{token}", "x")
+            path.replace("{id}", "1")
+                .replace("{token}", "x")
+                .replace("{sha256}", &"0".repeat(64))
         );
         let out = Command::new("curl")
             .args([

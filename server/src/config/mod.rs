@@ -1,6 +1,7 @@
 //! Settings in layers: built-in defaults, then a TOML file, then `CTDATA__SECTION__KEY`
 //! environment variables last.
 
+mod openrosa;
 mod values;
 
 use std::fmt;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use openrosa::{FormMapping, OpenRosaSettings, StorageSettings};
 use values::{days, hours, opt_secs, secs};
 pub use values::{
     redact_url, AfterDownload, BasisOfRecord, Licence, Place, PortRange, SecretUrl, SourceUrl,
@@ -35,6 +37,10 @@ pub struct Settings {
     /// Remote folders pulled into the drop directory (FTP, FTPS or a mounted share).
     /// Configured in the file only: environment variables cannot add or change sources.
     pub sources: Vec<SourceSettings>,
+    /// The attachment store (photos, audio, signatures).
+    pub storage: StorageSettings,
+    /// ODK Collect, KoboCollect and the CyberTracker app over OpenRosa.
+    pub openrosa: OpenRosaSettings,
 }
 
 /// One remote folder devices upload to, pulled on a schedule or by the admin Download.

@@ -118,9 +118,23 @@ pub struct ExportRow {
     /// Why this stored row cannot be rendered as it is (its `observed_at` is then a
     /// placeholder): exported with the problem named rather than ending the export.
     pub problem: Option<String>,
+    /// The files linked to this sighting or its batch (`[{name, sha256, size,
+    /// content_type}]` as JSON text), when there are any.
+    pub attachments_json: Option<String>,
 }
 
 impl ExportRow {
+    /// The linked files, each with its download path, when there are any.
+    pub fn attachments(&self) -> Option<serde_json::Value> {
+        let mut files: Vec<serde_json::Value> =
+            serde_json::from_str(self.attachments_json.as_deref()?).ok()?;
+        for f in &mut files {
+            let url = format!("/api/v1/attachments/{}", f["sha256"].as_str().unwrap_or(""));
+            f["url"] = url.into();
+        }
+        Some(serde_json::Value::Array(files))
+    }
+
     /// The attributes as a JSON object.
     pub fn attributes(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::from_str(&self.attributes_json).unwrap_or_default()
@@ -147,6 +161,7 @@ struct Stored {
     species: Option<String>,
     count: Option<i64>,
     attributes: String,
+    attachments: Option<String>,
 }
 
 impl From<Stored> for ExportRow {
@@ -171,6 +186,7 @@ impl From<Stored> for ExportRow {
             },
             attributes_json: r.attributes,
             problem,
+            attachments_json: r.attachments.filter(|a| a != "[]"),
         }
     }
 }
@@ -187,10 +203,21 @@ impl Db {
     ) -> futures::stream::BoxStream<'static, sqlx::Result<ExportRow>> {
         let db = self.clone();
         spawn_rows(move |tx| async move {
+            // Only a database that holds attachments pays for looking them up per row.
+            let any: sqlx::Result<bool> = on_pool!(&db, p => sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM attachment_links)").fetch_one(p).await);
+            let attachments = match any {
+                Ok(true) => db.attachments_of_row(),
+                Ok(false) => "NULL".to_string(),
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
             let select = format!(
                 "SELECT s.cursor, d.name AS device, b.batch_id, b.received_at, s.id, s.observed_at, \
                  s.observed_offset, s.latitude, s.longitude, s.altitude, s.accuracy, s.observer, \
-                 s.species, s.count, {} AS attributes \
+                 s.species, s.count, {} AS attributes, {attachments} AS attachments \
                  FROM sightings s JOIN batches b ON b.id = s.batch JOIN devices d ON d.id = s.device_id",
                 db.json_text("s.attributes")
             );
@@ -201,6 +228,31 @@ impl Db {
                 forward(qb.build_query_as::<Stored>().fetch(p), tx).await
             })
         })
+    }
+}
+
+impl Db {
+    /// The files of export row `s` as a JSON array text: linked to the sighting, or to
+    /// its whole batch; the raw OpenRosa XML is left out (it is the source, not a file
+    /// the observer attached).
+    fn attachments_of_row(&self) -> String {
+        let from = format!(
+            "FROM attachment_links l JOIN attachments a ON a.sha256 = l.sha256 \
+             WHERE l.batch = s.batch AND (l.sighting_id = '' OR l.sighting_id = {}) \
+             AND l.name <> 'xml_submission_file'",
+            self.uuid_text("s.id")
+        );
+        match self {
+            Db::Postgres(_) => format!(
+                "(SELECT json_agg(json_build_object('name', l.name, 'sha256', l.sha256, \
+                 'size', a.size, 'content_type', a.content_type) ORDER BY l.name)::text {from})"
+            ),
+            Db::Sqlite(_) => format!(
+                "(SELECT json_group_array(json_object('name', x.name, 'sha256', x.sha256, \
+                 'size', x.size, 'content_type', x.content_type)) \
+                 FROM (SELECT l.name, l.sha256, a.size, a.content_type {from} ORDER BY l.name) AS x)"
+            ),
+        }
     }
 }
 

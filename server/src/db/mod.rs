@@ -17,6 +17,7 @@ macro_rules! on_pool {
 
 mod admin;
 mod admins;
+mod attachments;
 mod conflicts;
 mod credentials;
 mod dashboard;
@@ -31,6 +32,7 @@ mod versions;
 
 pub use admin::{BatchListFilter, BatchSummary, RejectionInfo, MAX_PAGE};
 pub use admins::{AdminInfo, AdminTokenInfo, Revoked, TokenChoice};
+pub use attachments::{AttachmentInfo, LinkedAttachment, NewLink, NewSubmission, SubmissionRow};
 pub use conflicts::{ConflictInfo, SightingVersion, Skipped, SkippedId, SKIPPED_LISTED};
 pub use credentials::{Change, DeviceInfo};
 pub use dashboard::{DayCount, DeviceStats, Session, SightingQuery, SightingRow};

@@ -151,6 +151,21 @@ pub(super) async fn device_by_path_token(
     .await
 }
 
+/// The device of an OpenRosa request: the token in its path (`/openrosa/key/TOKEN/…`,
+/// the way ODK Central serves app users), else its Basic credentials.
+pub(super) async fn openrosa_device(
+    state: &AppState,
+    parts: &Parts,
+    path_token: Option<String>,
+) -> Result<String, ApiError> {
+    let client = Client::of(parts, state);
+    let creds = match path_token {
+        Some(token) => Credentials::Bearer(token),
+        None => credentials(&parts.headers)?,
+    };
+    throttled(state, client, creds, |c| check_device(state, c)).await
+}
+
 /// `Authorization: Bearer TOKEN`, or Basic `NAME:TOKEN` for field software that only
 /// knows Basic. A revoked device is told so (403), anything else unknown gets 401.
 async fn authenticate_device(

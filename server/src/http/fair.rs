@@ -67,7 +67,8 @@ impl UploadSlots {
 /// Middleware: every request but an upload takes one of the general slots while its
 /// handler runs (uploads take theirs in the handler, once the device is known).
 pub async fn general_slots(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if req.method() == Method::POST && req.uri().path() == UPLOAD_PATH {
+    let path = req.uri().path();
+    if req.method() == Method::POST && (path == UPLOAD_PATH || path.starts_with("/openrosa/")) {
         return next.run(req).await;
     }
     let _permit = state.request_slots.clone().acquire_owned().await;

@@ -1,6 +1,7 @@
 //! The HTTP API: one state, a router per resource, served by [`serve`].
 
 pub(crate) mod admin;
+mod attachments;
 mod auth;
 mod batches;
 mod conn;
@@ -8,6 +9,7 @@ mod download;
 mod error;
 pub mod fair;
 mod headers;
+mod openrosa;
 pub mod paced;
 mod sightings;
 pub(crate) mod throttle;
@@ -58,6 +60,11 @@ pub struct AppState {
     pub request_slots: Arc<tokio::sync::Semaphore>,
     /// Slots for uploads, per device and in total.
     pub uploads: Arc<fair::UploadSlots>,
+    /// Photos and other files that come with sightings.
+    pub attachments: crate::attachments::AttachmentStore,
+    /// `storage.max_attachment_bytes`.
+    pub max_attachment_bytes: u64,
+    pub openrosa: Arc<crate::config::OpenRosaSettings>,
 }
 
 impl AppState {
@@ -92,6 +99,7 @@ pub fn app(state: AppState) -> Router {
     let api = Arc::new(api);
     router
         .merge(web::router())
+        .merge(openrosa::router())
         .route(
             "/api/v1/openapi.json",
             get(move || std::future::ready(Json(api.as_ref().clone()))),
@@ -119,6 +127,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(whoami::router())
         .merge(tracks::router())
         .merge(webhooks::router())
+        .merge(attachments::router())
 }
 
 #[derive(utoipa::OpenApi)]

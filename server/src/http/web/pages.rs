@@ -77,6 +77,8 @@ struct BatchPage<'a> {
     b: BatchSummary,
     rows: Vec<SightingRow>,
     pager: Pager,
+    /// Photos and other files that came with the batch.
+    files: Vec<crate::db::LinkedAttachment>,
 }
 
 pub async fn batch(
@@ -104,8 +106,10 @@ pub async fn batch(
             ..Default::default()
         })
         .await?;
+    let files = db.batch_attachments(id).await?;
     let page = BatchPage {
         frame: signed.frame("/batches", format!("Batch {id}")),
+        files,
         b,
         pager: Pager::new(format!("/batches/{id}"), &[])
             .after(rows.last().map(|r| r.cursor), full(&rows)),
