@@ -20,13 +20,12 @@ use crate::state::{self, AutosendState, State};
 use crate::{outbox, AutosendArgs};
 
 const LOCK: &str = ".autosend.lock";
+/// How often a waiting autosend looks whether sync is back on (a file read).
+const SYNC_OFF_LOOK: Duration = Duration::from_millis(500);
 
 pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(home)?;
     home.create()?;
-    if state::read(home)?.sync_off {
-        bail!("sync is off for this device (`ctdata sync on` turns it back on)");
-    }
     let Some(_running) = home.try_lock(LOCK)? else {
         bail!("autosend is already running for {}", home.root.display());
     };
@@ -54,8 +53,11 @@ pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
             break;
         }
         if state::read(home)?.sync_off {
-            home.log("autosend: sync was turned off for this device; stopping");
-            break;
+            if !wait_while_sync_off(home, &stop).await? {
+                break;
+            }
+            tick.reset_immediately();
+            continue;
         }
         if !something_to_send(home)? {
             retry_at = None;
@@ -100,6 +102,25 @@ pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
     home.log("autosend stopped");
     eprintln!("autosend stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// While sync is off for this device, autosend waits rather than exiting (a service
+/// manager would only start it again and again). Says so once, and once more when sync
+/// comes back on. Returns false when told to stop while waiting.
+async fn wait_while_sync_off(home: &Home, stop: &AtomicBool) -> anyhow::Result<bool> {
+    let line = "autosend: sync is off for this device; waiting for `ctdata sync on`";
+    home.log(line);
+    eprintln!("{line}");
+    while state::read(home)?.sync_off {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        tokio::time::sleep(SYNC_OFF_LOOK).await;
+    }
+    let line = "autosend: sync is on again; sending resumes";
+    home.log(line);
+    eprintln!("{line}");
+    Ok(!stop.load(Ordering::SeqCst))
 }
 
 fn something_to_send(home: &Home) -> anyhow::Result<bool> {

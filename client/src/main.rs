@@ -130,8 +130,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SyncAction {
-    /// Stop autosend for this device (it stops at its next look and will not start);
-    /// local data is kept.
+    /// Pause sending for this device: autosend waits (it logs so once) until `sync on`,
+    /// `send` asks for --force; local data is kept.
     Off,
     /// Allow autosend again.
     On,
@@ -181,7 +181,8 @@ pub struct InitArgs {
     /// Download (pull) from here instead of the upload URL
     #[arg(long)]
     pub download_url: Option<String>,
-    /// Token for downloading (an administrator's API token) [default: the upload token]
+    /// Token for downloading (an administrator's API token) [default: the upload
+    /// token]. Without --download-url, downloads go to the upload URL with this token
     #[arg(long)]
     pub download_token: Option<String>,
     /// Days a delivered batch is kept in sent/ before `send` deletes it
@@ -219,6 +220,10 @@ pub struct SendArgs {
     /// Pause before the first retry; doubles each time
     #[arg(long, default_value = "1s")]
     pub retry_delay: Dur,
+    /// Send even though sync is off for this device (`ctdata sync off`); without it,
+    /// `send` asks on a terminal and refuses otherwise
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args)]

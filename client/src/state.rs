@@ -32,7 +32,7 @@ pub struct State {
     /// `since` for the next `pull`.
     pub pull_cursor: Option<i64>,
     pub autosend: Option<AutosendState>,
-    /// `sync off`: autosend stops and refuses to start.
+    /// `sync off`: autosend waits, `send` wants `--force`.
     pub sync_off: bool,
 }
 

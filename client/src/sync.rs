@@ -157,7 +157,7 @@ fn exit(failed: usize) -> ExitCode {
     }
 }
 
-/// `sync off` / `sync on`: a running autosend stops at its next look.
+/// `sync off` / `sync on`: a running autosend pauses at its next look and waits.
 pub fn switch(home: &Home, on: bool) -> anyhow::Result<ExitCode> {
     Config::load(home)?;
     let mut locked = state::lock(home)?;
@@ -173,8 +173,8 @@ pub fn switch(home: &Home, on: bool) -> anyhow::Result<ExitCode> {
         if on {
             "sync is on: `ctdata autosend` may run again"
         } else {
-            "sync is off for this device: autosend stops at its next look and will not start; \
-             local data is kept (`ctdata sync on` undoes this)"
+            "sync is off for this device: autosend pauses at its next look and waits, \
+             `send` asks for --force; local data is kept (`ctdata sync on` undoes this)"
         }
     );
     Ok(ExitCode::SUCCESS)

@@ -55,23 +55,73 @@ async fn compare_push_fetch_and_purge_on_a_share() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nothing.csv is not on the remote"));
 
-    // sync off stops a running autosend and keeps it from starting.
-    let autosend = Running::start(&client, &["autosend", "--every", "200ms"]);
+    // sync off pauses a running autosend: it waits (saying so once) instead of exiting,
+    // `send` refuses without --force, and sync on lets autosend send again.
+    let mut autosend = Running::start(&client, &["autosend", "--every", "200ms"]);
     eventually("autosend to start", Duration::from_secs(30), || async {
         client.log_text().contains("autosend started").then_some(())
     })
     .await;
     client.ok(&["sync", "off"]);
-    let mut child = autosend;
-    let status = eventually("autosend to stop", Duration::from_secs(30), || {
-        let done = child.child.try_wait().unwrap();
-        async move { done }
+    eventually("autosend to wait", Duration::from_secs(30), || async {
+        client
+            .log_text()
+            .contains("waiting for `ctdata sync on`")
+            .then_some(())
     })
     .await;
-    assert!(status.success(), "{}", child.output_text());
-    let refused = client.run(&["autosend"]);
+    client.record(1, "Panthera pardus");
+    let refused = client.run(&["send"]);
     assert_eq!(refused.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("sync is off"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("sync is off") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        client.batches_in("outbox").len(),
+        0,
+        "nothing sealed or sent"
+    );
+    // A second autosend started while sync is off waits too (a service manager would
+    // otherwise restart it forever); it is the first one that holds the lock.
+    let second = client.run(&["autosend", "--every", "200ms"]);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
+    // Several looks later it still waits, and has said so once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(autosend.child_running());
+    assert_eq!(
+        client
+            .log_text()
+            .matches("waiting for `ctdata sync on`")
+            .count(),
+        1,
+        "{}",
+        client.log_text()
+    );
+    client.ok(&["sync", "on"]);
+    eventually(
+        "autosend to send the pardus",
+        Duration::from_secs(30),
+        || async {
+            client
+                .batches_in("sent")
+                .iter()
+                .any(|b| {
+                    std::fs::read_to_string(client.path("sent").join(b))
+                        .unwrap_or_default()
+                        .contains("Panthera pardus")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, output) = autosend.terminate().await;
+    assert!(status.success(), "{output}");
+    assert!(output.contains("sync is on again"), "{output}");
+    client.ok(&["sync", "off"]);
+    client.record(1, "Panthera pardus");
+    client.ok(&["send", "--force"]);
     client.ok(&["sync", "on"]);
 
     // Purge asks first; with --yes it deletes here and, with --remote, there.
@@ -92,8 +142,8 @@ async fn compare_push_fetch_and_purge_on_a_share() {
     client.record(1, "Panthera leo");
     client.ok(&["seal"]);
     assert!(
-        client.batches_in("outbox")[0].starts_with("000002-"),
-        "numbers are never reused"
+        client.batches_in("outbox")[0].starts_with("000004-"),
+        "numbers are never reused (1 pushed, 2 and 3 sent while sync was toggled)"
     );
 }
 
