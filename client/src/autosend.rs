@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::home::{list_files, Home, OUTBOX};
 use crate::send::{self, Options};
 use crate::state::{self, AutosendState, State};
-use crate::{outbox, AutosendArgs};
+use crate::{outbox, pull, AutosendArgs};
 
 const LOCK: &str = ".autosend.lock";
 /// How often a waiting autosend looks whether sync is back on (a file read).
@@ -32,6 +32,9 @@ pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
     let every = a.every.0;
     let retry_min = a.retry_min.0;
     let retry_max = a.retry_max.map_or(every, |d| d.0).max(retry_min);
+    let pull = (a.pull || a.pull_into.is_some())
+        .then(|| pull::Target::new(&a.pull_format, a.pull_into.clone()))
+        .transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     let woken = Arc::new(Notify::new());
     tokio::spawn(stop_on_signal(stop.clone(), woken.clone()));
@@ -58,6 +61,9 @@ pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
             }
             tick.reset_immediately();
             continue;
+        }
+        if let Some(target) = &pull {
+            autopull(home, &config, target).await;
         }
         if !something_to_send(home)? {
             retry_at = None;
@@ -102,6 +108,17 @@ pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
     home.log("autosend stopped");
     eprintln!("autosend stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pull on autosend's timer (`--pull`): its line goes to the log; a failed pull
+/// does not touch the send's backoff and is tried again at the next look.
+async fn autopull(home: &Home, config: &Config, target: &pull::Target) {
+    let line = match pull::pull(home, config, target, pull::Start::Saved).await {
+        Ok(line) => format!("autosend: {line}"),
+        Err(e) => format!("autosend: pull failed: {e:#}"),
+    };
+    home.log(&line);
+    eprintln!("{line}");
 }
 
 /// While sync is off for this device, autosend waits rather than exiting (a service

@@ -10,6 +10,7 @@ mod duration;
 mod ftp;
 mod home;
 mod http;
+mod localdb;
 mod outbox;
 mod pull;
 mod remote;
@@ -94,16 +95,15 @@ enum Command {
     /// Files are remembered by content hash, so the same file is never taken twice.
     /// Source files are left alone unless --move (they then go to docked/ in the home).
     Dock(DockArgs),
-    /// Download the consolidated sightings added since the last pull into inbox/.
+    /// Download the consolidated sightings added since the last pull: a file in inbox/,
+    /// or into a local SQLite copy with --into (the "master database" of a secondary).
     ///
-    /// Uses the download settings (by default the upload ones); needs a token the
-    /// server lets read sightings: an administrator's API token, or the device's own
-    /// token when the server lists the device in http.read_devices.
-    Pull {
-        /// csv, geojson or ndjson
-        #[arg(long, default_value = "csv")]
-        format: String,
-    },
+    /// Each target remembers its own cursor (every format, every database), so one
+    /// never makes another miss rows. Uses the download settings (by default the upload
+    /// ones); needs a token the server lets read sightings: an administrator's API
+    /// token, or the device's own token when the server lists the device in
+    /// http.read_devices.
+    Pull(PullArgs),
     /// Assisted sync: list files only here (outbox/, inbox/), only on the remote, and on
     /// both (by name and size). Works with share, ftp and ftps.
     Compare,
@@ -135,6 +135,9 @@ enum SyncAction {
     Off,
     /// Allow autosend again.
     On,
+    /// Synchronize now: send everything pending, then pull what is new (into inbox/,
+    /// or the local copy given with --into).
+    Now(SyncNowArgs),
     /// Delete this device's local sync data: outbox/, sent/, rejected/, inbox/,
     /// docked/, the open batch and the send state (the settings, the sequence number
     /// and the memory of imported files stay). Asks for confirmation.
@@ -237,6 +240,47 @@ pub struct AutosendArgs {
     /// Longest pause after failed sends [default: --every]
     #[arg(long)]
     pub retry_max: Option<Dur>,
+    /// Also pull what is new from the server at each look (into inbox/ as
+    /// --pull-format, or into --pull-into)
+    #[arg(long)]
+    pub pull: bool,
+    /// Pull into this local SQLite copy (implies --pull)
+    #[arg(long, value_name = "DB")]
+    pub pull_into: Option<PathBuf>,
+    /// csv, geojson or ndjson, for pulls into inbox/
+    #[arg(long, default_value = "csv")]
+    pub pull_format: String,
+}
+
+#[derive(Args)]
+pub struct SyncNowArgs {
+    /// Pull into this local SQLite copy (as `pull --into`)
+    #[arg(long, value_name = "DB")]
+    pub into: Option<PathBuf>,
+    /// csv, geojson or ndjson, when pulling into inbox/
+    #[arg(long, default_value = "csv")]
+    pub format: String,
+    /// Send even though sync is off for this device
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// csv, geojson or ndjson (for a file in inbox/)
+    #[arg(long, default_value = "csv")]
+    pub format: String,
+    /// Keep a local SQLite copy in this file instead: table `sightings` with the
+    /// server's columns, updated by cursor in one transaction per pull; pulling the
+    /// same range again changes nothing
+    #[arg(long, value_name = "DB")]
+    pub into: Option<PathBuf>,
+    /// Start from this cursor instead of where the last pull ended
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    pub since: Option<i64>,
+    /// Start from the beginning (everything the server holds)
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Args)]
@@ -284,13 +328,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Test => check::run(&home).await,
         Command::Autosend(args) => autosend::run(&home, args).await,
         Command::Dock(args) => dock::run(&home, args).await,
-        Command::Pull { format } => pull::run(&home, &format).await,
+        Command::Pull(args) => pull::run(&home, args).await,
         Command::Compare => blocking(move || sync::compare(&home)).await,
         Command::Push { files } => blocking(move || sync::push(&home, &files)).await,
         Command::Fetch { files } => blocking(move || sync::fetch(&home, &files)).await,
         Command::Sync { action } => match action {
             SyncAction::Off => sync::switch(&home, false),
             SyncAction::On => sync::switch(&home, true),
+            SyncAction::Now(args) => pull::sync_now(&home, args).await,
             SyncAction::Purge { remote, yes } => {
                 blocking(move || sync::purge(&home, remote, yes)).await
             }

@@ -29,8 +29,10 @@ pub struct State {
     pub imported: BTreeMap<String, String>,
     pub last_success: Option<Event>,
     pub last_error: Option<Event>,
-    /// `since` for the next `pull`.
-    pub pull_cursor: Option<i64>,
+    /// `since` for the next `pull`, per target: each file format has its own, so a CSV
+    /// pull does not make a later GeoJSON pull miss rows. (A `pull --into DB` keeps its
+    /// cursor inside that database.)
+    pub pull_cursors: BTreeMap<String, i64>,
     pub autosend: Option<AutosendState>,
     /// `sync off`: autosend waits, `send` wants `--force`.
     pub sync_off: bool,
@@ -44,7 +46,7 @@ impl Default for State {
             imported: BTreeMap::new(),
             last_success: None,
             last_error: None,
-            pull_cursor: None,
+            pull_cursors: BTreeMap::new(),
             autosend: None,
             sync_off: false,
         }
