@@ -12,6 +12,7 @@ mod home;
 mod http;
 mod localdb;
 mod outbox;
+mod pinned;
 mod pull;
 mod remote;
 mod send;
