@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::home::{sync_dir, Home, DOCKED};
 use crate::outbox::{self, Imported};
 use crate::send::{self, Options};
+use crate::state;
 use crate::DockArgs;
 
 /// How deep `dock` looks into the folder (a device's export tree is shallow).
@@ -91,18 +92,51 @@ async fn send_now(home: &Home, config: &Config, stop: &Arc<AtomicBool>) -> anyho
     Ok(report.pending)
 }
 
-/// Imports every candidate `ready` accepts; returns how many failed.
+/// Imports every candidate `ready` accepts; returns how many failed for the first
+/// time. A file that failed before with the same content was reported then: it is
+/// skipped quietly (a handheld's bad export stays on it until someone deletes it, and
+/// must not fill the log or fail every run).
 fn take_new(home: &Home, config: &Config, a: &DockArgs, ready: &dyn Fn(&Path) -> bool) -> usize {
     let mut failed = 0;
+    let mut known = 0;
     for path in candidates(&a.dir).into_keys().filter(|p| ready(p)) {
+        let hash = content_hash(&path);
+        if let Some(h) = &hash {
+            if state::read(home).is_ok_and(|s| s.dock_bad.contains_key(h)) {
+                known += 1;
+                continue;
+            }
+        }
         if let Err(e) = take(home, config, a, &path) {
             failed += 1;
             let msg = format!("dock: not taken: {e:#}");
             eprintln!("{msg}");
             home.log(&msg);
+            if let Some(h) = hash {
+                if let Err(e) = remember_bad(home, h, &msg) {
+                    eprintln!("dock: {e:#}");
+                }
+            }
         }
     }
+    if known > 0 && !a.watch {
+        eprintln!("dock: {known} file(s) reported before are still not taken (see ctdata.log)");
+    }
     failed
+}
+
+fn content_hash(path: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).ok()?;
+    Some(hex::encode(hasher.finalize()))
+}
+
+fn remember_bad(home: &Home, hash: String, why: &str) -> anyhow::Result<()> {
+    let mut locked = state::lock(home)?;
+    locked.state.dock_bad.insert(hash, why.to_string());
+    locked.save()
 }
 
 fn take(home: &Home, config: &Config, a: &DockArgs, path: &Path) -> anyhow::Result<()> {

@@ -34,6 +34,9 @@ pub struct State {
     /// cursor inside that database.)
     pub pull_cursors: BTreeMap<String, i64>,
     pub autosend: Option<AutosendState>,
+    /// Content hash (SHA-256) of each file `dock` could not take → why; reported once,
+    /// then skipped quietly until its content changes.
+    pub dock_bad: BTreeMap<String, String>,
     /// `sync off`: autosend waits, `send` wants `--force`.
     pub sync_off: bool,
 }
@@ -48,6 +51,7 @@ impl Default for State {
             last_error: None,
             pull_cursors: BTreeMap::new(),
             autosend: None,
+            dock_bad: BTreeMap::new(),
             sync_off: false,
         }
     }
