@@ -310,6 +310,14 @@ pub fn list(session: &mut Session) -> Result<Vec<(String, u64)>, Error> {
     }
 }
 
+/// The remote file's modification time (MDTM), when the server tells it.
+pub fn modified(session: &mut Session, name: &str) -> Option<chrono::NaiveDateTime> {
+    match session {
+        Session::Plain(s) => s.mdtm(name).ok(),
+        Session::Tls(s) => s.mdtm(name).ok(),
+    }
+}
+
 /// Downloads `name` into the file `to`; returns the bytes received.
 pub fn get(session: &mut Session, name: &str, to: &mut std::fs::File) -> Result<u64, Error> {
     fn on<T: TlsStream>(

@@ -108,19 +108,32 @@ enum Command {
     /// Assisted sync: list files only here (outbox/, inbox/), only on the remote, and on
     /// both (by name and size). Works with share, ftp and ftps.
     Compare,
-    /// Move files to the remote: uploaded through a temporary name, then a batch from
-    /// outbox/ goes to sent/ and any other file is removed here.
+    /// Copy files to the remote (uploaded through a temporary name); a batch from
+    /// outbox/ then goes to sent/. Other files stay here unless --move.
+    ///
+    /// A file of the same name there is never overwritten silently: --overwrite
+    /// replaces it, --keep-both uploads under a free name (NAME-2.ext); without either,
+    /// push asks on a terminal and refuses otherwise.
     Push {
         /// A path, or a name in outbox/ or inbox/
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
+        /// Delete the local file once it is there (only inside the data folder; a
+        /// file elsewhere is never deleted)
+        #[arg(long = "move")]
+        move_files: bool,
+        #[command(flatten)]
+        clash: ClashArgs,
     },
     /// Move files from the remote into inbox/ (e.g. reference files for a new machine):
     /// downloaded through a temporary name, the size checked, then removed there.
+    /// A same-named file in inbox/ is handled as by push (--overwrite, --keep-both).
     Fetch {
         /// Names as `compare` lists them
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
+        #[command(flatten)]
+        clash: ClashArgs,
     },
     /// Turn sync off or on for this device, or delete its sync data.
     Sync {
@@ -143,8 +156,9 @@ enum SyncAction {
     /// docked/, the open batch and the send state (the settings, the sequence number
     /// and the memory of imported files stay). Asks for confirmation.
     Purge {
-        /// Also delete this device's files on the remote that the server has not taken
-        /// yet (share and ftp/ftps)
+        /// Also delete, on the remote, the files this client put there (its batches and
+        /// pushed files, by its own record) that the server has not taken yet; other
+        /// files in the folder are left alone (share and ftp/ftps)
         #[arg(long)]
         remote: bool,
         /// Do not ask (for scripts)
@@ -266,6 +280,17 @@ pub struct SyncNowArgs {
     pub force: bool,
 }
 
+/// What to do when the destination already has a file of that name.
+#[derive(Args, Clone, Copy)]
+pub struct ClashArgs {
+    /// Replace a same-named file at the destination
+    #[arg(long, conflicts_with = "keep_both")]
+    pub overwrite: bool,
+    /// Keep both: the new copy gets a free name (NAME-2.ext, NAME-3.ext, …)
+    #[arg(long)]
+    pub keep_both: bool,
+}
+
 #[derive(Args)]
 pub struct PullArgs {
     /// csv, geojson or ndjson (for a file in inbox/)
@@ -331,8 +356,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dock(args) => dock::run(&home, args).await,
         Command::Pull(args) => pull::run(&home, args).await,
         Command::Compare => blocking(move || sync::compare(&home)).await,
-        Command::Push { files } => blocking(move || sync::push(&home, &files)).await,
-        Command::Fetch { files } => blocking(move || sync::fetch(&home, &files)).await,
+        Command::Push {
+            files,
+            move_files,
+            clash,
+        } => blocking(move || sync::push(&home, &files, move_files, clash)).await,
+        Command::Fetch { files, clash } => {
+            blocking(move || sync::fetch(&home, &files, clash)).await
+        }
         Command::Sync { action } => match action {
             SyncAction::Off => sync::switch(&home, false),
             SyncAction::On => sync::switch(&home, true),

@@ -37,6 +37,8 @@ pub struct State {
     /// Content hash (SHA-256) of each file `dock` could not take → why; reported once,
     /// then skipped quietly until its content changes.
     pub dock_bad: BTreeMap<String, String>,
+    /// Names this client put on the remote with `push` (for `sync purge --remote`).
+    pub pushed: std::collections::BTreeSet<String>,
     /// `sync off`: autosend waits, `send` wants `--force`.
     pub sync_off: bool,
 }
@@ -52,6 +54,7 @@ impl Default for State {
             pull_cursors: BTreeMap::new(),
             autosend: None,
             dock_bad: BTreeMap::new(),
+            pushed: Default::default(),
             sync_off: false,
         }
     }
