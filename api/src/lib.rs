@@ -56,6 +56,10 @@ pub struct Receipt {
     /// which of them came with other content (conflicts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<Skipped>,
+    /// The station device that delivered this batch for the device that recorded it
+    /// (send on sync), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed_by: Option<String>,
 }
 
 /// What a receipt and the batch API say about the sightings a batch skipped.

@@ -123,6 +123,9 @@ fn classify(status: StatusCode, answer: &Answer, url: &str) -> Outcome {
         403 if answer.kind() == Some("device_mismatch") => {
             Outcome::Refused(format!("{status}: {why}"))
         }
+        // A docked handheld's batch this station may not relay: that batch is refused,
+        // the station's other batches still go.
+        403 if why.contains("may relay only for") => Outcome::Refused(format!("{status}: {why}")),
         401 => Outcome::Stop(format!(
             "{url} does not accept this device's token ({why}): check the token \
              (`ctdata init`) or ask the administrator for a new one"

@@ -84,6 +84,11 @@ pub struct Ingestor {
 }
 
 impl Ingestor {
+    /// The limits every file is read with.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     pub fn new(db: Db, limits: Limits, default_device: &str) -> Ingestor {
         Ingestor {
             db,
@@ -346,7 +351,8 @@ impl Ingestor {
             (Some(claimed), Some(hint)) if !claimed.eq_ignore_ascii_case(hint) => {
                 let why = format!(
                     "the batch says device_id {claimed:?} but it was delivered as device {hint:?}; a device \
-                     may only send its own batches"
+                     may only send its own batches (a station PC that handhelds are docked at may relay for them \
+                     when the administrator allows it: `ctdata-server device relay NAME --for DEVICES`)"
                 );
                 Err((header_rejection(why), RejectionKind::DeviceMismatch))
             }
@@ -458,6 +464,7 @@ impl Ingestor {
             reason: Some(reason),
             kind: Some(kind.to_string()),
             skipped: None,
+            relayed_by: None,
         })
     }
 }
@@ -491,6 +498,7 @@ fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
         reason: None,
         kind: None,
         skipped: None,
+        relayed_by: None,
     }
 }
 

@@ -21,6 +21,7 @@ pub mod hygiene;
 pub mod ingest;
 pub mod layout;
 pub mod metrics;
+pub mod relay;
 pub mod serve;
 pub mod sources;
 pub mod tls;

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use ctdata_tests::client::{Client, Running};
-use ctdata_tests::{both_backends, eventually, ServerEnv, TestDb};
+use ctdata_tests::{both_backends, eventually, Batch, ServerEnv, TestDb};
 
 both_backends! {
     a_bad_file_on_the_handheld_is_reported_once,
+    docked_batches_keep_the_handhelds_name_and_are_stored_once,
 }
 
 fn csv(rows: usize, tag: &str) -> String {
@@ -92,5 +93,125 @@ async fn a_bad_file_on_the_handheld_is_reported_once(db: TestDb) {
         2,
         "reported, then taken:\n{output}"
     );
+    assert!(server.terminate().success());
+}
+
+/// `ctdata-server ARGS` in `env`, which must succeed; returns standard output.
+fn server_cmd(env: &ServerEnv, args: &[&str]) -> String {
+    let out = env.command(args).output().expect("run ctdata-server");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn docked_batches_keep_the_handhelds_name_and_are_stored_once(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    let station = env.device_token("station-pc");
+    server_cmd(
+        &env,
+        &[
+            "device",
+            "relay",
+            "station-pc",
+            "--for",
+            "ranger-09,ranger-10",
+        ],
+    );
+    let other = server_cmd(&env, &["device", "add", "station-b", "--relay-for", "*"]);
+    let server = env.serve().await;
+    let base = server.http_base();
+    let a = Client::new();
+    a.init_https(&base, "station-pc", &station);
+    let b = Client::new();
+    b.init_https(&base, "station-b", &other);
+
+    // What two handhelds left on the docking folder: their own batch files.
+    let synced = tempfile::tempdir().unwrap();
+    let dir = synced.path();
+    let nine = Batch::new("ranger-09", 3);
+    nine.write(&dir.join("ranger-09-day1.ndjson"));
+    let eleven = Batch::new("ranger-11", 2);
+    eleven.write(&dir.join("ranger-11-day1.ndjson"));
+    let shown = dir.display().to_string();
+
+    let out = a.run(&["dock", &shown]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // A refused batch is moved aside with its reason (nothing is left pending), as
+    // `send` does, and the summary says so.
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("1 rejected"),
+        "ranger-11 is refused:\n{stdout}"
+    );
+    assert!(stdout.contains("as batch relay-ranger-09-"), "{stdout}");
+    // ranger-09's batch is stored as ranger-09's, with its own batch id, relayed by the
+    // station; ranger-11's is refused with the reason and kept aside.
+    let rows = db
+        .texts(&format!(
+            "SELECT d.name, b.relayed_by FROM batches b JOIN devices d ON d.id = b.device_id \
+             WHERE CAST(b.batch_id AS TEXT) = '{}'",
+            nine.id()
+        ))
+        .await;
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some("ranger-09".to_string()),
+            Some("station-pc".to_string())
+        ]]
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 3);
+    let rejected: Vec<String> = std::fs::read_dir(a.path("rejected"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let reason = rejected
+        .iter()
+        .find(|n| n.ends_with(".reason.txt"))
+        .unwrap();
+    let reason = std::fs::read_to_string(a.path("rejected").join(reason)).unwrap();
+    assert!(
+        reason.contains("station-pc may relay only for ranger-09,ranger-10")
+            && reason.contains("ranger-11"),
+        "{reason}"
+    );
+    let receipt = a
+        .batches_in("sent")
+        .into_iter()
+        .find(|n| n.starts_with("relay-ranger-09"))
+        .unwrap();
+    let receipt =
+        std::fs::read_to_string(a.path("sent").join(format!("{receipt}.receipt.json"))).unwrap();
+    assert!(
+        receipt.contains("\"relayed_by\": \"station-pc\"")
+            && receipt.contains("\"device\": \"ranger-09\""),
+        "{receipt}"
+    );
+
+    // The same handheld docked at a second PC: stored once, still relayed by the first.
+    let out = b.run(&["dock", &shown]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("1 already there"), "{stdout}");
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 5);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM batches WHERE CAST(batch_id AS TEXT) = '{}'",
+            nine.id()
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM batches WHERE relayed_by = 'station-b'")
+            .await,
+        1,
+        "ranger-11's batch came through station-b, which may relay for any device"
+    );
+
     assert!(server.terminate().success());
 }

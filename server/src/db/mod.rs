@@ -24,6 +24,7 @@ pub mod dialect;
 mod export;
 mod health;
 mod pg;
+mod relay;
 mod sources;
 mod sqlite;
 
