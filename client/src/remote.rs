@@ -20,6 +20,9 @@ pub fn sha256(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// The folder beside a device's batches that the server never ingests.
+pub const REFERENCE: &str = "reference";
+
 pub enum Remote {
     Share(PathBuf),
     Ftp(ftp::Session),
@@ -49,6 +52,15 @@ impl Remote {
                 let mut found = Vec::new();
                 for name in crate::home::list_files(dir)? {
                     found.push((name.clone(), std::fs::metadata(dir.join(&name))?.len()));
+                }
+                // Reference files (KeySets, species lists), which the server never
+                // ingests, listed as `reference/NAME`.
+                let reference = dir.join(REFERENCE);
+                if reference.is_dir() {
+                    for name in crate::home::list_files(&reference)? {
+                        let size = std::fs::metadata(reference.join(&name))?.len();
+                        found.push((format!("{REFERENCE}/{name}"), size));
+                    }
                 }
                 found
             }

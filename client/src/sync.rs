@@ -155,23 +155,25 @@ pub fn fetch(home: &Home, files: &[String], clash: ClashArgs) -> anyhow::Result<
     for name in files {
         let done = match there.get(name) {
             None => Err(anyhow::anyhow!("{name} is not on the remote")),
-            Some(&size) => free_name(name, "in inbox/", clash, |n| inbox.join(n).exists())
-                .and_then(|target| {
-                    let Some(target) = target else {
-                        return Ok(format!("skipped {name}: kept as it is on both sides"));
-                    };
-                    let got = remote.get(name, &inbox, &target)?;
-                    if got != size {
-                        std::fs::remove_file(inbox.join(&target))?;
-                        bail!("{name}: received {got} of {size} bytes; the remote copy is kept");
-                    }
-                    remote.delete(name)?;
-                    home.log(&format!("fetch: {name} moved into inbox/ as {target}"));
-                    Ok(format!(
-                        "fetched {name} into {}",
-                        inbox.join(&target).display()
-                    ))
-                }),
+            Some(&size) => free_name(base_name(name), "in inbox/", clash, |n| {
+                inbox.join(n).exists()
+            })
+            .and_then(|target| {
+                let Some(target) = target else {
+                    return Ok(format!("skipped {name}: kept as it is on both sides"));
+                };
+                let got = remote.get(name, &inbox, &target)?;
+                if got != size {
+                    std::fs::remove_file(inbox.join(&target))?;
+                    bail!("{name}: received {got} of {size} bytes; the remote copy is kept");
+                }
+                remote.delete(name)?;
+                home.log(&format!("fetch: {name} moved into inbox/ as {target}"));
+                Ok(format!(
+                    "fetched {name} into {}",
+                    inbox.join(&target).display()
+                ))
+            }),
         };
         match done {
             Ok(line) => println!("{line}"),
@@ -183,6 +185,11 @@ pub fn fetch(home: &Home, files: &[String], clash: ClashArgs) -> anyhow::Result<
     }
     remote.close();
     Ok(exit(failed))
+}
+
+/// `reference/keyset.xml` → `keyset.xml`: fetched files land in inbox/ itself.
+fn base_name(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
 }
 
 /// The name to write `name` under where `taken` names exist: the same name when it is

@@ -10,6 +10,7 @@ use ctdata_tests::{both_backends, eventually, Batch, ServerEnv, TestDb};
 both_backends! {
     a_bad_file_on_the_handheld_is_reported_once,
     docked_batches_keep_the_handhelds_name_and_are_stored_once,
+    reference_files_in_the_live_share_are_never_ingested,
 }
 
 fn csv(rows: usize, tag: &str) -> String {
@@ -213,5 +214,47 @@ async fn docked_batches_keep_the_handhelds_name_and_are_stored_once(db: TestDb) 
         "ranger-11's batch came through station-b, which may relay for any device"
     );
 
+    assert!(server.terminate().success());
+}
+
+/// DataTracker's "move to local" against the live server folder: a species list in the
+/// device's `reference/` folder stays out of the database, and the client fetches it.
+async fn reference_files_in_the_live_share_are_never_ingested(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    let server = env.serve().await;
+    let share = env.drop_dir();
+    let reference = share.join("ranger-07").join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    // Valid sightings as CSV: in the device folder it would be a batch.
+    std::fs::write(reference.join("species.csv"), csv(3, "reference")).unwrap();
+    std::fs::create_dir_all(share.join("reference")).unwrap();
+    std::fs::write(share.join("reference").join("keyset.csv"), csv(2, "top")).unwrap();
+    let client = Client::new();
+    client.init_share(&share, "ranger-07", &[]);
+    client.record(1, "Loxodonta africana");
+    client.ok(&["send"]);
+    eventually(
+        "the batch to be stored",
+        Duration::from_secs(30),
+        || async { (db.scalar("SELECT count(*) FROM sightings").await == 1).then_some(()) },
+    )
+    .await;
+    let out = client.ok(&["compare"]);
+    assert!(out.contains("  reference/species.csv  "), "{out}");
+    client.ok(&["fetch", "reference/species.csv"]);
+    assert_eq!(
+        std::fs::read_to_string(client.path("inbox/species.csv")).unwrap(),
+        csv(3, "reference")
+    );
+    assert!(!reference.join("species.csv").exists());
+    // A second delivery shows the loop ran again after the reference files were there.
+    client.record(1, "Syncerus caffer");
+    client.ok(&["send"]);
+    eventually("the second batch", Duration::from_secs(30), || async {
+        (db.scalar("SELECT count(*) FROM sightings").await == 2).then_some(())
+    })
+    .await;
+    assert_eq!(db.scalar("SELECT count(*) FROM batches").await, 2);
+    assert!(share.join("reference").join("keyset.csv").is_file());
     assert!(server.terminate().success());
 }
