@@ -122,6 +122,7 @@ async fn docked_batches_keep_the_handhelds_name_and_are_stored_once(db: TestDb) 
         ],
     );
     let other = server_cmd(&env, &["device", "add", "station-b", "--relay-for", "*"]);
+    let admin = env.admin_token();
     let server = env.serve().await;
     let base = server.http_base();
     let a = Client::new();
@@ -192,6 +193,22 @@ async fn docked_batches_keep_the_handhelds_name_and_are_stored_once(db: TestDb) 
             && receipt.contains("\"device\": \"ranger-09\""),
         "{receipt}"
     );
+
+    // The administrator's batch list says who relayed it (read with curl).
+    let listed = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "-H"])
+        .arg(format!("Authorization: Bearer {admin}"))
+        .arg(format!("{base}/api/v1/batches?device=ranger-09"))
+        .output()
+        .expect("run curl");
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["device"], "ranger-09", "{listed}");
+    assert_eq!(listed[0]["relayed_by"], "station-pc", "{listed}");
 
     // The same handheld docked at a second PC: stored once, still relayed by the first.
     let out = b.run(&["dock", &shown]);
