@@ -158,3 +158,21 @@ pub fn explain(text: &str) -> String {
     }
     text.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_problems_are_said_in_words() {
+        let ca = "invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))";
+        assert!(explain(ca).starts_with("the server presents a CA certificate"));
+        let unknown = "invalid peer certificate: UnknownIssuer";
+        assert!(explain(unknown).contains("--ca-file cert.pem"));
+        assert!(
+            explain("invalid peer certificate: NotValidForNameContext { .. }")
+                .contains("another name")
+        );
+        assert_eq!(explain("connection reset"), "connection reset");
+    }
+}
