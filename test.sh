@@ -21,6 +21,8 @@ command -v script >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v xmllint >/dev/null 2>&1 || need+=(libxml2-utils)
+command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 is_root=false
 [ "$(id -u)" = 0 ] && is_root=true

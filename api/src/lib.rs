@@ -65,7 +65,12 @@ pub struct Receipt {
     pub patrol_events: Option<i64>,
     /// Records the file carried that are not stored as sightings (a CyberTracker
     /// upload's deleted sightings and waypoints), for a batch stored now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_stored: Option<NotStored>,
+    /// The station device that delivered this batch for the device that recorded it
+    /// (send on sync), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed_by: Option<String>,
 }
 
 /// What a stored batch carried besides its sightings.

@@ -17,22 +17,24 @@ use crate::config::Config;
 use crate::home::{list_files, Home, OUTBOX};
 use crate::send::{self, Options};
 use crate::state::{self, AutosendState, State};
-use crate::{outbox, AutosendArgs};
+use crate::{outbox, pull, AutosendArgs};
 
 pub const LOCK: &str = ".autosend.lock";
+/// How often a waiting autosend looks whether sync is back on (a file read).
+const SYNC_OFF_LOOK: Duration = Duration::from_millis(500);
 
 pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(home)?;
     home.create()?;
-    if state::read(home)?.sync_off {
-        bail!("sync is off for this device (`ctdata sync on` turns it back on)");
-    }
     let Some(_running) = home.try_lock(LOCK)? else {
         bail!("autosend is already running for {}", home.root.display());
     };
     let every = a.every.0;
     let retry_min = a.retry_min.0;
     let retry_max = a.retry_max.map_or(every, |d| d.0).max(retry_min);
+    let pull = (a.pull || a.pull_into.is_some())
+        .then(|| pull::Target::new(&a.pull_format, a.pull_into.clone()))
+        .transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     let woken = Arc::new(Notify::new());
     tokio::spawn(stop_on_signal(stop.clone(), woken.clone()));
@@ -54,8 +56,14 @@ pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
             break;
         }
         if state::read(home)?.sync_off {
-            home.log("autosend: sync was turned off for this device; stopping");
-            break;
+            if !wait_while_sync_off(home, &stop).await? {
+                break;
+            }
+            tick.reset_immediately();
+            continue;
+        }
+        if let Some(target) = &pull {
+            autopull(home, &config, target).await;
         }
         if !something_to_send(home)? {
             retry_at = None;
@@ -100,6 +108,36 @@ pub async fn run(home: &Home, a: AutosendArgs) -> anyhow::Result<ExitCode> {
     home.log("autosend stopped");
     eprintln!("autosend stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pull on autosend's timer (`--pull`): its line goes to the log; a failed pull
+/// does not touch the send's backoff and is tried again at the next look.
+async fn autopull(home: &Home, config: &Config, target: &pull::Target) {
+    let line = match pull::pull(home, config, target, pull::Start::Saved).await {
+        Ok(line) => format!("autosend: {line}"),
+        Err(e) => format!("autosend: pull failed: {e:#}"),
+    };
+    home.log(&line);
+    eprintln!("{line}");
+}
+
+/// While sync is off for this device, autosend waits rather than exiting (a service
+/// manager would only start it again and again). Says so once, and once more when sync
+/// comes back on. Returns false when told to stop while waiting.
+async fn wait_while_sync_off(home: &Home, stop: &AtomicBool) -> anyhow::Result<bool> {
+    let line = "autosend: sync is off for this device; waiting for `ctdata sync on`";
+    home.log(line);
+    eprintln!("{line}");
+    while state::read(home)?.sync_off {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        tokio::time::sleep(SYNC_OFF_LOOK).await;
+    }
+    let line = "autosend: sync is on again; sending resumes";
+    home.log(line);
+    eprintln!("{line}");
+    Ok(!stop.load(Ordering::SeqCst))
 }
 
 fn something_to_send(home: &Home) -> anyhow::Result<bool> {

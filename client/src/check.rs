@@ -135,7 +135,8 @@ async fn tls(up: &Endpoint, host: &str, stream: TcpStream) -> Step {
             "the TLS handshake took longer than {STEP_TIMEOUT:?}"
         )),
         Ok(Err(e)) => Err(format!(
-            "the secure connection failed: {e} (a self-signed server needs `ctdata init --ca-file`)"
+            "the secure connection failed: {}",
+            crate::pinned::explain(&e.to_string())
         )),
         Ok(Ok(s)) => {
             let version = s.get_ref().1.protocol_version();

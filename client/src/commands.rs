@@ -72,18 +72,29 @@ pub fn init(home: &Home, a: InitArgs) -> anyhow::Result<ExitCode> {
         token_file: a.token_file,
         ca_file: a.ca_file.map(absolute).transpose()?,
     };
-    let download = a.download_url.map(|url| Endpoint {
-        protocol: if url.contains("://") {
-            Protocol::Https
-        } else {
-            Protocol::Share
-        },
-        url,
-        user: None,
-        token: a.download_token.map(Token::from),
-        token_file: None,
-        ca_file: upload.ca_file.clone(),
-    });
+    let download = match (a.download_url, a.download_token) {
+        (Some(url), token) => Some(Endpoint {
+            protocol: if url.contains("://") {
+                Protocol::Https
+            } else {
+                Protocol::Share
+            },
+            url,
+            user: None,
+            token: token.map(Token::from),
+            token_file: None,
+            ca_file: upload.ca_file.clone(),
+        }),
+        // A download token alone means: download from where we upload, as someone
+        // who may read (an administrator's token), not as this device.
+        (None, Some(token)) => Some(Endpoint {
+            user: None,
+            token: Some(Token::from(token)),
+            token_file: None,
+            ..upload.clone()
+        }),
+        (None, None) => None,
+    };
     let config = Config {
         device,
         upload,
@@ -101,6 +112,18 @@ pub fn init(home: &Home, a: InitArgs) -> anyhow::Result<ExitCode> {
         config.upload.url
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// On a terminal, asks whether to send although sync is off; elsewhere the answer is no.
+fn confirm_send_while_off() -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    let answer = prompt(
+        "Sync is off for this device. Send anyway? (yes/no)",
+        Some("no"),
+    )?;
+    Ok(matches!(answer.to_lowercase().as_str(), "y" | "yes"))
 }
 
 fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
@@ -231,6 +254,12 @@ pub fn seal(home: &Home) -> anyhow::Result<ExitCode> {
 
 pub async fn send(home: &Home, a: SendArgs) -> anyhow::Result<ExitCode> {
     let config = setup(home)?;
+    if state::read(home)?.sync_off && !a.force && !confirm_send_while_off()? {
+        bail!(
+            "sync is off for this device: nothing sent. `ctdata send --force` sends anyway, \
+             `ctdata sync on` turns sync back on"
+        );
+    }
     let opts = Options {
         retries: a.retries,
         retry_delay: a.retry_delay.0,

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::home::{sync_dir, Home, DOCKED};
 use crate::outbox::{self, Imported};
 use crate::send::{self, Options};
+use crate::state;
 use crate::DockArgs;
 
 /// How deep `dock` looks into the folder (a device's export tree is shallow).
@@ -91,23 +92,60 @@ async fn send_now(home: &Home, config: &Config, stop: &Arc<AtomicBool>) -> anyho
     Ok(report.pending)
 }
 
-/// Imports every candidate `ready` accepts; returns how many failed.
+/// Imports every candidate `ready` accepts; returns how many failed for the first
+/// time. A file that failed before with the same content was reported then: it is
+/// skipped quietly (a handheld's bad export stays on it until someone deletes it, and
+/// must not fill the log or fail every run).
 fn take_new(home: &Home, config: &Config, a: &DockArgs, ready: &dyn Fn(&Path) -> bool) -> usize {
     let mut failed = 0;
+    let mut known = 0;
     for path in candidates(&a.dir).into_keys().filter(|p| ready(p)) {
+        let hash = content_hash(&path);
+        if let Some(h) = &hash {
+            if state::read(home).is_ok_and(|s| s.dock_bad.contains_key(h)) {
+                known += 1;
+                continue;
+            }
+        }
         if let Err(e) = take(home, config, a, &path) {
             failed += 1;
             let msg = format!("dock: not taken: {e:#}");
             eprintln!("{msg}");
             home.log(&msg);
+            if let Some(h) = hash {
+                if let Err(e) = remember_bad(home, h, &msg) {
+                    eprintln!("dock: {e:#}");
+                }
+            }
         }
+    }
+    if known > 0 && !a.watch {
+        eprintln!("dock: {known} file(s) reported before are still not taken (see ctdata.log)");
     }
     failed
 }
 
+fn content_hash(path: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).ok()?;
+    Some(hex::encode(hasher.finalize()))
+}
+
+fn remember_bad(home: &Home, hash: String, why: &str) -> anyhow::Result<()> {
+    let mut locked = state::lock(home)?;
+    locked.state.dock_bad.insert(hash, why.to_string());
+    locked.save()
+}
+
 fn take(home: &Home, config: &Config, a: &DockArgs, path: &Path) -> anyhow::Result<()> {
     let mut locked = outbox::lock(home, &config.device)?;
-    let batch = match outbox::import(home, &config.device, &mut locked, path)? {
+    let imported = match relay(home, config, &mut locked, path)? {
+        Some(done) => done,
+        None => outbox::import(home, &config.device, &mut locked, path)?,
+    };
+    let batch = match imported {
         Imported::New { file, rows } => {
             let msg = format!(
                 "dock: took {} as batch {file} ({rows} sightings)",
@@ -126,6 +164,57 @@ fn take(home: &Home, config: &Config, a: &DockArgs, path: &Path) -> anyhow::Resu
         move_file(path, &home.dir(DOCKED).join(format!("{stem}-{name}")))?;
     }
     Ok(())
+}
+
+/// A CTData batch file that a handheld recorded under its own name is sent as it is:
+/// its device and batch id stay, so the server files it as the handheld's (when this
+/// station may relay for it) and the same batch docked at two PCs is stored once.
+/// Returns None for anything else (the station's own batches, CSV, GeoJSON), which is
+/// imported as before.
+fn relay(
+    home: &Home,
+    config: &Config,
+    locked: &mut state::Locked,
+    path: &Path,
+) -> anyhow::Result<Option<Imported>> {
+    let limits = ctdata_batch::Limits::default();
+    let Ok(scan) = ctdata_batch::scan(path, &limits) else {
+        return Ok(None);
+    };
+    let Some(device) = scan
+        .device_id
+        .clone()
+        .filter(|d| !d.eq_ignore_ascii_case(&config.device))
+    else {
+        return Ok(None);
+    };
+    if let Some(file) = locked.state.imported.get(&scan.sha256) {
+        return Ok(Some(Imported::Before { file: file.clone() }));
+    }
+    // Every row is checked here too: a broken file is reported now, not by the server.
+    let summary = ctdata_batch::read(
+        path,
+        &scan,
+        &limits,
+        |_| std::ops::ControlFlow::Continue(()),
+    )
+    .map_err(|r| anyhow::anyhow!("{}: {r}", path.display()))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let ext = name.find('.').map_or("", |i| &name[i..]);
+    let file = format!("relay-{device}-{}{ext}", scan.batch_id);
+    let bytes = std::fs::read(path)?;
+    crate::home::write_atomic(&home.dir(crate::home::OUTBOX).join(&file), &bytes)?;
+    locked.state.imported.insert(scan.sha256, file.clone());
+    locked.save()?;
+    home.log(&format!(
+        "dock: {} is {device}'s batch {}: sent as it is, for {device}",
+        path.display(),
+        scan.batch_id
+    ));
+    Ok(Some(Imported::New {
+        file,
+        rows: summary.rows,
+    }))
 }
 
 /// Rename, or copy and delete when DIR is another file system (a mounted device).

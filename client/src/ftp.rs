@@ -10,8 +10,7 @@ use std::time::Duration;
 use reqwest::Url;
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, FtpStream, ImplFtpStream, RustlsConnector, RustlsFtpStream, TlsStream};
-use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::ClientConfig;
 
 use crate::config::{Config, Endpoint, Protocol};
 use crate::send::{Outcome, Proof};
@@ -104,28 +103,12 @@ impl Target {
     }
 }
 
-/// rustls (ring) with the public roots and the endpoint's own `ca_file`; also used by
-/// the HTTPS connection test.
+/// rustls (ring) with the public roots and the endpoint's own `ca_file` (pinned, see
+/// [`crate::pinned`]); also used by the HTTPS connection test.
 pub fn tls_config(up: &Endpoint) -> Result<Arc<ClientConfig>, Error> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = &up.ca_file {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| Error::Settings(format!("cannot read ca_file {}: {e}", ca.display())))?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| Error::Settings(format!("ca_file {}: {e}", ca.display())))?;
-        }
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::pinned::client_config(up)
+        .map(Arc::new)
+        .map_err(Error::Settings)
 }
 
 /// The TCP connection (the first step of `ctdata test`).
@@ -163,9 +146,8 @@ pub fn greet(t: &Target, up: &Endpoint, tcp: TcpStream) -> Result<Session, Error
         .map(|s| Session::Tls(Box::new(s)))
         .map_err(|e| {
             Error::Tls(format!(
-                "the secure connection (AUTH TLS) failed: {} (a self-signed server needs \
-                 `ctdata init --ca-file`)",
-                explain(e)
+                "the secure connection (AUTH TLS) failed: {}",
+                crate::pinned::explain(&explain(e))
             ))
         })
 }
@@ -325,6 +307,14 @@ pub fn list(session: &mut Session) -> Result<Vec<(String, u64)>, Error> {
     match session {
         Session::Plain(s) => on(s),
         Session::Tls(s) => on(s),
+    }
+}
+
+/// The remote file's modification time (MDTM), when the server tells it.
+pub fn modified(session: &mut Session, name: &str) -> Option<chrono::NaiveDateTime> {
+    match session {
+        Session::Plain(s) => s.mdtm(name).ok(),
+        Session::Tls(s) => s.mdtm(name).ok(),
     }
 }
 

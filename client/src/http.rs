@@ -5,7 +5,6 @@ use std::error::Error as _;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
 use ctdata_api::{ErrorBody, Receipt};
 use futures::StreamExt;
 use indicatif::ProgressBar;
@@ -16,22 +15,14 @@ use crate::config::Endpoint;
 use crate::send::{Outcome, Proof};
 
 /// A client for `endpoint`: rustls with the public roots plus the endpoint's own
-/// `ca_file`, bounded connect and read times.
+/// `ca_file` (pinned), bounded connect and read times.
 pub fn client(endpoint: &Endpoint) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
+    let tls = crate::pinned::client_config(endpoint).map_err(anyhow::Error::msg)?;
+    let builder = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .user_agent(concat!("ctdata/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(15))
         .read_timeout(Duration::from_secs(120));
-    if let Some(ca) = &endpoint.ca_file {
-        let pem =
-            std::fs::read(ca).with_context(|| format!("cannot read ca_file {}", ca.display()))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("ca_file {} holds no PEM certificate", ca.display()))?
-        {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
     Ok(builder.build()?)
 }
 
@@ -132,6 +123,9 @@ fn classify(status: StatusCode, answer: &Answer, url: &str) -> Outcome {
         403 if answer.kind() == Some("device_mismatch") => {
             Outcome::Refused(format!("{status}: {why}"))
         }
+        // A docked handheld's batch this station may not relay: that batch is refused,
+        // the station's other batches still go.
+        403 if why.contains("may relay only for") => Outcome::Refused(format!("{status}: {why}")),
         401 => Outcome::Stop(format!(
             "{url} does not accept this device's token ({why}): check the token \
              (`ctdata init`) or ask the administrator for a new one"
@@ -166,7 +160,10 @@ pub fn describe(e: &reqwest::Error, url: &str) -> String {
     } else if all.contains("dns") || all.contains("lookup address") {
         format!("cannot find the host of {url} (name lookup failed): {detail}")
     } else if all.contains("certificate") || all.contains("tls") || all.contains("handshake") {
-        format!("the secure connection (TLS) to {url} failed: {detail}")
+        format!(
+            "the secure connection (TLS) to {url} failed: {}",
+            crate::pinned::explain(&detail)
+        )
     } else if e.is_connect() {
         format!("cannot connect to {url}: {detail}")
     } else {

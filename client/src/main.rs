@@ -11,7 +11,9 @@ mod duration;
 mod ftp;
 mod home;
 mod http;
+mod localdb;
 mod outbox;
+mod pinned;
 mod pull;
 mod remote;
 mod send;
@@ -95,32 +97,44 @@ enum Command {
     /// Files are remembered by content hash, so the same file is never taken twice.
     /// Source files are left alone unless --move (they then go to docked/ in the home).
     Dock(DockArgs),
-    /// Download the consolidated sightings added since the last pull into inbox/.
+    /// Download the consolidated sightings added since the last pull: a file in inbox/,
+    /// or into a local SQLite copy with --into (the "master database" of a secondary).
     ///
-    /// Uses the download settings (by default the upload ones); needs a token the
-    /// server lets read sightings: an administrator's API token, or the device's own
-    /// token when the server lists the device in http.read_devices.
-    Pull {
-        /// csv, geojson or ndjson
-        #[arg(long, default_value = "csv")]
-        format: String,
-    },
+    /// Each target remembers its own cursor (every format, every database), so one
+    /// never makes another miss rows. Uses the download settings (by default the upload
+    /// ones); needs a token the server lets read sightings: an administrator's API
+    /// token, or the device's own token when the server lists the device in
+    /// http.read_devices.
+    Pull(PullArgs),
     /// Assisted sync: list files only here (outbox/, inbox/), only on the remote, and on
     /// both (by name and size). Works with share, ftp and ftps.
     Compare,
-    /// Move files to the remote: uploaded through a temporary name, then a batch from
-    /// outbox/ goes to sent/ and any other file is removed here.
+    /// Copy files to the remote (uploaded through a temporary name); a batch from
+    /// outbox/ then goes to sent/. Other files stay here unless --move.
+    ///
+    /// A file of the same name there is never overwritten silently: --overwrite
+    /// replaces it, --keep-both uploads under a free name (NAME-2.ext); without either,
+    /// push asks on a terminal and refuses otherwise.
     Push {
         /// A path, or a name in outbox/ or inbox/
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
+        /// Delete the local file once it is there (only inside the data folder; a
+        /// file elsewhere is never deleted)
+        #[arg(long = "move")]
+        move_files: bool,
+        #[command(flatten)]
+        clash: ClashArgs,
     },
     /// Move files from the remote into inbox/ (e.g. reference files for a new machine):
     /// downloaded through a temporary name, the size checked, then removed there.
+    /// A same-named file in inbox/ is handled as by push (--overwrite, --keep-both).
     Fetch {
         /// Names as `compare` lists them
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
+        #[command(flatten)]
+        clash: ClashArgs,
     },
     /// Turn sync off or on for this device, or delete its sync data.
     Sync {
@@ -151,17 +165,21 @@ pub struct AppArgs {
 
 #[derive(Subcommand)]
 enum SyncAction {
-    /// Stop autosend for this device (it stops at its next look and will not start);
-    /// local data is kept.
+    /// Pause sending for this device: autosend waits (it logs so once) until `sync on`,
+    /// `send` asks for --force; local data is kept.
     Off,
     /// Allow autosend again.
     On,
+    /// Synchronize now: send everything pending, then pull what is new (into inbox/,
+    /// or the local copy given with --into).
+    Now(SyncNowArgs),
     /// Delete this device's local sync data: outbox/, sent/, rejected/, inbox/,
     /// docked/, the open batch and the send state (the settings, the sequence number
     /// and the memory of imported files stay). Asks for confirmation.
     Purge {
-        /// Also delete this device's files on the remote that the server has not taken
-        /// yet (share and ftp/ftps)
+        /// Also delete, on the remote, the files this client put there (its batches and
+        /// pushed files, by its own record) that the server has not taken yet; other
+        /// files in the folder are left alone (share and ftp/ftps)
         #[arg(long)]
         remote: bool,
         /// Do not ask (for scripts)
@@ -202,7 +220,8 @@ pub struct InitArgs {
     /// Download (pull) from here instead of the upload URL
     #[arg(long)]
     pub download_url: Option<String>,
-    /// Token for downloading (an administrator's API token) [default: the upload token]
+    /// Token for downloading (an administrator's API token) [default: the upload
+    /// token]. Without --download-url, downloads go to the upload URL with this token
     #[arg(long)]
     pub download_token: Option<String>,
     /// Days a delivered batch is kept in sent/ before `send` deletes it
@@ -240,6 +259,10 @@ pub struct SendArgs {
     /// Pause before the first retry; doubles each time
     #[arg(long, default_value = "1s")]
     pub retry_delay: Dur,
+    /// Send even though sync is off for this device (`ctdata sync off`); without it,
+    /// `send` asks on a terminal and refuses otherwise
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args)]
@@ -253,6 +276,58 @@ pub struct AutosendArgs {
     /// Longest pause after failed sends [default: --every]
     #[arg(long)]
     pub retry_max: Option<Dur>,
+    /// Also pull what is new from the server at each look (into inbox/ as
+    /// --pull-format, or into --pull-into)
+    #[arg(long)]
+    pub pull: bool,
+    /// Pull into this local SQLite copy (implies --pull)
+    #[arg(long, value_name = "DB")]
+    pub pull_into: Option<PathBuf>,
+    /// csv, geojson or ndjson, for pulls into inbox/
+    #[arg(long, default_value = "csv")]
+    pub pull_format: String,
+}
+
+#[derive(Args)]
+pub struct SyncNowArgs {
+    /// Pull into this local SQLite copy (as `pull --into`)
+    #[arg(long, value_name = "DB")]
+    pub into: Option<PathBuf>,
+    /// csv, geojson or ndjson, when pulling into inbox/
+    #[arg(long, default_value = "csv")]
+    pub format: String,
+    /// Send even though sync is off for this device
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// What to do when the destination already has a file of that name.
+#[derive(Args, Clone, Copy)]
+pub struct ClashArgs {
+    /// Replace a same-named file at the destination
+    #[arg(long, conflicts_with = "keep_both")]
+    pub overwrite: bool,
+    /// Keep both: the new copy gets a free name (NAME-2.ext, NAME-3.ext, …)
+    #[arg(long)]
+    pub keep_both: bool,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// csv, geojson or ndjson (for a file in inbox/)
+    #[arg(long, default_value = "csv")]
+    pub format: String,
+    /// Keep a local SQLite copy in this file instead: table `sightings` with the
+    /// server's columns, updated by cursor in one transaction per pull; pulling the
+    /// same range again changes nothing
+    #[arg(long, value_name = "DB")]
+    pub into: Option<PathBuf>,
+    /// Start from this cursor instead of where the last pull ended
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    pub since: Option<i64>,
+    /// Start from the beginning (everything the server holds)
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Args)]
@@ -300,14 +375,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Test => check::run(&home).await,
         Command::Autosend(args) => autosend::run(&home, args).await,
         Command::Dock(args) => dock::run(&home, args).await,
-        Command::Pull { format } => pull::run(&home, &format).await,
+        Command::Pull(args) => pull::run(&home, args).await,
         Command::Compare => blocking(move || sync::compare(&home)).await,
-        Command::Push { files } => blocking(move || sync::push(&home, &files)).await,
-        Command::Fetch { files } => blocking(move || sync::fetch(&home, &files)).await,
+        Command::Push {
+            files,
+            move_files,
+            clash,
+        } => blocking(move || sync::push(&home, &files, move_files, clash)).await,
+        Command::Fetch { files, clash } => {
+            blocking(move || sync::fetch(&home, &files, clash)).await
+        }
         Command::App(args) => app::run(home, args).await,
         Command::Sync { action } => match action {
             SyncAction::Off => sync::switch(&home, false),
             SyncAction::On => sync::switch(&home, true),
+            SyncAction::Now(args) => pull::sync_now(&home, args).await,
             SyncAction::Purge { remote, yes } => {
                 blocking(move || sync::purge(&home, remote, yes)).await
             }

@@ -29,10 +29,17 @@ pub struct State {
     pub imported: BTreeMap<String, String>,
     pub last_success: Option<Event>,
     pub last_error: Option<Event>,
-    /// `since` for the next `pull`.
-    pub pull_cursor: Option<i64>,
+    /// `since` for the next `pull`, per target: each file format has its own, so a CSV
+    /// pull does not make a later GeoJSON pull miss rows. (A `pull --into DB` keeps its
+    /// cursor inside that database.)
+    pub pull_cursors: BTreeMap<String, i64>,
     pub autosend: Option<AutosendState>,
-    /// `sync off`: autosend stops and refuses to start.
+    /// Content hash (SHA-256) of each file `dock` could not take → why; reported once,
+    /// then skipped quietly until its content changes.
+    pub dock_bad: BTreeMap<String, String>,
+    /// Names this client put on the remote with `push` (for `sync purge --remote`).
+    pub pushed: std::collections::BTreeSet<String>,
+    /// `sync off`: autosend waits, `send` wants `--force`.
     pub sync_off: bool,
 }
 
@@ -44,8 +51,10 @@ impl Default for State {
             imported: BTreeMap::new(),
             last_success: None,
             last_error: None,
-            pull_cursor: None,
+            pull_cursors: BTreeMap::new(),
             autosend: None,
+            dock_bad: BTreeMap::new(),
+            pushed: Default::default(),
             sync_off: false,
         }
     }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use crate::config::Config;
 use crate::home::{list_files, move_into, sync_dir, Home, DOCKED, INBOX, OUTBOX, REJECTED, SENT};
 use crate::remote::Remote;
-use crate::state;
+use crate::{state, ClashArgs};
 
 /// The local side of a comparison: pending batches and fetched files.
 const LOCAL: [&str; 2] = [OUTBOX, INBOX];
@@ -20,7 +20,6 @@ pub fn compare(home: &Home) -> anyhow::Result<ExitCode> {
     let config = Config::load(home)?;
     let mut remote = Remote::open(&config)?;
     let there: BTreeMap<String, u64> = remote.list()?.into_iter().collect();
-    remote.close();
     let mut here = BTreeMap::new();
     for dir in LOCAL {
         for name in list_files(&home.dir(dir))? {
@@ -54,15 +53,11 @@ pub fn compare(home: &Home) -> anyhow::Result<ExitCode> {
         .filter(|(n, _)| there.contains_key(*n))
         .collect();
     println!("on both ({}):", both.len());
-    for (name, (dir, size)) in both {
-        let theirs = there[name];
-        let verdict = if theirs == *size {
-            "same size".to_string()
-        } else {
-            format!("DIFFERENT: {size} bytes here, {theirs} there")
-        };
+    for (name, (dir, _)) in both {
+        let verdict = remote.compare(name, there[name], &home.dir(dir).join(name))?;
         println!("  {dir}/{name}  {verdict}");
     }
+    remote.close();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -79,12 +74,20 @@ fn local_file(home: &Home, file: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{file} is not a file, nor in outbox/ or inbox/"))
 }
 
-/// Moves files to the remote: uploaded through a temporary name, then a batch from
-/// outbox/ goes to sent/ and any other file is removed here.
-pub fn push(home: &Home, files: &[String]) -> anyhow::Result<ExitCode> {
+/// Copies files to the remote (a temporary name, then renamed); a batch from outbox/
+/// then goes to sent/, any other file stays unless `move_files`, and even then a file
+/// outside the data folder is never deleted.
+pub fn push(
+    home: &Home,
+    files: &[String],
+    move_files: bool,
+    clash: ClashArgs,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(home)?;
     home.create()?;
     let mut remote = Remote::open(&config)?;
+    let mut there: BTreeSet<String> = remote.list()?.into_iter().map(|(n, _)| n).collect();
+    let root = home.root.canonicalize()?;
     let mut failed = 0;
     for file in files {
         let done = local_file(home, file).and_then(|path| {
@@ -93,17 +96,43 @@ pub fn push(home: &Home, files: &[String]) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            remote.put(&path, &name)?;
-            if path.parent() == Some(home.dir(OUTBOX).as_path()) {
+            let Some(target) = free_name(&name, "on the remote", clash, |n| there.contains(n))?
+            else {
+                return Ok(format!("skipped {name}: kept as it is on both sides"));
+            };
+            remote.put(&path, &target)?;
+            there.insert(target.clone());
+            let mut locked = state::lock(home)?;
+            locked.state.pushed.insert(target.clone());
+            locked.save()?;
+            drop(locked);
+            let inside = path.canonicalize()?.starts_with(&root);
+            let here = if path.parent() == Some(home.dir(OUTBOX).as_path()) {
                 move_into(&path, &home.dir(SENT))?;
-            } else {
+                "the batch moved to sent/".to_string()
+            } else if move_files && inside {
                 std::fs::remove_file(&path)?;
-            }
-            home.log(&format!("push: {name} moved to {}", config.upload.url));
-            Ok(name)
+                "removed here".to_string()
+            } else if move_files {
+                format!(
+                    "{} kept: it is outside the data folder, and push never deletes there",
+                    path.display()
+                )
+            } else {
+                "the local copy is kept".to_string()
+            };
+            home.log(&format!(
+                "push: {name} to {} as {target}; {here}",
+                config.upload.url
+            ));
+            Ok(if target == name {
+                format!("pushed {name}; {here}")
+            } else {
+                format!("pushed {name} as {target}; {here}")
+            })
         });
         match done {
-            Ok(name) => println!("pushed {name}"),
+            Ok(line) => println!("{line}"),
             Err(e) => {
                 failed += 1;
                 eprintln!("not pushed: {file}: {e:#}");
@@ -116,7 +145,7 @@ pub fn push(home: &Home, files: &[String]) -> anyhow::Result<ExitCode> {
 
 /// Moves files from the remote into inbox/: downloaded through a temporary name, the
 /// size checked, then removed there.
-pub fn fetch(home: &Home, files: &[String]) -> anyhow::Result<ExitCode> {
+pub fn fetch(home: &Home, files: &[String], clash: ClashArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(home)?;
     home.create()?;
     let mut remote = Remote::open(&config)?;
@@ -126,19 +155,28 @@ pub fn fetch(home: &Home, files: &[String]) -> anyhow::Result<ExitCode> {
     for name in files {
         let done = match there.get(name) {
             None => Err(anyhow::anyhow!("{name} is not on the remote")),
-            Some(&size) => remote.get(name, &inbox).and_then(|got| {
+            Some(&size) => free_name(base_name(name), "in inbox/", clash, |n| {
+                inbox.join(n).exists()
+            })
+            .and_then(|target| {
+                let Some(target) = target else {
+                    return Ok(format!("skipped {name}: kept as it is on both sides"));
+                };
+                let got = remote.get(name, &inbox, &target)?;
                 if got != size {
-                    std::fs::remove_file(inbox.join(name))?;
+                    std::fs::remove_file(inbox.join(&target))?;
                     bail!("{name}: received {got} of {size} bytes; the remote copy is kept");
                 }
-                remote.delete(name)
+                remote.delete(name)?;
+                home.log(&format!("fetch: {name} moved into inbox/ as {target}"));
+                Ok(format!(
+                    "fetched {name} into {}",
+                    inbox.join(&target).display()
+                ))
             }),
         };
         match done {
-            Ok(()) => {
-                println!("fetched {name} into {}", inbox.display());
-                home.log(&format!("fetch: {name} moved into inbox/"));
-            }
+            Ok(line) => println!("{line}"),
             Err(e) => {
                 failed += 1;
                 eprintln!("not fetched: {e:#}");
@@ -149,6 +187,53 @@ pub fn fetch(home: &Home, files: &[String]) -> anyhow::Result<ExitCode> {
     Ok(exit(failed))
 }
 
+/// `reference/keyset.xml` → `keyset.xml`: fetched files land in inbox/ itself.
+fn base_name(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+/// The name to write `name` under where `taken` names exist: the same name when it is
+/// free or --overwrite, a free `NAME-2.ext` with --keep-both, else the answer to a
+/// question on a terminal (None: skip); without a terminal, a refusal.
+fn free_name(
+    name: &str,
+    place: &str,
+    clash: ClashArgs,
+    taken: impl Fn(&str) -> bool,
+) -> anyhow::Result<Option<String>> {
+    if !taken(name) || clash.overwrite {
+        return Ok(Some(name.to_string()));
+    }
+    let keep_both = || {
+        let (stem, ext) = match name.find('.') {
+            Some(i) if i > 0 => name.split_at(i),
+            _ => (name, ""),
+        };
+        (2..)
+            .map(|n| format!("{stem}-{n}{ext}"))
+            .find(|n| !taken(n))
+            .expect("a free name")
+    };
+    if clash.keep_both {
+        return Ok(Some(keep_both()));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "{name} already exists {place}: not overwritten. Pass --overwrite to replace \
+             it, or --keep-both to keep both (the new copy under another name)"
+        );
+    }
+    eprint!("{name} already exists {place}: [o]verwrite, [k]eep both, or [s]kip? ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(match line.trim().to_lowercase().chars().next() {
+        Some('o') => Some(name.to_string()),
+        Some('k') => Some(keep_both()),
+        _ => None,
+    })
+}
+
 fn exit(failed: usize) -> ExitCode {
     if failed == 0 {
         ExitCode::SUCCESS
@@ -157,7 +242,7 @@ fn exit(failed: usize) -> ExitCode {
     }
 }
 
-/// `sync off` / `sync on`: a running autosend stops at its next look.
+/// `sync off` / `sync on`: a running autosend pauses at its next look and waits.
 pub fn switch(home: &Home, on: bool) -> anyhow::Result<ExitCode> {
     Config::load(home)?;
     let mut locked = state::lock(home)?;
@@ -173,8 +258,8 @@ pub fn switch(home: &Home, on: bool) -> anyhow::Result<ExitCode> {
         if on {
             "sync is on: `ctdata autosend` may run again"
         } else {
-            "sync is off for this device: autosend stops at its next look and will not start; \
-             local data is kept (`ctdata sync on` undoes this)"
+            "sync is off for this device: autosend pauses at its next look and waits, \
+             `send` asks for --force; local data is kept (`ctdata sync on` undoes this)"
         }
     );
     Ok(ExitCode::SUCCESS)
@@ -189,7 +274,7 @@ pub fn purge(home: &Home, remote: bool, yes: bool) -> anyhow::Result<ExitCode> {
     }
     let what = if remote {
         format!(
-            "all local sync data in {} and this device's files not yet taken by the server at {}",
+            "all local sync data in {} and the files this client put at {} that the server has not taken yet",
             home.root.display(),
             config.upload.url
         )
@@ -205,9 +290,9 @@ pub fn purge(home: &Home, remote: bool, yes: bool) -> anyhow::Result<ExitCode> {
     }
     if remote {
         let mut r = Remote::open(&config)?;
-        let ours = own_remote_files(home, &r)?;
+        let ours = own_remote_files(home)?;
         let names = r.list()?.into_iter().map(|(n, _)| n);
-        for name in names.filter(|n| ours.as_ref().is_none_or(|o| o.contains(n))) {
+        for name in names.filter(|n| ours.contains(n)) {
             r.delete(&name)?;
             println!("deleted {name} on the remote");
         }
@@ -224,9 +309,15 @@ pub fn purge(home: &Home, remote: bool, yes: bool) -> anyhow::Result<ExitCode> {
     sync_dir(&home.root)?;
     // The sequence goes on (a number is never used twice) and imported files stay
     // remembered (taking one again would only repeat what the server has).
+    let pushed = if remote {
+        Default::default()
+    } else {
+        std::mem::take(&mut locked.state.pushed)
+    };
     let kept = state::State {
         next_seq: locked.state.next_seq,
         imported: std::mem::take(&mut locked.state.imported),
+        pushed,
         ..state::State::default()
     };
     locked.state = kept;
@@ -237,17 +328,15 @@ pub fn purge(home: &Home, remote: bool, yes: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A share's device folder is this device's alone (`None`: everything in it); in an
-/// FTP folder shared by all devices only the batches this client made are its own.
-fn own_remote_files(home: &Home, remote: &Remote) -> anyhow::Result<Option<BTreeSet<String>>> {
-    if matches!(remote, Remote::Share(_)) {
-        return Ok(None);
-    }
-    let mut mine = BTreeSet::new();
+/// The files this client put on the remote, by its own record: the batches it still
+/// holds (outbox/, sent/, rejected/) and the names it pushed. Anything else in the
+/// folder (another device's or a person's files, reference files) is not its to delete.
+fn own_remote_files(home: &Home) -> anyhow::Result<BTreeSet<String>> {
+    let mut mine = state::read(home)?.pushed;
     for dir in [OUTBOX, SENT, REJECTED] {
         mine.extend(list_files(&home.dir(dir))?);
     }
-    Ok(Some(mine))
+    Ok(mine)
 }
 
 fn remove_dir(dir: &Path) -> anyhow::Result<()> {

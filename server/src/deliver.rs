@@ -170,6 +170,7 @@ impl Deliverer {
             skipped: None,
             track_points: None,
             patrol_events: None,
+            relayed_by: None,
             not_stored: None,
         }
     }

@@ -724,7 +724,8 @@ pub fn is_candidate_name(name: &str) -> bool {
 }
 
 /// Regular files below `dir`, skipping the server's folders at the top level,
-/// temporary names, and symlinks (which could point anywhere).
+/// `reference/` folders at any level, temporary names, and symlinks (which could point
+/// anywhere).
 fn walk(dir: &Path, top: bool, out: &mut Vec<(PathBuf, fs::Metadata)>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -746,7 +747,9 @@ fn walk(dir: &Path, top: bool, out: &mut Vec<(PathBuf, fs::Metadata)>) -> io::Re
         let Ok(meta) = fs::symlink_metadata(entry.path()) else {
             continue;
         };
-        if meta.is_dir() {
+        if meta.is_dir() && crate::layout::is_reference_folder(&name) {
+            continue;
+        } else if meta.is_dir() {
             walk(&entry.path(), false, out)?;
         } else if meta.is_file() {
             out.push((entry.path(), meta));

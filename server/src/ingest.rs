@@ -88,6 +88,11 @@ pub struct Ingestor {
 }
 
 impl Ingestor {
+    /// The limits every file is read with.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     pub fn new(db: Db, limits: Limits, default_device: &str) -> Ingestor {
         Ingestor {
             db,
@@ -386,7 +391,8 @@ impl Ingestor {
             (Some(claimed), Some(hint)) if !claimed.eq_ignore_ascii_case(hint) => {
                 let why = format!(
                     "the batch says device_id {claimed:?} but it was delivered as device {hint:?}; a device \
-                     may only send its own batches"
+                     may only send its own batches (a station PC that handhelds are docked at may relay for them \
+                     when the administrator allows it: `ctdata-server device relay NAME --for DEVICES`)"
                 );
                 Err((header_rejection(why), RejectionKind::DeviceMismatch))
             }
@@ -516,6 +522,7 @@ impl Ingestor {
             track_points: None,
             patrol_events: None,
             not_stored: None,
+            relayed_by: None,
         })
     }
 }
@@ -552,6 +559,7 @@ fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
         track_points: None,
         patrol_events: None,
         not_stored: None,
+        relayed_by: None,
     }
 }
 

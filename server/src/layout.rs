@@ -9,6 +9,9 @@
 //! - `rejected/<device>/<claim>` with `<claim>.reason.txt` beside it: refused files;
 //! - `receipts/<device>/<name>.receipt.json`: receipts for file-based senders.
 //!
+//! `reference/`, at the top or inside a device's folder, holds reference files
+//! (KeySets, species lists) and is never ingested.
+//!
 //! `<device>` is [`NO_DEVICE`] for files that arrived without one (the top level of
 //! the share, a source's top folder).
 
@@ -173,11 +176,21 @@ pub fn is_server_folder(name: &str) -> bool {
     SERVER_FOLDERS.contains(&name)
 }
 
+/// Reference files (KeySets, species lists) that devices and people keep in the drop
+/// directory, at the top or in a device's folder: never ingested, so a client can
+/// move them to and from the live folder.
+pub const REFERENCE: &str = "reference";
+
+/// Whether a folder name (at any level) is a reference folder, in any letter case.
+pub fn is_reference_folder(name: &str) -> bool {
+    name.eq_ignore_ascii_case(REFERENCE)
+}
+
 /// Whether a device name would be one of the server's folders on some filesystem
 /// (a case-insensitive share makes `Archive` the archive): such a name never becomes a
 /// device, or its FTP root would be the server's folder.
 pub fn is_reserved_name(name: &str) -> bool {
-    SERVER_FOLDERS.iter().any(|f| f.eq_ignore_ascii_case(name))
+    SERVER_FOLDERS.iter().any(|f| f.eq_ignore_ascii_case(name)) || is_reference_folder(name)
 }
 
 /// A claim name prefix that sorts by time and never repeats within a process.
@@ -252,6 +265,7 @@ mod tests {
         assert!(is_reserved_name("Archive") && is_reserved_name("RECEIPTS"));
         assert!(is_reserved_name(".Incoming") && is_reserved_name(".pulling"));
         assert!(!is_reserved_name("archive2") && !is_server_folder("Archive"));
+        assert!(is_reserved_name("Reference") && is_reference_folder("REFERENCE"));
         assert!(is_server_folder(".incoming") && is_server_folder(".pulling"));
         assert_eq!(
             rejected_relative(NO_DEVICE, "x.json"),

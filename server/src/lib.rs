@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod layout;
 pub mod metrics;
 pub mod openrosa;
+pub mod relay;
 pub mod sendcreds;
 pub mod serve;
 pub mod sources;

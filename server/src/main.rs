@@ -97,7 +97,24 @@ enum Command {
 #[derive(Subcommand)]
 enum DeviceCommand {
     /// Register a device and print its secret token, once: only a hash is kept.
-    Add { name: String },
+    Add {
+        name: String,
+        /// Let this device (a station PC that handhelds are docked at) deliver batches
+        /// recorded by these devices under their own names: names separated by
+        /// commas, or '*' for any device
+        #[arg(long, value_name = "NAMES")]
+        relay_for: Option<String>,
+    },
+    /// Set which devices a device may relay for (send on sync), or --none.
+    Relay {
+        name: String,
+        /// Device names separated by commas, or '*' for any device
+        #[arg(long = "for", value_name = "NAMES", required_unless_present = "none")]
+        relay_for: Option<String>,
+        /// Relay for nobody
+        #[arg(long, conflicts_with = "relay_for")]
+        none: bool,
+    },
     /// Devices with when they were created and last seen, batches, sightings, state.
     List,
     /// Give a device a new token (printed once); the old one stops working at once.
@@ -260,10 +277,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn device(settings: &Settings, cmd: DeviceCommand) -> anyhow::Result<()> {
     let db = ctdata_server::serve::open(settings).await?.db;
     match cmd {
-        DeviceCommand::Add { name } => {
+        DeviceCommand::Add { name, relay_for } => {
+            let rule = relay_for
+                .as_deref()
+                .map(ctdata_server::relay::parse_rule)
+                .transpose()?;
             let token = credentials::add_device(&db, &name).await?;
+            if let Some(rule) = &rule {
+                db.set_relay(&name, Some(rule)).await?;
+                eprintln!("device {name} may relay for: {rule}");
+            }
             eprintln!("device {name} registered; its token (shown only now):");
             println!("{token}");
+        }
+        DeviceCommand::Relay {
+            name,
+            relay_for,
+            none: _,
+        } => {
+            let rule = relay_for
+                .as_deref()
+                .map(ctdata_server::relay::parse_rule)
+                .transpose()?;
+            match db.set_relay(&name, rule.as_deref()).await? {
+                ctdata_server::db::Change::Done => match rule {
+                    Some(rule) => eprintln!("device {name} may relay for: {rule}"),
+                    None => eprintln!("device {name} relays for nobody"),
+                },
+                _ => anyhow::bail!("no device {name}: `ctdata-server device add {name}` first"),
+            }
         }
         DeviceCommand::List => print!("{}", credentials::device_table(&db.list_devices().await?)),
         DeviceCommand::Rotate { name } => {

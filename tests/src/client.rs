@@ -169,6 +169,11 @@ impl Running {
         std::fs::read_to_string(&self.output).unwrap_or_default()
     }
 
+    /// Whether the process is still running.
+    pub fn child_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
     /// SIGTERM, then the exit status and the output (bounded wait).
     pub async fn terminate(mut self) -> (ExitStatus, String) {
         let pid = self.child.id().to_string();

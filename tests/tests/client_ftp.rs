@@ -104,8 +104,22 @@ async fn sends_to_vsftpd_then_the_server_pulls_the_batches_in() {
         "species\nLeo\n"
     );
     assert!(!site.ctdata().join("reference.csv").exists());
+    // push copies (the local file stays); FTP compares by size and time, and says so.
     client.ok(&["push", "reference.csv"]);
     assert!(site.ctdata().join("reference.csv").exists());
+    assert!(client.path("inbox/reference.csv").exists());
+    let out = client.ok(&["compare"]);
+    assert!(
+        out.contains("inbox/reference.csv  same size; modified"),
+        "{out}"
+    );
+    assert!(out.contains("compared by size and time"), "{out}");
+    // Never overwritten without being told; --move removes it here afterwards.
+    let again = client.run(&["push", "reference.csv"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists on the remote"));
+    let out = client.ok(&["push", "reference.csv", "--overwrite", "--move"]);
+    assert!(out.contains("removed here"), "{out}");
     assert!(!client.path("inbox/reference.csv").exists());
     std::fs::remove_file(site.ctdata().join("reference.csv")).unwrap();
 

@@ -55,23 +55,73 @@ async fn compare_push_fetch_and_purge_on_a_share() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nothing.csv is not on the remote"));
 
-    // sync off stops a running autosend and keeps it from starting.
-    let autosend = Running::start(&client, &["autosend", "--every", "200ms"]);
+    // sync off pauses a running autosend: it waits (saying so once) instead of exiting,
+    // `send` refuses without --force, and sync on lets autosend send again.
+    let mut autosend = Running::start(&client, &["autosend", "--every", "200ms"]);
     eventually("autosend to start", Duration::from_secs(30), || async {
         client.log_text().contains("autosend started").then_some(())
     })
     .await;
     client.ok(&["sync", "off"]);
-    let mut child = autosend;
-    let status = eventually("autosend to stop", Duration::from_secs(30), || {
-        let done = child.child.try_wait().unwrap();
-        async move { done }
+    eventually("autosend to wait", Duration::from_secs(30), || async {
+        client
+            .log_text()
+            .contains("waiting for `ctdata sync on`")
+            .then_some(())
     })
     .await;
-    assert!(status.success(), "{}", child.output_text());
-    let refused = client.run(&["autosend"]);
+    client.record(1, "Panthera pardus");
+    let refused = client.run(&["send"]);
     assert_eq!(refused.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("sync is off"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("sync is off") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        client.batches_in("outbox").len(),
+        0,
+        "nothing sealed or sent"
+    );
+    // A second autosend started while sync is off waits too (a service manager would
+    // otherwise restart it forever); it is the first one that holds the lock.
+    let second = client.run(&["autosend", "--every", "200ms"]);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
+    // Several looks later it still waits, and has said so once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(autosend.child_running());
+    assert_eq!(
+        client
+            .log_text()
+            .matches("waiting for `ctdata sync on`")
+            .count(),
+        1,
+        "{}",
+        client.log_text()
+    );
+    client.ok(&["sync", "on"]);
+    eventually(
+        "autosend to send the pardus",
+        Duration::from_secs(30),
+        || async {
+            client
+                .batches_in("sent")
+                .iter()
+                .any(|b| {
+                    std::fs::read_to_string(client.path("sent").join(b))
+                        .unwrap_or_default()
+                        .contains("Panthera pardus")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, output) = autosend.terminate().await;
+    assert!(status.success(), "{output}");
+    assert!(output.contains("sync is on again"), "{output}");
+    client.ok(&["sync", "off"]);
+    client.record(1, "Panthera pardus");
+    client.ok(&["send", "--force"]);
     client.ok(&["sync", "on"]);
 
     // Purge asks first; with --yes it deletes here and, with --remote, there.
@@ -92,8 +142,8 @@ async fn compare_push_fetch_and_purge_on_a_share() {
     client.record(1, "Panthera leo");
     client.ok(&["seal"]);
     assert!(
-        client.batches_in("outbox")[0].starts_with("000002-"),
-        "numbers are never reused"
+        client.batches_in("outbox")[0].starts_with("000004-"),
+        "numbers are never reused (1 pushed, 2 and 3 sent while sync was toggled)"
     );
 }
 
@@ -293,4 +343,117 @@ async fn two_sends_never_overlap() {
     .await;
     assert!(status.success(), "{}", waiting.output_text());
     assert_eq!(client.batches_in("sent").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_never_lose_or_overwrite_a_file() {
+    let share = tempfile::tempdir().unwrap();
+    let root = share.path().join("CTData");
+    let remote = root.join("ranger-07");
+    std::fs::create_dir_all(&remote).unwrap();
+    // Someone else's file in the device folder, and a species list of the same name
+    // as the one this ranger will push.
+    std::fs::write(remote.join("notes-from-hq.txt"), "keep me").unwrap();
+    std::fs::write(remote.join("species.csv"), "elephant\n").unwrap();
+    let client = Client::new();
+    client.init_share(&root, "ranger-07", &[]);
+    let outside = tempfile::tempdir().unwrap();
+    let mine = outside.path().join("species.csv");
+    std::fs::write(&mine, "lion\n").unwrap();
+    let mine_arg = mine.to_str().unwrap();
+
+    // Same name there: refused without a terminal, nothing changed on either side.
+    let out = client.run(&["push", mine_arg]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("species.csv already exists on the remote: not overwritten"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--overwrite") && stderr.contains("--keep-both"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(remote.join("species.csv")).unwrap(),
+        "elephant\n"
+    );
+    // --keep-both: the new copy under a free name; --move never deletes outside the
+    // data folder.
+    let out = client.ok(&["push", mine_arg, "--keep-both", "--move"]);
+    assert!(out.contains("pushed species.csv as species-2.csv"), "{out}");
+    assert!(out.contains("outside the data folder"), "{out}");
+    assert!(
+        mine.is_file(),
+        "a file outside the data folder is never deleted"
+    );
+    assert_eq!(
+        std::fs::read_to_string(remote.join("species-2.csv")).unwrap(),
+        "lion\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(remote.join("species.csv")).unwrap(),
+        "elephant\n"
+    );
+    // --overwrite replaces it; the local copy stays without --move.
+    let out = client.ok(&["push", mine_arg, "--overwrite"]);
+    assert!(out.contains("the local copy is kept"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(remote.join("species.csv")).unwrap(),
+        "lion\n"
+    );
+    assert!(mine.is_file());
+
+    // compare: same size, other content is found by hash.
+    std::fs::write(client.path("inbox/keyset.xml"), "<a>1</a>").unwrap();
+    std::fs::write(remote.join("keyset.xml"), "<a>2</a>").unwrap();
+    std::fs::write(client.path("inbox/same.txt"), "same").unwrap();
+    std::fs::write(remote.join("same.txt"), "same").unwrap();
+    let out = client.ok(&["compare"]);
+    assert!(
+        out.contains("inbox/keyset.xml  DIFFERENT content (same size, other SHA-256)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("inbox/same.txt  same content (size and SHA-256)"),
+        "{out}"
+    );
+    // fetch does not overwrite inbox/keyset.xml either.
+    let out = client.run(&["fetch", "keyset.xml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        remote.join("keyset.xml").is_file(),
+        "left there when refused"
+    );
+    assert_eq!(
+        std::fs::read_to_string(client.path("inbox/keyset.xml")).unwrap(),
+        "<a>1</a>"
+    );
+    client.ok(&["fetch", "keyset.xml", "--keep-both"]);
+    assert_eq!(
+        std::fs::read_to_string(client.path("inbox/keyset-2.xml")).unwrap(),
+        "<a>2</a>"
+    );
+    // push --move from inside the data folder removes the local file.
+    let out = client.ok(&["push", "keyset-2.xml", "--move"]);
+    assert!(out.contains("removed here"), "{out}");
+    assert!(!client.path("inbox/keyset-2.xml").exists());
+
+    // purge --remote deletes what this client put there, and nothing else.
+    client.record(1, "Loxodonta africana");
+    client.ok(&["send"]);
+    let batch = client.batches_in("sent").remove(0);
+    assert!(remote.join(&batch).is_file());
+    client.ok(&["sync", "purge", "--remote", "--yes"]);
+    for gone in [
+        batch.as_str(),
+        "species-2.csv",
+        "species.csv",
+        "keyset-2.xml",
+    ] {
+        assert!(!remote.join(gone).exists(), "{gone} was this client's");
+    }
+    for kept in ["notes-from-hq.txt", "same.txt"] {
+        assert!(remote.join(kept).is_file(), "{kept} is not this client's");
+    }
 }

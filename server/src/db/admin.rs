@@ -49,6 +49,9 @@ pub struct BatchSummary {
     pub duplicates: i64,
     pub sha256: String,
     pub cursor_last: Option<i64>,
+    /// The station device that delivered this batch for `device` (send on sync).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relayed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -74,7 +77,7 @@ impl Db {
     pub async fn list_batches(&self, f: &BatchListFilter) -> sqlx::Result<Vec<BatchSummary>> {
         const SQL: &str = "SELECT b.id, d.name AS device, CAST(b.batch_id AS TEXT) AS batch_id, b.channel, \
              b.format, b.file_name, b.received_at, b.row_count AS sightings, b.inserted, b.duplicates, \
-             b.sha256, b.cursor_last FROM batches b JOIN devices d ON d.id = b.device_id \
+             b.sha256, b.cursor_last, b.relayed_by FROM batches b JOIN devices d ON d.id = b.device_id \
              WHERE b.id < $1 AND ($2 IS NULL OR d.name = $2) AND ($3 IS NULL OR b.channel = $3) \
              AND ($4 IS NULL OR ($4 = 'new' AND b.inserted > 0) OR ($4 = 'duplicate' AND b.inserted = 0)) \
              ORDER BY b.id DESC LIMIT $5";

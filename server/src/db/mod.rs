@@ -25,6 +25,7 @@ pub mod dialect;
 mod export;
 mod health;
 mod pg;
+mod relay;
 mod sources;
 mod sqlite;
 pub(crate) mod tracks;

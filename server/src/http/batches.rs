@@ -31,7 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 201, description = "Stored", body = Receipt),
         (status = 200, description = "The identical batch was stored before: nothing added", body = Receipt),
         (status = 401, description = "No or wrong device token", body = ErrorBody),
-        (status = 403, description = "Revoked device, or a batch naming another device", body = ErrorBody),
+        (status = 403, description = "Revoked device, or a batch naming another device that this device may not relay for", body = ErrorBody),
         (status = 409, description = "Same batch id, other content", body = Receipt),
         (status = 408, description = "The body stalled, or arrived slower than http.min_body_bytes_per_sec", body = ErrorBody),
         (status = 413, description = "Too large, also once inflated", body = ErrorBody),
@@ -56,22 +56,74 @@ async fn post_batch(
         let _ = tokio::fs::remove_file(&spool).await;
         return Err(e);
     }
+    let relayed = match relayed_device(&state, &device, &spool).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&spool).await;
+            return Err(e);
+        }
+    };
     let origin = Origin {
         channel: Channel::Http,
         file_name: "upload".into(),
-        device: Some(device),
+        device: Some(relayed.clone().unwrap_or_else(|| device.clone())),
         claim: Some(format!("http/{claim}")),
         filing: Filing::DropDir,
     };
     // Undecided, the body is not kept: its sender gets no answer and sends it again.
-    let receipt = match deliverer.deliver(&spool, &origin).await {
+    let mut receipt = match deliverer.deliver(&spool, &origin).await {
         Ok(receipt) => receipt,
         Err(e) => {
             let _ = tokio::fs::remove_file(&spool).await;
             return Err(ApiError::storing(e));
         }
     };
+    if let (Some(_), Some(batch_id), false) = (
+        &relayed,
+        receipt.batch_id,
+        receipt.status == Status::Rejected,
+    ) {
+        // After the batch's commit and before the answer: a failure here answers 5xx,
+        // the station sends again, and the duplicate records it then.
+        let db = &state.ingestor.db;
+        db.mark_relayed(batch_id, &device).await?;
+        receipt.relayed_by = db.relayed_by(batch_id).await?;
+    }
     Ok((status_for(&receipt), Json(receipt)))
+}
+
+/// Send on sync: a device with a relay right (`device add NAME --relay-for …`) may
+/// deliver a batch that names another device; it is then stored as that device's.
+/// Returns that device, or None for the sender's own batches (and for files whose
+/// device the ingest decides, such as CSV). A batch naming a device the sender may
+/// not relay for is refused here with 403.
+async fn relayed_device(
+    state: &AppState,
+    sender: &str,
+    spool: &std::path::Path,
+) -> Result<Option<String>, ApiError> {
+    let Some(rule) = state.ingestor.db.relay_for(sender).await? else {
+        return Ok(None);
+    };
+    let (path, limits) = (spool.to_path_buf(), state.ingestor.limits());
+    let scanned = tokio::task::spawn_blocking(move || ctdata_batch::scan(&path, &limits))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    // A file that cannot be read is the ingest's to refuse, with its reason.
+    let Some(claimed) = scanned.ok().and_then(|s| s.device_id) else {
+        return Ok(None);
+    };
+    if claimed.eq_ignore_ascii_case(sender) {
+        return Ok(None);
+    }
+    if crate::relay::covers(&rule, &claimed) {
+        return Ok(Some(claimed));
+    }
+    Err(ApiError::Forbidden(format!(
+        "device {sender} may relay only for {rule}, and this batch was recorded by \
+         {claimed}: the administrator can allow it with `ctdata-server device relay \
+         {sender} --for {rule},{claimed}`"
+    )))
 }
 
 /// 201 stored, 200 stored before; a refused batch by why it was refused.
