@@ -15,6 +15,7 @@ pub mod batch;
 pub mod browser;
 pub mod client;
 pub mod ftp;
+pub mod link;
 pub mod vsftpd;
 pub mod web;
 

@@ -9,6 +9,7 @@ mod error;
 pub mod fair;
 mod headers;
 pub mod paced;
+pub(crate) mod resumable;
 mod sightings;
 pub(crate) mod throttle;
 pub mod tls;
@@ -56,6 +57,10 @@ pub struct AppState {
     pub request_slots: Arc<tokio::sync::Semaphore>,
     /// Slots for uploads, per device and in total.
     pub uploads: Arc<fair::UploadSlots>,
+    /// `http.max_spool_bytes_per_device`.
+    pub max_spool_per_device: u64,
+    /// Resumable uploads in progress (`/api/v1/uploads`).
+    pub resumable: Arc<resumable::Registry>,
 }
 
 impl AppState {
@@ -111,6 +116,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .merge(batches::router())
+        .merge(resumable::router())
         .merge(sightings::router())
         .merge(admin::router())
         .merge(download::router())
