@@ -269,6 +269,18 @@ pub fn status(home: &Home) -> anyhow::Result<ExitCode> {
         "pending: {} {batches}, {rows} sightings in outbox/",
         queued.len()
     );
+    for f in &queued {
+        let path = home.dir(OUTBOX).join(f);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let rows = outbox::batch_rows(&path).unwrap_or(0);
+        match crate::resume::remembered(&path) {
+            Some(r) => println!(
+                "  {f}: {rows} sightings, {size} bytes; resumable at {} of {} bytes (gzip)",
+                r.offset, r.length
+            ),
+            None => println!("  {f}: {rows} sightings, {size} bytes; waiting"),
+        }
+    }
     let sent: Vec<String> = list_files(&home.dir(SENT))?
         .into_iter()
         .filter(|f| !f.ends_with(".receipt.json"))

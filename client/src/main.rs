@@ -13,6 +13,7 @@ mod http;
 mod outbox;
 mod pull;
 mod remote;
+mod resume;
 mod send;
 mod share;
 mod state;
@@ -71,7 +72,10 @@ enum Command {
     ///
     /// Delivered batches move to sent/, batches the server refuses for good to
     /// rejected/ with the reason; network errors and server trouble are retried, then
-    /// the batch stays in the outbox. Prints one summary line; exits 1 when anything is
+    /// the batch stays in the outbox and the others still go (smallest first). Over
+    /// HTTP(S) bodies above 4 KB go gzipped, and batches above 256 KB go up resumably
+    /// (tus): a cut link resumes where the server's offset says, also after a restart.
+    /// Prints one summary line with the bytes on the wire; exits 1 when anything is
     /// left pending.
     Send(SendArgs),
     /// Pending batches and sightings, last send, last error, autosend state.
@@ -226,8 +230,8 @@ pub struct AutosendArgs {
     /// How often to look for something to send, e.g. 30s, 15m, 1h
     #[arg(long, default_value = "15m")]
     pub every: Dur,
-    /// First pause after a failed send
-    #[arg(long, default_value = "30s")]
+    /// First pause after a failed send (doubles, with jitter, up to --retry-max)
+    #[arg(long, default_value = "2s")]
     pub retry_min: Dur,
     /// Longest pause after failed sends [default: --every]
     #[arg(long)]
