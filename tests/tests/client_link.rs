@@ -17,6 +17,7 @@ use ctdata_tests::{both_backends, eventually, Batch, ServerEnv, TestDb};
 both_backends! {
     large_import_arrives_once_through_a_cutting_link,
     small_batches_go_first_and_a_killed_send_resumes,
+    import_and_seal_cut_large_batches,
 }
 
 fn poor_link(cut_secs: f64) -> Conditions {
@@ -212,4 +213,57 @@ async fn small_batches_go_first_and_a_killed_send_resumes(db: TestDb) {
         40_000 + (0..10).map(|i| 20 + i).sum::<i64>()
     );
     assert!(!resume.exists());
+}
+
+async fn import_and_seal_cut_large_batches(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    let server = env.serve().await;
+    let (client, _) = Client::sending_to(&env, &server, "ranger-07");
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = import_file(dir.path(), 2500);
+    let out = client.ok(&["import", "--max-sightings", "1000", file.to_str().unwrap()]);
+    assert!(out.contains("3 batches 000001-"), "{out}");
+    // The same file again: taken before, nothing new.
+    let again = client.ok(&["import", "--max-sightings", "1000", file.to_str().unwrap()]);
+    assert!(again.contains("already imported"), "{again}");
+    // By bytes: 1,000 sightings of ~200 bytes in pieces of at most 100 kB.
+    let sub = dir.path().join("b");
+    std::fs::create_dir_all(&sub).unwrap();
+    let (by_bytes, len) = import_file(&sub, 1000);
+    let out = client.ok(&[
+        "import",
+        "--max-bytes",
+        "100000",
+        by_bytes.to_str().unwrap(),
+    ]);
+    let expected = len.div_ceil(100_000);
+    assert!(
+        out.contains(&format!("{expected} batches"))
+            || out.contains(&format!("{} batches", expected + 1)),
+        "{out}"
+    );
+    client.record(5, "Panthera leo");
+    let sealed = client.ok(&["seal", "--max-sightings", "2"]);
+    assert_eq!(sealed.matches("sealed ").count(), 3, "{sealed}");
+    let outbox: Vec<String> = std::fs::read_dir(client.path("outbox"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    // Every batch its own sequence number and batch id.
+    let seqs: std::collections::BTreeSet<&str> = outbox.iter().map(|n| &n[..6]).collect();
+    let ids: std::collections::BTreeSet<&str> = outbox.iter().map(|n| &n[7..]).collect();
+    assert_eq!(seqs.len(), outbox.len());
+    assert_eq!(ids.len(), outbox.len());
+    let summary = client.ok(&["send"]);
+    assert!(
+        summary.contains(&format!("sent {} batches", outbox.len())),
+        "{summary}"
+    );
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM sightings").await, 3505);
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM batches").await,
+        outbox.len() as i64
+    );
 }
