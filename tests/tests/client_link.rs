@@ -267,3 +267,61 @@ async fn import_and_seal_cut_large_batches(db: TestDb) {
         outbox.len() as i64
     );
 }
+
+/// The issue's measurement, by hand (not a bench scenario yet): an import of
+/// `CTDATA_LINK_ROWS` sightings (default 200,000) sent over HTTPS through cuts every
+/// `CTDATA_LINK_CUT_SECS` (3) at 200 kB/s, and the same over the same link without cuts.
+/// Prints the time to deliver, bytes on the wire / raw bytes and the ratio of the two
+/// times. `cargo test -p ctdata-tests --test client_link -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: minutes at full size"]
+async fn measure_link() {
+    let rows: usize = std::env::var("CTDATA_LINK_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let cut: f64 = std::env::var("CTDATA_LINK_CUT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3.0);
+    let mut times = Vec::new();
+    for cuts in [true, false] {
+        let db = TestDb::new(ctdata_tests::Backend::Sqlite).await.unwrap();
+        let mut env = ServerEnv::new(&db);
+        let cert = env.enable_https();
+        let token = env.device_token("ranger-07");
+        let server = env.serve().await;
+        let target = server
+            .http_base()
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap();
+        let mut conditions = poor_link(cut);
+        if !cuts {
+            conditions.cut_after = None;
+        }
+        let link = Link::new(target, conditions);
+        let client = client_through(&link, &cert, &token);
+        let dir = tempfile::tempdir().unwrap();
+        let (file, raw) = import_file(dir.path(), rows);
+        client.ok(&["import", file.to_str().unwrap()]);
+        let started = std::time::Instant::now();
+        let out = client.ok(&["send"]);
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(
+            db.scalar("SELECT COUNT(*) FROM sightings").await,
+            rows as i64
+        );
+        let wire = wire_bytes(&out);
+        println!(
+            "link cuts={cuts}: {rows} sightings ({raw} bytes) delivered in {took:.1} s; \
+             wire/raw {:.3} (client), link up {:.3}; {} connections, {} cut",
+            wire as f64 / raw as f64,
+            link.up_bytes() as f64 / raw as f64,
+            link.connections(),
+            link.cuts()
+        );
+        times.push(took);
+    }
+    println!("throughput with cuts / without: {:.2}", times[1] / times[0]);
+}
