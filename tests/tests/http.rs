@@ -652,19 +652,25 @@ async fn openapi_document_matches_the_routes() {
         .collect();
     documented.sort();
     let expected = [
+        ("DELETE", "/api/v1/uploads/{id}"),
         ("GET", "/api/v1/batches"),
         ("GET", "/api/v1/batches/{id}"),
         ("GET", "/api/v1/conflicts"),
         ("GET", "/api/v1/devices"),
         ("GET", "/api/v1/rejected"),
         ("GET", "/api/v1/sightings"),
+        ("GET", "/api/v1/uploads/{id}"),
         ("GET", "/api/v1/whoami"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),
         ("GET", "/readyz"),
+        ("HEAD", "/api/v1/uploads/{id}"),
+        ("OPTIONS", "/api/v1/uploads"),
+        ("PATCH", "/api/v1/uploads/{id}"),
         ("POST", "/api/v1/admin/download"),
         ("POST", "/api/v1/batches"),
         ("POST", "/api/v1/rejected/{id}/reprocess"),
+        ("POST", "/api/v1/uploads"),
     ];
     let expected: Vec<(String, String)> = expected
         .iter()
