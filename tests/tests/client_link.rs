@@ -325,3 +325,44 @@ async fn measure_link() {
     }
     println!("throughput with cuts / without: {:.2}", times[1] / times[0]);
 }
+
+/// A link that goes silent (no reset, nothing carried) is given up in seconds, not the
+/// two minutes per try it cost before; the batch stays pending and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_link_is_given_up_in_seconds() {
+    let db = TestDb::new(ctdata_tests::Backend::Sqlite).await.unwrap();
+    let mut env = ServerEnv::new(&db);
+    let cert = env.enable_https();
+    let token = env.device_token("ranger-07");
+    let server = env.serve().await;
+    let target = server
+        .http_base()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let link = Link::new(target, Conditions::default());
+    let client = client_through(&link, &cert, &token);
+    client.record(3, "Panthera leo");
+    client.ok(&["send"]);
+    link.set(Conditions {
+        silent: true,
+        ..Default::default()
+    });
+    client.record(2, "Panthera leo");
+    let mut child = client
+        .command(&["send", "--retries", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Well within the 120 s one try used to take.
+    let status = eventually("send to give up", Duration::from_secs(60), || {
+        std::future::ready(child.try_wait().unwrap())
+    })
+    .await;
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("1 batch pending"), "{out}");
+    assert!(out.contains("timed out"), "{out}");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM sightings").await, 3);
+}
