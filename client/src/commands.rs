@@ -214,16 +214,22 @@ pub fn record(home: &Home, a: RecordArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn import(home: &Home, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+pub fn import(home: &Home, files: &[PathBuf], cut: outbox::Cut) -> anyhow::Result<ExitCode> {
     let config = setup(home)?;
     let mut locked = outbox::lock(home, &config.device)?;
     let mut failed = 0;
     for file in files {
-        match outbox::import(home, &config.device, &mut locked, file) {
-            Ok(Imported::New { file: batch, rows }) => {
+        match outbox::import_cut(home, &config.device, &mut locked, file, cut) {
+            Ok((Imported::New { file: batch, rows }, all)) if all.len() > 1 => println!(
+                "{}: {} batches {batch} … {} ({rows} sightings)",
+                file.display(),
+                all.len(),
+                all.last().map_or("", String::as_str)
+            ),
+            Ok((Imported::New { file: batch, rows }, _)) => {
                 println!("{}: batch {batch} ({rows} sightings)", file.display())
             }
-            Ok(Imported::Before { file: batch }) => {
+            Ok((Imported::Before { file: batch }, _)) => {
                 println!("{}: already imported as {batch}; skipped", file.display())
             }
             Err(e) => {
@@ -239,15 +245,16 @@ pub fn import(home: &Home, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn seal(home: &Home) -> anyhow::Result<ExitCode> {
+pub fn seal(home: &Home, cut: outbox::Cut) -> anyhow::Result<ExitCode> {
     let config = setup(home)?;
     let mut locked = outbox::lock(home, &config.device)?;
-    match outbox::seal(home, &config.device, &mut locked)? {
-        Some(file) => {
-            let rows = outbox::batch_rows(&home.dir(OUTBOX).join(&file))?;
-            println!("sealed {file} ({rows} sightings)");
-        }
-        None => println!("nothing to seal: the open batch is empty"),
+    let files = outbox::seal_cut(home, &config.device, &mut locked, cut)?;
+    if files.is_empty() {
+        println!("nothing to seal: the open batch is empty");
+    }
+    for file in files {
+        let rows = outbox::batch_rows(&home.dir(OUTBOX).join(&file))?;
+        println!("sealed {file} ({rows} sightings)");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -298,6 +305,18 @@ pub fn status(home: &Home) -> anyhow::Result<ExitCode> {
         "pending: {} {batches}, {rows} sightings in outbox/",
         queued.len()
     );
+    for f in &queued {
+        let path = home.dir(OUTBOX).join(f);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let rows = outbox::batch_rows(&path).unwrap_or(0);
+        match crate::resume::remembered(&path) {
+            Some(r) => println!(
+                "  {f}: {rows} sightings, {size} bytes; resumable at {} of {} bytes (gzip)",
+                r.offset, r.length
+            ),
+            None => println!("  {f}: {rows} sightings, {size} bytes; waiting"),
+        }
+    }
     let sent: Vec<String> = list_files(&home.dir(SENT))?
         .into_iter()
         .filter(|f| !f.ends_with(".receipt.json"))

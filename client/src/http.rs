@@ -6,10 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ctdata_api::{ErrorBody, Receipt};
-use futures::StreamExt;
 use indicatif::ProgressBar;
 use reqwest::StatusCode;
-use tokio::io::AsyncReadExt;
 
 use crate::config::Endpoint;
 use crate::send::{Outcome, Proof};
@@ -22,56 +20,65 @@ pub fn client(endpoint: &Endpoint) -> anyhow::Result<reqwest::Client> {
         .use_preconfigured_tls(tls)
         .user_agent(concat!("ctdata/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(120));
+        // A link that goes silent (no reset) is noticed in seconds, not minutes: TCP
+        // keepalive probes, and no answer byte for this long ends the request.
+        .tcp_keepalive(Duration::from_secs(5))
+        .read_timeout(crate::resume::STALL);
     Ok(builder.build()?)
 }
 
-/// POSTs one batch file; the answer decides where the batch goes next.
+/// POSTs one (small) batch file, gzipped above a few KB; the answer decides where the
+/// batch goes next. Also returns the bytes put on the wire.
 pub async fn post_batch(
     client: &reqwest::Client,
     endpoint: &Endpoint,
     token: &str,
     path: &Path,
     progress: &ProgressBar,
-) -> Outcome {
+) -> (Outcome, u64) {
     let url = format!("{}/api/v1/batches", endpoint.base());
-    let file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) => return Outcome::Stop(format!("cannot read {}: {e}", path.display())),
+    let bytes = match tokio::fs::read(path).await {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                Outcome::Stop(format!("cannot read {}: {e}", path.display())),
+                0,
+            )
+        }
     };
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let pb = progress.clone();
-    let chunks = futures::stream::unfold(file, |mut file| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(buf), file))
-            }
-            Err(e) => Some((Err(e), file)),
+    // Compressed when it is worth it: the server reads gzip by its content.
+    let (body, gzipped) = if bytes.len() as u64 > crate::resume::COMPRESS_ABOVE {
+        match crate::resume::gzip(&bytes) {
+            Ok(gz) => (gz, true),
+            Err(_) => (bytes, false),
         }
-    })
-    .inspect(move |c| {
-        if let Ok(c) = c {
-            pb.inc(c.len() as u64);
-        }
-    });
-    let sent = client
+    } else {
+        (bytes, false)
+    };
+    let wire = body.len() as u64;
+    progress.set_message("sending…");
+    let mut request = client
         .post(&url)
         .bearer_auth(token)
         .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
-        .header(reqwest::header::CONTENT_LENGTH, len)
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await;
+        .timeout(crate::resume::STALL + Duration::from_secs(wire / 8192));
+    if gzipped {
+        request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+    }
+    let sent = request.body(body).send().await;
     let response = match sent {
         Ok(r) => r,
-        Err(e) => return Outcome::Retry(describe(&e, &endpoint.url)),
+        Err(e) => return (Outcome::Retry(describe(&e, &endpoint.url)), wire),
     };
+    progress.set_message("stored by the server");
     let status = response.status();
     let body = response.bytes().await.unwrap_or_default();
-    classify(status, &Answer::read(&body), &endpoint.url)
+    (classify(status, &Answer::read(&body), &endpoint.url), wire)
+}
+
+/// The outcome of an answer to a batch (a POST, or a resumable upload's last piece).
+pub fn classify_answer(status: StatusCode, body: &[u8], url: &str) -> Outcome {
+    classify(status, &Answer::read(body), url)
 }
 
 /// The server answers a batch with its receipt (stored, or refused for what is in it)

@@ -16,6 +16,7 @@ mod outbox;
 mod pinned;
 mod pull;
 mod remote;
+mod resume;
 mod send;
 mod share;
 mod state;
@@ -63,18 +64,29 @@ enum Command {
     Record(RecordArgs),
     /// Turn files from other tools (CTData JSON/NDJSON, CSV, GeoJSON, gzipped or not)
     /// into batches in the outbox. The same content is never imported twice.
+    ///
+    /// A large file is cut into several batches (each with its own batch id and
+    /// sequence number) so no send is all or nothing over a poor link.
     Import {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        cut: CutArgs,
     },
     /// Close the open batch: it gets a UUID and the next sequence number and goes to
-    /// the outbox.
-    Seal,
+    /// the outbox (as several batches when it passes the size limits).
+    Seal {
+        #[command(flatten)]
+        cut: CutArgs,
+    },
     /// Tap to send: seal the open batch and send everything in the outbox.
     ///
     /// Delivered batches move to sent/, batches the server refuses for good to
     /// rejected/ with the reason; network errors and server trouble are retried, then
-    /// the batch stays in the outbox. Prints one summary line; exits 1 when anything is
+    /// the batch stays in the outbox and the others still go (smallest first). Over
+    /// HTTP(S) bodies above 4 KB go gzipped, and batches above 256 KB go up resumably
+    /// (tus): a cut link resumes where the server's offset says, also after a restart.
+    /// Prints one summary line with the bytes on the wire; exits 1 when anything is
     /// left pending.
     Send(SendArgs),
     /// Pending batches and sightings, last send, last error, autosend state.
@@ -265,13 +277,33 @@ pub struct SendArgs {
     pub force: bool,
 }
 
+/// Where batches are cut: about a minute of a 3G link once gzipped by default.
+#[derive(Args, Clone, Copy)]
+pub struct CutArgs {
+    /// Most sightings in one batch
+    #[arg(long, default_value_t = 50_000)]
+    pub max_sightings: u64,
+    /// Most bytes of NDJSON in one batch (about a fifth of it goes on the wire)
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_bytes: u64,
+}
+
+impl From<CutArgs> for outbox::Cut {
+    fn from(a: CutArgs) -> Self {
+        outbox::Cut {
+            max_sightings: a.max_sightings,
+            max_bytes: a.max_bytes,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct AutosendArgs {
     /// How often to look for something to send, e.g. 30s, 15m, 1h
     #[arg(long, default_value = "15m")]
     pub every: Dur,
-    /// First pause after a failed send
-    #[arg(long, default_value = "30s")]
+    /// First pause after a failed send (doubles, with jitter, up to --retry-max)
+    #[arg(long, default_value = "2s")]
     pub retry_min: Dur,
     /// Longest pause after failed sends [default: --every]
     #[arg(long)]
@@ -368,8 +400,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init(args) => commands::init(&home, args),
         Command::Record(args) => commands::record(&home, args),
-        Command::Import { files } => commands::import(&home, &files),
-        Command::Seal => commands::seal(&home),
+        Command::Import { files, cut } => commands::import(&home, &files, cut.into()),
+        Command::Seal { cut } => commands::seal(&home, cut.into()),
         Command::Send(args) => commands::send(&home, args).await,
         Command::Status => commands::status(&home),
         Command::Test => check::run(&home).await,

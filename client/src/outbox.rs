@@ -78,47 +78,122 @@ pub fn read_open(home: &Home) -> anyhow::Result<Vec<Sighting>> {
         .collect()
 }
 
+/// Where batches are cut: one huge file never becomes one all-or-nothing send.
+#[derive(Debug, Clone, Copy)]
+pub struct Cut {
+    pub max_sightings: u64,
+    /// Bytes of NDJSON (uncompressed).
+    pub max_bytes: u64,
+}
+
+impl Default for Cut {
+    /// About a minute of a 3G link once gzipped (16 MB of NDJSON is ~3 MB on the wire).
+    fn default() -> Self {
+        Cut {
+            max_sightings: 50_000,
+            max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Cut {
+    /// Row ranges `(skip, take)` of parts within the limits, from each row's size.
+    fn parts(&self, sizes: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+        let mut parts = Vec::new();
+        let (mut start, mut n, mut bytes) = (0u64, 0u64, 0u64);
+        for size in sizes {
+            if n > 0 && (n + 1 > self.max_sightings.max(1) || bytes + size > self.max_bytes) {
+                parts.push((start, n));
+                start += n;
+                n = 0;
+                bytes = 0;
+            }
+            n += 1;
+            bytes += size;
+        }
+        if n > 0 {
+            parts.push((start, n));
+        }
+        parts
+    }
+}
+
+fn row_size(s: &Sighting) -> u64 {
+    serde_json::to_vec(s).map_or(0, |v| v.len() as u64 + 1)
+}
+
 /// Seals the open batch into `outbox/`; `None` when it holds nothing.
 pub fn seal(home: &Home, device: &str, locked: &mut Locked) -> anyhow::Result<Option<String>> {
+    Ok(seal_cut(home, device, locked, Cut::default())?
+        .into_iter()
+        .next())
+}
+
+/// Seals the open batch into `outbox/` as batches within `cut`; their files.
+pub fn seal_cut(
+    home: &Home,
+    device: &str,
+    locked: &mut Locked,
+    cut: Cut,
+) -> anyhow::Result<Vec<String>> {
     let sightings = read_open(home)?;
     if sightings.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let sealing = take_number(locked, Uuid::new_v4(), None)?;
-    write_batch(home, device, &sealing, |w| {
-        sightings.iter().try_for_each(|s| w.push(s))
-    })?;
-    finish_open(home, locked, &sealing)?;
-    Ok(Some(sealing.file))
+    let parts = cut.parts(sightings.iter().map(row_size));
+    let ranges = (parts.len() > 1).then_some(&parts);
+    let ids: Vec<Uuid> = parts.iter().map(|_| Uuid::new_v4()).collect();
+    let sealings = take_numbers(locked, &ids, None, ranges)?;
+    let mut files = Vec::new();
+    for sealing in sealings {
+        let (skip, take) = sealing.rows.unwrap_or((0, sightings.len() as u64));
+        let part = &sightings[skip as usize..(skip + take) as usize];
+        write_batch(home, device, &sealing, |w| {
+            part.iter().try_for_each(|s| w.push(s))
+        })?;
+        finish_open(home, locked, &sealing)?;
+        files.push(sealing.file);
+    }
+    Ok(files)
 }
 
-fn take_number(
+/// Takes one sequence number per batch id, saved together before anything is written,
+/// so a crash finishes all of them or none.
+fn take_numbers(
     locked: &mut Locked,
-    batch_id: Uuid,
+    ids: &[Uuid],
     source: Option<&Path>,
-) -> anyhow::Result<Sealing> {
-    let seq = locked.state.next_seq;
-    let sealing = Sealing {
-        file: format!("{seq:06}-{batch_id}.ndjson"),
-        seq,
-        batch_id,
-        created_at: chrono::Local::now().fixed_offset(),
-        source: source.map(Path::to_path_buf),
-    };
-    locked.state.next_seq += 1;
-    locked.state.sealing.push(sealing.clone());
+    ranges: Option<&Vec<(u64, u64)>>,
+) -> anyhow::Result<Vec<Sealing>> {
+    let mut out = Vec::new();
+    for (i, batch_id) in ids.iter().enumerate() {
+        let seq = locked.state.next_seq;
+        let sealing = Sealing {
+            file: format!("{seq:06}-{batch_id}.ndjson"),
+            seq,
+            batch_id: *batch_id,
+            created_at: chrono::Local::now().fixed_offset(),
+            source: source.map(Path::to_path_buf),
+            rows: ranges.map(|r| r[i]),
+        };
+        locked.state.next_seq += 1;
+        locked.state.sealing.push(sealing.clone());
+        out.push(sealing);
+    }
     locked.save()?;
-    Ok(sealing)
+    Ok(out)
 }
 
+/// Marks `sealing` done; the open batch goes once no part of it is left to write.
 fn finish_open(home: &Home, locked: &mut Locked, sealing: &Sealing) -> anyhow::Result<()> {
-    if sealing.source.is_none() {
+    locked.state.sealing.retain(|s| s.seq != sealing.seq);
+    let open_left = locked.state.sealing.iter().any(|s| s.source.is_none());
+    if sealing.source.is_none() && !open_left {
         match fs::remove_file(home.open_batch()) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
             _ => sync_dir(&home.root)?,
         }
     }
-    locked.state.sealing.retain(|s| s.seq != sealing.seq);
     locked.save()
 }
 
@@ -166,32 +241,64 @@ pub fn import(
     locked: &mut Locked,
     path: &Path,
 ) -> anyhow::Result<Imported> {
+    Ok(import_cut(home, device, locked, path, Cut::default())?.0)
+}
+
+/// [`import`], cutting the file into batches within `cut`; also returns every batch made.
+pub fn import_cut(
+    home: &Home,
+    device: &str,
+    locked: &mut Locked,
+    path: &Path,
+    cut: Cut,
+) -> anyhow::Result<(Imported, Vec<String>)> {
     let limits = Limits::default();
     let shown = path.display();
     let scan = ctdata_batch::scan(path, &limits).map_err(|r| anyhow::anyhow!("{shown}: {r}"))?;
     if let Some(file) = locked.state.imported.get(&scan.sha256) {
-        return Ok(Imported::Before { file: file.clone() });
+        return Ok((Imported::Before { file: file.clone() }, Vec::new()));
     }
     // Every row is checked before a number is taken, so a bad file leaves no gap.
-    let summary = ctdata_batch::read(path, &scan, &limits, |_| ControlFlow::Continue(()))
-        .map_err(|r| anyhow::anyhow!("{shown}: {r}"))?;
-    let id = Uuid::new_v5(
-        &CTDATA_NAMESPACE,
-        format!("import/{device}/{}", scan.sha256).as_bytes(),
-    );
+    let mut sizes = Vec::new();
+    let summary = ctdata_batch::read(path, &scan, &limits, |s| {
+        sizes.push(row_size(&s));
+        ControlFlow::Continue(())
+    })
+    .map_err(|r| anyhow::anyhow!("{shown}: {r}"))?;
+    let parts = cut.parts(sizes);
+    // The same content always makes the same batch ids: the whole file's hash, and the
+    // part's number when it is cut.
+    let ids: Vec<Uuid> = (0..parts.len().max(1))
+        .map(|k| {
+            let name = match parts.len() {
+                0 | 1 => format!("import/{device}/{}", scan.sha256),
+                _ => format!("import/{device}/{}/{k}", scan.sha256),
+            };
+            Uuid::new_v5(&CTDATA_NAMESPACE, name.as_bytes())
+        })
+        .collect();
     // Absolute: a crash is finished by whichever command runs next, from any folder.
     let source = std::path::absolute(path)?;
-    let sealing = take_number(locked, id, Some(&source))?;
+    let ranges = (parts.len() > 1).then_some(&parts);
+    let sealings = take_numbers(locked, &ids, Some(&source), ranges)?;
     locked
         .state
         .imported
-        .insert(scan.sha256.clone(), sealing.file.clone());
-    copy_rows(home, device, &sealing, &source)?;
-    finish_open(home, locked, &sealing)?;
-    Ok(Imported::New {
-        file: sealing.file,
-        rows: summary.rows,
-    })
+        .insert(scan.sha256.clone(), sealings[0].file.clone());
+    locked.save()?;
+    let mut files = Vec::new();
+    for sealing in &sealings {
+        copy_rows(home, device, sealing, &source)?;
+        finish_open(home, locked, sealing)?;
+        files.push(sealing.file.clone());
+    }
+    Ok((
+        Imported::New {
+            file: sealings[0].file.clone(),
+            rows: summary.rows,
+        },
+        files,
+    ))
 }
 
 /// Writes the sightings of `source` as the batch `sealing`.
@@ -200,12 +307,23 @@ fn copy_rows(home: &Home, device: &str, sealing: &Sealing, source: &Path) -> any
     let shown = source.display();
     let scan = ctdata_batch::scan(source, &limits).map_err(|r| anyhow::anyhow!("{shown}: {r}"))?;
     let mut failure = None;
+    let (skip, take) = sealing.rows.unwrap_or((0, u64::MAX));
     write_batch(home, device, sealing, |w| {
-        let pushed = ctdata_batch::read(source, &scan, &limits, |s| match w.push(&s) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                failure = Some(e);
-                ControlFlow::Break(())
+        let mut at = 0u64;
+        let pushed = ctdata_batch::read(source, &scan, &limits, |s| {
+            at += 1;
+            if at <= skip {
+                return ControlFlow::Continue(());
+            }
+            if at > skip.saturating_add(take) {
+                return ControlFlow::Break(());
+            }
+            match w.push(&s) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
             }
         });
         match (pushed, failure.take()) {
@@ -228,8 +346,11 @@ fn recover(home: &Home, device: &str, locked: &mut Locked) -> anyhow::Result<()>
             match &sealing.source {
                 None => {
                     let sightings = read_open(home)?;
+                    let (skip, take) = sealing.rows.unwrap_or((0, sightings.len() as u64));
+                    let end = (skip + take).min(sightings.len() as u64) as usize;
+                    let part = &sightings[(skip as usize).min(end)..end];
                     write_batch(home, device, &sealing, |w| {
-                        sightings.iter().try_for_each(|s| w.push(s))
+                        part.iter().try_for_each(|s| w.push(s))
                     })
                 }
                 Some(source) => copy_rows(home, device, &sealing, source),

@@ -78,6 +78,8 @@ pub struct Report {
     pub duplicates: usize,
     pub sightings: u64,
     pub bytes: u64,
+    /// Bytes put on the wire for this send (compressed, every try and resume).
+    pub wire_bytes: u64,
     pub rejected: Vec<(String, String)>,
     pub pending: usize,
     /// Why sending stopped with batches left.
@@ -93,6 +95,9 @@ impl Report {
             self.sightings,
             self.bytes
         );
+        if self.wire_bytes > 0 {
+            s += &format!(", {} bytes on the wire", self.wire_bytes);
+        }
         if self.duplicates > 0 {
             s += &format!(", {} already there", self.duplicates);
         }
@@ -134,7 +139,7 @@ pub async fn send(home: &Home, config: &Config, opts: &Options) -> anyhow::Resul
     send_watched(home, config, opts, None).await
 }
 
-/// [`send`], with the byte count kept in `watch` (its length set to the outbox's size)
+/// [`send`], with the byte count kept in `watch` (its length set to each batch's size as it starts)
 /// instead of a terminal bar: `ctdata app` reads it to show progress.
 pub async fn send_watched(
     home: &Home,
@@ -168,12 +173,17 @@ pub async fn send_watched(
     let report = report?;
     let summary = report.summary(&config.upload.url);
     home.log(&summary);
-    let outcome = match (&report.error, report.pending) {
-        (Some(e), _) => Err(e.clone()),
-        (None, n) if n > 0 => Err(summary.clone()),
-        _ => Ok(summary),
-    };
-    state::note(home, outcome)?;
+    // "Last successful send" is the last send that delivered something: a send with
+    // nothing to send does not overwrite it, and one that delivered some batches but not
+    // all counts as both a success and an error.
+    if report.delivered > 0 {
+        state::note(home, Ok(summary.clone()))?;
+    }
+    match (&report.error, report.pending) {
+        (Some(e), _) => state::note(home, Err(e.clone()))?,
+        (None, n) if n > 0 => state::note(home, Err(summary.clone()))?,
+        _ => {}
+    }
     Ok(report)
 }
 
@@ -193,29 +203,28 @@ async fn send_outbox(
         Protocol::Share => Transport::Share,
     };
     let dir = home.dir(OUTBOX);
-    let names = list_files(&dir)?;
-    let total: u64 = names
-        .iter()
-        .filter_map(|n| std::fs::metadata(dir.join(n)).ok())
-        .map(|m| m.len())
-        .sum();
+    let mut names = list_files(&dir)?;
+    // Small batches first: over a poor link they get home while a large one is still
+    // on its way, and a failing large one does not hold them up.
+    let size_of = |n: &String| std::fs::metadata(dir.join(n)).map(|m| m.len()).unwrap_or(0);
+    names.sort_by_key(|n| (size_of(n), n.clone()));
+    // The window's bar (`ctdata app`) is given; a terminal gets its own. Each batch
+    // sets the bar's length to its own size as it starts.
     let progress = match watch {
-        Some(pb) => {
-            pb.set_length(total);
-            pb
-        }
-        None => progress_bar(total, names.len()),
+        Some(pb) => pb,
+        None => progress_bar(names.len()),
     };
     let mut report = Report::default();
     for (i, name) in names.iter().enumerate() {
         if opts.stop.load(Ordering::SeqCst) {
             break;
         }
-        progress.set_message(format!("batch {}/{}", i + 1, names.len()));
+        progress.set_prefix(format!("batch {}/{}", i + 1, names.len()));
         let path = dir.join(name);
         let rows = outbox::batch_rows(&path).unwrap_or(0);
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let start = progress.position();
+        progress.set_length(size);
+        progress.set_position(0);
         let mut attempt = 0;
         let mut pauses = ExponentialBuilder::default()
             .with_min_delay(opts.retry_delay)
@@ -224,8 +233,8 @@ async fn send_outbox(
             .with_max_times(opts.retries as usize)
             .build();
         let outcome = loop {
-            progress.set_position(start);
-            let outcome = deliver(&transport, config, &path, name, &progress).await;
+            let (outcome, wire) = deliver(&transport, config, &path, name, &progress).await;
+            report.wire_bytes += wire;
             match outcome {
                 Outcome::Retry(ref why) => {
                     let Some(pause) = pauses.next() else {
@@ -243,7 +252,9 @@ async fn send_outbox(
                 other => break other,
             }
         };
-        progress.set_position(start + size);
+        if !matches!(outcome, Outcome::Retry(_)) {
+            crate::resume::forget(&path);
+        }
         match outcome {
             Outcome::Delivered { duplicate, receipt } => {
                 let kept = home.dir(SENT).join(format!("{name}.receipt.json"));
@@ -270,7 +281,12 @@ async fn send_outbox(
                 home.log(&format!("{name}: rejected, moved to rejected/: {reason}"));
                 report.rejected.push((name.clone(), reason));
             }
-            Outcome::Retry(why) | Outcome::Stop(why) => {
+            // The queue keeps moving: this batch waits for a later send, the others go.
+            Outcome::Retry(why) => {
+                home.log(&format!("{name}: not sent: {why}"));
+                report.error = Some(format!("{name}: {why}"));
+            }
+            Outcome::Stop(why) => {
                 home.log(&format!("{name}: not sent: {why}"));
                 report.error = Some(why);
                 break;
@@ -294,24 +310,36 @@ async fn deliver(
     path: &Path,
     name: &str,
     progress: &ProgressBar,
-) -> Outcome {
+) -> (Outcome, u64) {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let handed = |o: Outcome| (o, size);
     match transport {
         Transport::Http { client, token } => {
+            if size > crate::resume::RESUMABLE_ABOVE {
+                let up = &config.upload;
+                if let Some(sent) = crate::resume::upload(client, up, token, path, progress).await {
+                    return (sent.outcome, sent.wire);
+                }
+            }
             http::post_batch(client, &config.upload, token, path, progress).await
         }
         Transport::Ftp(session) => {
             let (session, config) = (session.clone(), config.clone());
             let (path, name) = (path.to_path_buf(), name.to_string());
-            tokio::task::spawn_blocking(move || ftp_put(&session, &config, &path, &name))
-                .await
-                .unwrap_or_else(|e| Outcome::Retry(format!("the FTP uploader failed: {e}")))
+            handed(
+                tokio::task::spawn_blocking(move || ftp_put(&session, &config, &path, &name))
+                    .await
+                    .unwrap_or_else(|e| Outcome::Retry(format!("the FTP uploader failed: {e}"))),
+            )
         }
         Transport::Share => {
             let (up, device) = (config.upload.clone(), config.device.clone());
             let (path, name) = (path.to_path_buf(), name.to_string());
-            tokio::task::spawn_blocking(move || share::put(&up, &device, &path, &name))
-                .await
-                .unwrap_or_else(|e| Outcome::Retry(format!("the share writer failed: {e}")))
+            handed(
+                tokio::task::spawn_blocking(move || share::put(&up, &device, &path, &name))
+                    .await
+                    .unwrap_or_else(|e| Outcome::Retry(format!("the share writer failed: {e}"))),
+            )
         }
     }
 }
@@ -394,15 +422,18 @@ async fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) -> bool {
     stop.load(Ordering::SeqCst)
 }
 
-/// Batches and bytes on a terminal; nothing when piped or logged.
-fn progress_bar(bytes: u64, batches: usize) -> ProgressBar {
+/// On a terminal, per batch: the bytes the server acknowledged (its offset for a
+/// resumable upload), the rate over the last seconds, and what is happening (resuming
+/// at X, stored by the server…); nothing when piped or logged.
+fn progress_bar(batches: usize) -> ProgressBar {
     if batches == 0 || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::new(bytes);
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-    {
+    let pb = ProgressBar::new(0);
+    pb.enable_steady_tick(Duration::from_millis(200));
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix} {spinner} [{bar:30}] {bytes}/{total_bytes} acknowledged, {bytes_per_sec} {msg}",
+    ) {
         pb.set_style(style.progress_chars("=> "));
     }
     pb

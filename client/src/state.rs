@@ -69,6 +69,10 @@ pub struct Sealing {
     pub created_at: DateTime<FixedOffset>,
     /// The imported file, or `None` for the open batch (`open.ndjson`).
     pub source: Option<PathBuf>,
+    /// The part of the source this batch holds when it was cut into several: rows
+    /// `skip..skip + take`. `None`: all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! Top level (the names are reserved, in any letter case, and never become devices):
 //! - `.processing/<device>/<stamp>[.<channel>][.cut]-<name>`: claimed share and FTP files;
 //! - `.incoming/<device>/<stamp>-upload`: HTTP request bodies being spooled;
+//! - `.uploads/<device>/<id>.part` and `<id>.json`: resumable HTTP uploads (tus);
 //! - `.pulling/<source>/<device>/<stamp>-<name>`: files fetched from remote sources;
 //! - `archive/<date>/<device>/<claim>`: stored (or already stored) files;
 //! - `rejected/<device>/<claim>` with `<claim>.reason.txt` beside it: refused files;
@@ -28,6 +29,8 @@ use crate::types::Channel;
 pub const PROCESSING: &str = ".processing";
 /// HTTP request bodies being spooled.
 pub const INCOMING: &str = ".incoming";
+/// Resumable uploads: kept across restarts until finished or expired.
+pub const UPLOADS: &str = ".uploads";
 /// Files fetched from remote sources, waiting for their ingest; a hidden name, so the
 /// drop-directory loop never takes them.
 pub const PULLING: &str = ".pulling";
@@ -38,7 +41,9 @@ pub const RECEIPTS: &str = "receipts";
 pub const NO_DEVICE: &str = "_";
 
 /// Every top-level folder the server owns.
-const SERVER_FOLDERS: [&str; 6] = [PROCESSING, INCOMING, PULLING, ARCHIVE, REJECTED, RECEIPTS];
+const SERVER_FOLDERS: [&str; 7] = [
+    PROCESSING, INCOMING, UPLOADS, PULLING, ARCHIVE, REJECTED, RECEIPTS,
+];
 /// The folders the drop-directory loop needs before its first pass.
 pub const DROP_DIR_FOLDERS: [&str; 4] = [PROCESSING, ARCHIVE, REJECTED, RECEIPTS];
 
@@ -77,6 +82,11 @@ impl Layout {
     /// uploads do not all queue for one directory lock.
     pub fn incoming(&self, device: &str) -> PathBuf {
         self.root.join(INCOMING).join(device)
+    }
+
+    /// Where `device`'s resumable uploads are kept.
+    pub fn uploads(&self, device: &str) -> PathBuf {
+        self.root.join(UPLOADS).join(device)
     }
 
     /// Where one source's fetched files wait for their ingest.

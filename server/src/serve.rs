@@ -263,6 +263,20 @@ async fn start_http(
             attachments_dir.display()
         )
     })?;
+    // Resumable uploads survive a restart; expired ones are swept now and every minute.
+    let swept = drop_dir.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let dir = swept.clone();
+            if let Ok(n @ 1..) =
+                tokio::task::spawn_blocking(move || crate::http::resumable::sweep(&dir)).await
+            {
+                tracing::info!("deleted {n} expired resumable uploads");
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(&settings.http.bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.bind {}: {e}", settings.http.bind))?;
@@ -328,6 +342,10 @@ pub fn http_state(
         uploads: Arc::new(crate::http::fair::UploadSlots::new(
             settings.http.max_concurrent_requests,
             settings.http.max_uploads_per_device,
+        )),
+        max_spool_per_device: settings.http.max_spool_bytes_per_device,
+        resumable: Arc::new(crate::http::resumable::Registry::new(
+            settings.http.upload_expiry_secs,
         )),
         dashboard: Arc::new(crate::http::DashboardSettings {
             session: settings.http.session_hours,

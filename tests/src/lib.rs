@@ -16,6 +16,7 @@ pub mod browser;
 pub mod client;
 pub mod ctx;
 pub mod ftp;
+pub mod link;
 pub mod vsftpd;
 pub mod web;
 

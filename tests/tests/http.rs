@@ -653,6 +653,7 @@ async fn openapi_document_matches_the_routes() {
     documented.sort();
     let expected = [
         ("GET", "/api/v1/attachments/{sha256}"),
+        ("DELETE", "/api/v1/uploads/{id}"),
         ("GET", "/api/v1/batches"),
         ("GET", "/api/v1/batches/{id}"),
         ("GET", "/api/v1/conflicts"),
@@ -661,15 +662,20 @@ async fn openapi_document_matches_the_routes() {
         ("GET", "/api/v1/rejected"),
         ("GET", "/api/v1/sightings"),
         ("GET", "/api/v1/tracks"),
+        ("GET", "/api/v1/uploads/{id}"),
         ("GET", "/api/v1/whoami"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),
         ("GET", "/readyz"),
+        ("HEAD", "/api/v1/uploads/{id}"),
+        ("OPTIONS", "/api/v1/uploads"),
+        ("PATCH", "/api/v1/uploads/{id}"),
         ("POST", "/api/v1/admin/download"),
         ("POST", "/api/v1/batches"),
         ("POST", "/api/v1/rejected/{id}/reprocess"),
         ("POST", "/api/v1/webhooks/cybertracker"),
         ("POST", "/api/v1/webhooks/cybertracker/{token}"),
+        ("POST", "/api/v1/uploads"),
     ];
     let expected: Vec<(String, String)> = expected
         .iter()

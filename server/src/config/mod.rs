@@ -290,6 +290,12 @@ pub struct HttpSettings {
     /// Uploads one device sends at once; more wait their turn, so one device cannot
     /// take every upload slot.
     pub max_uploads_per_device: usize,
+    /// Disk one device may hold in unfinished uploads (spooled bodies and resumable
+    /// uploads); an upload that would pass it is refused with 507.
+    pub max_spool_bytes_per_device: u64,
+    /// A resumable upload (`/api/v1/uploads`) not finished within this time is deleted.
+    #[serde(with = "secs")]
+    pub upload_expiry_secs: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -382,6 +388,8 @@ impl Default for HttpSettings {
             idle_timeout_secs: Duration::from_secs(30),
             min_body_bytes_per_sec: 1024,
             max_uploads_per_device: 4,
+            max_spool_bytes_per_device: 2 << 30,
+            upload_expiry_secs: Duration::from_secs(24 * 3600),
         }
     }
 }

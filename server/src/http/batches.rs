@@ -10,6 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::DeviceAuth;
+use super::resumable::spool_full;
 use super::{ApiError, AppState, ErrorBody};
 use crate::deliver::{Filing, Origin};
 use crate::ingest::{Receipt, Status};
@@ -37,6 +38,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 413, description = "Too large, also once inflated", body = ErrorBody),
         (status = 415, description = "Unknown format or Content-Encoding", body = ErrorBody),
         (status = 422, description = "Invalid rows: the reason names line and field", body = Receipt),
+        (status = 507, description = "The device's unfinished uploads would pass http.max_spool_bytes_per_device", body = ErrorBody),
         (status = 503, description = "The database is unavailable or full: nothing was stored; send it again after Retry-After", body = ErrorBody),
     ),
     security(("device_token" = []), ("device_basic" = []))
@@ -48,33 +50,64 @@ async fn post_batch(
     body: Body,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
     check_encoding(&headers)?;
-    let _slot = state.uploads.acquire(&device).await?;
+    let slot = state.uploads.acquire(&device).await?;
     let deliverer = state.deliverer();
     let claim = format!("{}-upload", stamp());
     let spool = deliverer.layout.incoming(&device).join(&claim);
-    if let Err(e) = spool_body(&state, &headers, body, &spool).await {
-        let _ = tokio::fs::remove_file(&spool).await;
-        return Err(e);
-    }
-    let relayed = match relayed_device(&state, &device, &spool).await {
+    // Removed if this request ends before the body is handed over (an error, or the
+    // client gone and this future dropped with its connection).
+    let guard = SpoolGuard(Some(spool.clone()));
+    spool_body(&state, &device, &headers, body, &spool).await?;
+    // The store runs in a task of its own: a client that goes away while a received
+    // body is being stored does not stop it (its retry is then a duplicate and gets the
+    // same receipt), and nothing is left behind in `.incoming/` either way.
+    guard.disarm();
+    // It keeps the upload slot until done, so a device resending while its earlier
+    // sends are still being stored waits: at most `http.max_uploads_per_device` bodies
+    // of one device on disk.
+    let store = tokio::spawn(async move {
+        let _slot = slot;
+        deliver_upload(
+            &state,
+            &device,
+            &spool,
+            "upload".into(),
+            format!("http/{claim}"),
+        )
+        .await
+    });
+    let receipt = store.await.map_err(anyhow::Error::from)??;
+    Ok((status_for(&receipt), Json(receipt)))
+}
+
+/// Delivers a fully received upload (a POST body or a finished resumable upload) as
+/// `sender`'s, or as the device it relays for, and records the relay after the commit.
+/// Undecided, the file is not kept: its sender gets no answer and sends it again.
+pub(super) async fn deliver_upload(
+    state: &AppState,
+    sender: &str,
+    file: &std::path::Path,
+    file_name: String,
+    claim: String,
+) -> Result<Receipt, ApiError> {
+    let relayed = match relayed_device(state, sender, file).await {
         Ok(r) => r,
         Err(e) => {
-            let _ = tokio::fs::remove_file(&spool).await;
+            let _ = tokio::fs::remove_file(file).await;
             return Err(e);
         }
     };
     let origin = Origin {
         channel: Channel::Http,
-        file_name: "upload".into(),
-        device: Some(relayed.clone().unwrap_or_else(|| device.clone())),
-        claim: Some(format!("http/{claim}")),
+        file_name,
+        device: Some(relayed.clone().unwrap_or_else(|| sender.to_string())),
+        claim: Some(claim),
         filing: Filing::DropDir,
     };
-    // Undecided, the body is not kept: its sender gets no answer and sends it again.
-    let mut receipt = match deliverer.deliver(&spool, &origin).await {
+    let mut receipt = match state.deliverer().deliver(file, &origin).await {
         Ok(receipt) => receipt,
         Err(e) => {
-            let _ = tokio::fs::remove_file(&spool).await;
+            let _ = tokio::fs::remove_file(file).await;
             return Err(ApiError::storing(e));
         }
     };
@@ -84,12 +117,12 @@ async fn post_batch(
         receipt.status == Status::Rejected,
     ) {
         // After the batch's commit and before the answer: a failure here answers 5xx,
-        // the station sends again, and the duplicate records it then.
+        // the sender sends again, and the duplicate records it then.
         let db = &state.ingestor.db;
-        db.mark_relayed(batch_id, &device).await?;
+        db.mark_relayed(batch_id, sender).await?;
         receipt.relayed_by = db.relayed_by(batch_id).await?;
     }
-    Ok((status_for(&receipt), Json(receipt)))
+    Ok(receipt)
 }
 
 /// Send on sync: a device with a relay right (`device add NAME --relay-for …`) may
@@ -124,6 +157,23 @@ async fn relayed_device(
          {claimed}: the administrator can allow it with `ctdata-server device relay \
          {sender} --for {rule},{claimed}`"
     )))
+}
+
+/// Deletes a spooled body when dropped, unless disarmed.
+struct SpoolGuard(Option<std::path::PathBuf>);
+
+impl SpoolGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for SpoolGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// 201 stored, 200 stored before; a refused batch by why it was refused.
@@ -173,6 +223,7 @@ async fn create_spool(spool: &std::path::Path) -> std::io::Result<tokio::fs::Fil
 /// Streams the body to `spool`, refusing it as soon as it passes the limit.
 async fn spool_body(
     state: &AppState,
+    device: &str,
     headers: &HeaderMap,
     body: Body,
     spool: &std::path::Path,
@@ -183,6 +234,19 @@ async fn spool_body(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge(limit));
+    }
+    // Space this device already holds in unfinished uploads: this body may add at most
+    // what is left of its share.
+    let (drop_dir, dev) = (state.drop_dir.clone(), device.to_string());
+    let used = tokio::task::spawn_blocking(move || {
+        super::resumable::spool_in_use(&crate::layout::Layout::new(&drop_dir), &dev)
+    })
+    .await
+    .map_err(anyhow::Error::from)?;
+    let cap = state.max_spool_per_device;
+    let room = cap.saturating_sub(used);
+    if declared.is_some_and(|n| n > room) {
+        return Err(spool_full(used, declared.unwrap_or(0), cap));
     }
     // A small body (most batches are a few KB) is gathered in memory and written with
     // one blocking call; a large one goes to the file as it arrives.
@@ -203,6 +267,9 @@ async fn spool_body(
         written += chunk.len() as u64;
         if written > limit {
             return Err(ApiError::TooLarge(limit));
+        }
+        if written > room {
+            return Err(spool_full(used, written, cap));
         }
         match &mut file {
             Some(f) => f.write_all(&chunk).await?,

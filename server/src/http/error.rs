@@ -54,6 +54,12 @@ pub enum ApiError {
     /// 503 that says why, for operators and load balancers.
     #[error("not ready: {0}")]
     NotReady(String),
+    /// The device's spool space (`http.max_spool_bytes_per_device`) is used up: 507.
+    #[error("{0}")]
+    SpoolFull(String),
+    /// A resumable upload's offset or checksum did not match (tus): the status to answer.
+    #[error("{1}")]
+    Upload(StatusCode, String),
 }
 
 /// What a 503 asks the client to wait before trying again.
@@ -94,6 +100,8 @@ impl ApiError {
             ApiError::Internal(_) | ApiError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::SpoolFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Upload(status, _) => *status,
         }
     }
 
@@ -114,6 +122,8 @@ impl ApiError {
             ApiError::Internal(_) | ApiError::Io(_) => "internal",
             ApiError::SlowBody(_) => "body_too_slow",
             ApiError::NotReady(_) => "not_ready",
+            ApiError::SpoolFull(_) => "spool_full",
+            ApiError::Upload(..) => "upload_mismatch",
         }
     }
 }
@@ -124,7 +134,7 @@ impl IntoResponse for ApiError {
         let message = if let ApiError::NotReady(why) = &self {
             tracing::warn!("not ready: {why}");
             self.to_string()
-        } else if status.is_server_error() {
+        } else if status.is_server_error() && !matches!(self, ApiError::SpoolFull(_)) {
             tracing::error!("request failed: {self:#}");
             "the server could not complete the request; it is logged".to_string()
         } else {

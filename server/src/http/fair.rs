@@ -16,6 +16,9 @@ use super::AppState;
 /// The one route whose requests draw on [`UploadSlots`] instead of the general slots.
 const UPLOAD_PATH: &str = "/api/v1/batches";
 
+/// Resumable uploads: their `PATCH` requests take upload slots in the handler too.
+const RESUMABLE_PATH: &str = "/api/v1/uploads/";
+
 /// Devices remembered at most before idle entries are pruned.
 const PRUNE_ABOVE: usize = 1024;
 
@@ -68,7 +71,10 @@ impl UploadSlots {
 /// handler runs (uploads take theirs in the handler, once the device is known).
 pub async fn general_slots(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if req.method() == Method::POST && (path == UPLOAD_PATH || path.starts_with("/openrosa/")) {
+    let resumable = req.method() == Method::PATCH && path.starts_with(RESUMABLE_PATH);
+    if resumable
+        || req.method() == Method::POST && (path == UPLOAD_PATH || path.starts_with("/openrosa/"))
+    {
         return next.run(req).await;
     }
     let _permit = state.request_slots.clone().acquire_owned().await;

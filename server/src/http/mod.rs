@@ -11,6 +11,7 @@ pub mod fair;
 mod headers;
 mod openrosa;
 pub mod paced;
+pub(crate) mod resumable;
 mod sightings;
 pub(crate) mod throttle;
 pub mod tls;
@@ -65,6 +66,10 @@ pub struct AppState {
     /// `storage.max_attachment_bytes`.
     pub max_attachment_bytes: u64,
     pub openrosa: Arc<crate::config::OpenRosaSettings>,
+    /// `http.max_spool_bytes_per_device`.
+    pub max_spool_per_device: u64,
+    /// Resumable uploads in progress (`/api/v1/uploads`).
+    pub resumable: Arc<resumable::Registry>,
 }
 
 impl AppState {
@@ -121,6 +126,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .merge(batches::router())
+        .merge(resumable::router())
         .merge(sightings::router())
         .merge(admin::router())
         .merge(download::router())
