@@ -56,15 +56,15 @@ pub struct Receipt {
     /// which of them came with other content (conflicts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<Skipped>,
-    /// Track points (CyberTracker waypoints) in the file: stored in the tracks, not
-    /// counted as sightings.
+    /// Track points (waypoints of a CyberTracker upload or a CTX, not those marked
+    /// deleted) in the file: stored in the tracks, not counted as sightings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_points: Option<i64>,
     /// SMART patrol events (start, stop, pause, resume, change) in the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patrol_events: Option<i64>,
-    /// Records the file carried that are not stored as sightings (a CyberTracker
-    /// upload's deleted sightings and waypoints), for a batch stored now.
+    /// Records the file carried that are stored nowhere (a CTX's sightings the device
+    /// marked deleted), for a batch stored now; absent when there were none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_stored: Option<NotStored>,
     /// The station device that delivered this batch for the device that recorded it
@@ -73,14 +73,13 @@ pub struct Receipt {
     pub relayed_by: Option<String>,
 }
 
-/// What a stored batch carried besides its sightings.
+/// What a stored batch carried that is stored nowhere. (Waypoints are not among them:
+/// they go to the tracks, counted by `track_points`.)
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotStored {
     /// Sightings the device marked deleted (CTX): read, counted, not stored.
     pub deleted: u64,
-    /// Waypoints (track points): counted; they stay in the archived original.
-    pub waypoints: u64,
 }
 
 /// What a receipt and the batch API say about the sightings a batch skipped.

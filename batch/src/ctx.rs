@@ -21,6 +21,7 @@ use crate::cybertracker::element_value;
 use crate::fields::{Draft, Field, RowAt};
 use crate::model::{Location, Problem, RejectKind, Rejection, Sighting};
 use crate::problems::{problem, reject, reject_with, Rows};
+use crate::tracks::TrackPoint;
 use crate::Limits;
 
 /// The first four bytes of every cabinet.
@@ -603,8 +604,14 @@ fn sniff_media(start: &[u8], kind: u8) -> &'static str {
     }
 }
 
-/// Walks `Waypoints.dat`: returns the waypoints that are not deleted.
-fn count_waypoints<R: Read>(dat: &mut Dat<R>) -> Result<u64, Rejection> {
+/// Walks `Waypoints.dat`, handing `each` every waypoint the device did not mark
+/// deleted, checked: its time (`created`, read at `offset_minutes`) and position. Returns
+/// how many it handed out. One record is held at a time.
+fn walk_waypoints<R: Read>(
+    dat: &mut Dat<R>,
+    offset_minutes: i32,
+    mut each: impl FnMut(TrackPoint),
+) -> Result<u64, Rejection> {
     if !dat.len.is_multiple_of(WAYPOINT_BYTES) {
         let index = dat.len / WAYPOINT_BYTES;
         return Err(syntax(
@@ -619,20 +626,107 @@ fn count_waypoints<R: Read>(dat: &mut Dat<R>) -> Result<u64, Rejection> {
     for index in 0..dat.len / WAYPOINT_BYTES {
         let mut w = [0u8; WAYPOINT_BYTES as usize];
         dat.exact(&mut w)?;
-        if w[0..4] != WAYPOINT_MAGIC {
-            return Err(syntax(
-                format!("Waypoints.dat[{index}]"),
-                format!(
-                    "waypoint {index} does not start with the magic WAY2 (found {:02x?})",
-                    &w[0..4]
-                ),
-            ));
-        }
-        if w[84] == 0 {
+        if let Some(p) = waypoint(index, &w, offset_minutes)? {
+            each(p);
             kept += 1;
         }
     }
     Ok(kept)
+}
+
+/// One `WAYPOINT` record: `None` when the device marked it deleted.
+fn waypoint(
+    index: u64,
+    w: &[u8; WAYPOINT_BYTES as usize],
+    offset_minutes: i32,
+) -> Result<Option<TrackPoint>, Rejection> {
+    let here = format!("Waypoints.dat[{index}]");
+    if w[0..4] != WAYPOINT_MAGIC {
+        return Err(syntax(
+            here,
+            format!(
+                "waypoint {index} does not start with the magic WAY2 (found {:02x?})",
+                &w[0..4]
+            ),
+        ));
+    }
+    if w[84] != 0 {
+        return Ok(None);
+    }
+    // After magic, id and device id (36 bytes): created, current, latitude, longitude,
+    // altitude, accuracy.
+    let double = |k: usize| {
+        let at = 36 + 8 * k;
+        f64::from_le_bytes(w[at..at + 8].try_into().expect("8 bytes"))
+    };
+    let bad = |field: &str, value: f64, why: &str| {
+        let p = problem(
+            at(format!("{here}.{field}")),
+            Some(field),
+            Some(value.to_string()),
+            format!("waypoint {index}: {why}"),
+        );
+        reject_with(
+            RejectKind::InvalidRows,
+            format!("{here}.{field}: waypoint {index}: {why} (found {value})"),
+            p,
+        )
+    };
+    let created = double(0);
+    let Some(time) = ole_time(created, offset_minutes) else {
+        return Err(bad(
+            "created",
+            created,
+            "the time is not a day CyberTracker can write (days since 1899-12-30)",
+        ));
+    };
+    let (latitude, longitude) = (double(2), double(3));
+    if !latitude.is_finite() || !(-90.0..=90.0).contains(&latitude) {
+        return Err(bad(
+            "latitude",
+            latitude,
+            "latitude must be a number from -90 to 90",
+        ));
+    }
+    if !longitude.is_finite() || !(-180.0..=180.0).contains(&longitude) {
+        return Err(bad(
+            "longitude",
+            longitude,
+            "longitude must be a number from -180 to 180",
+        ));
+    }
+    let (altitude, accuracy) = (double(4), double(5));
+    Ok(Some(TrackPoint {
+        time,
+        latitude,
+        longitude,
+        altitude: altitude.is_finite().then_some(altitude),
+        // The device writes 0 when the receiver gave no accuracy.
+        accuracy: (accuracy.is_finite() && accuracy > 0.0).then_some(accuracy),
+    }))
+}
+
+/// The waypoints of a scanned CTX (none when it has no `Waypoints.dat`), for the
+/// server's tracks. Each record is checked as [`scan`] checked it.
+pub(crate) fn track(
+    path: &Path,
+    sha256: &str,
+    limits: &Limits,
+) -> Result<Vec<TrackPoint>, Rejection> {
+    let (now, _) = file_sha256(path)?;
+    if now != sha256 {
+        return Err(reject(
+            RejectKind::Io,
+            "the file changed between scan and read",
+        ));
+    }
+    let mut ctx = Ctx::open(path, limits)?;
+    let mut points = Vec::new();
+    if let Some((r, len)) = ctx.member("Waypoints.dat")? {
+        let mut dat = Dat { r, pos: 0, len };
+        walk_waypoints(&mut dat, limits.ctx_utc_offset_minutes, |p| points.push(p))?;
+    }
+    Ok(points)
 }
 
 fn file_sha256(path: &Path) -> Result<(String, u64), Rejection> {
@@ -649,7 +743,14 @@ pub(crate) fn scan(path: &Path, limits: &Limits) -> Result<Counted, Rejection> {
     let (sha256, bytes) = file_sha256(path)?;
     let mut ctx = Ctx::open(path, limits)?;
     let waypoints = match ctx.member("Waypoints.dat")? {
-        Some((r, len)) => Some(count_waypoints(&mut Dat { r, pos: 0, len })?),
+        Some((r, len)) => {
+            let mut dat = Dat { r, pos: 0, len };
+            Some(walk_waypoints(
+                &mut dat,
+                limits.ctx_utc_offset_minutes,
+                |_| {},
+            )?)
+        }
         None => None,
     };
     let (mut sightings, mut deleted) = (0, 0);

@@ -111,8 +111,9 @@ pub struct Scan {
     pub declared_count: Option<u64>,
     /// The device's running number of this batch (header `sequence`), if it gave one.
     pub sequence: Option<u64>,
-    /// Features read but not stored as sightings: the waypoints (track points) of a
-    /// CyberTracker upload, which [`crate::tracks::extras`] hands out.
+    /// Records read but not stored as sightings: the waypoints (track points) of a
+    /// CyberTracker upload or a CTX (not those marked deleted), which
+    /// [`crate::tracks::extras`] hands out for the server's tracks.
     pub waypoints: u64,
     /// Records read but not stored because the device marked them deleted (CTX).
     pub deleted: u64,

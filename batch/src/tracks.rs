@@ -1,8 +1,8 @@
 //! What a batch carries besides sightings: track points (CyberTracker waypoints) and
 //! SMART patrol events. [`read`](crate::read) validates them with the rest of the file
 //! but never hands them to its sighting sink; [`extras`] collects them in a pass of
-//! its own, so a format that has track points (CyberTracker today, CTX waypoints later)
-//! only needs to produce them here, and the server stores them with the batch in the
+//! its own, so a format that has track points (CyberTracker uploads, and the
+//! `Waypoints.dat` of a CTX) only needs to produce them here, and the server stores them with the batch in the
 //! same transaction.
 
 use std::path::Path;
@@ -93,8 +93,15 @@ impl Extras {
 /// passed over here: [`read`](crate::read) refuses the file for them, and then none of
 /// this is stored. Formats without extras give an empty set without reading the file.
 pub fn extras(path: &Path, scan: &Scan, limits: &Limits) -> Result<Extras, Rejection> {
-    if scan.format != Format::Cybertracker {
-        return Ok(Extras::default());
+    match scan.format {
+        Format::Cybertracker => {}
+        Format::Ctx => {
+            return Ok(Extras {
+                track: crate::ctx::track(path, &scan.sha256, limits)?,
+                patrol_events: Vec::new(),
+            })
+        }
+        _ => return Ok(Extras::default()),
     }
     let mut input = Input::open(path, limits)?;
     input.skip_bom()?;

@@ -265,17 +265,15 @@ impl Ingestor {
             LoadResult::Loaded(record) => {
                 let mut r = receipt(Status::Ingested, d, &record);
                 r.skipped = self.skipped(&record).await?;
-                if scan.deleted > 0 || scan.waypoints > 0 {
+                if scan.deleted > 0 {
                     r.not_stored = Some(ctdata_api::NotStored {
                         deleted: scan.deleted,
-                        waypoints: scan.waypoints,
                     });
                     per_file!(
                         device,
                         batch_id = %record.batch_id,
                         deleted = scan.deleted,
-                        waypoints = scan.waypoints,
-                        "records not stored as sightings: deleted on the device, or track points"
+                        "records not stored as sightings: deleted on the device"
                     );
                 }
                 let conflicts = r.skipped.as_ref().map_or(0, |s| s.conflicts);
@@ -404,7 +402,7 @@ impl Ingestor {
 
     /// The file's track points and patrol events (none for most formats).
     async fn extras(&self, path: &Path, scan: &Scan) -> anyhow::Result<Result<Extras, Rejection>> {
-        if scan.format != Format::Cybertracker {
+        if !matches!(scan.format, Format::Cybertracker | Format::Ctx) {
             return Ok(Ok(Extras::default()));
         }
         let (path, scan, limits) = (path.to_path_buf(), scan.clone(), self.limits);
@@ -416,8 +414,10 @@ impl Ingestor {
     fn rows(&self, path: &Path, scan: &Scan) -> RowStream {
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Sighting>>(16);
         let (path, scan, limits) = (path.to_path_buf(), scan.clone(), self.limits);
-        let mapping = (scan.format == Format::Cybertracker && !self.cybertracker.is_empty())
-            .then(|| self.cybertracker.clone());
+        // CyberTracker uploads, SMART files and CyberTracker Classic CTX files alike.
+        let cybertracker = matches!(scan.format, Format::Cybertracker | Format::Ctx);
+        let mapping =
+            (cybertracker && !self.cybertracker.is_empty()).then(|| self.cybertracker.clone());
         let done = tokio::task::spawn_blocking(move || {
             let mut chunk = Vec::with_capacity(CHUNK);
             let result = ctdata_batch::read(&path, &scan, &limits, |mut s| {
@@ -563,11 +563,19 @@ fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
     }
 }
 
-/// A CyberTracker upload's receipt says how many track points and patrol events it had.
+/// A CyberTracker upload's receipt says how many track points and patrol events it had;
+/// a CTX's how many waypoints (it has no patrol events).
 fn with_extras(mut r: Receipt, scan: &Scan, extras: &Extras) -> Receipt {
-    if scan.format == Format::Cybertracker && r.status != Status::Rejected {
-        r.track_points = Some(extras.track.len() as i64);
-        r.patrol_events = Some(extras.patrol_events.len() as i64);
+    if r.status == Status::Rejected {
+        return r;
+    }
+    match scan.format {
+        Format::Cybertracker => {
+            r.track_points = Some(extras.track.len() as i64);
+            r.patrol_events = Some(extras.patrol_events.len() as i64);
+        }
+        Format::Ctx => r.track_points = Some(extras.track.len() as i64),
+        _ => {}
     }
     r
 }

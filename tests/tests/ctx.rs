@@ -402,6 +402,83 @@ fn waypoints_only_upload_has_no_sightings() {
     assert_eq!((rows.len(), scan.waypoints), (0, 1));
 }
 
+#[test]
+fn waypoints_become_track_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "w.CTX", &upload().single());
+    let limits = Limits::default();
+    let scan = ctdata_batch::scan(&path, &limits).unwrap();
+    let extras = ctdata_batch::tracks::extras(&path, &scan, &limits).unwrap();
+    assert!(extras.patrol_events.is_empty());
+    let track: Vec<_> = extras
+        .track
+        .iter()
+        .map(|p| {
+            (
+                p.time.to_rfc3339(),
+                p.latitude,
+                p.longitude,
+                p.altitude,
+                p.accuracy,
+            )
+        })
+        .collect();
+    assert_eq!(
+        track,
+        vec![(
+            "2024-05-01T06:00:01+00:00".to_string(),
+            -24.99,
+            31.59,
+            Some(300.0),
+            Some(5.0)
+        )],
+        "the deleted waypoint is left out"
+    );
+    // The device's clock offset applies to waypoints as to sightings.
+    let east = Limits {
+        ctx_utc_offset_minutes: 120,
+        ..Limits::default()
+    };
+    let extras = ctdata_batch::tracks::extras(&path, &scan, &east).unwrap();
+    assert_eq!(
+        extras.track[0].time.to_rfc3339(),
+        "2024-05-01T06:00:01+02:00"
+    );
+    // No Waypoints.dat: no track points.
+    let mut up = upload();
+    up.waypoints.clear();
+    let path = write(dir.path(), "s.CTX", &up.single());
+    let scan = ctdata_batch::scan(&path, &limits).unwrap();
+    let extras = ctdata_batch::tracks::extras(&path, &scan, &limits).unwrap();
+    assert!(extras.is_empty());
+}
+
+#[test]
+fn a_bad_waypoint_refuses_the_file_by_index_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |up: &Upload| {
+        let path = write(dir.path(), "bad.CTX", &up.single());
+        ctdata_batch::scan(&path, &Limits::default()).expect_err("refused")
+    };
+    let mut up = upload();
+    up.waypoints[0].latitude = 91.5;
+    let r = refused(&up);
+    assert_eq!(r.kind, RejectKind::InvalidRows, "{r}");
+    assert!(
+        r.to_string().contains("Waypoints.dat[0].latitude") && r.to_string().contains("91.5"),
+        "{r}"
+    );
+    let mut up = upload();
+    up.waypoints[0].longitude = f64::NAN;
+    let r = refused(&up);
+    assert!(r.to_string().contains("Waypoints.dat[0].longitude"), "{r}");
+    // A deleted waypoint is not checked: it is stored nowhere.
+    let mut up = upload();
+    up.waypoints[1].latitude = 500.0;
+    let path = write(dir.path(), "ok.CTX", &up.single());
+    assert!(ctdata_batch::scan(&path, &Limits::default()).is_ok());
+}
+
 // ---- Through the server, every channel ---------------------------------------------
 
 use std::time::Duration;
@@ -460,6 +537,18 @@ async fn sightings(base: &str, admin: &str) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The tracks export as CSV.
+fn track_csv(base: &str, admin: &str) -> String {
+    let out = curl(&[
+        "-sf",
+        "-H",
+        &format!("Authorization: Bearer {admin}"),
+        &format!("{base}/api/v1/tracks?format=csv"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 async fn ctx_channels(db: TestDb) {
@@ -541,6 +630,11 @@ async fn ctx_channels(db: TestDb) {
         )
     );
     assert_eq!(s1["attributes"]["deviceId"], json!(DEVICE.to_string()));
+    // The waypoint that is not deleted is the device's track point, at the device's
+    // offset (06:00:01 at UTC+02:00).
+    let one_point = "device,time,latitude,longitude,altitude,accuracy\n\
+                     ct-classic-02,2024-05-01T04:00:01Z,-24.99,31.59,300,5\n";
+    assert_eq!(track_csv(&base, &admin), one_point);
 
     // HTTP POST of the whole upload as one file: a new batch, every sighting a duplicate.
     let whole = env.dir.path().join("whole.CTX");
@@ -577,16 +671,23 @@ async fn ctx_channels(db: TestDb) {
         "{receipt}"
     );
     assert_eq!(
-        receipt["not_stored"],
-        json!({"deleted": 1, "waypoints": 1}),
+        (&receipt["track_points"], &receipt["not_stored"]),
+        (&json!(1), &json!({"deleted": 1})),
         "{receipt}"
     );
+    assert_eq!(
+        track_csv(&base, &admin),
+        one_point,
+        "a waypoint sent again adds no track point"
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM tracks").await, 1);
     let (code, again) = post(&whole, "application/octet-stream");
     assert_eq!(
         (code, &again["status"]),
         (200, &json!("duplicate")),
         "{again}"
     );
+    assert_eq!(db.scalar("SELECT count(*) FROM tracks").await, 1);
     // An .OUT body over HTTP: refused, deleted, nothing of it kept.
     let out_path = env.dir.path().join("x.OUT");
     std::fs::write(&out_path, &out).unwrap();
@@ -643,6 +744,12 @@ async fn ctx_channels(db: TestDb) {
     );
 
     assert_eq!(sightings(&base, &admin).await.len(), 4);
+    // The command line names no device: the file is the default device's, and so is its
+    // waypoint.
+    assert_eq!(
+        track_csv(&base, &admin),
+        format!("{one_point}unassigned,2024-05-01T04:00:01Z,-24.99,31.59,300,5\n")
+    );
     no_credentials_kept(&env.drop_dir());
     let log = server.log_text();
     assert!(log.contains(".OUT"), "the deletion is logged");
@@ -653,6 +760,112 @@ async fn ctx_channels(db: TestDb) {
 }
 
 both_backends!(ctx_channels);
+
+/// `[formats.cybertracker]` applies to CTX sightings as to CyberTracker uploads: the
+/// mapped elements (by name or by GUID when Elements.txt does not name them) fill the
+/// fields the device left empty, and one that does not fit stays an attribute.
+async fn ctx_element_mapping(db: TestDb) {
+    const ANIMAL: Uuid = Uuid::from_u128(0x88888888_9999_4aaa_8bbb_cccccccccccc);
+    const HERD: Uuid = Uuid::from_u128(0x99999999_aaaa_4bbb_8ccc_dddddddddddd);
+    const RANGER: Uuid = Uuid::from_u128(0xaaaaaaaa_bbbb_4ccc_8ddd_eeeeeeeeeeee);
+    let env = ServerEnv::new(&db);
+    std::fs::write(
+        env.dir.path().join("ctdata.toml"),
+        format!(
+            "[formats.cybertracker]\nspecies = [\"animal\"]\n\
+             count = [\"Herd estimate\", \"{{{}}}\"]\nobserver = [\"Ranger on duty\"]\n",
+            HERD.to_string().to_uppercase()
+        ),
+    )
+    .unwrap();
+    let token = env.device_token(NAME);
+    let admin = env.admin_token();
+    let server = env.serve().await;
+    let base = server.http_base();
+
+    let mut up = upload();
+    up.elements = vec![
+        (ANIMAL, "Animal".into()),
+        (ELEPHANT, "Loxodonta africana".into()),
+        (RANGER, "Ranger on duty".into()),
+        (NOTES, "Herd estimate".into()),
+    ];
+    up.waypoints.clear();
+    let mut s = up.sightings[0].clone();
+    // HERD is not in Elements.txt: its attribute is named by its GUID.
+    s.attributes = vec![
+        Attr::guid(ANIMAL, ELEPHANT),
+        Attr::text(NOTES, "a dozen"),
+        Attr::double(HERD, 12.0),
+        Attr::text(RANGER, "T. Mokoena"),
+    ];
+    let mut named = up.sightings[1].clone();
+    // A field the device filled itself stays: the element named Count wins.
+    named.attributes = vec![Attr::int32(COUNT, 3), Attr::double(HERD, 12.0)];
+    up.elements.push((COUNT, "Count".into()));
+    up.sightings = vec![s, named];
+    let file = env.dir.path().join("mapped_0.CTX");
+    std::fs::write(&file, up.single()).unwrap();
+    let r = curl(&[
+        "-u",
+        &format!("{NAME}:{token}"),
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{base}/api/v1/batches"),
+    ]);
+    let receipt: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(
+        (&receipt["status"], &receipt["inserted"]),
+        (&json!("ingested"), &json!(2)),
+        "{receipt}"
+    );
+    assert_eq!(receipt["track_points"], json!(0), "{receipt}");
+    assert!(receipt.get("not_stored").is_none(), "{receipt}");
+    let stored = sightings(&base, &admin).await;
+    let find = |n: u128| {
+        let s = stored
+            .iter()
+            .find(|s| s["id"] == json!(id(n).to_string()))
+            .unwrap();
+        let mut a = s["attributes"].clone();
+        let a = a.as_object_mut().unwrap();
+        for k in ["deviceId", "dbName"] {
+            a.remove(k);
+        }
+        (
+            s["species"].clone(),
+            s["count"].clone(),
+            s["observer"].clone(),
+            Value::Object(a.clone()),
+        )
+    };
+    assert_eq!(
+        find(1),
+        (
+            json!("Loxodonta africana"),
+            json!(12),
+            json!("T. Mokoena"),
+            json!({"Herd estimate": "a dozen"})
+        ),
+        "mapped by name and by GUID; a text count stays an attribute"
+    );
+    assert_eq!(
+        find(2),
+        (
+            Value::Null,
+            json!(3),
+            Value::Null,
+            json!({ (HERD.to_string()): 12 })
+        ),
+        "the device's own count is kept"
+    );
+    assert_eq!(
+        track_csv(&base, &admin),
+        "device,time,latitude,longitude,altitude,accuracy\n"
+    );
+}
+
+both_backends!(ctx_element_mapping);
 
 /// Download from a remote FTP site (vsftpd) and from a share folder, each holding a
 /// device's CTX with its .OUT beside it: the CTX is stored, the .OUT never fetched.

@@ -47,7 +47,7 @@ fn attachment(body: Vec<u8>, content_type: &'static str, file: &str) -> Response
     r
 }
 
-/// Track points (CyberTracker waypoints), by device and time.
+/// Track points (CyberTracker and CTX waypoints), by device and time.
 #[utoipa::path(
     get,
     path = "/api/v1/tracks",
