@@ -4,6 +4,7 @@
 //! `psql \copy … TO STDOUT`. Run it through `bench/ingest.sh` or `bench/http.sh`,
 //! which build the release binaries first.
 
+mod burst;
 mod data;
 mod export;
 mod ftp;
@@ -46,6 +47,9 @@ enum Scenario {
     /// Small files uploaded over FTP (temporary name, then rename) to the embedded
     /// server and to vsftpd with the same client.
     Ftp(ftp::FtpArgs),
+    /// Many small files dropped into the `CTData` folder at once, against the HTTP
+    /// upload of the same batches.
+    Burst(burst::BurstArgs),
 }
 
 #[derive(Args)]
@@ -139,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Upload(args) => upload(args),
         Scenario::Export(args) => export(args),
         Scenario::Ftp(args) => ftp::run(args),
+        Scenario::Burst(args) => burst::run(args),
     }
 }
 
@@ -584,12 +589,12 @@ fn export_report(
     lines.join("\n")
 }
 
-fn row2(name: &str, value: String) -> String {
+pub fn row2(name: &str, value: String) -> String {
     format!("| {name:<40} | {value:>18} |")
 }
 
 /// Prints the results and keeps a copy beside the server log.
-fn finish(dir: &Path, report: &str) -> anyhow::Result<()> {
+pub fn finish(dir: &Path, report: &str) -> anyhow::Result<()> {
     println!("{report}");
     std::fs::write(dir.join("results.txt"), report)?;
     eprintln!("results and server log in {}", dir.display());

@@ -21,6 +21,8 @@ pub mod hygiene;
 pub mod ingest;
 pub mod layout;
 pub mod metrics;
+pub mod profile;
+pub mod replica;
 pub mod serve;
 pub mod sources;
 pub mod tls;
