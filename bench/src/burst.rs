@@ -22,6 +22,10 @@ pub struct BurstArgs {
     /// Devices the files are spread over; the HTTP phase runs one client per device.
     #[arg(long, default_value_t = 64)]
     devices: usize,
+    /// Servers (replicas on the one database) draining the shared folder at once; the
+    /// HTTP phase always runs one.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 /// One burst size through both channels.
@@ -51,6 +55,7 @@ impl Measured {
 pub fn run(args: BurstArgs) -> anyhow::Result<()> {
     let sizes = parse_sizes(&args.sizes)?;
     ensure!(args.devices > 0, "--devices must be positive");
+    ensure!(args.replicas > 0, "--replicas must be positive");
     let (dir, run) = workspace(&args.common, "burst")?;
     let mut measured = Vec::new();
     for (files, rows) in sizes {
@@ -72,7 +77,7 @@ pub fn run(args: BurstArgs) -> anyhow::Result<()> {
         );
         let tag = format!("{files}x{rows}");
         let (drop_secs, drop_rss_kib, drop_cpu, phases) =
-            through_drop_dir(&args.common, &dir, run.path(), &tag, &plan, &bodies)?;
+            through_drop_dir(&args, &dir, run.path(), &tag, &plan, &bodies)?;
         eprintln!(
             "drop directory: {files} files in {drop_secs:.2} s ({:.0}/s)",
             files as f64 / drop_secs
@@ -115,13 +120,14 @@ fn parse_sizes(s: &str) -> anyhow::Result<Vec<(usize, u64)>> {
 /// The timed drop: every file staged under a temporary name in its device's folder
 /// before the server starts, then all renamed at once; done when every row is stored.
 fn through_drop_dir(
-    common: &Common,
+    args: &BurstArgs,
     dir: &Path,
     run: &Path,
     tag: &str,
     plan: &Plan,
     bodies: &[Vec<Vec<u8>>],
 ) -> anyhow::Result<(f64, u64, f64, Vec<String>)> {
+    let common = &args.common;
     let db = TempDb::create(&common.pg)?;
     let here = run.join(format!("drop-{tag}"));
     std::fs::create_dir_all(&here)?;
@@ -142,35 +148,56 @@ fn through_drop_dir(
         }
     }
     quiet_start(&db.db)?;
-    let log = dir.join(format!("server-drop-{tag}.log"));
-    let mut server = cfg.serve(&log, Duration::from_secs(30))?;
+    let mut servers = Vec::new();
+    let mut logs = Vec::new();
+    for r in 0..args.replicas {
+        let mut cfg = cfg.clone();
+        cfg.env
+            .push(("CTDATA__REPLICA__NAME".to_string(), format!("bench{r}")));
+        let log = dir.join(format!("server-drop-{tag}-r{r}.log"));
+        servers.push(cfg.serve(&log, Duration::from_secs(30))?);
+        logs.push(log);
+    }
     let mut session = db.db.session()?;
     let rows = staged.len() as u64 * plan.rows_per_batch;
     crate::run::poll(&mut session)?; // connect before the clock starts
-    let cpu_before = server.cpu_secs()?;
+    let mut cpu_before = 0.0;
+    for s in &servers {
+        cpu_before += s.cpu_secs()?;
+    }
 
     let start = Instant::now();
     for (part, name) in &staged {
         std::fs::rename(part, name)?;
     }
     let timeout = Duration::from_secs(common.timeout_secs);
-    crate::run::wait_for_rows(&mut session, &mut server, &db.db, rows, timeout)?;
+    crate::run::wait_for_rows(&mut session, &mut servers[0], &db.db, rows, timeout)?;
     let secs = start.elapsed().as_secs_f64();
 
-    let peak = server.peak_rss_kib()?;
-    let cpu = server.cpu_secs()? - cpu_before;
-    server.stop(Duration::from_secs(60))?;
+    let mut peak = 0;
+    let mut cpu = -cpu_before;
+    for s in &servers {
+        peak = peak.max(s.peak_rss_kib()?);
+        cpu += s.cpu_secs()?;
+    }
+    for s in servers {
+        s.stop(Duration::from_secs(60))?;
+    }
     let batches: usize = db.db.scalar("SELECT count(*) FROM batches")?;
     ensure!(
         batches == staged.len(),
         "{batches} batches stored, expected {}",
         staged.len()
     );
-    let phases = std::fs::read_to_string(&log)?
-        .lines()
-        .filter(|l| l.contains("phase profile"))
-        .map(str::to_string)
-        .collect();
+    let mut phases = Vec::new();
+    for log in &logs {
+        phases.extend(
+            std::fs::read_to_string(log)?
+                .lines()
+                .filter(|l| l.contains("phase profile"))
+                .map(str::to_string),
+        );
+    }
     Ok((secs, peak, cpu, phases))
 }
 
@@ -218,8 +245,9 @@ fn quiet_start(db: &crate::pg::Psql) -> anyhow::Result<()> {
 fn report(args: &BurstArgs, all: &[Measured]) -> String {
     let mut lines = vec![
         format!(
-            "burst: files dropped at once vs. the same batches over HTTP ({} devices)",
-            args.devices
+            "burst: files dropped at once ({} server(s) draining) vs. the same batches over HTTP \
+             (one server; {} devices)",
+            args.replicas, args.devices
         ),
         String::new(),
         "| measure                                  |              value |".into(),
