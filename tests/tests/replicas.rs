@@ -337,6 +337,26 @@ async fn three_replicas_killed_in_turn_store_every_batch_once() {
         "{}",
         metrics.body
     );
+    // The overview lists every replica with its heartbeat (a session made on one
+    // replica is good on all: sessions live in the database).
+    let (code, session) = ctdata_tests::web::sign_in(
+        &servers[1].as_ref().unwrap().http_base(),
+        "alice",
+        "a long enough password",
+    );
+    assert_eq!(code, 303, "sign-in");
+    let cookie = format!("ctdata_session={}", session.expect("a session cookie"));
+    let overview = Api::new(&base).page("/", &cookie).await;
+    assert_eq!(overview.status, 200, "{}", overview.body);
+    let table = overview
+        .body
+        .split("id=\"replicas\"")
+        .nth(1)
+        .expect("the replicas table");
+    for r in ["r0", "r1", "r2"] {
+        assert!(table.contains(&format!("<td>{r}</td>")), "{table}");
+    }
+    assert!(table.contains("held until"), "{table}");
     let listed = db
         .texts("SELECT name FROM replicas ORDER BY name")
         .await
