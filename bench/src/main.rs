@@ -4,6 +4,7 @@
 //! `psql \copy … TO STDOUT`. Run it through `bench/ingest.sh` or `bench/http.sh`,
 //! which build the release binaries first.
 
+mod burst;
 mod data;
 mod export;
 mod ftp;
@@ -50,6 +51,9 @@ enum Scenario {
     /// OpenRosa submissions with one photo each, against the same bytes uploaded as
     /// plain batches.
     Openrosa(openrosa::OpenRosaArgs),
+    /// Many small files dropped into the `CTData` folder at once, against the HTTP
+    /// upload of the same batches.
+    Burst(burst::BurstArgs),
 }
 
 #[derive(Args)]
@@ -144,6 +148,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Export(args) => export(args),
         Scenario::Ftp(args) => ftp::run(args),
         Scenario::Openrosa(args) => openrosa::run(args),
+        Scenario::Burst(args) => burst::run(args),
     }
 }
 
@@ -589,12 +594,12 @@ fn export_report(
     lines.join("\n")
 }
 
-fn row2(name: &str, value: String) -> String {
+pub fn row2(name: &str, value: String) -> String {
     format!("| {name:<40} | {value:>18} |")
 }
 
 /// Prints the results and keeps a copy beside the server log.
-fn finish(dir: &Path, report: &str) -> anyhow::Result<()> {
+pub fn finish(dir: &Path, report: &str) -> anyhow::Result<()> {
     println!("{report}");
     std::fs::write(dir.join("results.txt"), report)?;
     eprintln!("results and server log in {}", dir.display());

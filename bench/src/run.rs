@@ -105,7 +105,7 @@ const PROGRESS: &str =
     "SELECT coalesce(sum(inserted), 0), (SELECT count(*) FROM rejections) FROM batches";
 
 /// (rows inserted, files rejected) so far.
-fn poll(session: &mut Session) -> anyhow::Result<(u64, u64)> {
+pub fn poll(session: &mut Session) -> anyhow::Result<(u64, u64)> {
     let row = session.row(PROGRESS, Duration::from_secs(30))?;
     let parsed = row
         .split_once('|')
@@ -113,7 +113,7 @@ fn poll(session: &mut Session) -> anyhow::Result<(u64, u64)> {
     parsed.with_context(|| format!("unexpected progress row {row:?}"))
 }
 
-fn wait_for_rows(
+pub fn wait_for_rows(
     session: &mut Session,
     server: &mut Server,
     db: &Psql,

@@ -14,6 +14,7 @@ const READY_LINE: &str = "ctdata-server: ready ";
 
 /// How the server under test is configured: environment only, run from a directory of
 /// its own so no stray `./ctdata.toml` is picked up.
+#[derive(Clone)]
 pub struct ServerConfig {
     pub binary: PathBuf,
     pub db_url: String,

@@ -9,12 +9,13 @@
 //! then the file moves. A crash in between leaves the file where it was, and the next
 //! attempt at it is recognised by its claim (or its batch id) and adds nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use crate::ingest::{Delivery, Incomplete, Ingestor, Outcome, Receipt, Status};
 use crate::layout::{self, write_atomic, Layout, MAX_NAME_BYTES};
+use crate::profile::{self, Phase};
 use crate::types::{Channel, RejectionKind};
 
 /// Where a file came from and where it goes once decided.
@@ -50,6 +51,14 @@ pub enum Delivered {
     /// Cut short: nothing recorded and the file not moved; the caller may wait for
     /// the rest, or file it as cut short with [`Deliverer::reject_incomplete`].
     Incomplete(Incomplete),
+}
+
+/// A decided file waiting to be filed away with others.
+#[derive(Debug)]
+pub struct Unfiled {
+    pub file: PathBuf,
+    pub origin: Origin,
+    pub receipt: Receipt,
 }
 
 /// The ingest and the drop directory it files into; cheap to clone.
@@ -98,11 +107,35 @@ impl Deliverer {
         Ok(receipt)
     }
 
+    /// Like [`Deliverer::deliver_or_wait`], but a decided file is left where it is:
+    /// the caller files it away later with [`Deliverer::file_away_all`], together with
+    /// others, so a burst of small files shares one disk sync for its receipts.
+    pub async fn decide_unfiled(
+        &self,
+        file: &Path,
+        origin: &Origin,
+        wait_if_incomplete: bool,
+    ) -> anyhow::Result<Delivered> {
+        self.decide_and(file, origin, wait_if_incomplete, false)
+            .await
+    }
+
     async fn decide(
         &self,
         file: &Path,
         origin: &Origin,
         wait_if_incomplete: bool,
+    ) -> anyhow::Result<Delivered> {
+        self.decide_and(file, origin, wait_if_incomplete, true)
+            .await
+    }
+
+    async fn decide_and(
+        &self,
+        file: &Path,
+        origin: &Origin,
+        wait_if_incomplete: bool,
+        file_away: bool,
     ) -> anyhow::Result<Delivered> {
         if crate::sendcreds::is_send_data(file, &origin.file_name) {
             return Ok(Delivered::Filed(self.discard_send_data(file, origin)));
@@ -129,7 +162,9 @@ impl Deliverer {
                 Outcome::Incomplete(cut) => return Ok(Delivered::Incomplete(cut)),
             }
         };
-        self.file_away(file, origin, &receipt)?;
+        if file_away {
+            self.file_away(file, origin, &receipt)?;
+        }
         Ok(Delivered::Filed(receipt))
     }
 
@@ -190,6 +225,90 @@ impl Deliverer {
         }
     }
 
+    /// Where the receipt of a file from `origin` goes, if it gets one.
+    fn receipt_path(&self, origin: &Origin, receipt: &Receipt) -> Option<(PathBuf, String)> {
+        if origin.filing != Filing::DropDirWithReceipt || origin.file_name.len() > MAX_NAME_BYTES {
+            return None;
+        }
+        let device = receipt.device.as_ref()?;
+        Some((
+            self.layout.receipts(device),
+            layout::receipt_file_name(&origin.file_name),
+        ))
+    }
+
+    /// Files away a group of decided files (see [`Deliverer::decide_unfiled`]) as
+    /// [`Deliverer::file_away`] files one, with one disk sync for all their receipts:
+    /// every receipt (and rejection reason) is written under a temporary name, one
+    /// `syncfs` makes them all durable, then each is renamed into place, then each file
+    /// moves. The order per file stays commit, receipt, move; a crash anywhere in
+    /// between leaves the files claimed, to be filed by the next attempt. `Err` leaves
+    /// the files not yet moved where they are.
+    pub fn file_away_all(&self, group: &[Unfiled]) -> anyhow::Result<()> {
+        let mut notes: Vec<(PathBuf, PathBuf, Vec<u8>)> = Vec::new();
+        for u in group {
+            if u.origin.filing == Filing::InPlace {
+                continue;
+            }
+            if let Some((dir, name)) = self.receipt_path(&u.origin, &u.receipt) {
+                let bytes = serde_json::to_vec_pretty(&u.receipt)?;
+                notes.push((dir, name.into(), bytes));
+            }
+            if u.receipt.status == Status::Rejected {
+                let device_dir = layout::device_dir(u.origin.device.as_deref());
+                let claim = u.file.file_name().unwrap_or_default().to_string_lossy();
+                let reason = u.receipt.reason.as_deref().unwrap_or("rejected");
+                notes.push((
+                    self.layout.rejected(device_dir),
+                    layout::reason_file_name(&claim).into(),
+                    format!("{reason}\n").into_bytes(),
+                ));
+            }
+        }
+        // Two files of one group with the same receipt name (one sender sending the
+        // same name twice): the later claim's receipt is the one that stays, as when
+        // filed one by one in claim order.
+        let mut last: std::collections::HashMap<PathBuf, usize> = Default::default();
+        for (i, (dir, name, _)) in notes.iter().enumerate() {
+            last.insert(dir.join(name), i);
+        }
+        let started = std::time::Instant::now();
+        let mut written = Vec::with_capacity(notes.len());
+        for (i, (dir, name, bytes)) in notes.iter().enumerate() {
+            let at = dir.join(name);
+            if last.get(&at) != Some(&i) {
+                continue;
+            }
+            std::fs::create_dir_all(dir).context("create the receipt's folder")?;
+            let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+            std::fs::write(&tmp, bytes).context("write a receipt")?;
+            written.push((tmp, at));
+        }
+        if !written.is_empty() {
+            let fd = std::fs::File::open(self.layout.root()).context("open the drop directory")?;
+            nix::unistd::syncfs(&fd).context("sync the receipts to disk")?;
+            for (tmp, at) in &written {
+                std::fs::rename(tmp, at).context("put a receipt in place")?;
+            }
+        }
+        profile::add(Phase::Receipt, started, written.len() as u64);
+        let started = std::time::Instant::now();
+        for u in group {
+            if u.origin.filing == Filing::InPlace {
+                continue;
+            }
+            let device_dir = layout::device_dir(u.origin.device.as_deref());
+            let claim = u.file.file_name().unwrap_or_default().to_string_lossy();
+            let dir = match u.receipt.status {
+                Status::Rejected => self.layout.rejected(device_dir),
+                Status::Ingested | Status::Duplicate => self.layout.archive(device_dir),
+            };
+            layout::move_file(&u.file, &dir.join(&*claim)).context("file the batch away")?;
+        }
+        profile::add(Phase::File, started, group.len() as u64);
+        Ok(())
+    }
+
     /// Writes the receipt (when the sender reads it from the share), then moves the
     /// decided file to `archive/<date>/<device>/` when stored (or stored before), or to
     /// `rejected/<device>/` with its reason beside it when refused. The file keeps its
@@ -198,16 +317,14 @@ impl Deliverer {
         if origin.filing == Filing::InPlace {
             return Ok(());
         }
-        if origin.filing == Filing::DropDirWithReceipt && origin.file_name.len() <= MAX_NAME_BYTES {
-            if let Some(device) = &receipt.device {
-                let name = layout::receipt_file_name(&origin.file_name);
-                let bytes = serde_json::to_vec_pretty(receipt)?;
-                write_atomic(&self.layout.receipts(device), &name, &bytes)
-                    .context("write the receipt")?;
-            }
+        if let Some((dir, name)) = self.receipt_path(origin, receipt) {
+            let bytes = serde_json::to_vec_pretty(receipt)?;
+            profile::time(Phase::Receipt, || write_atomic(&dir, &name, &bytes))
+                .context("write the receipt")?;
         }
         let device_dir = layout::device_dir(origin.device.as_deref());
         let claim = file.file_name().unwrap_or_default().to_string_lossy();
+        let _filing = profile::Timer::new(Phase::File);
         match receipt.status {
             Status::Rejected => {
                 let dir = self.layout.rejected(device_dir);

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::deliver::{Delivered, Deliverer, Filing, Origin};
+use crate::deliver::{Delivered, Deliverer, Filing, Origin, Unfiled};
 use crate::ingest::{Ingestor, Receipt, Status, BURST};
 use crate::layout::{
     self, claim_head, is_server_folder, parse_claim_name, write_atomic, DROP_DIR_FOLDERS,
     NO_DEVICE, PROCESSING,
 };
+use crate::profile::{self, Phase};
 use crate::types::Channel;
 
 /// Longest claim name: the claim plus `.reason.txt` and a temporary-name prefix and
@@ -68,6 +69,10 @@ struct Take {
     changed: Instant,
 }
 
+/// Files up to this size are loaded many at a time; larger ones
+/// [`crate::db::Db::concurrent_loads`] at a time.
+const SMALL_FILE: u64 = 1 << 20;
+
 /// More files than this in one pass are a burst: progress lines instead of one per file.
 const BURST_FILES: usize = 5;
 /// How often a burst logs its progress.
@@ -105,6 +110,7 @@ impl Progress {
         self.done += 1;
         let status = match result {
             Ok(Processed::Decided(r)) | Ok(Processed::RejectedIncomplete(r, ..)) => r.status,
+            Ok(Processed::Unfiled(u)) => u.receipt.status,
             Ok(Processed::PutBack(..)) => return,
             Err(_) => {
                 self.errors += 1;
@@ -136,7 +142,10 @@ impl Progress {
 
 /// What processing one claimed file came to.
 enum Processed {
+    /// Decided and filed away.
     Decided(Receipt),
+    /// Decided; to be filed away with the others of its group.
+    Unfiled(Unfiled),
     /// Cut short within the grace: back under its own name.
     PutBack(PathBuf, Held),
     /// Rejected as cut short: watched in `rejected/` (at the first path, with the size
@@ -161,6 +170,11 @@ pub struct DropDir {
     unavailable: Option<String>,
     /// Whether the claims a crash left behind were looked for (once, at the first pass).
     resumes_told: bool,
+    /// This server's name among several sharing the database and this folder: claims
+    /// naming another replica wait until its lease has run out.
+    replica: Option<String>,
+    /// Replicas whose claims were last found taken over, so it is said once.
+    taken_over: HashSet<String>,
 }
 
 impl DropDir {
@@ -180,12 +194,21 @@ impl DropDir {
             rejected_incomplete: HashMap::new(),
             unavailable: None,
             resumes_told: false,
+            replica: None,
+            taken_over: HashSet::new(),
         })
     }
 
     /// How long a file that is cut short may wait for the rest after its last change.
     pub fn with_incomplete_grace(mut self, grace: Duration) -> DropDir {
         self.grace = grace;
+        self
+    }
+
+    /// One of several replicas on one database and drop directory: leaves the claims of
+    /// the others alone while their lease runs.
+    pub fn as_replica(mut self, name: &str) -> DropDir {
+        self.replica = Some(name.to_string());
         self
     }
 
@@ -245,14 +268,21 @@ impl DropDir {
         }
         let mut takes = HashMap::new();
         // Files claimed earlier are ingested even when the delivery area cannot be read.
-        match self.settled_files(&mut report) {
+        let walked = Instant::now();
+        let settled = self.settled_files(&mut report);
+        profile::add(Phase::Walk, walked, 1);
+        match settled {
             Ok(ready) => {
                 for (path, take) in ready {
-                    match self.claim(&path) {
+                    match profile::time(Phase::Claim, || self.claim(&path)) {
                         Ok(claimed) => {
                             if let Some(take) = take {
                                 takes.insert(claimed, take);
                             }
+                        }
+                        // Another replica (or a writer) took it first.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            tracing::debug!(path = %path.display(), "gone before it was claimed")
                         }
                         Err(e) => tracing::warn!(path = %path.display(), "could not claim: {e}"),
                     }
@@ -268,9 +298,12 @@ impl DropDir {
                 report.errors += 1;
             }
         }
-        // While one file holds the database's ingest lock, the next is read and hashed
-        // and the last one's receipt written, so the database never waits on us.
-        let workers = self.deliverer.ingestor.db.concurrent_loads();
+        // Many small files are in flight at once, as many HTTP uploads are: each waits
+        // on its own commit while the others are read and sent. Large files take one of
+        // fewer places, so the rows read ahead for them stay few.
+        let db = &self.deliverer.ingestor.db;
+        let workers = db.concurrent_small_loads();
+        let large = tokio::sync::Semaphore::new(db.concurrent_loads());
         let claimed = match self.claimed_files() {
             Ok(claimed) => claimed,
             Err(_) if !self.check_available() => {
@@ -279,7 +312,8 @@ impl DropDir {
             }
             Err(e) => return Err(e.into()),
         };
-        self.make_durable(&claimed).await?;
+        let claimed = self.mine(claimed).await;
+        profile::time_async(Phase::Durable, self.make_durable(&claimed)).await?;
         let burst = claimed.len() > BURST_FILES;
         let mut progress = burst.then(|| Progress::new(claimed.len()));
         if burst {
@@ -290,44 +324,85 @@ impl DropDir {
             );
         }
         let this = &*self;
+        let large = &large;
         let mut results = futures::stream::iter(claimed)
             .take_while(|_| std::future::ready(!stop.is_cancelled()))
             .map(|claimed| {
                 let take = takes.get(&claimed);
                 async move {
+                    let size = fs::metadata(&claimed).map_or(0, |m| m.len());
+                    let _place = match size > SMALL_FILE {
+                        true => large.acquire().await.ok(),
+                        false => None,
+                    };
                     let result = BURST.scope(burst, this.process(&claimed, take)).await;
                     (claimed, result)
                 }
             })
-            .buffered(workers);
+            .buffer_unordered(workers);
         let mut held = Vec::new();
         let mut watch = Vec::new();
-        while let Some((claimed, result)) = results.next().await {
-            if let Some(p) = &mut progress {
-                p.count(&result);
-                if p.logged.elapsed() >= PROGRESS_EVERY {
-                    p.log("ingesting a burst of files");
-                }
+        // Decided files are filed away in groups, each group while the next decides:
+        // whatever was decided during one group's disk sync makes up the next.
+        let mut unfiled: Vec<Unfiled> = Vec::new();
+        let mut filing: Option<tokio::task::JoinHandle<(Vec<Unfiled>, anyhow::Result<()>)>> = None;
+        let mut finished = false;
+        while !finished || filing.is_some() || !unfiled.is_empty() {
+            if filing.is_none() && !unfiled.is_empty() {
+                let group = std::mem::take(&mut unfiled);
+                let deliverer = self.deliverer.clone();
+                filing = Some(tokio::task::spawn_blocking(move || {
+                    let filed = deliverer.file_away_all(&group);
+                    (group, filed)
+                }));
             }
-            match result {
-                Ok(Processed::Decided(receipt)) => report.receipts.push(receipt),
-                Ok(Processed::PutBack(original, h)) => {
-                    report.waiting += 1;
-                    held.push((original, h));
+            tokio::select! {
+                biased;
+                done = async { filing.as_mut().expect("a group being filed").await }, if filing.is_some() => {
+                    filing = None;
+                    let (group, filed) = done?;
+                    match filed {
+                        Ok(()) => report.receipts.extend(group.into_iter().map(|u| u.receipt)),
+                        Err(e) => {
+                            tracing::error!(files = group.len(), "filing stored files away failed, will retry: {e:#}");
+                            report.errors += group.len();
+                        }
+                    }
                 }
-                Ok(Processed::RejectedIncomplete(receipt, at, judged, original)) => {
-                    report.receipts.push(receipt);
-                    watch.push((at, (judged.size, judged.mtime, original)));
-                }
-                Err(e) => {
-                    tracing::error!(file = %claimed.display(), "ingest failed, will retry: {e:#}");
-                    report.errors += 1;
+                next = results.next(), if !finished => {
+                    let Some((claimed, result)) = next else {
+                        finished = true;
+                        continue;
+                    };
+                    if let Some(p) = &mut progress {
+                        p.count(&result);
+                        if p.logged.elapsed() >= PROGRESS_EVERY {
+                            p.log("ingesting a burst of files");
+                        }
+                    }
+                    match result {
+                        Ok(Processed::Decided(receipt)) => report.receipts.push(receipt),
+                        Ok(Processed::Unfiled(u)) => unfiled.push(u),
+                        Ok(Processed::PutBack(original, h)) => {
+                            report.waiting += 1;
+                            held.push((original, h));
+                        }
+                        Ok(Processed::RejectedIncomplete(receipt, at, judged, original)) => {
+                            report.receipts.push(receipt);
+                            watch.push((at, (judged.size, judged.mtime, original)));
+                        }
+                        Err(e) => {
+                            tracing::error!(file = %claimed.display(), "ingest failed, will retry: {e:#}");
+                            report.errors += 1;
+                        }
+                    }
                 }
             }
         }
         drop(results);
         if let Some(p) = &mut progress {
             p.log("burst of files done");
+            profile::report(p.done, p.started.elapsed().as_secs_f64());
         }
         self.held.extend(held);
         self.rejected_incomplete.extend(watch);
@@ -551,6 +626,56 @@ impl DropDir {
         .map_err(io::Error::other)?
     }
 
+    /// Of the claimed files, those this server decides: all of them for a lone server;
+    /// for a replica its own, those of no replica, and those of replicas whose lease
+    /// has run out (taken over). While the database cannot say which leases run, only
+    /// its own and those of no replica.
+    async fn mine(&mut self, claimed: Vec<PathBuf>) -> Vec<PathBuf> {
+        let Some(me) = self.replica.clone() else {
+            return claimed;
+        };
+        let others = claimed.iter().any(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            layout::claim_replica(&name).is_some_and(|r| r != me)
+        });
+        if !others {
+            return claimed;
+        }
+        let live = match crate::replica::Replica::live(&self.deliverer.ingestor.db).await {
+            Ok(live) => Some(live),
+            Err(e) => {
+                tracing::warn!("cannot read the replicas' leases; their claims wait: {e:#}");
+                None
+            }
+        };
+        let mut taken = HashSet::new();
+        let kept = claimed
+            .into_iter()
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                match layout::claim_replica(&name) {
+                    None => true,
+                    Some(r) if r == me => true,
+                    Some(r) => match &live {
+                        Some(live) if !live.contains(r) => {
+                            taken.insert(r.to_string());
+                            true
+                        }
+                        _ => false,
+                    },
+                }
+            })
+            .collect();
+        for r in taken.difference(&self.taken_over) {
+            tracing::info!(
+                replica = r,
+                "taking over the files replica {r} claimed: its lease has run out"
+            );
+        }
+        self.taken_over = taken;
+        kept
+    }
+
     fn claimed_files(&self) -> io::Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         for dev in fs::read_dir(self.root.join(PROCESSING))? {
@@ -593,43 +718,63 @@ impl DropDir {
         // What the decision is based on: a writer may go on after it.
         let judged = Held::new(claimed, Instant::now());
         let deliverer = &self.deliverer;
-        let mut incomplete = false;
-        let receipt = match take {
-            Some(take) => match deliverer.deliver_or_wait(claimed, &origin).await? {
-                Delivered::Filed(receipt) => receipt,
-                Delivered::Incomplete(cut) => {
-                    if take.changed.elapsed() < self.grace {
-                        match put_back(claimed, &take.original) {
-                            Ok(()) => {
-                                return Ok(Processed::PutBack(
-                                    take.original.clone(),
-                                    Held::new(&take.original, take.changed),
-                                ))
-                            }
-                            Err(e) => tracing::warn!(
-                                file = %take.original.display(),
-                                "a file cut short cannot go back to wait for the rest: {e}"
-                            ),
-                        }
-                    }
-                    incomplete = true;
-                    deliverer.reject_incomplete(claimed, &origin, cut).await?
-                }
-            },
-            None => deliverer.deliver(claimed, &origin).await?,
+        // A cut claim name's sidecar goes once the file is filed: that one is filed now.
+        let wait = take.is_some();
+        // A CyberTracker `.OUT` (a password in plain text) is deleted at once, not
+        // grouped with the files waiting to be filed away.
+        let now = cut || crate::sendcreds::is_send_data(claimed, &origin.file_name);
+        let decided = match now {
+            true => deliverer.deliver_or_wait(claimed, &origin).await?,
+            false => deliverer.decide_unfiled(claimed, &origin, wait).await?,
         };
+        let cut_short = match decided {
+            Delivered::Filed(receipt) if now => {
+                if cut {
+                    let _ = fs::remove_file(sidecar(claimed));
+                }
+                return Ok(Processed::Decided(receipt));
+            }
+            Delivered::Filed(receipt) => {
+                return Ok(Processed::Unfiled(Unfiled {
+                    file: claimed.to_path_buf(),
+                    origin,
+                    receipt,
+                }))
+            }
+            Delivered::Incomplete(cut_short) => cut_short,
+        };
+        let Some(take) = take else {
+            unreachable!("only asked to wait for a file that may still be written")
+        };
+        if take.changed.elapsed() < self.grace {
+            match put_back(claimed, &take.original) {
+                Ok(()) => {
+                    return Ok(Processed::PutBack(
+                        take.original.clone(),
+                        Held::new(&take.original, take.changed),
+                    ))
+                }
+                Err(e) => tracing::warn!(
+                    file = %take.original.display(),
+                    "a file cut short cannot go back to wait for the rest: {e}"
+                ),
+            }
+        }
+        let receipt = deliverer
+            .reject_incomplete(claimed, &origin, cut_short)
+            .await?;
         if cut {
             let _ = fs::remove_file(sidecar(claimed));
         }
-        if incomplete {
-            if let Some(original) = take.map(|t| t.original.clone()) {
-                let at = self
-                    .root
-                    .join(layout::rejected_relative(&device_dir, &claim_name));
-                return Ok(Processed::RejectedIncomplete(receipt, at, judged, original));
-            }
-        }
-        Ok(Processed::Decided(receipt))
+        let at = self
+            .root
+            .join(layout::rejected_relative(&device_dir, &claim_name));
+        Ok(Processed::RejectedIncomplete(
+            receipt,
+            at,
+            judged,
+            take.original.clone(),
+        ))
     }
 }
 

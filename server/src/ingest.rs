@@ -15,6 +15,7 @@ use crate::db::{
     BatchRecord, Db, LoadResult, NewBatch, NewRejection, RowStream, Skipped, WriteHealth,
 };
 use crate::metrics::Metrics;
+use crate::profile::{self, Phase};
 use crate::types::{Channel, RejectionKind};
 
 /// Sightings per message from the parser thread to the database writer.
@@ -138,7 +139,7 @@ impl Ingestor {
         if let Outcome::Decided(receipt) = &outcome {
             self.metrics.ingested(receipt, started.elapsed());
             if receipt.status != Status::Rejected {
-                self.resolve_superseded(receipt).await?;
+                profile::time_async(Phase::After, self.resolve_superseded(receipt)).await?;
             } else if receipt.kind.as_deref() == Some(RejectionKind::TRUNCATED.as_str()) {
                 self.truncated_pending.store(true, Ordering::SeqCst);
             }
@@ -203,7 +204,11 @@ impl Ingestor {
     async fn decide(&self, d: &Delivery, wait_if_incomplete: bool) -> anyhow::Result<Outcome> {
         let path = d.path.clone();
         let limits = self.limits;
-        let scan = tokio::task::spawn_blocking(move || ctdata_batch::scan(&path, &limits)).await?;
+        let scan = profile::time_async(
+            Phase::Scan,
+            tokio::task::spawn_blocking(move || ctdata_batch::scan(&path, &limits)),
+        )
+        .await?;
         let scan = match scan {
             Ok(scan) => scan,
             Err(rejection) if wait_if_incomplete && incomplete(&rejection, None, &d.path) => {
@@ -223,7 +228,10 @@ impl Ingestor {
         let device = match self.device_for(d, &scan) {
             // Device names are one in any letter case (as at registration): a batch
             // naming "Ranger-1" belongs to the device "ranger-1", never to a new one.
-            Ok(device) => (self.db.device_name_any_case(&device).await?).unwrap_or(device),
+            Ok(device) => {
+                let stored = self.db.device_name_any_case(&device);
+                (profile::time_async(Phase::Device, stored).await?).unwrap_or(device)
+            }
             Err((rejection, kind)) => {
                 return self
                     .reject_as(d, Some(&scan), None, rejection, kind)
@@ -256,7 +264,7 @@ impl Ingestor {
         // The load itself finds a batch stored before (or by a concurrent delivery that
         // won the race), before it reads a single row.
         let source = || self.rows(&d.path, &scan);
-        let loaded = self.db.load_batch(&batch, &source).await;
+        let loaded = profile::time_async(Phase::Load, self.db.load_batch(&batch, &source)).await;
         match &loaded {
             Ok(_) => self.writes.succeeded(),
             Err(e) => self.writes.failed(e),

@@ -216,11 +216,33 @@ pub const CUT_TAG: &str = "cut";
 /// The start of a claim name, `<stamp>[.<channel>]`: the tag names the channel (none
 /// for the share), so a file claimed before a crash is ingested after the restart
 /// with the channel it came by.
+/// With several replicas on one database, the stamp names the replica that claimed
+/// (`<stamp>@<replica>`), so the others know whose claim it is.
 pub fn claim_head(channel: Channel) -> String {
+    let stamp = match CLAIMING_REPLICA.get() {
+        Some(replica) => format!("{}@{replica}", stamp()),
+        None => stamp(),
+    };
     match channel {
-        Channel::Share => stamp(),
-        other => format!("{}.{other}", stamp()),
+        Channel::Share => stamp,
+        other => format!("{stamp}.{other}"),
     }
+}
+
+/// The replica this process claims files as, set once when `serve` starts on
+/// PostgreSQL.
+static CLAIMING_REPLICA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every claim of this process name `replica` (see [`claim_head`]).
+pub fn claim_as_replica(replica: &str) {
+    let _ = CLAIMING_REPLICA.set(replica.to_string());
+}
+
+/// The replica named in a claim name, if any.
+pub fn claim_replica(claim_name: &str) -> Option<&str> {
+    let (head, _) = claim_name.split_once('-')?;
+    let stamp = head.split('.').next()?;
+    stamp.split_once('@').map(|(_, replica)| replica)
 }
 
 /// The claim name of a file `name` from `channel`, unless its name is cut.
@@ -269,6 +291,25 @@ pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claims_name_their_replica() {
+        assert_eq!(
+            claim_replica("20261202T101010123456789000001@r2.ftp-a-b.json"),
+            Some("r2")
+        );
+        assert_eq!(
+            claim_replica("20261202T101010123456789000001@r_1-x.json"),
+            Some("r_1")
+        );
+        assert_eq!(
+            claim_replica("20261202T101010123456789000001-x@y.json"),
+            None
+        );
+        let (channel, name, cut) =
+            parse_claim_name("20261202T101010123456789000001@r2.ftp-a-b.json");
+        assert_eq!((channel, name, cut), (Channel::Ftp, "a-b.json", false));
+    }
 
     #[test]
     fn one_list_of_server_folders() {

@@ -25,6 +25,8 @@ pub struct Metrics {
     latency: Histogram,
     /// Why the drop directory cannot be read right now (share unmounted…), if it cannot.
     drop_dir_problem: Mutex<Option<String>>,
+    /// The replica this server is among several on one database.
+    replica: std::sync::OnceLock<String>,
 }
 
 impl Default for Metrics {
@@ -89,11 +91,21 @@ impl Default for Metrics {
             export_bytes,
             latency,
             drop_dir_problem: Mutex::new(None),
+            replica: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl Metrics {
+    /// Names this server's replica in `/metrics` and `/readyz`.
+    pub fn set_replica(&self, name: &str) {
+        let _ = self.replica.set(name.to_string());
+    }
+
+    pub fn replica(&self) -> Option<&str> {
+        self.replica.get().map(String::as_str)
+    }
+
     pub fn set_drop_dir_problem(&self, problem: Option<String>) {
         *self
             .drop_dir_problem
@@ -146,6 +158,14 @@ impl Metrics {
         let mut out = String::new();
         if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             tracing::error!("cannot write the metrics: {e}");
+        }
+        if let Some(replica) = self.replica() {
+            // Letters, digits and `_` only (replica::check_name): nothing to escape.
+            out.push_str(
+                "# HELP ctdata_replica_info The replica this server is, among several on one database\n\
+                 # TYPE ctdata_replica_info gauge\n",
+            );
+            out.push_str(&format!("ctdata_replica_info{{replica=\"{replica}\"}} 1\n"));
         }
         out
     }

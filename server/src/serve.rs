@@ -17,6 +17,7 @@ use crate::connlimit::ConnLimits;
 use crate::db::Db;
 use crate::dropdir::DropDir;
 use crate::ingest::Ingestor;
+use crate::replica::{Replica, SqliteLock};
 use crate::sources::Puller;
 
 /// Connects, migrates and builds the ingestor the settings describe.
@@ -42,13 +43,35 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     fit_connections(&mut settings);
+    // SQLite serves one server: a second `serve` on the same file stops here.
+    let url = settings.database.url.expose_secret();
+    let _alone = match url.starts_with("sqlite:") {
+        true => Some(SqliteLock::acquire(&crate::db::sqlite_file(url)?)?),
+        false => None,
+    };
     let ingestor = open(&settings).await?;
+    let replica = Replica {
+        name: settings.replica.name().into(),
+        lease: settings.replica.lease_secs,
+        heartbeat: settings.replica.heartbeat_secs,
+    };
+    // On PostgreSQL any number of replicas may share the database (and the drop
+    // directory): claims name their replica, and the lease says whose claims wait.
+    let shared = matches!(ingestor.db, Db::Postgres(_));
+    if shared {
+        crate::layout::claim_as_replica(&replica.name);
+    }
+    replica.register(&ingestor.db).await?;
+    ingestor.metrics.set_replica(&replica.name);
     let mut drop_dir = DropDir::new(
         &settings.ingest.drop_dir,
         ingestor.clone(),
         settings.ingest.settle_secs,
     )?
     .with_incomplete_grace(settings.ingest.incomplete_grace_secs);
+    if shared {
+        drop_dir = drop_dir.as_replica(&replica.name);
+    }
     let puller = Arc::new(Puller::new(
         settings.sources.clone(),
         &settings.ingest.drop_dir,
@@ -94,7 +117,18 @@ pub async fn run(
             stop.cancel();
         }
     });
-    let pulls = crate::sources::spawn_schedules(puller, stop.clone());
+    // The heartbeat outlives the other tasks: the lease is only given up once nothing
+    // of this replica runs any more.
+    let beat_stop = CancellationToken::new();
+    let heartbeat = replica.spawn_heartbeat(ingestor.db.clone(), beat_stop.clone());
+    tracing::info!(
+        replica = %replica.name,
+        lease = ?replica.lease,
+        "this server is replica {}",
+        replica.name
+    );
+    let pulls =
+        crate::sources::spawn_schedules(puller, stop.clone(), shared.then(|| replica.clone()));
     let (events, mut changes) = mpsc::unbounded_channel();
     let mut watcher = watch(&settings.ingest.drop_dir, events.clone());
     ready_line(&http_addr, ftp_addr);
@@ -175,6 +209,8 @@ pub async fn run(
         ftp.await??;
         tracing::info!("FTP stopped");
     }
+    beat_stop.cancel();
+    let _ = heartbeat.await;
     ingestor.db.close().await;
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct Settings {
     pub dwca: DwcaSettings,
     /// Per-format reading settings.
     pub formats: FormatSettings,
+    /// This server as one of several (replicas) on one PostgreSQL database.
+    pub replica: ReplicaSettings,
     /// Remote folders pulled into the drop directory (FTP, FTPS or a mounted share).
     /// Configured in the file only: environment variables cannot add or change sources.
     pub sources: Vec<SourceSettings>,
@@ -166,6 +168,55 @@ impl Default for DwcaSettings {
             sensitive: Vec::new(),
             species_file: None,
         }
+    }
+}
+
+/// Several servers on one PostgreSQL database: each holds a lease renewed by its
+/// heartbeat; a replica's claimed files are taken over by the others once it runs out.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicaSettings {
+    /// Names this server among the replicas (letters, digits, `_`); empty: the host name.
+    pub name: String,
+    /// How long a replica's claims stay its own after its last heartbeat.
+    #[serde(with = "secs")]
+    pub lease_secs: Duration,
+    /// How often the lease is renewed.
+    #[serde(with = "secs")]
+    pub heartbeat_secs: Duration,
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> Self {
+        ReplicaSettings {
+            name: String::new(),
+            lease_secs: Duration::from_secs(30),
+            heartbeat_secs: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ReplicaSettings {
+    /// The configured name, or the host's.
+    pub fn name(&self) -> String {
+        match self.name.is_empty() {
+            true => crate::replica::default_name(),
+            false => self.name.clone(),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !self.name.is_empty() {
+            crate::replica::check_name(&self.name).map_err(anyhow::Error::msg)?;
+        }
+        anyhow::ensure!(
+            self.heartbeat_secs >= Duration::from_millis(100)
+                && self.heartbeat_secs.mul_f64(2.0) <= self.lease_secs,
+            "replica.heartbeat_secs ({}) must be at least 0.1s and at most half of replica.lease_secs ({})",
+            humantime::format_duration(self.heartbeat_secs),
+            humantime::format_duration(self.lease_secs)
+        );
+        Ok(())
     }
 }
 
@@ -508,6 +559,7 @@ impl Settings {
             (-720..=840).contains(&offset),
             "ingest.ctx_utc_offset_minutes {offset} must be from -720 (UTC-12:00) to 840 (UTC+14:00)"
         );
+        settings.replica.validate()?;
         if let Some(url) = &settings.http.map_tile_url {
             anyhow::ensure!(
                 (url.starts_with("http://") || url.starts_with("https://"))

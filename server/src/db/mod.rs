@@ -14,6 +14,7 @@ macro_rules! on_pool {
         }
     };
 }
+pub(crate) use on_pool;
 
 mod admin;
 mod admins;
@@ -40,6 +41,7 @@ pub use dashboard::{DayCount, DeviceStats, Session, SightingQuery, SightingRow};
 pub use export::{BBox, ExportFilter, ExportRow};
 pub use health::{WriteFailure, WriteHealth};
 pub use sources::{PullRecord, RemoteKey};
+pub use sqlite::file_of as sqlite_file;
 pub use tracks::{PatrolRow, TrackRow};
 pub use versions::Superseded;
 
@@ -179,6 +181,16 @@ impl Db {
     /// How many batches from the drop directory are worth loading at once. On
     /// PostgreSQL a second one overlaps its file reading with the first one's COPY.
     /// SQLite has one writer, and a second load would only wait for its lock.
+    /// How many small files (whose rows fit a single round trip) the drop directory
+    /// loads at once: on PostgreSQL as many as the pool holds, so their commits share
+    /// WAL flushes as concurrent HTTP uploads do; SQLite writes one at a time anyway.
+    pub fn concurrent_small_loads(&self) -> usize {
+        match self {
+            Db::Postgres(p) => (p.options().get_max_connections() as usize).max(2),
+            Db::Sqlite(_) => 1,
+        }
+    }
+
     pub fn concurrent_loads(&self) -> usize {
         match self {
             Db::Postgres(_) => 2,

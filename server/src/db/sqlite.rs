@@ -22,6 +22,13 @@ const COLUMN_COUNT: usize = 13;
 /// Rows per INSERT statement: 64 × 13 parameters stays far below SQLite's limit.
 const ROWS_PER_INSERT: usize = 64;
 
+/// The database file a `sqlite:` URL names.
+pub fn file_of(url: &str) -> anyhow::Result<std::path::PathBuf> {
+    Ok(SqliteConnectOptions::from_str(url)?
+        .get_filename()
+        .to_path_buf())
+}
+
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<SqlitePool> {
     let opts = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)

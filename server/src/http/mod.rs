@@ -210,14 +210,17 @@ async fn metrics(
 /// writes (a full disk, say) or the drop directory is gone (an unmounted share).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = String), (status = 503, body = ErrorBody)))]
-async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+async fn readyz(State(state): State<AppState>) -> Result<String, ApiError> {
     let ingestor = &state.ingestor;
     ingestor.db.totals().await?;
     if let Some(failure) = ingestor.writes.check(&ingestor.db).await {
         return Err(ApiError::NotReady(failure.to_string()));
     }
     drop_dir_ready(&state)?;
-    Ok("ready\n")
+    Ok(match ingestor.metrics.replica() {
+        Some(replica) => format!("ready: replica {replica}\n"),
+        None => "ready\n".to_string(),
+    })
 }
 
 /// The ingest loop reports a drop directory it cannot read (an unmounted share).

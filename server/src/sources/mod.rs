@@ -37,6 +37,10 @@ pub struct Puller {
 }
 
 impl Puller {
+    pub fn db(&self) -> &crate::db::Db {
+        &self.deliverer.ingestor.db
+    }
+
     pub fn new(sources: Vec<SourceSettings>, drop_dir: &Path, ingestor: Ingestor) -> Puller {
         Puller {
             sources,

@@ -28,6 +28,8 @@ struct Overview<'a> {
     failed_pulls: Vec<&'a PullRecord>,
     chart: Chart,
     last: Vec<BatchSummary>,
+    /// The servers (replicas) using this database, with their last heartbeat.
+    replicas: Vec<crate::replica::ReplicaRow>,
 }
 
 impl Overview<'_> {
@@ -88,6 +90,7 @@ pub async fn overview(State(state): State<AppState>, signed: Signed) -> PageResu
         failed_pulls: pulls.iter().filter(|p| p.result != "ok").collect(),
         chart: chart(&days, today),
         last,
+        replicas: crate::replica::list(db).await?,
     };
     Ok(render(StatusCode::OK, page))
 }
