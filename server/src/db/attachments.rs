@@ -207,8 +207,11 @@ pub struct StoredMedia {
 const RECORD_SQL: &str =
     "INSERT INTO attachments (sha256, size, content_type) VALUES ($1, $2, $3) \
      ON CONFLICT (sha256) DO NOTHING";
+/// Only a sighting this batch stored gets the link: one that was stored before (a
+/// resend inside a new batch) keeps the link of the batch that stored it.
 const LINK_SQL: &str = "INSERT INTO attachment_links (batch, sighting_id, name, sha256) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT (batch, sighting_id, name) DO NOTHING";
+     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM sightings WHERE batch = $1 AND id = $5) \
+     ON CONFLICT (batch, sighting_id, name) DO NOTHING";
 
 /// The same statements on either engine's connection.
 macro_rules! store_media {
@@ -225,6 +228,7 @@ macro_rules! store_media {
                 .bind(m.sighting_id.to_string())
                 .bind(&m.name)
                 .bind(&m.sha256)
+                .bind(super::dialect::DbUuid(m.sighting_id))
                 .execute(&mut *$conn)
                 .await?;
         }
