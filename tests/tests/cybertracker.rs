@@ -291,7 +291,45 @@ async fn share_drop(db: TestDb) {
     );
     assert_eq!(stored(&server.http_base(), &admin).await, expected());
     fetch_files(&env, &server.http_base(), &admin);
+
+    // export --with-attachments: the zip (opened by Python's zipfile) holds both files.
+    let zip = env.dir.path().join("with-files.zip");
+    let out = env
+        .command(&[
+            "export",
+            "--format",
+            "ndjson",
+            "--with-attachments",
+            "--output",
+        ])
+        .arg(&zip)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = std::process::Command::new("python3")
+        .args(["-c", ZIP_LISTING])
+        .arg(&zip)
+        .output()
+        .unwrap();
+    assert!(listing.status.success(), "{listing:?}");
+    let listing: Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let lion = "9e8d7c6b-5a49-4382-b1a0-f9e8d7c6b5a4";
+    for (name, bytes) in [("Photo", photo()), ("Sketch", sketch().0)] {
+        let at = format!("files/{lion}/{name}");
+        assert_eq!(listing[&at], json!(sha256_hex(&bytes)), "{at}: {listing}");
+    }
+    assert_eq!(listing.as_object().unwrap().len(), 3, "{listing}");
 }
+
+/// Every member of a zip with its sha256, as JSON.
+const ZIP_LISTING: &str = "import hashlib, json, sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+assert z.testzip() is None
+print(json.dumps({n: hashlib.sha256(z.read(n)).hexdigest() for n in z.namelist()}))";
 
 /// Each linked file comes back from the attachment store byte for byte.
 fn fetch_files(env: &ServerEnv, base: &str, admin: &str) {
