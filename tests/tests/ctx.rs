@@ -761,6 +761,18 @@ async fn ctx_download(db: TestDb) {
         assert_eq!((&s["found"], &s["ingested"]), (&json!(1), &json!(1)), "{s}");
     }
     assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 6);
+    // Each download's photo is linked to its own sighting; the same bytes are one file.
+    let links = "SELECT count(*) FROM attachment_links WHERE sighting_id IN ('{}', '{}')";
+    let links = links
+        .replacen("{}", &id(4).to_string(), 1)
+        .replacen("{}", &id(203).to_string(), 1);
+    assert_eq!(db.scalar(&links).await, 2);
+    assert_eq!(db.scalar("SELECT count(*) FROM attachments").await, 1);
+    // The default store: `attachments/` beside the drop directory, at ab/cd/<sha256>.
+    let sha = sha2_shim::digest(&photo(70_000, 4));
+    let file = env.drop_dir().parent().unwrap().join("attachments");
+    let file = file.join(&sha[..2]).join(&sha[2..4]).join(&sha);
+    assert_eq!(std::fs::read(&file).unwrap(), photo(70_000, 4));
     no_credentials_kept(&env.drop_dir());
     for secret in [PASSWORD, USER] {
         assert!(!log.contains(secret), "the log shows {secret}");
