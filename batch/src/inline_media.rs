@@ -176,3 +176,59 @@ impl Elements for Walker<'_> {
         Ok(i)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects what it is handed, checking the begin/chunk/end order.
+    #[derive(Default)]
+    struct Collect {
+        open: Option<Vec<u8>>,
+        files: Vec<Vec<u8>>,
+    }
+
+    impl MediaSink for Collect {
+        fn begin(&mut self) -> io::Result<()> {
+            assert!(self.open.replace(Vec::new()).is_none(), "begin twice");
+            Ok(())
+        }
+        fn chunk(&mut self, bytes: &[u8]) -> io::Result<()> {
+            self.open
+                .as_mut()
+                .expect("a chunk before begin")
+                .extend_from_slice(bytes);
+            Ok(())
+        }
+        fn end(&mut self, _: MediaItem) -> io::Result<()> {
+            let bytes = self.open.take().expect("end before begin");
+            self.files.push(bytes);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn base64_is_decoded_in_pieces_across_line_breaks() {
+        let bytes: Vec<u8> = (0..200_003u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let wrapped: Vec<&str> = text
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        for s in [
+            text.clone(),
+            wrapped.join("\r\n"),
+            format!("data:image/png;base64,{}", wrapped.join("\n")),
+        ] {
+            let mut sink = Collect::default();
+            sink.begin().unwrap();
+            decode_base64(&s, &mut sink).unwrap();
+            assert_eq!(sink.open.unwrap(), bytes);
+        }
+        let mut sink = Collect::default();
+        sink.begin().unwrap();
+        let broken = format!("{}!{}", &text[..70_000], &text[70_001..]);
+        assert!(decode_base64(&broken, &mut sink).is_err());
+    }
+}
