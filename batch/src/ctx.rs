@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::cybertracker::element_value;
 use crate::fields::{Draft, Field, RowAt};
+use crate::inline_media::{sink_failed, MediaItem, MediaSink};
 use crate::model::{Location, Problem, RejectKind, Rejection, Sighting};
 use crate::problems::{problem, reject, reject_with, Rows};
 use crate::tracks::TrackPoint;
@@ -375,6 +376,7 @@ fn fixed_size(t: u8) -> Option<u32> {
 /// Walks `Sightings.dat`, calling `each` with every record's header and attributes.
 fn walk_sightings<R: Read>(
     dat: &mut Dat<R>,
+    mut sink: Option<&mut dyn MediaSink>,
     mut each: impl FnMut(u64, Header, Vec<(Uuid, Val)>) -> Result<(), Rejection>,
 ) -> Result<(), Rejection> {
     let mut index = 0u64;
@@ -423,6 +425,7 @@ fn walk_sightings<R: Read>(
         let end = dat.pos + header.size;
         let mut attributes = Vec::new();
         let mut held = 0u64;
+        let mut media = 0usize;
         while dat.pos < end {
             let n = attributes.len();
             let here = format!("Sightings.dat[{index}].attributes[{n}]");
@@ -460,7 +463,21 @@ fn walk_sightings<R: Read>(
                     ),
                 ));
             }
-            let value = value(dat, kind, size, &here, index, n)?;
+            // A deleted record's media is not stored: its sighting is not either.
+            let to = sink.as_deref_mut().filter(|_| !header.deleted);
+            let to_store = to.is_some();
+            let value = value(dat, kind, size, &here, index, n, to)?;
+            if let (Val::Media(m), Some(sink)) = (&value, sink.as_deref_mut()) {
+                if to_store {
+                    let item = MediaItem {
+                        sighting_id: header.id,
+                        name: format!("{}-{media}", header.id),
+                        content_type: m["media_type"].as_str().unwrap_or_default().to_string(),
+                    };
+                    sink.end(item).map_err(sink_failed)?;
+                }
+                media += 1;
+            }
             attributes.push((element, value));
         }
         each(index, header, attributes)?;
@@ -476,6 +493,7 @@ fn value<R: Read>(
     here: &str,
     record: u64,
     n: usize,
+    mut sink: Option<&mut (dyn MediaSink + '_)>,
 ) -> Result<Val, Rejection> {
     if let Some(want) = fixed_size(kind).filter(|w| *w != size) {
         return Err(syntax(
@@ -542,6 +560,9 @@ fn value<R: Read>(
             let mut seen = 0usize;
             let mut left = u64::from(size);
             let mut buf = [0u8; 32 * 1024];
+            if let Some(sink) = sink.as_deref_mut() {
+                sink.begin().map_err(sink_failed)?;
+            }
             while left > 0 {
                 let n = left.min(buf.len() as u64) as usize;
                 dat.exact(&mut buf[..n])?;
@@ -551,6 +572,9 @@ fn value<R: Read>(
                     seen += k;
                 }
                 hasher.update(&buf[..n]);
+                if let Some(sink) = sink.as_deref_mut() {
+                    sink.chunk(&buf[..n]).map_err(sink_failed)?;
+                }
                 left -= n as u64;
             }
             let what = match kind {
@@ -757,7 +781,7 @@ pub(crate) fn scan(path: &Path, limits: &Limits) -> Result<Counted, Rejection> {
     match ctx.member("Sightings.dat")? {
         Some((r, len)) => {
             let mut dat = Dat { r, pos: 0, len };
-            walk_sightings(&mut dat, |_, h, _| {
+            walk_sightings(&mut dat, None, |_, h, _| {
                 if h.deleted {
                     deleted += 1;
                 } else {
@@ -802,7 +826,7 @@ where
         return Ok(());
     };
     let mut dat = Dat { r, pos: 0, len };
-    walk_sightings(&mut dat, |index, header, attributes| {
+    walk_sightings(&mut dat, None, |index, header, attributes| {
         if header.deleted {
             rows.skip();
             return Ok(());
@@ -820,6 +844,20 @@ where
         Ok(())
     })
     .or_else(|r| if rows.stopped { Ok(()) } else { Err(r) })
+}
+
+/// The media of every record that is not deleted, for the attachment store.
+pub(crate) fn media(
+    path: &Path,
+    limits: &Limits,
+    sink: &mut dyn MediaSink,
+) -> Result<(), Rejection> {
+    let mut ctx = Ctx::open(path, limits)?;
+    let Some((r, len)) = ctx.member("Sightings.dat")? else {
+        return Ok(());
+    };
+    let mut dat = Dat { r, pos: 0, len };
+    walk_sightings(&mut dat, Some(sink), |_, _, _| Ok(()))
 }
 
 /// Days since 1899-12-30 (whole and fraction) as a wall-clock time.

@@ -197,7 +197,7 @@ fn is_field(p: &Problem, field: &str) -> bool {
 /// Elements named species, count or observer (any case) fill those fields when their
 /// value fits; everything else, and a value that does not fit, is kept as an attribute
 /// under the element's name. Base64 media is listed (type, size, sha256) in its place:
-/// the bytes stay in the batch's archived original.
+/// the server puts the bytes in its attachment store (`inline_media`).
 pub(crate) fn element_value(
     draft: &mut Draft,
     element: String,

@@ -14,6 +14,7 @@ mod device;
 mod fields;
 mod geojson;
 mod header;
+pub mod inline_media;
 mod input;
 mod json;
 mod model;

@@ -176,7 +176,7 @@ pub(crate) mod media {
             "type": mime,
             "size": bytes.len(),
             "sha256": hex::encode(Sha256::digest(&bytes)),
-            "kept": "in the batch's archived original",
+            "kept": "in the attachment store (by sha256) and the batch's archived original",
         }))
     }
 

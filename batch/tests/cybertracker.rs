@@ -140,7 +140,7 @@ fn an_upload_becomes_sightings_and_skips_its_waypoint() {
         l.attributes["Photo"],
         json!({"name": "Photo", "type": "image/jpeg", "size": bytes.len(),
                "sha256": hex::encode(Sha256::digest(&bytes)),
-               "kept": "in the batch's archived original"}),
+               "kept": "in the attachment store (by sha256) and the batch's archived original"}),
         "inline media is listed, not stored as base64"
     );
 

@@ -86,6 +86,8 @@ pub struct Ingestor {
     truncated_pending: Arc<AtomicBool>,
     /// `[formats.cybertracker]`: elements that fill species, count and observer.
     cybertracker: Arc<CybertrackerSettings>,
+    /// Where photos inside CyberTracker and CTX batches are stored, and the largest kept.
+    attachments: Option<(crate::attachments::AttachmentStore, u64)>,
 }
 
 impl Ingestor {
@@ -103,7 +105,18 @@ impl Ingestor {
             default_device: default_device.into(),
             truncated_pending: Arc::new(AtomicBool::new(true)),
             cybertracker: Arc::default(),
+            attachments: None,
         }
+    }
+
+    /// Stores the media inside batches in `store` (files up to `limit` bytes each).
+    pub fn with_attachments(
+        mut self,
+        store: crate::attachments::AttachmentStore,
+        limit: u64,
+    ) -> Ingestor {
+        self.attachments = Some((store, limit));
+        self
     }
 
     /// The `[formats.cybertracker]` mapping this ingestor applies.
@@ -249,6 +262,23 @@ impl Ingestor {
                     .map(Outcome::Decided)
             }
         };
+        // Media files are in the store, durably, before the batch that links them commits.
+        let media = match &self.attachments {
+            Some((store, limit)) => {
+                let stored =
+                    crate::ingest_media::store_media(store, *limit, &d.path, &scan, self.limits);
+                match stored.await? {
+                    Ok(media) => Arc::new(media),
+                    Err(rejection) => {
+                        return self
+                            .reject(d, Some(&scan), Some(&device), rejection)
+                            .await
+                            .map(Outcome::Decided)
+                    }
+                }
+            }
+            None => Arc::default(),
+        };
         let batch = NewBatch {
             device: device.clone(),
             batch_id: scan.batch_id,
@@ -260,6 +290,7 @@ impl Ingestor {
             created_at: scan.created_at,
             sequence: scan.sequence.map(|n| n.min(i64::MAX as u64) as i64),
             extras: extras.clone(),
+            media,
         };
         // The load itself finds a batch stored before (or by a concurrent delivery that
         // won the race), before it reads a single row.

@@ -22,6 +22,7 @@ pub mod ftp;
 pub mod http;
 pub mod hygiene;
 pub mod ingest;
+pub mod ingest_media;
 pub mod layout;
 pub mod metrics;
 pub mod openrosa;

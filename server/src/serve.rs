@@ -33,7 +33,13 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Ingestor> {
         settings.ingest.limits(),
         &settings.ingest.default_device,
     )
-    .with_cybertracker(settings.formats.cybertracker.clone()))
+    .with_cybertracker(settings.formats.cybertracker.clone())
+    .with_attachments(
+        crate::attachments::AttachmentStore::new(
+            &settings.storage.attachments_dir(&settings.ingest.drop_dir),
+        ),
+        settings.storage.max_attachment_bytes,
+    ))
 }
 
 /// Runs the ingest loop until `shutdown` resolves, then finishes the file in hand and

@@ -32,6 +32,7 @@ fn new_batch(device: &str) -> NewBatch {
         created_at: None,
         sequence: None,
         extras: Default::default(),
+        media: Default::default(),
     }
 }
 

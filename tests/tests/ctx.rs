@@ -635,6 +635,9 @@ async fn ctx_channels(db: TestDb) {
     let one_point = "device,time,latitude,longitude,altitude,accuracy\n\
                      ct-classic-02,2024-05-01T04:00:01Z,-24.99,31.59,300,5\n";
     assert_eq!(track_csv(&base, &admin), one_point);
+    // The photo inside record 4 is in the attachment store, linked to its sighting.
+    let photo4 = photo(70_000, 4);
+    linked_photo(&base, &admin, &env, id(4), &photo4).await;
 
     // HTTP POST of the whole upload as one file: a new batch, every sighting a duplicate.
     let whole = env.dir.path().join("whole.CTX");
@@ -688,6 +691,10 @@ async fn ctx_channels(db: TestDb) {
         "{again}"
     );
     assert_eq!(db.scalar("SELECT count(*) FROM tracks").await, 1);
+    // Neither the new batch of stored sightings nor the resend linked the photo again.
+    let links = "SELECT count(*) FROM attachment_links";
+    assert_eq!(db.scalar(links).await, 1);
+    linked_photo(&base, &admin, &env, id(4), &photo4).await;
     // An .OUT body over HTTP: refused, deleted, nothing of it kept.
     let out_path = env.dir.path().join("x.OUT");
     std::fs::write(&out_path, &out).unwrap();
@@ -750,6 +757,33 @@ async fn ctx_channels(db: TestDb) {
         track_csv(&base, &admin),
         format!("{one_point}unassigned,2024-05-01T04:00:01Z,-24.99,31.59,300,5\n")
     );
+
+    // The share: a CTX with a 200 kB photo, then the same file again under another name.
+    let mut shared = upload();
+    shared.sightings = vec![up.sightings[3].clone()];
+    shared.sightings[0].id = id(60);
+    let big = photo(200_000, 9);
+    shared.sightings[0].attributes = vec![Attr::media(PHOTO, false, big.clone())];
+    for (n, want) in [(0, "ingested"), (1, "duplicate")] {
+        let file = format!("share_{n}.CTX");
+        let staged = env.dir.path().join(&file);
+        std::fs::write(&staged, shared.single()).unwrap();
+        std::fs::rename(&staged, dev.join(&file)).unwrap();
+        let at = env
+            .drop_dir()
+            .join("receipts")
+            .join(NAME)
+            .join(format!("{file}.receipt.json"));
+        let receipt: Value = eventually("the share receipt", Duration::from_secs(60), || async {
+            serde_json::from_str(&std::fs::read_to_string(&at).ok()?).ok()
+        })
+        .await;
+        assert_eq!(receipt["status"], json!(want), "{receipt}");
+        linked_photo(&base, &admin, &env, id(60), &big).await;
+        assert_eq!(db.scalar(links).await, 2);
+    }
+
+    assert_eq!(sightings(&base, &admin).await.len(), 5);
     no_credentials_kept(&env.drop_dir());
     let log = server.log_text();
     assert!(log.contains(".OUT"), "the deletion is logged");
@@ -867,6 +901,37 @@ async fn ctx_element_mapping(db: TestDb) {
 
 both_backends!(ctx_element_mapping);
 
+/// Sighting `id` lists exactly one file in the export, `bytes`, which the attachment
+/// store gives back byte for byte.
+async fn linked_photo(base: &str, admin: &str, env: &ServerEnv, id: Uuid, bytes: &[u8]) {
+    let sha = sha2_shim::digest(bytes);
+    let all = sightings(base, admin).await;
+    let s = all
+        .iter()
+        .find(|s| s["id"] == json!(id.to_string()))
+        .unwrap();
+    let name = format!("{id}-0");
+    assert_eq!(
+        s["attachments"],
+        json!([{"name": name, "sha256": sha, "size": bytes.len(),
+                "content_type": "image/jpeg", "url": format!("/api/v1/attachments/{sha}")}]),
+        "{s}"
+    );
+    assert_eq!(s["attributes"]["attachments"][0]["sha256"], json!(sha));
+    let out = env.dir.path().join(format!("{sha}.fetched"));
+    let got = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {admin}"),
+        "-o",
+        &out.display().to_string(),
+        "-w",
+        "%{http_code}",
+        &format!("{base}/api/v1/attachments/{sha}"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "200");
+    assert!(std::fs::read(&out).unwrap() == bytes, "{sha} differs");
+}
+
 /// Download from a remote FTP site (vsftpd) and from a share folder, each holding a
 /// device's CTX with its .OUT beside it: the CTX is stored, the .OUT never fetched.
 async fn ctx_download(db: TestDb) {
@@ -909,6 +974,18 @@ async fn ctx_download(db: TestDb) {
         assert_eq!((&s["found"], &s["ingested"]), (&json!(1), &json!(1)), "{s}");
     }
     assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 6);
+    // Each download's photo is linked to its own sighting; the same bytes are one file.
+    let links = "SELECT count(*) FROM attachment_links WHERE sighting_id IN ('{}', '{}')";
+    let links = links
+        .replacen("{}", &id(4).to_string(), 1)
+        .replacen("{}", &id(203).to_string(), 1);
+    assert_eq!(db.scalar(&links).await, 2);
+    assert_eq!(db.scalar("SELECT count(*) FROM attachments").await, 1);
+    // The default store: `attachments/` beside the drop directory, at ab/cd/<sha256>.
+    let sha = sha2_shim::digest(&photo(70_000, 4));
+    let file = env.drop_dir().parent().unwrap().join("attachments");
+    let file = file.join(&sha[..2]).join(&sha[2..4]).join(&sha);
+    assert_eq!(std::fs::read(&file).unwrap(), photo(70_000, 4));
     no_credentials_kept(&env.drop_dir());
     for secret in [PASSWORD, USER] {
         assert!(!log.contains(secret), "the log shows {secret}");

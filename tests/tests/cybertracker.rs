@@ -49,8 +49,8 @@ fn upload() -> Value {
         31.6002,
         -24.9871,
     );
-    lion["sighting"] =
-        json!({"species": "Panthera leo", "count": 2, "observer": "T. Nkosi", "Photo": PHOTO});
+    lion["sighting"] = json!({"species": "Panthera leo", "count": 2, "observer": "T. Nkosi", "Photo": PHOTO,
+               "Sketch": sketch().1});
     json!({"type": "FeatureCollection", "features": [
         feature(elephant, 31.59012, -24.99312),
         feature(waypoint, 31.5911, -24.9925),
@@ -77,19 +77,57 @@ fn expected() -> Vec<Value> {
         json!({"id": "9e8d7c6b-5a49-4382-b1a0-f9e8d7c6b5a4", "device": DEVICE,
                "observed_at": "2024-05-01T05:02:45+00:00", "latitude": -24.9871,
                "longitude": 31.6002, "altitude": null, "accuracy": null, "observer": "T. Nkosi",
-               "species": "Panthera leo", "count": 2, "attributes": with(json!({"Photo": photo_listing()}))}),
+               "species": "Panthera leo", "count": 2, "attributes": with(json!({"Photo": listing("Photo", &photo(), "image/jpeg"),
+                                         "Sketch": listing("Sketch", &sketch().0, "image/png")})),
+               "attachments": lion_files()}),
     ]
 }
 
-/// What the sighting keeps of the inline photo: the bytes stay in the archived upload.
-fn photo_listing() -> Value {
+/// A PNG of 150,000 bytes as a `data:` URI wrapped at 76 characters, as MIME writes
+/// it: decoded in several pieces on the way into the store.
+fn sketch() -> (Vec<u8>, String) {
     use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.extend((0..150_000u32 - 8).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    (
+        bytes,
+        format!("data:image/png;base64,{}", lines.join("\r\n")),
+    )
+}
+
+/// The photo's bytes.
+fn photo() -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
         .decode(PHOTO)
-        .unwrap();
-    let sha = sha256_hex(&bytes);
-    json!({"name": "Photo", "type": "image/jpeg", "size": bytes.len(), "sha256": sha,
-           "kept": "in the batch's archived original"})
+        .unwrap()
+}
+
+/// The files the lion sighting links, as the export lists them (by name).
+fn lion_files() -> Value {
+    let (photo, sketch) = (photo(), sketch().0);
+    let file = |name: &str, bytes: &[u8], ty: &str| {
+        let sha = sha256_hex(bytes);
+        json!({"name": name, "sha256": sha, "size": bytes.len(), "content_type": ty,
+               "url": format!("/api/v1/attachments/{sha}")})
+    };
+    json!([
+        file("Photo", &photo, "image/jpeg"),
+        file("Sketch", &sketch, "image/png")
+    ])
+}
+
+/// What the sighting keeps of an inline file, in its attributes, beside the link.
+fn listing(name: &str, bytes: &[u8], ty: &str) -> Value {
+    let sha = sha256_hex(bytes);
+    json!({"name": name, "type": ty, "size": bytes.len(), "sha256": sha,
+           "kept": "in the attachment store (by sha256) and the batch's archived original"})
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -184,6 +222,7 @@ async fn httpz_upload(db: TestDb) {
     );
     assert_eq!(receipt["track_points"], 1, "{receipt}");
     assert_eq!(stored(&base, &admin).await, expected());
+    fetch_files(&env, &base, &admin);
     // The waypoint is a track point, not a sighting.
     let out = curl(&[
         "-H",
@@ -205,6 +244,8 @@ async fn httpz_upload(db: TestDb) {
         "{again}"
     );
     assert_eq!(again["batch_id"], receipt["batch_id"]);
+    // The resend linked nothing twice.
+    assert_eq!(stored(&base, &admin).await, expected());
 
     // A waypoint without its time: refused by feature index and field, nothing stored.
     let mut bad = upload();
@@ -249,6 +290,64 @@ async fn share_drop(db: TestDb) {
         "{receipt}"
     );
     assert_eq!(stored(&server.http_base(), &admin).await, expected());
+    fetch_files(&env, &server.http_base(), &admin);
+
+    // export --with-attachments: the zip (opened by Python's zipfile) holds both files.
+    let zip = env.dir.path().join("with-files.zip");
+    let out = env
+        .command(&[
+            "export",
+            "--format",
+            "ndjson",
+            "--with-attachments",
+            "--output",
+        ])
+        .arg(&zip)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = std::process::Command::new("python3")
+        .args(["-c", ZIP_LISTING])
+        .arg(&zip)
+        .output()
+        .unwrap();
+    assert!(listing.status.success(), "{listing:?}");
+    let listing: Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let lion = "9e8d7c6b-5a49-4382-b1a0-f9e8d7c6b5a4";
+    for (name, bytes) in [("Photo", photo()), ("Sketch", sketch().0)] {
+        let at = format!("files/{lion}/{name}");
+        assert_eq!(listing[&at], json!(sha256_hex(&bytes)), "{at}: {listing}");
+    }
+    assert_eq!(listing.as_object().unwrap().len(), 3, "{listing}");
+}
+
+/// Every member of a zip with its sha256, as JSON.
+const ZIP_LISTING: &str = "import hashlib, json, sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+assert z.testzip() is None
+print(json.dumps({n: hashlib.sha256(z.read(n)).hexdigest() for n in z.namelist()}))";
+
+/// Each linked file comes back from the attachment store byte for byte.
+fn fetch_files(env: &ServerEnv, base: &str, admin: &str) {
+    for (bytes, ty) in [(photo(), "image/jpeg"), (sketch().0, "image/png")] {
+        let sha = sha256_hex(&bytes);
+        let out = env.dir.path().join(format!("{sha}.fetched"));
+        let got = curl(&[
+            "-H",
+            &format!("Authorization: Bearer {admin}"),
+            "-o",
+            &out.display().to_string(),
+            "-w",
+            "%{http_code} %{content_type}",
+            &format!("{base}/api/v1/attachments/{sha}"),
+        ]);
+        assert_eq!(String::from_utf8_lossy(&got.stdout), format!("200 {ty}"));
+        assert!(std::fs::read(&out).unwrap() == bytes, "{sha} differs");
+    }
 }
 
 both_backends!(httpz_upload, share_drop);

@@ -192,3 +192,62 @@ impl Db {
         })
     }
 }
+
+/// A file put in the attachment store while its batch was read (a photo inside a
+/// CyberTracker upload or a CTX), linked to its sighting in the batch's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMedia {
+    pub sighting_id: uuid::Uuid,
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+}
+
+const RECORD_SQL: &str =
+    "INSERT INTO attachments (sha256, size, content_type) VALUES ($1, $2, $3) \
+     ON CONFLICT (sha256) DO NOTHING";
+/// Only a sighting this batch stored gets the link: one that was stored before (a
+/// resend inside a new batch) keeps the link of the batch that stored it.
+const LINK_SQL: &str = "INSERT INTO attachment_links (batch, sighting_id, name, sha256) \
+     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM sightings WHERE batch = $1 AND id = $5) \
+     ON CONFLICT (batch, sighting_id, name) DO NOTHING";
+
+/// The same statements on either engine's connection.
+macro_rules! store_media {
+    ($conn:expr, $batch:expr, $media:expr) => {{
+        for m in $media {
+            sqlx::query(RECORD_SQL)
+                .bind(&m.sha256)
+                .bind(m.size as i64)
+                .bind(&m.content_type)
+                .execute(&mut *$conn)
+                .await?;
+            sqlx::query(LINK_SQL)
+                .bind($batch)
+                .bind(m.sighting_id.to_string())
+                .bind(&m.name)
+                .bind(&m.sha256)
+                .bind(super::dialect::DbUuid(m.sighting_id))
+                .execute(&mut *$conn)
+                .await?;
+        }
+        Ok(())
+    }};
+}
+
+pub(super) async fn store_media_pg(
+    conn: &mut sqlx::PgConnection,
+    batch: i64,
+    media: &[StoredMedia],
+) -> sqlx::Result<()> {
+    store_media!(conn, batch, media)
+}
+
+pub(super) async fn store_media_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    batch: i64,
+    media: &[StoredMedia],
+) -> sqlx::Result<()> {
+    store_media!(conn, batch, media)
+}

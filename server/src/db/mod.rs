@@ -34,7 +34,9 @@ mod versions;
 
 pub use admin::{BatchListFilter, BatchSummary, RejectionInfo, MAX_PAGE};
 pub use admins::{AdminInfo, AdminTokenInfo, Revoked, TokenChoice};
-pub use attachments::{AttachmentInfo, LinkedAttachment, NewLink, NewSubmission, SubmissionRow};
+pub use attachments::{
+    AttachmentInfo, LinkedAttachment, NewLink, NewSubmission, StoredMedia, SubmissionRow,
+};
 pub use conflicts::{ConflictInfo, SightingVersion, Skipped, SkippedId, SKIPPED_LISTED};
 pub use credentials::{Change, DeviceInfo};
 pub use dashboard::{DayCount, DeviceStats, Session, SightingQuery, SightingRow};
@@ -98,6 +100,9 @@ pub struct NewBatch {
     pub sequence: Option<i64>,
     /// Track points and patrol events, stored in the batch's transaction.
     pub extras: std::sync::Arc<ctdata_batch::tracks::Extras>,
+    /// Files inside the batch, already in the attachment store: recorded and linked to
+    /// their sightings in the batch's transaction.
+    pub media: std::sync::Arc<Vec<StoredMedia>>,
 }
 
 /// The SQL of [`BatchRecord`] for one device's batch: `$1` the device, `$2` the batch id.

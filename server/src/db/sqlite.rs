@@ -165,6 +165,7 @@ async fn load_on(
         }
     };
     super::tracks::store_sqlite(&mut tx, batch_pk, device_pk, &b.extras).await?;
+    super::attachments::store_media_sqlite(&mut tx, batch_pk, &b.media).await?;
     let total = summary.rows as i64;
     sqlx::query(
         "UPDATE batches SET row_count = ?2, inserted = ?3, duplicates = ?4, \

@@ -37,7 +37,7 @@ pub async fn load_batch(
         .with_jitter()
         .build();
     // The one-round-trip function stores sightings only.
-    let small = b.extras.is_empty();
+    let small = b.extras.is_empty() && b.media.is_empty();
     loop {
         let outcome = if via_staging {
             load_once(pool, b, rows(), true).await
@@ -305,6 +305,7 @@ async fn load_once(
         }
     };
     crate::db::tracks::store_pg(&mut tx, ids.batch, ids.device, &b.extras).await?;
+    crate::db::attachments::store_media_pg(&mut tx, ids.batch, &b.media).await?;
     let rows_total = summary.rows as i64;
     let (received_at, cursor_first, cursor_last): (DateTime<Utc>, Option<i64>, Option<i64>) =
         sqlx::query_as(
