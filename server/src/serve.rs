@@ -67,7 +67,16 @@ pub async fn run(
     if shared {
         crate::layout::claim_as_replica(&replica.name);
     }
-    replica.register(&ingestor.db).await?;
+    match replica.register(&ingestor.db).await {
+        Ok(()) => {}
+        // Other replicas take over the claims of one without a lease: on a shared
+        // database a replica that cannot register does not start.
+        Err(e) if shared => return Err(e),
+        // Alone (SQLite) the lease guards nothing: a full disk must not stop the
+        // server, which then refuses uploads with 503 until there is room; the
+        // heartbeat registers it again.
+        Err(e) => tracing::warn!("cannot register this server in the database yet: {e:#}"),
+    }
     ingestor.metrics.set_replica(&replica.name);
     let mut drop_dir = DropDir::new(
         &settings.ingest.drop_dir,
