@@ -26,6 +26,11 @@ pub struct AdminAuth(pub String);
 #[derive(Debug, Clone)]
 pub struct ReaderAuth(pub String);
 
+/// An administrator for a download that changes nothing (tracks, patrols): by API token,
+/// name and password, or a signed-in dashboard session, so the dashboard's links work.
+#[derive(Debug, Clone)]
+pub struct AdminDownload(pub String);
+
 impl FromRequestParts<AppState> for DeviceAuth {
     type Rejection = ApiError;
 
@@ -61,6 +66,20 @@ impl FromRequestParts<AppState> for ReaderAuth {
         authenticate_reader(state, client, &parts.headers)
             .await
             .map(ReaderAuth)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminDownload {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(session) = super::web::signed_in(state, &parts.headers).await {
+            return Ok(AdminDownload(session.admin));
+        }
+        let client = Client::of(parts, state);
+        authenticate_admin(state, client, &parts.headers)
+            .await
+            .map(AdminDownload)
     }
 }
 

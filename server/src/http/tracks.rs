@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::AdminAuth;
+use super::auth::AdminDownload;
 use super::{ApiError, AppState, ErrorBody, Query};
 use crate::tracks::{self, TrackFormat};
 
@@ -62,7 +62,7 @@ fn attachment(body: Vec<u8>, content_type: &'static str, file: &str) -> Response
 )]
 async fn track_export(
     State(state): State<AppState>,
-    AdminAuth(admin): AdminAuth,
+    AdminDownload(admin): AdminDownload,
     Query(p): Query<TrackParams>,
 ) -> Result<Response, ApiError> {
     let format = parse_format(p.format.as_deref())?;
@@ -102,7 +102,7 @@ struct PatrolParams {
 )]
 async fn patrol_export(
     State(state): State<AppState>,
-    AdminAuth(admin): AdminAuth,
+    AdminDownload(admin): AdminDownload,
     Query(p): Query<PatrolParams>,
 ) -> Result<Response, ApiError> {
     tracing::debug!(admin, "patrols export");

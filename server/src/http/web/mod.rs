@@ -7,6 +7,7 @@ mod account;
 mod manage;
 mod overview;
 mod pages;
+mod patrols;
 mod session;
 mod sightings;
 mod view;
@@ -43,6 +44,7 @@ pub fn router() -> Router<AppState> {
         .route("/devices", get(manage::devices).post(manage::add_device))
         .route("/devices/{name}/rotate", post(manage::rotate))
         .route("/devices/{name}/revoke", post(manage::revoke))
+        .route("/patrols", get(patrols::list))
         .route("/sources", get(manage::sources).post(manage::download))
         .route("/account", get(account::account))
         .route("/account/password", post(account::change_password))

@@ -72,12 +72,13 @@ pub mod filters {
     }
 }
 
-const PAGES: [(&str, &str); 6] = [
+const PAGES: [(&str, &str); 7] = [
     ("/", "Overview"),
     ("/devices", "Devices"),
     ("/batches", "Batches"),
     ("/rejected", "Rejected"),
     ("/sightings", "Sightings"),
+    ("/patrols", "Patrols"),
     ("/sources", "Sources"),
 ];
 
