@@ -1,6 +1,6 @@
 //! `ctdata app`, the ranger's window, in a real headless Chromium against the real
 //! `ctdata-server`: every control, a failing connection, a send of 10,000 sightings
-//! seen in progress through a gated TCP relay, and the run's key (curl).
+//! seen in progress over a slow loopback link, and the run's key (curl).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
