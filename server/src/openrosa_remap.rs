@@ -104,7 +104,8 @@ async fn one(
     }
     let mapped = crate::openrosa::sightings(&doc, &parsed, settings.openrosa.form(&parsed.form_id))
         .map_err(anyhow::Error::msg)?;
-    db.remap_batch(sub.batch, &mapped, !dry_run).await
+    db.remap_batch(&sub.instance_id, sub.batch, &mapped, !dry_run)
+        .await
 }
 
 /// The report as lines of text: the counts, then one line per failed submission.

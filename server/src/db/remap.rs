@@ -85,9 +85,12 @@ impl Db {
     /// `sighting_versions`, a new one is added and one no longer mapped is kept there
     /// and removed. With `write` false it only counts. Running it twice with the same
     /// `mapped` changes nothing the second time.
+    /// `instance_id` must still be current when the transaction runs (an edit that
+    /// arrived meanwhile wins: the remap of it fails and changes nothing).
     #[tracing::instrument(skip_all, err, fields(batch))]
     pub async fn remap_batch(
         &self,
+        instance_id: &str,
         batch: i64,
         mapped: &[Sighting],
         write: bool,
@@ -111,11 +114,24 @@ impl Db {
              attributes) SELECT $1, $2, device_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
              FROM batches WHERE id = $2";
         let postgres = matches!(self, Db::Postgres(_));
+        let current = format!(
+            "SELECT superseded_by FROM openrosa_submissions WHERE instance_id = $1 AND batch = $2{}",
+            if postgres { " FOR UPDATE" } else { "" }
+        );
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             if postgres && write {
                 // Registers like a load, before a new cursor is taken (see pg::safe_cursor).
                 sqlx::query(&register).execute(&mut *tx).await?;
+            }
+            let state: Option<Option<String>> = sqlx::query_scalar(&current)
+                .bind(instance_id).bind(batch).fetch_optional(&mut *tx).await?;
+            match state {
+                None => anyhow::bail!("submission {instance_id} is no longer stored"),
+                Some(Some(by)) => anyhow::bail!(
+                    "submission {instance_id} was replaced by the edit {by} during the remap"
+                ),
+                Some(None) => {}
             }
             let rows: Vec<Row> = sqlx::query_as(&select).bind(batch).fetch_all(&mut *tx).await?;
             let old: Vec<Sighting> = rows.iter().map(stored).collect::<anyhow::Result<_>>()?;
