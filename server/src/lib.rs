@@ -26,6 +26,7 @@ pub mod ingest_media;
 pub mod layout;
 pub mod metrics;
 pub mod openrosa;
+pub mod openrosa_remap;
 pub mod profile;
 pub mod relay;
 pub mod replica;

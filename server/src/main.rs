@@ -92,6 +92,32 @@ enum Command {
     Admin(AdminCommand),
     /// Print a commented example configuration with every default.
     DefaultConfig,
+    /// OpenRosa submissions (ODK Collect, KoboCollect, the CyberTracker app).
+    #[command(subcommand)]
+    Openrosa(OpenrosaCommand),
+}
+
+#[derive(Subcommand)]
+enum OpenrosaCommand {
+    /// Map every current (not edited-away) submission again from its kept XML with the
+    /// [[openrosa.forms]] mappings as configured now. Where the sightings differ, each
+    /// changed one is replaced by a new version (same id, same attachments; the old row
+    /// is kept in sighting_versions and an incremental export hands the new one out
+    /// again), one transaction per submission; running it again changes nothing.
+    /// Prints submissions read, sightings changed and unchanged, and each submission
+    /// that failed with the reason (its sightings stay as they were). Exit code 2 when
+    /// any submission failed.
+    Remap {
+        /// Only submissions of this form id (the root element's id attribute).
+        #[arg(long, value_name = "FORM_ID")]
+        form: Option<String>,
+        /// Report what would change without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -269,6 +295,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Device(cmd) => device(&settings, cmd).await?,
         Command::Admin(cmd) => admin(&settings, cmd).await?,
+        Command::Openrosa(OpenrosaCommand::Remap {
+            form,
+            dry_run,
+            json,
+        }) => {
+            let db = ctdata_server::serve::open(&settings).await?.db;
+            let report =
+                ctdata_server::openrosa_remap::remap(&settings, &db, form.as_deref(), dry_run)
+                    .await;
+            db.close().await;
+            let report = report?;
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&report)?),
+                false => print!("{}", ctdata_server::openrosa_remap::describe(&report)),
+            }
+            if !report.failed.is_empty() {
+                return Ok(ExitCode::from(2));
+            }
+        }
         Command::DefaultConfig => unreachable!("handled before the runtime starts"),
     }
     Ok(ExitCode::SUCCESS)
