@@ -219,13 +219,45 @@ pub const CUT_TAG: &str = "cut";
 /// With several replicas on one database, the stamp names the replica that claimed
 /// (`<stamp>@<replica>`), so the others know whose claim it is.
 pub fn claim_head(channel: Channel) -> String {
-    let stamp = match CLAIMING_REPLICA.get() {
-        Some(replica) => format!("{}@{replica}", stamp()),
-        None => stamp(),
-    };
+    let stamp = replica_stamp();
     match channel {
         Channel::Share => stamp,
         other => format!("{stamp}.{other}"),
+    }
+}
+
+/// A [`stamp`] that names this replica when several share the drop directory
+/// (`<stamp>@<replica>`): claim names and HTTP spool names start with it.
+pub fn replica_stamp() -> String {
+    match CLAIMING_REPLICA.get() {
+        Some(replica) => format!("{}@{replica}", stamp()),
+        None => stamp(),
+    }
+}
+
+/// Removes the HTTP request bodies a crash left in `.incoming/`: their senders got no
+/// answer and send again. Alone, the whole folder goes; with replicas sharing the
+/// drop directory, only this replica's own spools (and untagged ones from before
+/// replicas), never the bodies another replica is receiving right now.
+pub fn clear_spools(drop_dir: &Path) {
+    let incoming = drop_dir.join(INCOMING);
+    let Some(me) = CLAIMING_REPLICA.get() else {
+        let _ = std::fs::remove_dir_all(&incoming);
+        return;
+    };
+    let Ok(devices) = std::fs::read_dir(&incoming) else {
+        return;
+    };
+    for device in devices.flatten() {
+        let Ok(files) = std::fs::read_dir(device.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if claim_replica(&name).is_none_or(|r| r == me.as_str()) {
+                let _ = std::fs::remove_file(file.path());
+            }
+        }
     }
 }
 

@@ -306,7 +306,7 @@ async fn start_http(
     // Certificate problems stop the start before anything is bound or removed.
     let tls = crate::http::tls::acceptor(&settings.http)?;
     let drop_dir = settings.ingest.drop_dir.clone();
-    let _ = std::fs::remove_dir_all(drop_dir.join(crate::layout::INCOMING));
+    crate::layout::clear_spools(&drop_dir);
     let attachments_dir = settings.storage.attachments_dir(&drop_dir);
     crate::attachments::AttachmentStore::open(&attachments_dir).map_err(|e| {
         anyhow::anyhow!(

@@ -652,8 +652,8 @@ async fn openapi_document_matches_the_routes() {
         .collect();
     documented.sort();
     let expected = [
-        ("GET", "/api/v1/attachments/{sha256}"),
         ("DELETE", "/api/v1/uploads/{id}"),
+        ("GET", "/api/v1/attachments/{sha256}"),
         ("GET", "/api/v1/batches"),
         ("GET", "/api/v1/batches/{id}"),
         ("GET", "/api/v1/conflicts"),
@@ -673,9 +673,9 @@ async fn openapi_document_matches_the_routes() {
         ("POST", "/api/v1/admin/download"),
         ("POST", "/api/v1/batches"),
         ("POST", "/api/v1/rejected/{id}/reprocess"),
+        ("POST", "/api/v1/uploads"),
         ("POST", "/api/v1/webhooks/cybertracker"),
         ("POST", "/api/v1/webhooks/cybertracker/{token}"),
-        ("POST", "/api/v1/uploads"),
     ];
     let expected: Vec<(String, String)> = expected
         .iter()

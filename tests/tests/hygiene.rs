@@ -60,10 +60,14 @@ async fn control_characters_in_file_names_are_escaped(db: TestDb) {
     );
 
     let cookie = session(&base);
-    let reply = server
-        .api()
-        .page(&format!("/rejected/{id}/file"), &cookie)
-        .await;
+    // The rejection is recorded first, then the file is moved into rejected/ (with
+    // others of its burst): until then the page says the file is not there yet.
+    let api = server.api();
+    let reply = eventually("the rejected file", Duration::from_secs(30), || async {
+        let reply = api.page(&format!("/rejected/{id}/file"), &cookie).await;
+        (reply.status != 410).then_some(reply)
+    })
+    .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.body, "not,a\nbatch\n");
     let disposition = reply

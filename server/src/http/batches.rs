@@ -14,7 +14,7 @@ use super::resumable::spool_full;
 use super::{ApiError, AppState, ErrorBody};
 use crate::deliver::{Filing, Origin};
 use crate::ingest::{Receipt, Status};
-use crate::layout::stamp;
+use crate::layout::replica_stamp;
 use crate::types::{Channel, RejectionKind};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -52,7 +52,7 @@ async fn post_batch(
     check_encoding(&headers)?;
     let slot = state.uploads.acquire(&device).await?;
     let deliverer = state.deliverer();
-    let claim = format!("{}-upload", stamp());
+    let claim = format!("{}-upload", replica_stamp());
     let spool = deliverer.layout.incoming(&device).join(&claim);
     // Removed if this request ends before the body is handed over (an error, or the
     // client gone and this future dropped with its connection).

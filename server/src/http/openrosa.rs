@@ -25,7 +25,7 @@ use crate::attachments::{StoreError, StoredAttachment};
 use crate::db::{NewLink, NewSubmission};
 use crate::deliver::{Filing, Origin};
 use crate::ingest::Status;
-use crate::layout::stamp;
+use crate::layout::replica_stamp;
 use crate::openrosa::{self, Submission};
 use crate::types::{Channel, RejectionKind};
 
@@ -279,7 +279,7 @@ async fn store_batch(
     sightings: &[ctdata_batch::Sighting],
 ) -> Result<i64, ApiError> {
     let deliverer = state.deliverer();
-    let claim = format!("{}-openrosa", stamp());
+    let claim = format!("{}-openrosa", replica_stamp());
     let spool = deliverer.layout.incoming(device).join(&claim);
     let header = ctdata_batch::write::BatchHeader {
         batch_id: sub.batch_id(),

@@ -24,7 +24,7 @@ use super::{ApiError, AppState, ErrorBody};
 use crate::db::Superseded;
 use crate::deliver::{Filing, Origin};
 use crate::ingest::{Receipt, Status};
-use crate::layout::stamp;
+use crate::layout::replica_stamp;
 use crate::types::Channel;
 
 /// The envelope key that holds the observation's version.
@@ -117,7 +117,7 @@ async fn receive(state: &AppState, device: String, body: Bytes) -> Result<Respon
     let obs = Observation::parse(&body).map_err(ApiError::Unprocessable)?;
     let upload = serde_json::to_vec(&obs.as_upload()).map_err(|e| ApiError::Internal(e.into()))?;
     let deliverer = state.deliverer();
-    let claim = format!("{}-webhook", stamp());
+    let claim = format!("{}-webhook", replica_stamp());
     let spool = deliverer.layout.incoming(&device).join(&claim);
     tokio::fs::create_dir_all(spool.parent().expect("spool has a folder")).await?;
     tokio::fs::write(&spool, &upload).await?;
