@@ -17,6 +17,7 @@ pub mod client;
 pub mod ctx;
 pub mod ftp;
 pub mod link;
+pub mod openrosa;
 pub mod smart;
 pub mod vsftpd;
 pub mod web;

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ctdata_tests::openrosa::{collect, have_pyxform};
 use ctdata_tests::{both_backends, ServerEnv, TestDb};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -17,44 +18,12 @@ both_backends! {
     basic_credentials_over_https_with_a_challenge,
 }
 
-const COLLECT: &str = include_str!("../src/openrosa_collect.py");
-
 /// Every entry of a zip (argv[1]) with the SHA-256 of its content, as Python's zipfile
 /// reads it (testzip checks every CRC first).
 const ZIP_LISTING: &str = "import hashlib, json, sys, zipfile
 z = zipfile.ZipFile(sys.argv[1])
 assert z.testzip() is None
 print(json.dumps({n: hashlib.sha256(z.read(n)).hexdigest() for n in z.namelist()}))";
-
-/// Whether pyxform is installed; outside CI a missing one prints SKIPPED, under CI it
-/// fails the test.
-fn have_pyxform() -> bool {
-    let probe = Command::new("python3")
-        .args(["-c", "import pyxform, openpyxl"])
-        .output()
-        .expect("run python3");
-    if !probe.status.success() {
-        let why = "pyxform is not installed (pip install pyxform)";
-        assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
-        eprintln!("SKIPPED: {why}");
-    }
-    probe.status.success()
-}
-
-fn collect(args: &[&str]) -> Value {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(COLLECT)
-        .args(args)
-        .output()
-        .expect("run the Collect script");
-    assert!(
-        out.status.success(),
-        "openrosa_collect.py {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the script's JSON")
-}
 
 /// The form, built from an XLSForm by pyxform.
 struct Form {

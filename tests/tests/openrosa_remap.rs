@@ -7,43 +7,13 @@
 //! changes nothing.
 
 use std::path::Path;
-use std::process::Command;
 
+use ctdata_tests::openrosa::{collect, have_pyxform};
 use ctdata_tests::{both_backends, ServerEnv, TestDb};
 use serde_json::Value;
 
 both_backends! {
     a_fixed_mapping_is_applied_to_the_kept_submissions,
-}
-
-const COLLECT: &str = include_str!("../src/openrosa_collect.py");
-
-fn have_pyxform() -> bool {
-    let probe = Command::new("python3")
-        .args(["-c", "import pyxform, openpyxl"])
-        .output()
-        .expect("run python3");
-    if !probe.status.success() {
-        let why = "pyxform is not installed (pip install pyxform)";
-        assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
-        eprintln!("SKIPPED: {why}");
-    }
-    probe.status.success()
-}
-
-fn collect(args: &[&str]) -> Value {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(COLLECT)
-        .args(args)
-        .output()
-        .expect("run the Collect script");
-    assert!(
-        out.status.success(),
-        "openrosa_collect.py {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the script's JSON")
 }
 
 /// A filled instance of the pyxform-built form `xform`, saved in `dir`.
