@@ -47,7 +47,10 @@ pub async fn post_batch(
         }
     };
     // Compressed when it is worth it: the server reads gzip by its content.
-    let (body, gzipped) = if bytes.len() as u64 > crate::resume::COMPRESS_ABOVE {
+    // A batch that is gzip already (a docked handheld's `.ndjson.gz`) goes as it is:
+    // the server inflates one layer.
+    let already = bytes.starts_with(&[0x1f, 0x8b]);
+    let (body, gzipped) = if !already && bytes.len() as u64 > crate::resume::COMPRESS_ABOVE {
         match crate::resume::gzip(&bytes) {
             Ok(gz) => (gz, true),
             Err(_) => (bytes, false),

@@ -87,8 +87,21 @@ pub fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Writes `.NAME.gz` once (through a temporary name); returns its length and SHA-256.
+fn is_gzip(file: &Path) -> std::io::Result<bool> {
+    let mut magic = [0u8; 2];
+    let n = std::fs::File::open(file)?.read(&mut magic)?;
+    Ok(n == 2 && magic == [0x1f, 0x8b])
+}
+
 fn compressed(batch: &Path) -> std::io::Result<(u64, String)> {
     let gz = gz_path(batch);
+    if !gz.exists() && is_gzip(batch)? {
+        // A docked handheld's `.ndjson.gz`: the server inflates one layer only.
+        let tmp = side(batch, ".gz.tmp");
+        std::fs::copy(batch, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &gz)?;
+    }
     if !gz.exists() {
         let tmp = side(batch, ".gz.tmp");
         let mut input = std::io::BufReader::new(std::fs::File::open(batch)?);

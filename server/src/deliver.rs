@@ -246,7 +246,11 @@ impl Deliverer {
     /// the files not yet moved where they are.
     pub fn file_away_all(&self, group: &[Unfiled]) -> anyhow::Result<()> {
         let mut notes: Vec<(PathBuf, PathBuf, Vec<u8>)> = Vec::new();
-        for u in group {
+        // In claim order (claim names start with their stamp), not in the order the
+        // decisions finished: of one name sent twice, the later claim's receipt stays.
+        let mut ordered: Vec<&Unfiled> = group.iter().collect();
+        ordered.sort_by(|a, b| a.file.file_name().cmp(&b.file.file_name()));
+        for u in ordered {
             if u.origin.filing == Filing::InPlace {
                 continue;
             }

@@ -723,9 +723,13 @@ impl DropDir {
         // A CyberTracker `.OUT` (a password in plain text) is deleted at once, not
         // grouped with the files waiting to be filed away.
         let now = cut || crate::sendcreds::is_send_data(claimed, &origin.file_name);
-        let decided = match now {
-            true => deliverer.deliver_or_wait(claimed, &origin).await?,
-            false => deliverer.decide_unfiled(claimed, &origin, wait).await?,
+        // Only a file that may still be written (`take`) waits for the rest: one
+        // renamed into place, left claimed by a crash or taken over from a replica is
+        // decided now, a cut-off one rejected as truncated.
+        let decided = match (now, wait) {
+            (true, true) => deliverer.deliver_or_wait(claimed, &origin).await?,
+            (true, false) => Delivered::Filed(deliverer.deliver(claimed, &origin).await?),
+            (false, _) => deliverer.decide_unfiled(claimed, &origin, wait).await?,
         };
         let cut_short = match decided {
             Delivered::Filed(receipt) if now => {

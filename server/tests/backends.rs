@@ -139,7 +139,12 @@ fn normalise(v: &mut Value) {
                     // By meaning: PostgreSQL prints jsonb its own way (see below).
                     *v = serde_json::from_str(text).unwrap_or_else(|_| text.as_str().into());
                 } else if let (true, Value::String(path)) = (k == "stored_path", &mut *v) {
-                    // Named after the moment the upload was claimed.
+                    // Named after the moment the upload was claimed, and on PostgreSQL
+                    // after the replica that claimed it (`<stamp>@<replica>-…`).
+                    if let Some((head, rest)) = path.split_once('@') {
+                        let tail = rest.split_once('-').map_or("", |(_, t)| t);
+                        *path = format!("{head}-{tail}");
+                    }
                     *path = path.replace(|c: char| c.is_ascii_digit(), "d");
                 } else {
                     normalise(v);

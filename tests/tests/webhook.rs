@@ -213,3 +213,36 @@ async fn webhook_versions(db: TestDb) {
 }
 
 both_backends!(webhook_versions);
+
+/// A uid another device stored (a reused id, or a device guessing one) is never
+/// replaced by this device's newer version: 409, and the stored sighting stays.
+async fn another_devices_sighting_is_not_replaced(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    let token = env.device_token(DEVICE);
+    let other = env.device_token("ct-webhook-02");
+    let admin = env.admin_token();
+    let server = env.serve().await;
+    let base = server.http_base();
+    let first = observation("2024-07-01T06:15:00Z", "3", "Loxodonta africana");
+    let (code, r) = post(
+        &format!("{base}/api/v1/webhooks/cybertracker/{token}"),
+        None,
+        &first,
+    );
+    assert_eq!((code, &r["status"]), (200, &json!("stored")), "{r}");
+
+    let newer = observation("2024-07-02T06:15:00Z", "9", "Panthera leo");
+    let (code, r) = post(
+        &format!("{base}/api/v1/webhooks/cybertracker/{other}"),
+        None,
+        &newer,
+    );
+    assert_eq!(code, 409, "{r}");
+    let rows = sightings(&base, &admin);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["device"], json!(DEVICE), "{rows:?}");
+    assert_eq!(rows[0]["species"], json!("Loxodonta africana"), "{rows:?}");
+    assert_eq!(db.scalar("SELECT count(*) FROM sighting_versions").await, 0);
+}
+
+both_backends!(another_devices_sighting_is_not_replaced);

@@ -102,6 +102,13 @@ pub async fn send(State(app): State<App>) -> Response {
         Ok(c) => c,
         Err(e) => return problem(StatusCode::CONFLICT, format!("{e:#}")),
     };
+    // As `ctdata send` without --force: sync switched off means nothing leaves.
+    if crate::state::read(&app.0.home).is_ok_and(|s| s.sync_off) {
+        return problem(
+            StatusCode::CONFLICT,
+            "sync is off on this device: switch it on (Sync on) to send",
+        );
+    }
     let progress = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
     {
         let mut job = app.0.send.lock().unwrap_or_else(|p| p.into_inner());

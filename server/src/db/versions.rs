@@ -20,6 +20,9 @@ pub enum Superseded {
     NotNewer(String),
     /// No sighting with this id is stored.
     Missing,
+    /// The stored sighting came from another device: it is left alone (a device
+    /// replaces only its own sightings).
+    OtherDevice,
 }
 
 /// The version a stored or incoming sighting carries: a time at `key` in `envelope`.
@@ -75,6 +78,18 @@ impl Db {
              observer, species, count, {} AS attributes FROM sightings WHERE id = $1",
             self.json_text("attributes")
         );
+        // Whose it is; on PostgreSQL the row is locked too: two edits of one sighting at
+        // once, the second waits for the first and then sees its version (SQLite writes
+        // one transaction at a time anyway).
+        let owner = format!(
+            "SELECT (SELECT device_id FROM batches WHERE id = s.batch) = \
+             (SELECT device_id FROM batches WHERE id = $2) FROM sightings s WHERE s.id = $1{}",
+            if matches!(self, Db::Postgres(_)) {
+                " FOR UPDATE"
+            } else {
+                ""
+            }
+        );
         let register = format!(
             "SELECT pg_advisory_xact_lock_shared({} + {}) FROM sightings_cursor_seq",
             super::pg::LOAD_KEY_BASE,
@@ -86,6 +101,16 @@ impl Db {
             if postgres {
                 // Registers like a load, before the new cursor is taken (see pg::safe_cursor).
                 sqlx::query(&register).execute(&mut *tx).await?;
+            }
+            let same_device: Option<Option<bool>> = sqlx::query_scalar(&owner)
+                .bind(DbUuid(s.id))
+                .bind(batch)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match same_device {
+                None => return Ok(Superseded::Missing),
+                Some(Some(true)) => {}
+                Some(_) => return Ok(Superseded::OtherDevice),
             }
             let row: Option<StoredRow> = sqlx::query_as(&select)
                 .bind(DbUuid(s.id))

@@ -213,6 +213,13 @@ async fn settle(
         }
         Superseded::NotNewer(_) => "outdated",
         Superseded::Missing => "duplicate",
+        Superseded::OtherDevice => {
+            return Err(ApiError::Conflict(format!(
+                "observation uid {} names a sighting another device stored: it was not replaced \
+                 (a device edits only its own observations)",
+                s.id
+            )))
+        }
     })
 }
 
