@@ -16,6 +16,7 @@ pub mod browser;
 pub mod client;
 pub mod ctx;
 pub mod ftp;
+pub mod httpz;
 pub mod link;
 pub mod openrosa;
 pub mod smart;

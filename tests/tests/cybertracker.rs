@@ -5,12 +5,12 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use ctdata_tests::ftp::curl;
+use ctdata_tests::httpz::{self, zlib};
 use ctdata_tests::{both_backends, eventually, ServerEnv, TestDb};
-use flate2::write::{DeflateEncoder, ZlibEncoder};
+use flate2::write::DeflateEncoder;
 use serde_json::{json, Value};
 
 const DEVICE: &str = "ct-classic-01";
@@ -143,12 +143,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
-fn zlib(bytes: &[u8]) -> Vec<u8> {
-    let mut e = ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
-
 fn raw_deflate(bytes: &[u8]) -> Vec<u8> {
     let mut e = DeflateEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(bytes).unwrap();
@@ -158,23 +152,7 @@ fn raw_deflate(bytes: &[u8]) -> Vec<u8> {
 /// POSTs `body` as CyberTracker does: Basic auth, JSON, `Content-Encoding: deflate`.
 /// Returns the status and the JSON answer.
 fn post(base: &str, token: &str, body: &Path) -> (u16, Value) {
-    let out: Output = curl(&[
-        "-u",
-        &format!("{DEVICE}:{token}"),
-        "-H",
-        "Content-Type: application/json",
-        "-H",
-        "Content-Encoding: deflate",
-        "--data-binary",
-        &format!("@{}", body.display()),
-        "-w",
-        "\n%{http_code}",
-        &format!("{base}/api/v1/batches"),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (json, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), serde_json::from_str(json).unwrap())
+    httpz::post(base, DEVICE, token, body)
 }
 
 /// The stored sightings in cursor order, as the export gives them.

@@ -5,41 +5,18 @@
 //! (with the `[formats.cybertracker]` mapping applied), track points and the patrol row;
 //! nothing twice.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
 use ctdata_tests::ftp::{curl, put_by_rename};
+use ctdata_tests::httpz::{self, zlib};
 use ctdata_tests::smart::{metres, name, pieces, DEVICE, PATROL};
 use ctdata_tests::{both_backends, eventually, ServerEnv, TestDb};
-use flate2::write::ZlibEncoder;
 use serde_json::{json, Value};
-
-fn zlib(bytes: &[u8]) -> Vec<u8> {
-    let mut e = ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
 
 /// POSTs a file as SMART Connect's HTTP upload does: Basic auth, deflated JSON.
 fn post(base: &str, token: &str, body: &Path) -> (u16, Value) {
-    let out = curl(&[
-        "-u",
-        &format!("{DEVICE}:{token}"),
-        "-H",
-        "Content-Type: application/json",
-        "-H",
-        "Content-Encoding: deflate",
-        "--data-binary",
-        &format!("@{}", body.display()),
-        "-w",
-        "\n%{http_code}",
-        &format!("{base}/api/v1/batches"),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (json, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), serde_json::from_str(json).unwrap())
+    httpz::post(base, DEVICE, token, body)
 }
 
 /// Drops a file into the device's share folder (written beside it, then renamed in)
