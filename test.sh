@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs and starts what the tests drive when it is missing
 # (PostgreSQL, vsftpd, lftp, Chromium and chromedriver, util-linux's `script`,
-# xmllint, python-dwca-reader, dwcahandler, pyxform), then runs
+# xmllint, sqlite3, openssl, python-dwca-reader, dwcahandler, pyxform), then runs
 # every test suite, carrying on past a failing one so that each suite reports.
 # Installing needs root and Debian's apt-get; without them it says which tests will
 # print SKIPPED instead (outside CI; under CI, with `CI` set, those tests fail).

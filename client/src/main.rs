@@ -119,7 +119,9 @@ enum Command {
     /// http.read_devices.
     Pull(PullArgs),
     /// Assisted sync: list files only here (outbox/, inbox/), only on the remote, and on
-    /// both (by name and size). Works with share, ftp and ftps.
+    /// both, saying whether their content is the same (size and SHA-256 on a share; size
+    /// and modification time over FTP, which gives no hash). Works with share, ftp and
+    /// ftps.
     Compare,
     /// Copy files to the remote (uploaded through a temporary name); a batch from
     /// outbox/ then goes to sent/. Other files stay here unless --move.
