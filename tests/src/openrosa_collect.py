@@ -190,12 +190,20 @@ def post(target, body, ctype, chunked):
     c = target.connection()
     h = target.headers()
     h["Content-Type"] = ctype
-    if chunked:
-        pieces = (body[i : i + 65536] for i in range(0, len(body), 65536))
-        c.request("POST", target.path, body=pieces, headers=h, encode_chunked=True)
-    else:
-        c.request("POST", target.path, body=body, headers=h)
-    r = c.getresponse()
+    try:
+        if chunked:
+            pieces = (body[i : i + 65536] for i in range(0, len(body), 65536))
+            c.request("POST", target.path, body=pieces, headers=h, encode_chunked=True)
+        else:
+            c.request("POST", target.path, body=body, headers=h)
+        r = c.getresponse()
+    except (BrokenPipeError, ConnectionResetError):
+        # The server answered before it had read the whole body (a 413 over a limit)
+        # and closed: its answer is already here, read it as Collect would.
+        if c.sock is None:
+            raise
+        r = http.client.HTTPResponse(c.sock, method="POST")
+        r.begin()
     text = r.read().decode("utf-8", "replace")
     return {"status": r.status, "body": text, "headers": {k.lower(): v for k, v in r.getheaders()}}
 
