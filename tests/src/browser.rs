@@ -157,39 +157,45 @@ impl Browser {
     }
 
     pub fn click(&self, css: &str) {
-        let id = self.find(css);
-        self.cmd("POST", &format!("/element/{id}/click"), Some(json!({})));
+        self.on_element(css, "POST", "/click", Some(json!({})));
     }
 
     pub fn type_into(&self, css: &str, text: &str) {
-        let id = self.find(css);
-        self.cmd("POST", &format!("/element/{id}/clear"), Some(json!({})));
-        self.cmd(
-            "POST",
-            &format!("/element/{id}/value"),
-            Some(json!({ "text": text })),
-        );
+        self.on_element(css, "POST", "/clear", Some(json!({})));
+        self.on_element(css, "POST", "/value", Some(json!({ "text": text })));
     }
 
     /// Sets the file of an `<input type=file>`, as picking it in the file dialog would.
     pub fn choose_file(&self, css: &str, path: &Path) {
-        let id = self.find(css);
-        self.cmd(
-            "POST",
-            &format!("/element/{id}/value"),
-            Some(json!({ "text": path.display().to_string() })),
-        );
+        let file = path.display().to_string();
+        self.on_element(css, "POST", "/value", Some(json!({ "text": file })));
+    }
+
+    /// Runs a command on the element `css` selects. A page that re-renders between
+    /// finding the element and using it leaves a stale reference; the element is then
+    /// found again, for up to 10 s.
+    fn on_element(&self, css: &str, method: &str, what: &str, body: Option<Value>) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let id = self.find(css);
+            let url = format!("{}/session/{}/element/{id}{what}", self.base, self.session);
+            match call(method, &url, body.as_ref()) {
+                Ok(v) => return v,
+                Err(e) if e.contains("stale element") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("WebDriver {method} {css}{what}: {e}"),
+            }
+        }
     }
 
     pub fn text(&self, css: &str) -> String {
-        let id = self.find(css);
-        let v = self.cmd("GET", &format!("/element/{id}/text"), None);
+        let v = self.on_element(css, "GET", "/text", None);
         v.as_str().unwrap_or_default().to_string()
     }
 
     pub fn property(&self, css: &str, name: &str) -> String {
-        let id = self.find(css);
-        let v = self.cmd("GET", &format!("/element/{id}/property/{name}"), None);
+        let v = self.on_element(css, "GET", &format!("/property/{name}"), None);
         v.as_str().unwrap_or_default().to_string()
     }
 
