@@ -33,7 +33,7 @@ pub async fn run(home: &Home, a: DockArgs) -> anyhow::Result<ExitCode> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     if !a.watch {
-        let failed = take_new(home, &config, &a, &|_| true);
+        let failed = take_new(home, &config, &a, &|_| true, &mut HashMap::new());
         let pending = send_now(home, &config, &stop).await?;
         return Ok(if failed == 0 && pending == 0 {
             ExitCode::SUCCESS
@@ -54,12 +54,13 @@ pub async fn run(home: &Home, a: DockArgs) -> anyhow::Result<ExitCode> {
     home.log(&format!("dock: watching {}", a.dir.display()));
     let mut seen: HashMap<PathBuf, (u64, Option<SystemTime>)> = HashMap::new();
     let mut resend_at: Option<Instant> = None;
+    let mut transient = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
         // A file is taken once it looks the same as one round ago: the sync finished.
         let now = candidates(&a.dir);
         let settled = |p: &Path| seen.get(p) == now.get(p);
         let before = outbox_count(home);
-        take_new(home, &config, &a, &settled);
+        take_new(home, &config, &a, &settled, &mut transient);
         let imported = outbox_count(home) > before;
         seen = now;
         let retry_due = resend_at.is_some_and(|t| Instant::now() >= t);
@@ -92,13 +93,23 @@ async fn send_now(home: &Home, config: &Config, stop: &Arc<AtomicBool>) -> anyho
     Ok(report.pending)
 }
 
-/// Imports every candidate `ready` accepts; returns how many failed for the first
-/// time. A file that failed before with the same content was reported then: it is
-/// skipped quietly (a handheld's bad export stays on it until someone deletes it, and
-/// must not fill the log or fail every run).
-fn take_new(home: &Home, config: &Config, a: &DockArgs, ready: &dyn Fn(&Path) -> bool) -> usize {
+/// Imports every candidate `ready` accepts; returns how many were not taken this time.
+/// A file whose content is bad (its format, its rows) is reported once and then skipped
+/// quietly until its content changes: a handheld's bad export stays on it until someone
+/// deletes it, and must not fill the log or fail every run. A file that could not be
+/// read or stored (the card pulled out mid-read, an I/O error, no permission, a full
+/// disk) is not bad: it is tried again on the next scan, and reported again when the
+/// cause changes (`transient` remembers the last report per file for `--watch`).
+fn take_new(
+    home: &Home,
+    config: &Config,
+    a: &DockArgs,
+    ready: &dyn Fn(&Path) -> bool,
+    transient: &mut HashMap<PathBuf, String>,
+) -> usize {
     let mut failed = 0;
     let mut known = 0;
+    let mut still = HashMap::new();
     for path in candidates(&a.dir).into_keys().filter(|p| ready(p)) {
         let hash = content_hash(&path);
         if let Some(h) = &hash {
@@ -107,8 +118,11 @@ fn take_new(home: &Home, config: &Config, a: &DockArgs, ready: &dyn Fn(&Path) ->
                 continue;
             }
         }
-        if let Err(e) = take(home, config, a, &path) {
-            failed += 1;
+        let Err(e) = take(home, config, a, &path) else {
+            continue;
+        };
+        failed += 1;
+        if outbox::is_invalid(&e) {
             let msg = format!("dock: not taken: {e:#}");
             eprintln!("{msg}");
             home.log(&msg);
@@ -117,8 +131,19 @@ fn take_new(home: &Home, config: &Config, a: &DockArgs, ready: &dyn Fn(&Path) ->
                     eprintln!("dock: {e:#}");
                 }
             }
+            continue;
         }
+        let msg = format!(
+            "dock: could not take {} this time (tried again on the next scan): {e:#}",
+            path.display()
+        );
+        if transient.get(&path) != Some(&msg) {
+            eprintln!("{msg}");
+            home.log(&msg);
+        }
+        still.insert(path, msg);
     }
+    *transient = still;
     if known > 0 && !a.watch {
         eprintln!("dock: {known} file(s) reported before are still not taken (see ctdata.log)");
     }
@@ -198,7 +223,7 @@ fn relay(
         &limits,
         |_| std::ops::ControlFlow::Continue(()),
     )
-    .map_err(|r| anyhow::anyhow!("{}: {r}", path.display()))?;
+    .map_err(|r| outbox::rejected(path, r))?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let ext = name.find('.').map_or("", |i| &name[i..]);
     let file = format!("relay-{device}-{}{ext}", scan.batch_id);

@@ -4,7 +4,8 @@
 //! `outbox/` (sealed batches waiting to go), `sent/` (delivered, with receipts),
 //! `rejected/` (refused by the server, with `.reason.txt`), `inbox/` (what `pull`
 //! brought), `docked/` (sources taken by `dock --move`), `ctdata.log` (one line per send
-//! attempt), and the lock files `.state.lock`, `.send.lock`, `.autosend.lock`.
+//! attempt), `.staging/` (files uploaded in `ctdata app` while they are imported), and
+//! the lock files `.state.lock`, `.send.lock`, `.autosend.lock`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -150,6 +150,14 @@ pub fn seal_cut(
         let part = &sightings[skip as usize..(skip + take) as usize];
         write_batch(home, device, &sealing, |w| {
             part.iter().try_for_each(|s| w.push(s))
+        })
+        .with_context(|| {
+            format!(
+                "the open batch ({}, {} sightings) is kept and sealed by the next command \
+                 once this is fixed",
+                home.open_batch().display(),
+                sightings.len()
+            )
         })?;
         finish_open(home, locked, &sealing)?;
         files.push(sealing.file);
@@ -222,7 +230,40 @@ fn write_batch(
         fs::rename(&tmp, dir.join(&s.file))?;
         sync_dir(&dir)
     };
-    write(&mut fill).with_context(|| format!("cannot write {}", dir.join(&s.file).display()))
+    write(&mut fill).map_err(|e| {
+        // A half-written batch would only hold on to space a full disk needs back.
+        let _ = fs::remove_file(&tmp);
+        anyhow::Error::new(e).context(format!("cannot write {}", dir.join(&s.file).display()))
+    })
+}
+
+/// A file whose content is not a batch this client can take (format, encoding, rows):
+/// reading it again gives the same answer. Failures without this mark (a read error, a
+/// card pulled out, a full disk) may pass.
+#[derive(Debug)]
+pub struct Invalid(pub String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// `path`'s rejection as an error: [`Invalid`] unless reading the file failed.
+pub fn rejected(path: &Path, r: ctdata_batch::Rejection) -> anyhow::Error {
+    let msg = format!("{}: {r}", path.display());
+    if r.kind == ctdata_batch::RejectKind::Io {
+        anyhow::anyhow!(msg)
+    } else {
+        Invalid(msg).into()
+    }
+}
+
+/// Whether `e` says the file itself is bad (not the disk or the device it is on).
+pub fn is_invalid(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Invalid>())
 }
 
 pub enum Imported {
@@ -254,7 +295,7 @@ pub fn import_cut(
 ) -> anyhow::Result<(Imported, Vec<String>)> {
     let limits = Limits::default();
     let shown = path.display();
-    let scan = ctdata_batch::scan(path, &limits).map_err(|r| anyhow::anyhow!("{shown}: {r}"))?;
+    let scan = ctdata_batch::scan(path, &limits).map_err(|r| rejected(path, r))?;
     if let Some(file) = locked.state.imported.get(&scan.sha256) {
         return Ok((Imported::Before { file: file.clone() }, Vec::new()));
     }
@@ -264,7 +305,7 @@ pub fn import_cut(
         sizes.push(row_size(&s));
         ControlFlow::Continue(())
     })
-    .map_err(|r| anyhow::anyhow!("{shown}: {r}"))?;
+    .map_err(|r| rejected(path, r))?;
     let parts = cut.parts(sizes);
     // The same content always makes the same batch ids: the whole file's hash, and the
     // part's number when it is cut.
@@ -277,28 +318,79 @@ pub fn import_cut(
             Uuid::new_v5(&CTDATA_NAMESPACE, name.as_bytes())
         })
         .collect();
+    // Parts an earlier, interrupted import of the same content already wrote (a crash
+    // or a full disk between its parts) are kept; only the missing ones are written.
+    let ranges: Vec<(u64, u64)> = match parts.len() {
+        0 | 1 => vec![(0, summary.rows)],
+        _ => parts.clone(),
+    };
+    let mut files: Vec<Option<String>> = Vec::new();
+    for (k, id) in ids.iter().enumerate() {
+        let found = written_batch(home, id)?;
+        if let Some(file) = &found {
+            let have = batch_rows(file)?;
+            if have != ranges[k].1 {
+                bail!(
+                    "{shown}: part {} of an earlier import of this file ({}) holds {have} \
+                     sightings, not {}: import it again with the same --max-sightings and \
+                     --max-bytes as then",
+                    k + 1,
+                    file.display(),
+                    ranges[k].1
+                );
+            }
+        }
+        files.push(found.and_then(|f| f.file_name().map(|n| n.to_string_lossy().into_owned())));
+    }
+    let missing: Vec<usize> = (0..ids.len()).filter(|&k| files[k].is_none()).collect();
     // Absolute: a crash is finished by whichever command runs next, from any folder.
     let source = std::path::absolute(path)?;
-    let ranges = (parts.len() > 1).then_some(&parts);
-    let sealings = take_numbers(locked, &ids, Some(&source), ranges)?;
+    let new_ids: Vec<Uuid> = missing.iter().map(|&k| ids[k]).collect();
+    let new_ranges: Vec<(u64, u64)> = missing.iter().map(|&k| ranges[k]).collect();
+    let sealings = take_numbers(
+        locked,
+        &new_ids,
+        Some(&source),
+        (parts.len() > 1).then_some(&new_ranges),
+    )?;
+    for (sealing, &k) in sealings.iter().zip(&missing) {
+        copy_rows(home, device, sealing, &source)?;
+        finish_open(home, locked, sealing)?;
+        files[k] = Some(sealing.file.clone());
+    }
+    // Only now, with every part durably in place (each written, fsynced and renamed),
+    // is the file imported: a crash or a full disk before this leaves it to be imported
+    // again, which writes just the parts still missing.
+    let files: Vec<String> = files.into_iter().flatten().collect();
     locked
         .state
         .imported
-        .insert(scan.sha256.clone(), sealings[0].file.clone());
+        .insert(scan.sha256.clone(), files[0].clone());
     locked.save()?;
-    let mut files = Vec::new();
-    for sealing in &sealings {
-        copy_rows(home, device, sealing, &source)?;
-        finish_open(home, locked, sealing)?;
-        files.push(sealing.file.clone());
+    if sealings.is_empty() {
+        return Ok((Imported::Before { file: files[0].clone() }, Vec::new()));
     }
     Ok((
         Imported::New {
-            file: sealings[0].file.clone(),
+            file: files[0].clone(),
             rows: summary.rows,
         },
         files,
     ))
+}
+
+/// The batch with this id in `outbox/`, `sent/` or `rejected/`, if one was written.
+fn written_batch(home: &Home, id: &Uuid) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let suffix = format!("-{id}.ndjson");
+    for dir in [OUTBOX, SENT, REJECTED] {
+        let dir = home.dir(dir);
+        let names = crate::home::list_files(&dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?;
+        if let Some(name) = names.into_iter().find(|n| n.ends_with(&suffix)) {
+            return Ok(Some(dir.join(name)));
+        }
+    }
+    Ok(None)
 }
 
 /// Writes the sightings of `source` as the batch `sealing`.
@@ -336,7 +428,8 @@ fn copy_rows(home: &Home, device: &str, sealing: &Sealing, source: &Path) -> any
 
 /// Finishes every seal a crash interrupted.
 fn recover(home: &Home, device: &str, locked: &mut Locked) -> anyhow::Result<()> {
-    for sealing in locked.state.sealing.clone() {
+    let pending = locked.state.sealing.clone();
+    for sealing in pending.clone() {
         let written = [OUTBOX, SENT, REJECTED]
             .iter()
             .any(|d| home.dir(d).join(&sealing.file).exists());
@@ -356,15 +449,42 @@ fn recover(home: &Home, device: &str, locked: &mut Locked) -> anyhow::Result<()>
                 Some(source) => copy_rows(home, device, &sealing, source),
             }
         };
-        match redone {
-            Ok(()) => home.log(&format!("finished sealing {} after a crash", sealing.file)),
-            Err(e) => {
-                // The source is gone or changed: the number stays unused (a visible gap)
-                // and the file may be imported again.
-                let msg = format!("could not finish sealing {}: {e:#}", sealing.file);
+        match (redone, &sealing.source) {
+            (Ok(()), _) => home.log(&format!("finished sealing {} after a crash", sealing.file)),
+            (Err(e), None) => {
+                // The open batch is the only copy of what was recorded: it stays, and so
+                // does the seal, to be finished once the cause (a full disk, most often)
+                // is gone.
+                let kept = read_open(home).map_or(0, |s| s.len());
+                let msg = format!(
+                    "could not finish sealing {}: {e:#}; the open batch ({}, {kept} \
+                     sightings) is kept and the seal is finished by the next command once \
+                     this is fixed",
+                    sealing.file,
+                    home.open_batch().display()
+                );
+                home.log(&msg);
+                bail!(msg);
+            }
+            (Err(e), Some(source)) => {
+                // The source is gone or changed, or the disk is full: the number stays
+                // unused (a visible gap), and importing the file again writes the parts
+                // still missing.
+                let msg = format!(
+                    "could not finish sealing {}: {e:#}; import {} again to finish it",
+                    sealing.file,
+                    source.display()
+                );
                 eprintln!("{msg}");
                 home.log(&msg);
-                locked.state.imported.retain(|_, f| *f != sealing.file);
+                // Earlier clients recorded the file as imported (as its first part)
+                // before its parts were written: forget it, whichever part failed.
+                let parts: Vec<&String> = pending
+                    .iter()
+                    .filter(|s| s.source.as_ref() == Some(source))
+                    .map(|s| &s.file)
+                    .collect();
+                locked.state.imported.retain(|_, f| !parts.contains(&&*f));
             }
         }
         finish_open(home, locked, &sealing)?;

@@ -41,6 +41,10 @@ pub struct State {
     pub pushed: std::collections::BTreeSet<String>,
     /// `sync off`: autosend waits, `send` wants `--force`.
     pub sync_off: bool,
+    /// The one cursor of clients before `pull_cursors`, shared by every format: read
+    /// to fill `pull_cursors` (see [`migrate_pull_cursor`]), never written.
+    #[serde(skip_serializing)]
+    pub(crate) pull_cursor: Option<i64>,
 }
 
 impl Default for State {
@@ -56,6 +60,7 @@ impl Default for State {
             dock_bad: BTreeMap::new(),
             pushed: Default::default(),
             sync_off: false,
+            pull_cursor: None,
         }
     }
 }
@@ -130,10 +135,56 @@ pub fn read(home: &Home) -> anyhow::Result<State> {
     let path = home.state_path();
     match std::fs::read(&path) {
         Ok(bytes) => {
-            serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))
+            let mut state: State = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is damaged", path.display()))?;
+            migrate_pull_cursor(home, &mut state);
+            Ok(state)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The formats a pull into a file can have.
+const PULL_FORMATS: [&str; 3] = ["csv", "geojson", "ndjson"];
+
+/// Gives the single `pull_cursor` of an earlier client to the formats it was for, so
+/// the first pull after an upgrade goes on where the last one ended instead of fetching
+/// everything again. The files that client left in `inbox/` (`sightings-SINCE-NEXT.FORMAT`)
+/// say which formats it pulled and up to where: each such format goes on from its last
+/// file (never past the old cursor). When `inbox/` shows none (emptied by the operator),
+/// every format goes on from the old cursor, as that client did. Formats with a cursor
+/// of their own keep it. (`pull --into DB` came later and keeps its own cursor.)
+fn migrate_pull_cursor(home: &Home, state: &mut State) {
+    let Some(old) = state.pull_cursor.take() else {
+        return;
+    };
+    let mut seen: BTreeMap<&str, i64> = BTreeMap::new();
+    let names = crate::home::list_files(&home.dir(crate::home::INBOX)).unwrap_or_default();
+    for name in &names {
+        let Some((range, format)) = name
+            .strip_prefix("sightings-")
+            .and_then(|n| n.rsplit_once('.'))
+        else {
+            continue;
+        };
+        let Some(format) = PULL_FORMATS.iter().find(|f| **f == format) else {
+            continue;
+        };
+        let Some(next) = range
+            .split_once('-')
+            .and_then(|(_, next)| next.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let at = seen.entry(format).or_insert(0);
+        *at = (*at).max(next.min(old));
+    }
+    if seen.is_empty() {
+        seen = PULL_FORMATS.iter().map(|f| (*f, old)).collect();
+    }
+    for (format, at) in seen {
+        state.pull_cursors.entry(format.to_string()).or_insert(at);
     }
 }
 

@@ -299,26 +299,63 @@ pub async fn record(State(app): State<App>, Json(f): Json<RecordForm>) -> Respon
     answer(ctdata(&app, &args, None).await)
 }
 
+/// Files uploaded from the page wait here, in the client's home, while they are imported.
+pub const STAGING: &str = ".staging";
+
+/// Removes what an import left in [`STAGING`] when the program was stopped during it
+/// (older than a day, so another window's import in progress is left alone).
+pub fn sweep_staging(home: &crate::home::Home) {
+    let Ok(entries) = std::fs::read_dir(home.dir(STAGING)) else {
+        return;
+    };
+    let day = Duration::from_secs(86_400);
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > day);
+        if old && entry.file_name().to_string_lossy().starts_with("import-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub struct ImportQuery {
     name: String,
 }
 
-/// The page uploads the chosen file; it is imported from a private temporary folder
-/// under its own name, so messages name it.
+/// The page uploads the chosen file; it is imported from a private folder of its own
+/// under [`STAGING`] in the client's home (the outbox's disk, not the system's temporary
+/// folder, which may be small, full or cleared) under its own name, so messages name it.
 pub async fn import(State(app): State<App>, Query(q): Query<ImportQuery>, body: Bytes) -> Response {
     let name = std::path::Path::new(&q.name)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .filter(|n| !n.starts_with('.'))
         .unwrap_or_else(|| "import".into());
-    let dir = match tempfile::tempdir() {
+    let staging = app.0.home.dir(STAGING);
+    let dir = crate::home::create_private_dir(&staging).and_then(|()| {
+        tempfile::Builder::new()
+            .prefix("import-")
+            .tempdir_in(&staging)
+    });
+    let dir = match dir {
         Ok(d) => d,
-        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => {
+            let why = format!("cannot make a folder in {}: {e}", staging.display());
+            return problem(StatusCode::INTERNAL_SERVER_ERROR, why);
+        }
     };
     let path = dir.path().join(&name);
-    if let Err(e) = tokio::fs::write(&path, &body).await {
-        return problem(StatusCode::INTERNAL_SERVER_ERROR, format!("{name}: {e}"));
+    let staged = async {
+        let mut file = tokio::fs::File::create(&path).await?;
+        file.write_all(&body).await?;
+        file.sync_all().await
+    };
+    if let Err(e) = staged.await {
+        let why = format!("{name}: cannot keep it in {} to import: {e}", staging.display());
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, why);
     }
     let said = ctdata(&app, &["import".into(), path.display().to_string()], None).await;
     // The temporary folder's path means nothing to the ranger.

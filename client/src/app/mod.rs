@@ -81,6 +81,7 @@ pub async fn run(home: Home, a: AppArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", a.port))?;
     let addr: SocketAddr = listener.local_addr()?;
     let key = new_key();
+    actions::sweep_staging(&home);
     let app = App(Arc::new(Inner {
         home,
         key: key.clone(),
