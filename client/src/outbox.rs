@@ -450,7 +450,11 @@ fn recover(home: &Home, device: &str, locked: &mut Locked) -> anyhow::Result<()>
             }
         };
         match (redone, &sealing.source) {
-            (Ok(()), _) => home.log(&format!("finished sealing {} after a crash", sealing.file)),
+            (Ok(()), _) => {
+                let msg = format!("finished sealing {}, which was interrupted", sealing.file);
+                eprintln!("{msg}");
+                home.log(&msg);
+            }
             (Err(e), None) => {
                 // The open batch is the only copy of what was recorded: it stays, and so
                 // does the seal, to be finished once the cause (a full disk, most often)
