@@ -108,6 +108,8 @@ enum Command {
     ///
     /// Files are remembered by content hash, so the same file is never taken twice.
     /// Source files are left alone unless --move (they then go to docked/ in the home).
+    /// A file refused for its content is reported once and skipped until it changes; a
+    /// file that could not be read or stored (I/O error, full disk) is tried again.
     Dock(DockArgs),
     /// Download the consolidated sightings added since the last pull: a file in inbox/,
     /// or into a local SQLite copy with --into (the "master database" of a secondary).

@@ -368,7 +368,12 @@ pub fn import_cut(
         .insert(scan.sha256.clone(), files[0].clone());
     locked.save()?;
     if sealings.is_empty() {
-        return Ok((Imported::Before { file: files[0].clone() }, Vec::new()));
+        return Ok((
+            Imported::Before {
+                file: files[0].clone(),
+            },
+            Vec::new(),
+        ));
     }
     Ok((
         Imported::New {

@@ -103,7 +103,10 @@ fn text(out: &Output) -> String {
 
 /// A note long enough that a few dozen sightings make a batch of many pages.
 fn long_note(i: usize) -> String {
-    format!("{i:05} {}", "patrol observed the herd near the waterhole; ".repeat(8))
+    format!(
+        "{i:05} {}",
+        "patrol observed the herd near the waterhole; ".repeat(8)
+    )
 }
 
 /// A CSV export of `rows` sightings with long notes.
@@ -306,7 +309,10 @@ async fn a_docked_file_that_could_not_be_stored_is_taken_once_there_is_room(db: 
             && said.contains("tried again"),
         "{said}"
     );
-    assert!(!said.contains("not taken:"), "not reported as a bad file: {said}");
+    assert!(
+        !said.contains("not taken:"),
+        "not reported as a bad file: {said}"
+    );
     assert!(
         state(&client)["dock_bad"].as_object().unwrap().is_empty(),
         "a full disk says nothing about the file"
@@ -361,7 +367,11 @@ async fn the_window_imports_with_the_system_temporary_folder_full(db: TestDb) {
     let out = Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}", "-H"])
         .arg(format!("x-ctdata-key: {key}"))
-        .args(["-H", "content-type: application/octet-stream", "--data-binary"])
+        .args([
+            "-H",
+            "content-type: application/octet-stream",
+            "--data-binary",
+        ])
         .arg(format!("@{}", upload.display()))
         .arg(format!("{base}/api/import?name=day2.csv"))
         .output()

@@ -354,7 +354,10 @@ pub async fn import(State(app): State<App>, Query(q): Query<ImportQuery>, body: 
         file.sync_all().await
     };
     if let Err(e) = staged.await {
-        let why = format!("{name}: cannot keep it in {} to import: {e}", staging.display());
+        let why = format!(
+            "{name}: cannot keep it in {} to import: {e}",
+            staging.display()
+        );
         return problem(StatusCode::INTERNAL_SERVER_ERROR, why);
     }
     let said = ctdata(&app, &["import".into(), path.display().to_string()], None).await;
