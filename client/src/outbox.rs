@@ -274,8 +274,9 @@ pub enum Imported {
 }
 
 /// Turns a file from another tool (CTData JSON/NDJSON, CSV, GeoJSON, gzipped or not)
-/// into a batch of this device. The same content twice is taken once: its batch id is
-/// derived from the content hash, and the hash is remembered.
+/// into a batch of this device. The same content twice is taken once: its batch ids are
+/// derived from the content hash, a part already written (by an import cut short) is
+/// not written again, and the hash is remembered once every part is in place.
 pub fn import(
     home: &Home,
     device: &str,
