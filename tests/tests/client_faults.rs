@@ -263,15 +263,30 @@ async fn an_import_cut_short_by_a_full_disk_is_completed_by_importing_it_again(d
     assert!(!said.contains("already imported"), "{said}");
     assert!(said.contains("No space left on device"), "{said}");
 
-    // Room again: importing once more completes the missing parts, no part twice.
+    // Room again, but the card with the file was taken out meanwhile: the next send
+    // cannot finish the missing parts and sends the two written.
     std::fs::remove_file(&filler).unwrap();
+    let away = format!("{source}.away");
+    std::fs::rename(source, &away).unwrap();
+    let out = client.run(&["send"]);
+    let said = text(&out);
+    assert!(said.contains("sent 2 batches"), "{said}");
+    assert!(
+        said.contains("could not finish sealing") && said.contains("again to finish it"),
+        "{said}"
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 200);
+
+    // The card back: importing the file again writes the three missing parts (it used
+    // to say "already imported", and 300 sightings never left), none twice.
+    std::fs::rename(&away, source).unwrap();
     let out = import(&client);
     assert!(out.status.success(), "{}", text(&out));
-    let rows = outbox_rows(&client);
-    assert_eq!(rows, vec![100; 5], "{}", text(&out));
+    assert!(!text(&out).contains("already imported"), "{}", text(&out));
+    assert_eq!(outbox_rows(&client), vec![100; 3], "{}", text(&out));
     let out = import(&client);
     assert!(text(&out).contains("already imported"), "{}", text(&out));
-    assert_eq!(client.batches_in("outbox").len(), 5);
+    assert_eq!(client.batches_in("outbox").len(), 3);
     let out = client.run(&["send"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
@@ -283,6 +298,9 @@ async fn an_import_cut_short_by_a_full_disk_is_completed_by_importing_it_again(d
             .await,
         5
     );
+    let out = import(&client);
+    assert!(text(&out).contains("already imported"), "{}", text(&out));
+    assert!(client.batches_in("outbox").is_empty());
     assert!(server.terminate().success());
 }
 
