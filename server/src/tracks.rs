@@ -234,11 +234,7 @@ pub struct Patrol {
 }
 
 /// Up to `limit` patrols whose id sorts after `after`, by patrol id.
-pub async fn patrols_page(
-    db: &Db,
-    after: Option<&str>,
-    limit: i64,
-) -> anyhow::Result<Vec<Patrol>> {
+pub async fn patrols_page(db: &Db, after: Option<&str>, limit: i64) -> anyhow::Result<Vec<Patrol>> {
     let events = db.patrol_events(after, limit).await?;
     let mut out = Vec::new();
     for run in events.chunk_by(|a, b| a.patrol_id == b.patrol_id) {

@@ -284,7 +284,9 @@ pub(super) async fn forward<S, T: From<S>>(
 
 /// Runs a query on its own task and hands its rows over a short queue, so the stream
 /// owns everything it borrows and memory stays bounded however many rows there are.
-pub(super) fn spawn_rows<T, F, Fut>(produce: F) -> futures::stream::BoxStream<'static, sqlx::Result<T>>
+pub(super) fn spawn_rows<T, F, Fut>(
+    produce: F,
+) -> futures::stream::BoxStream<'static, sqlx::Result<T>>
 where
     T: Send + 'static,
     F: FnOnce(mpsc::Sender<sqlx::Result<Vec<T>>>) -> Fut,

@@ -118,7 +118,11 @@ async fn patrol_export(
             "text/csv; charset=utf-8",
             "ctdata-patrols.csv",
         ),
-        "json" => (PatrolFormat::Json, "application/json", "ctdata-patrols.json"),
+        "json" => (
+            PatrolFormat::Json,
+            "application/json",
+            "ctdata-patrols.json",
+        ),
         other => {
             return Err(ApiError::BadRequest(format!(
                 "format {other:?}: use csv or json"
