@@ -639,14 +639,14 @@ print(json.dumps({"status": r.status, "body": r.read().decode()}))"#;
 /// (and drops) the rest before it answers, instead of hanging up mid-upload.
 async fn a_post_over_the_limit_gets_its_413(db: TestDb) {
     let mut env = ServerEnv::new(&db);
-    env.set("CTDATA__OPENROSA__MAX_SUBMISSION_BYTES", "1000000");
+    env.set("CTDATA__OPENROSA__MAX_SUBMISSION_BYTES", "2000000");
     let token = env.device_token("collect-09");
     let server = env.serve().await;
     let url = format!("{}/openrosa/key/{token}/submission", server.http_base());
     for mode in ["length", "chunked"] {
         for _ in 0..3 {
             let out = Command::new("python3")
-                .args(["-c", PLAIN_POST, &url, "1800000", mode])
+                .args(["-c", PLAIN_POST, &url, "7500000", mode])
                 .output()
                 .expect("run python3");
             assert!(
@@ -659,7 +659,7 @@ async fn a_post_over_the_limit_gets_its_413(db: TestDb) {
             let body = reply["body"].as_str().unwrap();
             assert!(
                 body.contains("<OpenRosaResponse")
-                    && body.contains("1000000")
+                    && body.contains("2000000")
                     && body.contains("openrosa.max_submission_bytes"),
                 "{mode}: {body}"
             );

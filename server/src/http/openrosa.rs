@@ -116,7 +116,7 @@ impl SharedBody {
         Body::from_stream(self.clone())
     }
 
-    /// Reads and discards what is left of a refused POST's body (up to twice
+    /// Reads and discards what is left of a refused POST's body (up to four times
     /// `limit` more bytes, for at most [`DRAIN_TIME`]), so a client still sending gets
     /// the answer rather than a reset connection: ODK Collect shows a broken pipe
     /// instead of the 413's message otherwise. Not for a body that stalled (408), nor
@@ -129,7 +129,7 @@ impl SharedBody {
         let waits_for_continue = headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        let budget = limit.saturating_mul(2);
+        let budget = limit.saturating_mul(4);
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
