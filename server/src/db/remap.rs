@@ -4,14 +4,14 @@
 //! (a new cursor, so an incremental export hands it out again) and its stored row is
 //! kept whole in `sighting_versions`, as a CyberTracker edit is.
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::FixedOffset;
 use ctdata_batch::Sighting;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::attachments::SubmissionRow;
 use super::dialect::DbUuid;
-use super::versions::{insert_sighting, register_like_a_load, retire_sighting};
+use super::versions::{insert_sighting, register_like_a_load, retire_sighting, StoredColumns};
 use super::Db;
 
 /// What a remap did to one submission's sightings.
@@ -27,19 +27,7 @@ pub struct Remapped {
     pub removed: usize,
 }
 
-type Row = (
-    DbUuid,
-    DateTime<Utc>,
-    i32,
-    f64,
-    f64,
-    Option<f64>,
-    Option<f64>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    String,
-);
+type Row = StoredColumns<DbUuid>;
 
 /// The version label a remap writes into `sighting_versions.version`.
 pub const REMAP_VERSION: &str = "openrosa remap";

@@ -42,8 +42,11 @@ fn parsed(v: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(v).ok().map(|t| t.to_utc())
 }
 
-type StoredRow = (
-    i64,
+/// A stored sighting's columns as its replacement reads them: `K` (the batch here, the
+/// id in a remap), then observed_at, observed_offset, latitude, longitude, altitude,
+/// accuracy, observer, species, count and the attributes as JSON text.
+pub(super) type StoredColumns<K> = (
+    K,
     DateTime<Utc>,
     i32,
     f64,
@@ -55,6 +58,8 @@ type StoredRow = (
     Option<i64>,
     String,
 );
+
+type StoredRow = StoredColumns<i64>;
 
 /// The statement that registers a transaction like a load before it takes a new cursor
 /// (see `pg::safe_cursor`): PostgreSQL only.
