@@ -346,6 +346,35 @@ async fn exports_at_scale(db: TestDb) {
     );
     assert!(peak < 120 * 1024, "server peak memory {peak} kB");
 
+    // The dashboard's Patrols page: 100 a page, every patrol once, in id order.
+    let (code, session) = ctdata_tests::web::sign_in(&base, "alice", "a long enough password");
+    assert_eq!(code, 303);
+    let cookie = format!("ctdata_session={}", session.unwrap());
+    let mut listed = Vec::new();
+    let mut path = "/patrols".to_string();
+    for _ in 0..20 {
+        let (code, _, page) = ctdata_tests::web::curl(&["-b", &cookie, &format!("{base}{path}")]);
+        assert_eq!(code, 200, "{path}");
+        let ids: Vec<String> = page
+            .split("<tr><td class=\"nowrap\">")
+            .skip(1)
+            .map(|r| r[..r.find('<').unwrap()].to_string())
+            .collect();
+        assert!(ids.len() <= 100, "{path}: {} rows", ids.len());
+        listed.extend(ids);
+        const NEXT: &str = "id=\"next\" href=\"";
+        match page.find(NEXT) {
+            Some(at) => {
+                let rest = &page[at + NEXT.len()..];
+                path = rest[..rest.find('"').unwrap()].replace("&amp;", "&");
+            }
+            None => break,
+        }
+    }
+    let total = DEVICES * DAYS * PATROLS.len() + 1;
+    assert_eq!(listed.len(), total, "{listed:?}");
+    assert_eq!(listed.iter().collect::<BTreeSet<_>>().len(), total);
+
     // The command line writes the same bytes, in bounded memory too.
     let file = env.dir.path().join("tracks.csv");
     let cli = env.command(&["tracks", "--format", "csv", "-o", file.to_str().unwrap()]);
