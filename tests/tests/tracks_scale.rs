@@ -58,7 +58,10 @@ fn step() -> f64 {
 
 /// Two patrols a device-day: A runs 00:00–05:00; B 06:00–10:00, paused 08:00–09:00.
 /// (kind, minute) per patrol, and how many track steps each covers while running.
-const PATROLS: [(&str, &[(&str, usize)], usize); 2] = [
+/// A patrol of each day: its letter, its events (kind, minute) and its running steps.
+type DayPatrol = (&'static str, &'static [(&'static str, usize)], usize);
+
+const PATROLS: [DayPatrol; 2] = [
     ("A", &[("NewPatrol", 0), ("StopPatrol", 300)], 300),
     (
         "B",
