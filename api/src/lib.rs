@@ -73,6 +73,36 @@ pub struct Receipt {
     pub relayed_by: Option<String>,
 }
 
+impl Receipt {
+    /// A receipt saying only `status` for `file` from `channel`, received now: counts
+    /// zero and every optional field absent. Fill in the rest with struct update
+    /// syntax (`Receipt { inserted: 3, ..Receipt::new(…) }`), so a field added later
+    /// needs no change where receipts are made.
+    pub fn new(status: Status, file: impl Into<String>, channel: impl Into<String>) -> Receipt {
+        Receipt {
+            status,
+            file: file.into(),
+            channel: channel.into(),
+            device: None,
+            batch_id: None,
+            format: None,
+            sha256: None,
+            sightings: 0,
+            inserted: 0,
+            duplicates: 0,
+            cursor: None,
+            received_at: Utc::now(),
+            reason: None,
+            kind: None,
+            skipped: None,
+            track_points: None,
+            patrol_events: None,
+            not_stored: None,
+            relayed_by: None,
+        }
+    }
+}
+
 /// What a stored batch carried that is stored nowhere. (Waypoints are not among them:
 /// they go to the tracks, counted by `track_points`.)
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

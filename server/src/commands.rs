@@ -356,19 +356,43 @@ fn read_cursor(file: &Path) -> anyhow::Result<i64> {
     })
 }
 
-/// Writes `body` to `path` under a temporary name, renamed when complete (or to stdout).
-pub fn write_whole(path: Option<&Path>, body: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
+/// Writes a stream of chunks to `path` (complete or not at all: into `PATH.part`,
+/// renamed when whole) or to stdout. Returns the bytes written.
+pub async fn write_chunks(
+    path: Option<&Path>,
+    chunks: impl futures::Stream<Item = std::io::Result<bytes::Bytes>>,
+) -> anyhow::Result<u64> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut chunks = std::pin::pin!(chunks);
+    let mut bytes = 0;
     let Some(path) = path else {
-        std::io::stdout().lock().write_all(body)?;
-        return Ok(());
+        let mut out = tokio::io::stdout();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            out.write_all(&chunk).await?;
+            bytes += chunk.len() as u64;
+        }
+        out.flush().await?;
+        return Ok(bytes);
     };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".part");
     let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(body)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    let written = async {
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            f.write_all(&chunk).await?;
+            bytes += chunk.len() as u64;
+        }
+        f.sync_all().await?;
+        tokio::fs::rename(&tmp, path).await
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::from(e).context(format!("writing {}", path.display())));
+    }
+    Ok(bytes)
 }

@@ -184,29 +184,14 @@ impl Deliverer {
         }
         let kind = RejectionKind::Batch(ctdata_batch::RejectKind::UnknownFormat);
         Receipt {
-            status: Status::Rejected,
-            file: origin.file_name.clone(),
-            channel,
             device: origin.device.clone(),
-            batch_id: None,
-            format: None,
-            sha256: None,
-            sightings: 0,
-            inserted: 0,
-            duplicates: 0,
-            cursor: None,
-            received_at: chrono::Utc::now(),
             reason: Some(format!(
                 "{}: a CyberTracker .OUT file (the sender's URL, user and password in plain text) is never \
                  ingested or kept; it was deleted unread",
                 origin.file_name
             )),
             kind: Some(kind.to_string()),
-            skipped: None,
-            track_points: None,
-            patrol_events: None,
-            relayed_by: None,
-            not_stored: None,
+            ..Receipt::new(Status::Rejected, origin.file_name.clone(), channel)
         }
     }
 

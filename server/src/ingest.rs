@@ -280,17 +280,19 @@ impl Ingestor {
             None => Arc::default(),
         };
         let batch = NewBatch {
-            device: device.clone(),
-            batch_id: scan.batch_id,
-            sha256: scan.sha256.clone(),
-            format: scan.format.as_str().into(),
-            channel: d.channel,
-            file_name: d.file_name.clone(),
             claim_name: d.claim_name.clone(),
             created_at: scan.created_at,
             sequence: scan.sequence.map(|n| n.min(i64::MAX as u64) as i64),
             extras: extras.clone(),
             media,
+            ..NewBatch::new(
+                device.clone(),
+                scan.batch_id,
+                scan.sha256.clone(),
+                scan.format.as_str(),
+                d.channel,
+                d.file_name.clone(),
+            )
         };
         // The load itself finds a batch stored before (or by a concurrent delivery that
         // won the race), before it reads a single row.
@@ -543,62 +545,30 @@ impl Ingestor {
             rejection.summary
         );
         Ok(Receipt {
-            status: Status::Rejected,
-            file: d.file_name.clone(),
-            channel: d.channel.to_string(),
             device,
             batch_id: scan.map(|s| s.batch_id),
             format: scan.map(|s| s.format.as_str().to_string()),
             sha256: scan.map(|s| s.sha256.clone()),
-            sightings: 0,
-            inserted: 0,
-            duplicates: 0,
-            cursor: None,
-            received_at: Utc::now(),
             reason: Some(reason),
             kind: Some(kind.to_string()),
-            skipped: None,
-            track_points: None,
-            patrol_events: None,
-            not_stored: None,
-            relayed_by: None,
+            ..Receipt::new(Status::Rejected, d.file_name.clone(), d.channel.to_string())
         })
     }
 }
 
 fn receipt(status: Status, d: &Delivery, b: &BatchRecord) -> Receipt {
+    let duplicate = status == Status::Duplicate;
     Receipt {
-        status,
-        file: d.file_name.clone(),
-        channel: d.channel.to_string(),
         device: Some(b.device.clone()),
         batch_id: Some(b.batch_id),
         format: Some(b.format.clone()),
         sha256: Some(b.sha256.clone()),
         sightings: b.rows,
-        inserted: if status == Status::Duplicate {
-            0
-        } else {
-            b.inserted
-        },
-        duplicates: if status == Status::Duplicate {
-            b.rows
-        } else {
-            b.duplicates
-        },
+        inserted: if duplicate { 0 } else { b.inserted },
+        duplicates: if duplicate { b.rows } else { b.duplicates },
         cursor: b.cursor_last,
-        received_at: if status == Status::Duplicate {
-            Utc::now()
-        } else {
-            b.received_at
-        },
-        reason: None,
-        kind: None,
-        skipped: None,
-        track_points: None,
-        patrol_events: None,
-        not_stored: None,
-        relayed_by: None,
+        received_at: if duplicate { Utc::now() } else { b.received_at },
+        ..Receipt::new(status, d.file_name.clone(), d.channel.to_string())
     }
 }
 

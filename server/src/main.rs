@@ -283,15 +283,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         } => {
             let db = ctdata_server::serve::open(&settings).await?.db;
-            let body = ctdata_server::tracks::tracks(&db, format, device.as_deref()).await?;
-            commands::write_whole(output.as_deref(), &body)?;
+            let chunks = ctdata_server::tracks::track_chunks(&db, format, device);
+            commands::write_chunks(output.as_deref(), chunks).await?;
         }
         Command::Patrols { output } => {
             let db = ctdata_server::serve::open(&settings).await?.db;
-            let patrols = ctdata_server::tracks::patrols(&db).await?;
-            let body = ctdata_server::tracks::patrols_csv(&patrols)?;
-            commands::write_whole(output.as_deref(), &body)?;
-            eprintln!("exported {} patrols", patrols.len());
+            let csv = ctdata_server::tracks::PatrolFormat::Csv;
+            let chunks = ctdata_server::tracks::patrol_chunks(&db, csv);
+            commands::write_chunks(output.as_deref(), chunks).await?;
         }
         Command::Device(cmd) => device(&settings, cmd).await?,
         Command::Admin(cmd) => admin(&settings, cmd).await?,

@@ -21,19 +21,14 @@ fn sighting(n: usize) -> Sighting {
 }
 
 fn new_batch(device: &str) -> NewBatch {
-    NewBatch {
-        device: device.into(),
-        batch_id: Uuid::new_v4(),
-        sha256: format!("{:064x}", rand_u128()),
-        format: "ndjson".into(),
-        channel: ctdata_server::types::Channel::Cli,
-        file_name: "test.ndjson".into(),
-        claim_name: None,
-        created_at: None,
-        sequence: None,
-        extras: Default::default(),
-        media: Default::default(),
-    }
+    NewBatch::new(
+        device,
+        Uuid::new_v4(),
+        format!("{:064x}", rand_u128()),
+        "ndjson",
+        ctdata_server::types::Channel::Cli,
+        "test.ndjson",
+    )
 }
 
 fn rand_u128() -> u128 {

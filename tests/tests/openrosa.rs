@@ -16,6 +16,7 @@ both_backends! {
     collect_sends_a_split_submission_once_through_a_cut_and_a_retry,
     edits_conflicts_and_refusals_say_what_is_wrong,
     basic_credentials_over_https_with_a_challenge,
+    a_post_over_the_limit_gets_its_413,
 }
 
 /// Every entry of a zip (argv[1]) with the SHA-256 of its content, as Python's zipfile
@@ -607,4 +608,65 @@ async fn basic_credentials_over_https_with_a_challenge(db: TestDb) {
         .join("attachments")
         .join(&xml_sha[..2])
         .exists());
+}
+
+/// POSTs a multipart submission of about argv[2] bytes to argv[1] with Python's
+/// http.client, as a plain client does: the whole body sent (with a Content-Length, or
+/// chunked when argv[3] is "chunked"), then the answer read, with no allowance for a
+/// server that hangs up early. Prints {status, body} as JSON.
+const PLAIN_POST: &str = r#"import http.client, json, sys, urllib.parse
+url = urllib.parse.urlsplit(sys.argv[1])
+size, chunked = int(sys.argv[2]), sys.argv[3] == "chunked"
+b = "plainclientboundary"
+xml = b'<data id="f"><meta><instanceID>uuid:over-0001</instanceID></meta></data>'
+body = (("--%s\r\nContent-Disposition: form-data; name=\"xml_submission_file\"; filename=\"x.xml\"\r\n"
+         "Content-Type: text/xml\r\n\r\n" % b).encode() + xml +
+        ("\r\n--%s\r\nContent-Disposition: form-data; name=\"p.jpg\"; filename=\"p.jpg\"\r\n"
+         "Content-Type: image/jpeg\r\n\r\n" % b).encode() + b"\xff" * size +
+        ("\r\n--%s--\r\n" % b).encode())
+c = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+headers = {"Content-Type": "multipart/form-data; boundary=" + b, "X-OpenRosa-Version": "1.0"}
+if chunked:
+    pieces = (body[i:i + 65536] for i in range(0, len(body), 65536))
+    c.request("POST", url.path, body=pieces, headers=headers, encode_chunked=True)
+else:
+    c.request("POST", url.path, body=body, headers=headers)
+r = c.getresponse()
+print(json.dumps({"status": r.status, "body": r.read().decode()}))"#;
+
+/// A client that goes on sending a body over openrosa.max_submission_bytes gets the
+/// 413 and its message, whether it declared the length or sends chunks: the server reads
+/// (and drops) the rest before it answers, instead of hanging up mid-upload.
+async fn a_post_over_the_limit_gets_its_413(db: TestDb) {
+    let mut env = ServerEnv::new(&db);
+    env.set("CTDATA__OPENROSA__MAX_SUBMISSION_BYTES", "2000000");
+    let token = env.device_token("collect-09");
+    let server = env.serve().await;
+    let url = format!("{}/openrosa/key/{token}/submission", server.http_base());
+    for mode in ["length", "chunked"] {
+        for _ in 0..3 {
+            let out = Command::new("python3")
+                .args(["-c", PLAIN_POST, &url, "7500000", mode])
+                .output()
+                .expect("run python3");
+            assert!(
+                out.status.success(),
+                "{mode}: the client did not get an answer: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(reply["status"], 413, "{mode}: {reply}");
+            let body = reply["body"].as_str().unwrap();
+            assert!(
+                body.contains("<OpenRosaResponse")
+                    && body.contains("2000000")
+                    && body.contains("openrosa.max_submission_bytes"),
+                "{mode}: {body}"
+            );
+        }
+    }
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM openrosa_submissions").await,
+        0
+    );
 }

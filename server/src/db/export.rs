@@ -258,15 +258,15 @@ impl Db {
 
 /// Hands decoded rows to the queue, in chunks, until the query ends or the reader goes
 /// away.
-async fn forward(
-    mut rows: impl futures::Stream<Item = sqlx::Result<Stored>> + Unpin,
-    tx: mpsc::Sender<sqlx::Result<Vec<ExportRow>>>,
+pub(super) async fn forward<S, T: From<S>>(
+    mut rows: impl futures::Stream<Item = sqlx::Result<S>> + Unpin,
+    tx: mpsc::Sender<sqlx::Result<Vec<T>>>,
 ) {
     use futures::StreamExt;
     let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
     while let Some(row) = rows.next().await {
         match row {
-            Ok(row) => chunk.push(ExportRow::from(row)),
+            Ok(row) => chunk.push(T::from(row)),
             Err(e) => {
                 let _ = tx.send(Ok(std::mem::take(&mut chunk))).await;
                 let _ = tx.send(Err(e)).await;
@@ -284,9 +284,12 @@ async fn forward(
 
 /// Runs a query on its own task and hands its rows over a short queue, so the stream
 /// owns everything it borrows and memory stays bounded however many rows there are.
-fn spawn_rows<F, Fut>(produce: F) -> futures::stream::BoxStream<'static, sqlx::Result<ExportRow>>
+pub(super) fn spawn_rows<T, F, Fut>(
+    produce: F,
+) -> futures::stream::BoxStream<'static, sqlx::Result<T>>
 where
-    F: FnOnce(mpsc::Sender<sqlx::Result<Vec<ExportRow>>>) -> Fut,
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<sqlx::Result<Vec<T>>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     use futures::StreamExt;
@@ -296,7 +299,7 @@ where
         rx.recv().await.map(|chunk| (chunk, rx))
     })
     .flat_map(|chunk| {
-        let rows: Vec<sqlx::Result<ExportRow>> = match chunk {
+        let rows: Vec<sqlx::Result<T>> = match chunk {
             Ok(rows) => rows.into_iter().map(Ok).collect(),
             Err(e) => vec![Err(e)],
         };

@@ -107,6 +107,34 @@ pub struct NewBatch {
     pub media: std::sync::Arc<Vec<StoredMedia>>,
 }
 
+impl NewBatch {
+    /// A batch with what every batch has; the optional fields empty. Add the rest with
+    /// struct update syntax (`NewBatch { sequence, ..NewBatch::new(…) }`), so a field
+    /// added later needs no change where batches are made.
+    pub fn new(
+        device: impl Into<String>,
+        batch_id: Uuid,
+        sha256: impl Into<String>,
+        format: impl Into<String>,
+        channel: Channel,
+        file_name: impl Into<String>,
+    ) -> NewBatch {
+        NewBatch {
+            device: device.into(),
+            batch_id,
+            sha256: sha256.into(),
+            format: format.into(),
+            channel,
+            file_name: file_name.into(),
+            claim_name: None,
+            created_at: None,
+            sequence: None,
+            extras: Default::default(),
+            media: Default::default(),
+        }
+    }
+}
+
 /// The SQL of [`BatchRecord`] for one device's batch: `$1` the device, `$2` the batch id.
 const FIND_BATCH: &str = "SELECT b.id AS pk, d.name AS device, b.batch_id, b.sha256, b.format, \
      b.channel, b.claim_name, b.received_at, b.row_count AS rows, b.inserted, b.duplicates, \

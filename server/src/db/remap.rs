@@ -4,13 +4,14 @@
 //! (a new cursor, so an incremental export hands it out again) and its stored row is
 //! kept whole in `sighting_versions`, as a CyberTracker edit is.
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::FixedOffset;
 use ctdata_batch::Sighting;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::attachments::SubmissionRow;
-use super::dialect::{DbUuid, Time};
+use super::dialect::DbUuid;
+use super::versions::{insert_sighting, register_like_a_load, retire_sighting, StoredColumns};
 use super::Db;
 
 /// What a remap did to one submission's sightings.
@@ -26,19 +27,7 @@ pub struct Remapped {
     pub removed: usize,
 }
 
-type Row = (
-    DbUuid,
-    DateTime<Utc>,
-    i32,
-    f64,
-    f64,
-    Option<f64>,
-    Option<f64>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    String,
-);
+type Row = StoredColumns<DbUuid>;
 
 /// The version label a remap writes into `sighting_versions.version`.
 pub const REMAP_VERSION: &str = "openrosa remap";
@@ -101,18 +90,7 @@ impl Db {
              ORDER BY cursor",
             self.json_text("attributes")
         );
-        let register = format!(
-            "SELECT pg_advisory_xact_lock_shared({} + {}) FROM sightings_cursor_seq",
-            super::pg::LOAD_KEY_BASE,
-            super::pg::ALLOCATED
-        );
-        const KEEP: &str = "INSERT INTO sighting_versions (sighting_id, batch, version, content) \
-             VALUES ($1, $2, $3, $4)";
-        const DROP: &str = "DELETE FROM sightings WHERE id = $1";
-        const ADD: &str = "INSERT INTO sightings (id, batch, device_id, observed_at, \
-             observed_offset, latitude, longitude, altitude, accuracy, observer, species, count, \
-             attributes) SELECT $1, $2, device_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
-             FROM batches WHERE id = $2";
+        let register = register_like_a_load();
         let postgres = matches!(self, Db::Postgres(_));
         let current = format!(
             "SELECT superseded_by FROM openrosa_submissions WHERE instance_id = $1 AND batch = $2{}",
@@ -163,26 +141,10 @@ impl Db {
             for o in &retire {
                 let mut content = serde_json::to_value(o)?;
                 content["batch"] = Value::from(batch);
-                sqlx::query(KEEP).bind(DbUuid(o.id)).bind(batch).bind(REMAP_VERSION)
-                    .bind(sqlx::types::Json(&content)).execute(&mut *tx).await?;
-                sqlx::query(DROP).bind(DbUuid(o.id)).execute(&mut *tx).await?;
+                retire_sighting!(tx, o.id, batch, REMAP_VERSION, &content);
             }
             for s in &insert {
-                sqlx::query(ADD)
-                    .bind(DbUuid(s.id))
-                    .bind(batch)
-                    .bind(Time(s.observed_at.to_utc()))
-                    .bind(s.observed_at.offset().local_minus_utc())
-                    .bind(s.latitude)
-                    .bind(s.longitude)
-                    .bind(s.altitude)
-                    .bind(s.accuracy)
-                    .bind(&s.observer)
-                    .bind(&s.species)
-                    .bind(s.count)
-                    .bind(sqlx::types::Json(&s.attributes))
-                    .execute(&mut *tx)
-                    .await?;
+                insert_sighting!(tx, batch, *s);
             }
             tx.commit().await?;
             Ok(done)

@@ -80,7 +80,7 @@ pub struct TrackRow {
     pub accuracy: Option<f64>,
 }
 
-/// One stored patrol event.
+/// One stored patrol event, with the number of sightings its patrol has.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct PatrolRow {
     pub patrol_id: String,
@@ -89,39 +89,79 @@ pub struct PatrolRow {
     pub occurred_at: DateTime<Utc>,
     pub latitude: f64,
     pub longitude: f64,
+    /// Sightings whose `event_id` is this patrol (SMART observations carry it).
+    pub observations: i64,
 }
 
 impl Db {
-    /// Track points by device and time, of one device or all.
-    #[tracing::instrument(skip_all, err)]
-    pub async fn track_points(&self, device: Option<&str>) -> sqlx::Result<Vec<TrackRow>> {
+    /// Track points by device and time, of one device or all, streamed: memory stays
+    /// bounded however many points there are.
+    pub fn track_points(
+        &self,
+        device: Option<String>,
+    ) -> futures::stream::BoxStream<'static, sqlx::Result<TrackRow>> {
         const SQL: &str = "SELECT d.name AS device, t.recorded_at, t.latitude, t.longitude, \
              t.altitude, t.accuracy FROM tracks t JOIN devices d ON d.id = t.device_id \
              WHERE ($1 IS NULL OR d.name = $1) ORDER BY d.name, t.recorded_at";
-        on_pool!(self, p => sqlx::query_as(SQL).bind(device).fetch_all(p).await)
+        let db = self.clone();
+        super::export::spawn_rows(move |tx| async move {
+            on_pool!(&db, p => {
+                let rows = sqlx::query_as::<_, TrackRow>(SQL).bind(device).fetch(p);
+                super::export::forward(rows, tx).await
+            })
+        })
     }
 
-    /// Patrol events by patrol and time.
+    /// Metres along `device`'s track from `from` to `to` (open: to its last point),
+    /// reading the points as a stream.
     #[tracing::instrument(skip_all, err)]
-    pub async fn patrol_events(&self) -> sqlx::Result<Vec<PatrolRow>> {
-        const SQL: &str =
-            "SELECT e.patrol_id, d.name AS device, e.kind, e.occurred_at, e.latitude, \
-             e.longitude FROM patrol_events e JOIN devices d ON d.id = e.device_id \
-             ORDER BY e.patrol_id, e.occurred_at, e.id";
-        on_pool!(self, p => sqlx::query_as(SQL).fetch_all(p).await)
+    pub async fn track_length(
+        &self,
+        device: &str,
+        from: DateTime<Utc>,
+        to: Option<DateTime<Utc>>,
+    ) -> sqlx::Result<f64> {
+        use futures::TryStreamExt;
+        const SQL: &str = "SELECT t.latitude, t.longitude FROM tracks t \
+             JOIN devices d ON d.id = t.device_id WHERE d.name = $1 AND t.recorded_at >= $2 \
+             AND ($3 IS NULL OR t.recorded_at <= $3) ORDER BY t.recorded_at";
+        on_pool!(self, p => {
+            let mut rows = sqlx::query_as::<_, (f64, f64)>(SQL)
+                .bind(device)
+                .bind(Time(from))
+                .bind(to.map(Time))
+                .fetch(p);
+            let mut length = crate::tracks::PathLength::default();
+            while let Some(point) = rows.try_next().await? {
+                length.add(point);
+            }
+            Ok(length.metres())
+        })
     }
 
-    /// How many sightings each patrol has (SMART observations carry it as `event_id`).
+    /// The events of at most `limit` patrols whose id sorts after `after`, by patrol
+    /// and time, each with its patrol's observation count. Read page by page, so no
+    /// connection is held while the caller works on a page.
     #[tracing::instrument(skip_all, err)]
-    pub async fn observations_per_patrol(&self) -> sqlx::Result<Vec<(String, i64)>> {
+    pub async fn patrol_events(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<PatrolRow>> {
         let event = match self {
             Db::Postgres(_) => "attributes->>'event_id'",
             Db::Sqlite(_) => "json_extract(attributes, '$.event_id')",
         };
         let sql = format!(
-            "SELECT CAST({event} AS TEXT) AS patrol, count(*) AS n FROM sightings \
-             WHERE {event} IS NOT NULL GROUP BY 1"
+            "WITH page AS (SELECT DISTINCT patrol_id FROM patrol_events \
+             WHERE ($1 IS NULL OR patrol_id > $1) ORDER BY patrol_id LIMIT $2), \
+             counts AS (SELECT CAST({event} AS TEXT) AS patrol, count(*) AS n FROM sightings \
+             WHERE CAST({event} AS TEXT) IN (SELECT patrol_id FROM page) GROUP BY 1) \
+             SELECT e.patrol_id, d.name AS device, e.kind, e.occurred_at, e.latitude, \
+             e.longitude, COALESCE(c.n, 0) AS observations FROM patrol_events e \
+             JOIN page ON page.patrol_id = e.patrol_id JOIN devices d ON d.id = e.device_id \
+             LEFT JOIN counts c ON c.patrol = e.patrol_id ORDER BY e.patrol_id, e.occurred_at, e.id"
         );
-        on_pool!(self, p => sqlx::query_as(&sql).fetch_all(p).await)
+        on_pool!(self, p => sqlx::query_as(&sql).bind(after).bind(limit).fetch_all(p).await)
     }
 }

@@ -8,7 +8,7 @@ use ctdata_batch::Sighting;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::dialect::{DbUuid, Time};
+use super::dialect::DbUuid;
 use super::Db;
 
 /// What became of a version.
@@ -42,8 +42,11 @@ fn parsed(v: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(v).ok().map(|t| t.to_utc())
 }
 
-type StoredRow = (
-    i64,
+/// A stored sighting's columns as its replacement reads them: `K` (the batch here, the
+/// id in a remap), then observed_at, observed_offset, latitude, longitude, altitude,
+/// accuracy, observer, species, count and the attributes as JSON text.
+pub(super) type StoredColumns<K> = (
+    K,
     DateTime<Utc>,
     i32,
     f64,
@@ -55,6 +58,69 @@ type StoredRow = (
     Option<i64>,
     String,
 );
+
+type StoredRow = StoredColumns<i64>;
+
+/// The statement that registers a transaction like a load before it takes a new cursor
+/// (see `pg::safe_cursor`): PostgreSQL only.
+pub(super) fn register_like_a_load() -> String {
+    format!(
+        "SELECT pg_advisory_xact_lock_shared({} + {}) FROM sightings_cursor_seq",
+        super::pg::LOAD_KEY_BASE,
+        super::pg::ALLOCATED
+    )
+}
+
+/// Keeps stored sighting `$id` whole in `sighting_versions` (`$content` as JSON, under
+/// `$batch` and `$version`) and deletes its row; on either engine's transaction `$tx`.
+macro_rules! retire_sighting {
+    ($tx:expr, $id:expr, $batch:expr, $version:expr, $content:expr) => {{
+        sqlx::query(
+            "INSERT INTO sighting_versions (sighting_id, batch, version, content) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind($crate::db::dialect::DbUuid($id))
+        .bind($batch)
+        .bind($version)
+        .bind(sqlx::types::Json($content))
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query("DELETE FROM sightings WHERE id = $1")
+            .bind($crate::db::dialect::DbUuid($id))
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+pub(super) use retire_sighting;
+
+/// Stores sighting `$s` as a row of batch `$batch` (its device's), with a new cursor;
+/// on either engine's transaction `$tx`.
+macro_rules! insert_sighting {
+    ($tx:expr, $batch:expr, $s:expr) => {{
+        let s: &ctdata_batch::Sighting = $s;
+        sqlx::query(
+            "INSERT INTO sightings (id, batch, device_id, observed_at, observed_offset, \
+             latitude, longitude, altitude, accuracy, observer, species, count, attributes) \
+             SELECT $1, $2, device_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+             FROM batches WHERE id = $2",
+        )
+        .bind($crate::db::dialect::DbUuid(s.id))
+        .bind($batch)
+        .bind($crate::db::dialect::Time(s.observed_at.to_utc()))
+        .bind(s.observed_at.offset().local_minus_utc())
+        .bind(s.latitude)
+        .bind(s.longitude)
+        .bind(s.altitude)
+        .bind(s.accuracy)
+        .bind(&s.observer)
+        .bind(&s.species)
+        .bind(s.count)
+        .bind(sqlx::types::Json(&s.attributes))
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+pub(super) use insert_sighting;
 
 impl Db {
     /// Replaces sighting `s.id` by `s` when `s`'s version (`attributes[envelope][key]`,
@@ -90,11 +156,7 @@ impl Db {
                 ""
             }
         );
-        let register = format!(
-            "SELECT pg_advisory_xact_lock_shared({} + {}) FROM sightings_cursor_seq",
-            super::pg::LOAD_KEY_BASE,
-            super::pg::ALLOCATED
-        );
+        let register = register_like_a_load();
         let postgres = matches!(self, Db::Postgres(_));
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -130,38 +192,8 @@ impl Db {
                 return Ok(Superseded::NotNewer(old_version.unwrap_or_default()));
             }
             let content = stored_json(s.id, &old, old_attributes);
-            sqlx::query(
-                "INSERT INTO sighting_versions (sighting_id, batch, version, content) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(DbUuid(s.id))
-            .bind(old.0)
-            .bind(&old_version)
-            .bind(sqlx::types::Json(&content))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM sightings WHERE id = $1")
-                .bind(DbUuid(s.id))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO sightings (id, batch, device_id, observed_at, observed_offset, latitude, \
-                 longitude, altitude, accuracy, observer, species, count, attributes) SELECT $1, $2, \
-                 device_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM batches WHERE id = $2",
-            )
-            .bind(DbUuid(s.id))
-            .bind(batch)
-            .bind(Time(s.observed_at.to_utc()))
-            .bind(s.observed_at.offset().local_minus_utc())
-            .bind(s.latitude)
-            .bind(s.longitude)
-            .bind(s.altitude)
-            .bind(s.accuracy)
-            .bind(&s.observer)
-            .bind(&s.species)
-            .bind(s.count)
-            .bind(sqlx::types::Json(&s.attributes))
-            .execute(&mut *tx)
-            .await?;
+            retire_sighting!(tx, s.id, old.0, &old_version, &content);
+            insert_sighting!(tx, batch, s);
             sqlx::query("DELETE FROM sighting_conflicts WHERE sighting_id = $1 AND new_batch = $2")
                 .bind(DbUuid(s.id))
                 .bind(batch)

@@ -13,12 +13,16 @@
 //! are committed, and only then does the phone get its 201. Replies are never 200
 //! (Collect takes a 200 for a captive portal).
 
-use axum::body::Body;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, BodyDataStream};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
+use futures::StreamExt;
 
 use super::{ApiError, AppState};
 use crate::attachments::{StoreError, StoredAttachment};
@@ -81,11 +85,88 @@ async fn answer(
         Method::HEAD | Method::GET => Ok((StatusCode::NO_CONTENT, String::new())),
         Method::POST => {
             let _slot = state.uploads.acquire(&device).await?;
-            submit(state, &device, &parts.headers, body).await
+            let body = SharedBody::new(body);
+            let result = submit(state, &device, &parts.headers, body.body()).await;
+            if let Err(e) = &result {
+                body.drain_after(e, &parts.headers, state.openrosa.max_submission_bytes)
+                    .await;
+            }
+            result
         }
         other => Err(ApiError::BadRequest(format!(
             "{other} is not an OpenRosa submission request: use HEAD to check and POST to submit"
         ))),
+    }
+}
+
+/// The request body, readable by the multipart parser and, once that gave up, by
+/// [`SharedBody::drain_after`].
+#[derive(Clone)]
+struct SharedBody(Arc<Mutex<(BodyDataStream, bool)>>);
+
+/// How long a refused POST's body is read on before the answer, at most.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+impl SharedBody {
+    fn new(body: Body) -> SharedBody {
+        SharedBody(Arc::new(Mutex::new((body.into_data_stream(), false))))
+    }
+
+    fn body(&self) -> Body {
+        Body::from_stream(self.clone())
+    }
+
+    /// Reads and discards what is left of a refused POST's body (up to four times
+    /// `limit` more bytes, for at most [`DRAIN_TIME`]), so a client still sending gets
+    /// the answer rather than a reset connection: ODK Collect shows a broken pipe
+    /// instead of the 413's message otherwise. Not for a body that stalled (408), nor
+    /// when the client waits for `100 Continue` before sending anything.
+    async fn drain_after(&self, e: &ApiError, headers: &HeaderMap, limit: u64) {
+        let status = e.status();
+        if !status.is_client_error() || status == StatusCode::REQUEST_TIMEOUT {
+            return;
+        }
+        let waits_for_continue = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let budget = limit.saturating_mul(4);
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        // Nothing read yet: the client waits for a 100 Continue that would only make it
+        // send what is refused, or declared more than would ever be drained.
+        if !self.started() && (waits_for_continue || declared.is_some_and(|n| n > budget)) {
+            return;
+        }
+        let mut rest = self.clone();
+        let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+        let mut drained = 0u64;
+        while drained <= budget {
+            match tokio::time::timeout_at(deadline, rest.next()).await {
+                Ok(Some(Ok(chunk))) => drained += chunk.len() as u64,
+                Ok(Some(Err(_)) | None) => return,
+                Err(_) => break,
+            }
+        }
+        tracing::debug!(drained, "a refused OpenRosa POST still sending: closing");
+    }
+
+    /// Whether the body was read from at all.
+    fn started(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+}
+
+impl futures::Stream for SharedBody {
+    type Item = Result<bytes::Bytes, axum::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let mut body = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        body.1 = true;
+        std::pin::Pin::new(&mut body.0).poll_next(cx)
     }
 }
 

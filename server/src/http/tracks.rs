@@ -1,6 +1,7 @@
 //! `GET /api/v1/tracks` and `GET /api/v1/patrols`: the track points of CyberTracker
 //! and SMART devices, and SMART patrols merged from their events (administrators).
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::auth::AdminDownload;
 use super::{ApiError, AppState, ErrorBody, Query};
-use crate::tracks::{self, TrackFormat};
+use crate::tracks::{self, PatrolFormat, TrackFormat};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -37,8 +38,13 @@ fn parse_format(s: Option<&str>) -> Result<TrackFormat, ApiError> {
     }
 }
 
-fn attachment(body: Vec<u8>, content_type: &'static str, file: &str) -> Response {
-    let mut r = body.into_response();
+/// A streamed download: the chunks go out as they are made.
+fn attachment(
+    chunks: impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    content_type: &'static str,
+    file: &str,
+) -> Response {
+    let mut r = Body::from_stream(chunks).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
@@ -67,7 +73,7 @@ async fn track_export(
 ) -> Result<Response, ApiError> {
     let format = parse_format(p.format.as_deref())?;
     tracing::debug!(admin, "tracks export");
-    let body = tracks::tracks(&state.ingestor.db, format, p.device.as_deref()).await?;
+    let body = tracks::track_chunks(&state.ingestor.db, format, p.device);
     let ext = match format {
         TrackFormat::Geojson => "geojson",
         TrackFormat::Csv => "csv",
@@ -106,20 +112,23 @@ async fn patrol_export(
     Query(p): Query<PatrolParams>,
 ) -> Result<Response, ApiError> {
     tracing::debug!(admin, "patrols export");
-    let patrols = tracks::patrols(&state.ingestor.db).await?;
-    match p.format.as_deref().unwrap_or("csv") {
-        "csv" => Ok(attachment(
-            tracks::patrols_csv(&patrols)?,
+    let (format, content_type, file) = match p.format.as_deref().unwrap_or("csv") {
+        "csv" => (
+            PatrolFormat::Csv,
             "text/csv; charset=utf-8",
             "ctdata-patrols.csv",
-        )),
-        "json" => Ok(attachment(
-            serde_json::to_vec(&patrols).map_err(anyhow::Error::from)?,
+        ),
+        "json" => (
+            PatrolFormat::Json,
             "application/json",
             "ctdata-patrols.json",
-        )),
-        other => Err(ApiError::BadRequest(format!(
-            "format {other:?}: use csv or json"
-        ))),
-    }
+        ),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "format {other:?}: use csv or json"
+            )))
+        }
+    };
+    let chunks = tracks::patrol_chunks(&state.ingestor.db, format);
+    Ok(attachment(chunks, content_type, file))
 }

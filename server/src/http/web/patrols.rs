@@ -1,10 +1,12 @@
-//! Patrols: one row per SMART patrol (merged from its events by [`crate::tracks::patrols`]),
-//! with a link to the device's sightings while it ran, and the tracks and patrols downloads.
+//! Patrols: one row per SMART patrol (merged from its events by
+//! [`crate::tracks::patrols_page`]), a page of [`PAGE`] at a time, with a link to the
+//! device's sightings while it ran, and the tracks and patrols downloads.
 
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
 
 use super::session::Signed;
 use super::view::{render, utc, Frame, PageResult};
@@ -29,6 +31,19 @@ struct Row {
 struct PatrolsPage<'a> {
     frame: Frame<'a>,
     rows: Vec<Row>,
+    /// Shown after the first page: a link back to it.
+    paged: bool,
+    /// The last patrol id on this page when more follow.
+    next: Option<String>,
+}
+
+/// Patrols on a page.
+const PAGE: i64 = 100;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PageQuery {
+    /// Patrols whose id sorts after this one.
+    after: Option<String>,
 }
 
 /// `1 h 45 min`, `12 min`, `2 d 3 h`.
@@ -46,8 +61,17 @@ fn query_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-pub async fn list(State(state): State<AppState>, signed: Signed) -> PageResult {
-    let patrols = tracks::patrols(&state.ingestor.db).await?;
+pub async fn list(
+    State(state): State<AppState>,
+    signed: Signed,
+    Query(q): Query<PageQuery>,
+) -> PageResult {
+    let after = q.after.filter(|a| !a.is_empty());
+    let patrols = tracks::patrols_page(&state.ingestor.db, after.as_deref(), PAGE).await?;
+    let next = match patrols.last() {
+        Some(last) if patrols.len() as i64 == PAGE => Some(last.patrol_id.clone()),
+        _ => None,
+    };
     let rows = patrols
         .into_iter()
         .map(|p| Row {
@@ -73,7 +97,13 @@ pub async fn list(State(state): State<AppState>, signed: Signed) -> PageResult {
         })
         .collect();
     let frame = signed.frame("/patrols", "Patrols");
-    Ok(render(StatusCode::OK, PatrolsPage { frame, rows }))
+    let page = PatrolsPage {
+        frame,
+        rows,
+        paged: after.is_some(),
+        next,
+    };
+    Ok(render(StatusCode::OK, page))
 }
 
 #[cfg(test)]
