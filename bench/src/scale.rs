@@ -118,6 +118,10 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         ms(newest.first_body_byte)
     );
 
+    // The abandoned downloads' queries run on until the server notices: wait for them,
+    // so they take nothing from what comes next.
+    quiet(&db.db, Duration::from_secs(common.timeout_secs))?;
+
     let queries = dashboard_queries(&db.db, args.months)?;
     for q in &queries {
         eprintln!("{}: {:.1} ms, {} rows", q.name, q.ms, q.rows);
@@ -204,6 +208,25 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
     finish(&dir, &lines.join("\n"))
 }
 
+/// Waits until no other session of the database runs a statement.
+fn quiet(db: &Psql, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let busy: u64 = db.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state = 'active' AND pid <> pg_backend_pid()",
+        )?;
+        if busy == 0 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{busy} statements still running after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -220,8 +243,8 @@ impl Load {
     }
 }
 
-/// Loads `rows` generated sightings as a restore would: the secondary indexes and the
-/// id trigger off while the rows go in (`INSERT … SELECT` from `generate_series`, as
+/// Loads `rows` generated sightings as a restore would: the secondary indexes, the id
+/// trigger and the foreign-key checks off while the rows go in (`INSERT … SELECT` from `generate_series`, as
 /// fast as COPY and without a file of gigabytes), then `sighting_ids` and every index
 /// built in one pass each, then `VACUUM ANALYZE`. Batches arrive evenly over the last
 /// `months` months, so each monthly partition gets its share in cursor order; each
@@ -258,7 +281,9 @@ fn bulk_load(db: &Psql, rows: u64, months: u32, per_batch: u64) -> anyhow::Resul
         )?
         .lines()
         .filter_map(|l| l.split_once('|'))
-        .map(|(n, d)| (n.to_string(), d.to_string()))
+        // pg_indexes shows a partitioned index as made `ON ONLY` the parent; made
+        // again, it has to cover the partitions too.
+        .map(|(n, d)| (n.to_string(), d.replacen(" ON ONLY ", " ON ", 1)))
         .collect();
     ensure!(
         !indexes.is_empty(),
@@ -267,12 +292,14 @@ fn bulk_load(db: &Psql, rows: u64, months: u32, per_batch: u64) -> anyhow::Resul
     for (name, _) in &indexes {
         db.run(&format!("DROP INDEX {name}"))?;
     }
-    db.run("ALTER TABLE sightings DISABLE TRIGGER sightings_ids_insert")?;
     let mut lo = 0;
     while lo < rows {
         let hi = (lo + LOAD_CHUNK).min(rows) - 1;
+        // As a restore does: no triggers (the id trigger, the foreign-key checks) for
+        // rows made consistent here; sighting_ids is filled below in one pass.
         db.run(&format!(
-            "INSERT INTO sightings (id, batch, device_id, observed_at, observed_offset, latitude, \
+            "SET session_replication_role = replica; \
+             INSERT INTO sightings (id, batch, device_id, observed_at, observed_offset, latitude, \
              longitude, altitude, accuracy, observer, species, count, attributes, received_at) \
              SELECT gen_random_uuid(), {first_batch} + k, {first_device} + k % {LOAD_DEVICES}, \
              t - random() * interval '30 days', 7200, -24 + 2 * random(), 31 + random(), \
@@ -290,7 +317,6 @@ fn bulk_load(db: &Psql, rows: u64, months: u32, per_batch: u64) -> anyhow::Resul
         lo = hi + 1;
         eprintln!("  {lo} rows in, {:.0} s", started.elapsed().as_secs_f64());
     }
-    db.run("ALTER TABLE sightings ENABLE TRIGGER sightings_ids_insert")?;
     let rows_secs = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
@@ -397,7 +423,16 @@ fn dashboard_queries(db: &Psql, months: u32) -> anyhow::Result<Vec<Query>> {
     };
     let small = bbox(31.5, -23.0, 0.02);
     let wide = bbox(31.2, -23.5, 0.2);
+    let newest: i64 = db.scalar("SELECT max(cursor) - 10000 FROM sightings")?;
     let cases = [
+        (
+            "export all, first 1000 rows",
+            format!("{EXPORT} WHERE s.cursor > 0 ORDER BY s.cursor LIMIT 1000"),
+        ),
+        (
+            "export since max-10000",
+            format!("{EXPORT} WHERE s.cursor > {newest} ORDER BY s.cursor"),
+        ),
         (
             "dashboard one week, map page (2000)",
             format!("{PAGE}{week} ORDER BY s.observed_at DESC, s.cursor DESC LIMIT 2000"),
