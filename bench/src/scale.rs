@@ -120,7 +120,9 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
 
     // The abandoned downloads' queries run on until the server notices: wait for them,
     // so they take nothing from what comes next.
+    let waited = Instant::now();
     quiet(&db.db, Duration::from_secs(common.timeout_secs))?;
+    let drained = waited.elapsed().as_secs_f64();
 
     let queries = dashboard_queries(&db.db, args.months)?;
     for q in &queries {
@@ -167,6 +169,10 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         row2(
             "export since max-10000: first line, ms",
             format!("{:.1}", ms(newest.first_body_byte)),
+        ),
+        row2(
+            "abandoned exports' queries ended after, s",
+            format!("{drained:.1}"),
         ),
     ];
     for q in &queries {
