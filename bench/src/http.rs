@@ -132,6 +132,35 @@ impl Conn {
         Ok(length)
     }
 
+    /// Reads the start of a chunked body of `head`, handing each piece to `sink`, until
+    /// at least `want` bytes came (or the body ended); returns how many came. The rest
+    /// is left unread: drop the connection afterwards.
+    pub async fn body_start(
+        &mut self,
+        head: &Head,
+        want: u64,
+        mut sink: impl FnMut(&[u8]),
+    ) -> anyhow::Result<u64> {
+        ensure!(head.chunked(), "expected a chunked body");
+        let mut total = 0;
+        let mut line = String::new();
+        while total < want {
+            line.clear();
+            self.read_line(&mut line).await?;
+            let size = line.split(';').next().unwrap_or("").trim();
+            let size = u64::from_str_radix(size, 16)
+                .with_context(|| format!("bad chunk size {line:?}"))?;
+            if size == 0 {
+                break;
+            }
+            self.copy(size, &mut sink).await?;
+            total += size;
+            line.clear();
+            self.read_line(&mut line).await?;
+        }
+        Ok(total)
+    }
+
     async fn copy(&mut self, mut n: u64, sink: &mut impl FnMut(&[u8])) -> anyhow::Result<()> {
         while n > 0 {
             let buf = self.reader.fill_buf().await?;

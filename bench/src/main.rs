@@ -13,6 +13,7 @@ mod http;
 mod openrosa;
 mod pg;
 mod run;
+mod scale;
 mod server;
 mod sys;
 mod upload;
@@ -54,6 +55,10 @@ enum Scenario {
     /// Many small files dropped into the `CTData` folder at once, against the HTTP
     /// upload of the same batches.
     Burst(burst::BurstArgs),
+    /// Millions of sightings loaded at bulk speed: export time to first byte, the
+    /// dashboard's one-week and bounding-box queries, and HTTP ingest into that
+    /// database against an empty one.
+    Scale(scale::ScaleArgs),
 }
 
 #[derive(Args)]
@@ -149,6 +154,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Ftp(args) => ftp::run(args),
         Scenario::Openrosa(args) => openrosa::run(args),
         Scenario::Burst(args) => burst::run(args),
+        Scenario::Scale(args) => scale::run(args),
     }
 }
 

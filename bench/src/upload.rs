@@ -113,6 +113,9 @@ pub fn through_http(
     for _ in 0..plan.clients {
         conns.push(rt.block_on(Conn::connect(addr))?);
     }
+    // What the database held before: the scale scenario uploads into a full one.
+    let batches_before: usize = db.scalar("SELECT count(*) FROM batches")?;
+    let rows_before: u64 = db.scalar("SELECT count(*) FROM sightings")?;
     let cpu_before = CpuSample::now()?;
     let server_before = server.cpu_secs()?;
     let client_before = own_cpu_secs()?;
@@ -151,8 +154,8 @@ pub fn through_http(
     latencies.sort();
     let requests = latencies.len();
     let expected = plan.clients * plan.per_client;
-    let batches: usize = db.scalar("SELECT count(*) FROM batches")?;
-    let rows: u64 = db.scalar("SELECT count(*) FROM sightings")?;
+    let batches: usize = db.scalar::<usize>("SELECT count(*) FROM batches")? - batches_before;
+    let rows: u64 = db.scalar::<u64>("SELECT count(*) FROM sightings")? - rows_before;
     ensure!(
         batches == requests && rows == requests as u64 * plan.rows_per_batch,
         "{requests} uploads answered 201 but the database holds {batches} batches, {rows} sightings"

@@ -28,6 +28,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Ingestor> {
     )
     .await?;
     db.migrate().await?;
+    prepare_partitions(&db).await;
     Ok(Ingestor::new(
         db,
         settings.ingest.limits(),
@@ -40,6 +41,19 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Ingestor> {
         ),
         settings.storage.max_attachment_bytes,
     ))
+}
+
+/// Makes the coming months' partitions of `sightings` (PostgreSQL). A failure is only
+/// logged: rows of a month without a partition are stored in the default partition.
+async fn prepare_partitions(db: &Db) {
+    match db.prepare_partitions().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("made {n} monthly partitions of sightings"),
+        Err(e) => tracing::warn!(
+            "could not make the coming months' partitions of sightings (tried again in an \
+             hour; meanwhile new sightings are stored in sightings_default): {e}"
+        ),
+    }
 }
 
 /// Runs the ingest loop until `shutdown` resolves, then finishes the file in hand and
@@ -97,6 +111,22 @@ pub async fn run(
     // the file in hand.
     let stop = CancellationToken::new();
     let woken = Arc::new(Notify::new());
+    // The coming months' partitions of sightings (PostgreSQL), checked every hour.
+    if shared {
+        let db = ingestor.db.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => prepare_partitions(&db).await,
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+    }
     let (http_addr, http) = start_http(
         &settings,
         ingestor.clone(),

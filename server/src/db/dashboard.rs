@@ -157,54 +157,30 @@ impl Db {
     /// One page of sightings, newest stored first.
     #[tracing::instrument(skip_all, err)]
     pub async fn sightings_page(&self, q: &SightingQuery) -> sqlx::Result<Vec<SightingRow>> {
-        // With a time range, newest observed first: the observed_at index finds the
-        // range at once, where walking the cursor backwards could pass over most rows
-        // (cursor and observation time need not agree).
-        let by_time = q.from.is_some() || q.to.is_some();
         on_pool!(self, p => {
-            let mut qb = QueryBuilder::new(
-                "SELECT s.cursor, d.name AS device, s.batch, s.observed_at, s.latitude, s.longitude, \
-                 s.species, s.count, s.observer FROM sightings s JOIN devices d ON d.id = s.device_id \
-                 WHERE 1 = 1",
-            );
-            if let Some(b) = q.before {
-                if by_time {
-                    let at = "(SELECT observed_at FROM sightings WHERE cursor = ";
-                    qb.push(" AND s.observed_at <= ").push(at).push_bind(b).push(")");
-                    qb.push(" AND (s.observed_at, s.cursor) < (").push(at).push_bind(b);
-                    qb.push("), ").push_bind(b).push(")");
-                } else {
-                    qb.push(" AND s.cursor < ").push_bind(b);
-                }
-            }
-            if let Some(b) = q.batch {
-                qb.push(" AND s.batch = ").push_bind(b);
-            }
-            if let Some(d) = &q.device {
-                qb.push(" AND s.device_id = (SELECT id FROM devices WHERE name = ")
-                    .push_bind(d.clone())
-                    .push(")");
-            }
-            if let Some(s) = &q.species {
-                qb.push(" AND s.species = ").push_bind(s.clone());
-            }
-            if let Some(t) = q.from {
-                qb.push(" AND s.observed_at >= ").push_bind(Time(t));
-            }
-            if let Some(t) = q.to {
-                qb.push(" AND s.observed_at < ").push_bind(Time(t));
-            }
-            if let Some(b) = q.bbox {
-                push_bbox(&mut qb, b);
-            }
-            qb.push(if by_time {
-                " ORDER BY s.observed_at DESC, s.cursor DESC"
-            } else {
-                " ORDER BY s.cursor DESC"
-            });
-            qb.push(" LIMIT ").push_bind(q.limit.clamp(1, 5000));
+            let mut qb = QueryBuilder::new("");
+            push_page(&mut qb, q);
             qb.build_query_as().fetch_all(p).await
         })
+    }
+
+    /// The plan the database picks for [`Db::sightings_page`] with `q`: PostgreSQL's
+    /// `EXPLAIN` lines, or SQLite's `EXPLAIN QUERY PLAN` details. For tests and the
+    /// bench, which check that a bounding box is looked up in an index.
+    pub async fn explain_sightings_page(&self, q: &SightingQuery) -> sqlx::Result<Vec<String>> {
+        match self {
+            Db::Postgres(p) => {
+                let mut qb = QueryBuilder::new("EXPLAIN ");
+                push_page(&mut qb, q);
+                qb.build_query_scalar().fetch_all(p).await
+            }
+            Db::Sqlite(p) => {
+                let mut qb = QueryBuilder::new("EXPLAIN QUERY PLAN ");
+                push_page(&mut qb, q);
+                let rows: Vec<(i64, i64, i64, String)> = qb.build_query_as().fetch_all(p).await?;
+                Ok(rows.into_iter().map(|r| r.3).collect())
+            }
+        }
     }
 
     /// Forgets a rejection (its files are removed by the caller).
@@ -213,4 +189,65 @@ impl Db {
         const SQL: &str = "DELETE FROM rejections WHERE id = $1";
         on_pool!(self, p => sqlx::query(SQL).bind(id).execute(p).await.map(|_| ()))
     }
+}
+
+/// Appends the query of one page of sightings to `qb`.
+fn push_page<'a, DB>(qb: &mut QueryBuilder<'a, DB>, q: &SightingQuery)
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    f64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Time: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    // With a time range, newest observed first: the observed_at index finds the
+    // range at once, where walking the cursor backwards could pass over most rows
+    // (cursor and observation time need not agree).
+    let by_time = q.from.is_some() || q.to.is_some();
+    qb.push(
+        "SELECT s.cursor, d.name AS device, s.batch, s.observed_at, s.latitude, s.longitude, \
+         s.species, s.count, s.observer FROM sightings s JOIN devices d ON d.id = s.device_id \
+         WHERE 1 = 1",
+    );
+    if let Some(b) = q.before {
+        if by_time {
+            let at = "(SELECT observed_at FROM sightings WHERE cursor = ";
+            qb.push(" AND s.observed_at <= ")
+                .push(at)
+                .push_bind(b)
+                .push(")");
+            qb.push(" AND (s.observed_at, s.cursor) < (")
+                .push(at)
+                .push_bind(b);
+            qb.push("), ").push_bind(b).push(")");
+        } else {
+            qb.push(" AND s.cursor < ").push_bind(b);
+        }
+    }
+    if let Some(b) = q.batch {
+        qb.push(" AND s.batch = ").push_bind(b);
+    }
+    if let Some(d) = &q.device {
+        qb.push(" AND s.device_id = (SELECT id FROM devices WHERE name = ")
+            .push_bind(d.clone())
+            .push(")");
+    }
+    if let Some(s) = &q.species {
+        qb.push(" AND s.species = ").push_bind(s.clone());
+    }
+    if let Some(t) = q.from {
+        qb.push(" AND s.observed_at >= ").push_bind(Time(t));
+    }
+    if let Some(t) = q.to {
+        qb.push(" AND s.observed_at < ").push_bind(Time(t));
+    }
+    if let Some(b) = q.bbox {
+        push_bbox(qb, b);
+    }
+    qb.push(if by_time {
+        " ORDER BY s.observed_at DESC, s.cursor DESC"
+    } else {
+        " ORDER BY s.cursor DESC"
+    });
+    qb.push(" LIMIT ").push_bind(q.limit.clamp(1, 5000));
 }

@@ -214,13 +214,7 @@ impl Db {
                     return;
                 }
             };
-            let select = format!(
-                "SELECT s.cursor, d.name AS device, b.batch_id, b.received_at, s.id, s.observed_at, \
-                 s.observed_offset, s.latitude, s.longitude, s.altitude, s.accuracy, s.observer, \
-                 s.species, s.count, {} AS attributes, {attachments} AS attachments \
-                 FROM sightings s JOIN batches b ON b.id = s.batch JOIN devices d ON d.id = s.device_id",
-                db.json_text("s.attributes")
-            );
+            let select = db.export_select(&attachments);
             on_pool!(&db, p => {
                 let mut qb = QueryBuilder::new(select);
                 filter.push_conditions(&mut qb);
@@ -232,6 +226,37 @@ impl Db {
 }
 
 impl Db {
+    fn export_select(&self, attachments: &str) -> String {
+        format!(
+            "SELECT s.cursor, d.name AS device, b.batch_id, b.received_at, s.id, s.observed_at, \
+             s.observed_offset, s.latitude, s.longitude, s.altitude, s.accuracy, s.observer, \
+             s.species, s.count, {} AS attributes, {attachments} AS attachments \
+             FROM sightings s JOIN batches b ON b.id = s.batch JOIN devices d ON d.id = s.device_id",
+            self.json_text("s.attributes")
+        )
+    }
+
+    /// The plan the database picks for [`Db::export`] with `filter` (files not looked
+    /// up): PostgreSQL's `EXPLAIN` lines, or SQLite's `EXPLAIN QUERY PLAN` details.
+    pub async fn explain_export(&self, filter: &ExportFilter) -> sqlx::Result<Vec<String>> {
+        let select = self.export_select("NULL");
+        match self {
+            Db::Postgres(p) => {
+                let mut qb = QueryBuilder::new(format!("EXPLAIN {select}"));
+                filter.push_conditions(&mut qb);
+                qb.push(" ORDER BY s.cursor");
+                qb.build_query_scalar().fetch_all(p).await
+            }
+            Db::Sqlite(p) => {
+                let mut qb = QueryBuilder::new(format!("EXPLAIN QUERY PLAN {select}"));
+                filter.push_conditions(&mut qb);
+                qb.push(" ORDER BY s.cursor");
+                let rows: Vec<(i64, i64, i64, String)> = qb.build_query_as().fetch_all(p).await?;
+                Ok(rows.into_iter().map(|r| r.3).collect())
+            }
+        }
+    }
+
     /// The files of export row `s` as a JSON array text: linked to the sighting, or to
     /// its whole batch; the raw OpenRosa XML is left out (it is the source, not a file
     /// the observer attached).

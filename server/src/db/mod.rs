@@ -191,6 +191,9 @@ pub struct Totals {
     pub rejections: i64,
 }
 
+/// How many months after this one have their `sightings` partition made in advance.
+pub const PARTITIONS_AHEAD: i32 = 2;
+
 impl Db {
     /// Connects (creating an SQLite file and its folder when missing).
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
@@ -240,6 +243,26 @@ impl Db {
             Db::Sqlite(p) => sqlx::migrate!("../migrations/sqlite").run(p).await?,
         }
         Ok(())
+    }
+
+    /// PostgreSQL: makes the monthly partitions of `sightings` for this month and the
+    /// next [`PARTITIONS_AHEAD`] (migration 0018), and returns how many it made. Rows
+    /// of a month without a partition wait in the default partition and move when it is
+    /// made, so a failure here never fails an ingest; it is tried again every hour.
+    /// SQLite does not partition: 0.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn prepare_partitions(&self) -> sqlx::Result<i32> {
+        match self {
+            Db::Postgres(p) => {
+                sqlx::query_scalar(
+                    "SELECT ctdata_sighting_partitions(now(), now() + make_interval(months => $1))",
+                )
+                .bind(PARTITIONS_AHEAD)
+                .fetch_one(p)
+                .await
+            }
+            Db::Sqlite(_) => Ok(0),
+        }
     }
 
     #[tracing::instrument(skip_all, err)]

@@ -135,7 +135,8 @@ async fn load_small(pool: &PgPool, b: &NewBatch, mut stream: RowStream) -> anyho
         // first (unique_violation on the batch).
         Ok(None) => return exists(pool, b).await.map(Small::Done),
         Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-            if d.table() == Some("sightings") {
+            // Sighting ids are kept unique in `sighting_ids` (migration 0018).
+            if matches!(d.table(), Some("sightings" | "sighting_ids")) {
                 return Ok(Small::IdsExist(replay(all, Ok(summary))));
             }
             return exists(pool, b).await.map(Small::Done);
@@ -383,8 +384,17 @@ async fn start_batch(conn: &mut PgConnection, b: &NewBatch) -> anyhow::Result<St
     anyhow::bail!("device {:?} could not be added", b.device)
 }
 
-/// Deadlocks and serialization failures: running the same load again will work.
+/// A concurrent load stored one of the ids this one was about to add.
+#[derive(Debug, thiserror::Error)]
+#[error("a concurrent load stored a sighting id of this batch first")]
+struct ConcurrentIds;
+
+/// Deadlocks, serialization failures and ids a concurrent load stored first: running
+/// the same load again will work.
 fn is_transient(e: &anyhow::Error) -> bool {
+    if e.is::<ConcurrentIds>() {
+        return true;
+    }
     e.downcast_ref::<sqlx::Error>()
         .and_then(|e| match e {
             sqlx::Error::Database(d) => d.code(),
@@ -432,13 +442,23 @@ async fn load_via_staging(
             total as u64,
         )));
     }
-    let inserted = sqlx::query(&format!(
-        "INSERT INTO sightings ({SIGHTING_COLUMNS}) SELECT {SIGHTING_COLUMNS} FROM staging ORDER BY ord \
-         ON CONFLICT (id) DO NOTHING"
+    // `sightings` is partitioned and has no unique index on id to conflict on: the ids
+    // stored already are looked up in `sighting_ids`. A concurrent load that stores one
+    // of these ids after this statement's snapshot makes it fail with a unique
+    // violation once that load commits; the whole load then runs again and skips it.
+    let inserted = match sqlx::query(&format!(
+        "INSERT INTO sightings ({SIGHTING_COLUMNS}) SELECT {SIGHTING_COLUMNS} FROM staging st \
+         WHERE NOT EXISTS (SELECT 1 FROM sighting_ids k WHERE k.id = st.id) ORDER BY ord"
     ))
     .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    .await
+    {
+        Ok(done) => done.rows_affected(),
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+            return Err(ConcurrentIds.into())
+        }
+        Err(e) => return Err(e.into()),
+    };
     // After the insert: a concurrent load's rows that made this one skip an id are
     // committed by now, so each skipped id is compared against what was kept.
     crate::db::conflicts::record_pg(conn, ids.batch).await?;
