@@ -82,9 +82,10 @@ impl AttachmentStore {
 
     /// The replica this store's temporary files are named after, if any.
     fn replica(&self) -> Option<&str> {
-        self.replica
-            .as_deref()
-            .or_else(crate::layout::claiming_replica)
+        match &self.replica {
+            Some(replica) => Some(replica),
+            None => crate::layout::claiming_replica(),
+        }
     }
 
     /// Removes the temporary files a crash left (creating the folder): any that has not
