@@ -300,7 +300,10 @@ mod tests {
         // r1 is receiving a file; r2 crashed while receiving one.
         let mut pending = r1.begin(1 << 20).await.unwrap();
         pending.write(b"half of a photo").await.unwrap();
-        let crashed = dir.path().join(".tmp").join(format!("{}@r2.part", uuid::Uuid::new_v4()));
+        let crashed = dir
+            .path()
+            .join(".tmp")
+            .join(format!("{}@r2.part", uuid::Uuid::new_v4()));
         std::fs::write(&crashed, b"cut off").unwrap();
         // A replica that crashed and never came back, long ago; and one before replicas.
         let gone = dir.path().join(".tmp").join("0000@r3.part");
