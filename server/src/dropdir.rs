@@ -697,7 +697,7 @@ impl DropDir {
         // in which every replica taking leftovers would go for the same files first),
         // and only its part of them in one pass: their owners, done with what they
         // have in hand, take the rest rather than stand idle while this one works.
-        leftovers.sort_by(|a, b| a.0.cmp(&b.0));
+        leftovers.sort_by_key(|a| a.0);
         let live = self.share.as_ref().map_or(1, |s| s.live.len());
         let part = leftovers.len().div_ceil(live).max(LEFTOVERS_MIN);
         for (k, (_, path, take, entry)) in leftovers.into_iter().enumerate() {
