@@ -79,9 +79,6 @@ struct Share {
     me: String,
     /// The live replicas, this one among them.
     live: Vec<String>,
-    /// Whether `live` was read from the leases (not this replica alone for want of
-    /// the database).
-    known: bool,
     read: Instant,
 }
 
@@ -773,14 +770,11 @@ impl DropDir {
         {
             return;
         }
-        let (live, known) = match crate::replica::Replica::live(&self.deliverer.ingestor.db).await {
-            Ok(live) => (live.into_iter().collect(), true),
+        let live = match crate::replica::Replica::live(&self.deliverer.ingestor.db).await {
+            Ok(live) => live.into_iter().collect(),
             Err(e) => {
-                tracing::warn!("cannot read the replicas' leases; their claims wait: {e:#}");
-                match self.share.take() {
-                    Some(s) => (s.live, false),
-                    None => (vec![], false),
-                }
+                tracing::debug!("cannot read the replicas' leases to share new files: {e:#}");
+                self.share.take().map(|s| s.live).unwrap_or_default()
             }
         };
         let mut live: Vec<String> = live;
@@ -792,7 +786,6 @@ impl DropDir {
         self.share = Some(Share {
             me,
             live,
-            known,
             read: Instant::now(),
         });
     }
@@ -812,12 +805,14 @@ impl DropDir {
         if !others {
             return claimed;
         }
-        // The leases as read at the start of this pass.
-        self.read_share().await;
-        let live: Option<HashSet<String>> = match &self.share {
-            Some(share) if share.known => Some(share.live.iter().cloned().collect()),
-            // Said by `read_share`.
-            _ => None,
+        // Read now, after the claims were listed, never from an earlier read: a
+        // replica that started since has claims here and a lease that runs.
+        let live = match crate::replica::Replica::live(&self.deliverer.ingestor.db).await {
+            Ok(live) => Some(live),
+            Err(e) => {
+                tracing::warn!("cannot read the replicas' leases; their claims wait: {e:#}");
+                None
+            }
         };
         let mut taken = HashSet::new();
         let kept = claimed
@@ -1117,7 +1112,6 @@ mod tests {
         Share {
             me: me.into(),
             live: live.iter().map(|r| r.to_string()).collect(),
-            known: true,
             read: Instant::now(),
         }
     }
