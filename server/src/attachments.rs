@@ -8,12 +8,20 @@
 //! memory, and a file that is already stored is not written twice. A crash leaves at
 //! most a temporary file, which [`AttachmentStore::open`] clears.
 //!
+//! Several replicas may share the store (one `CTData` folder on a shared filesystem):
+//! a temporary file is named `<uuid>@<replica>.part` by a replica, and a replica
+//! starting up removes only its own, and anyone's that has not changed for
+//! [`STALE_TMP`] (a crashed replica that never came back), never a file another
+//! replica is writing right now.
+//!
 //! The database side (the `attachments` row and the links from a batch or a sighting to
 //! a file under the name the sender gave it) is in `db::attachments`; a channel stores
 //! the files first, then links them, and answers only after both.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -35,10 +43,18 @@ pub enum StoreError {
     Io(#[from] io::Error),
 }
 
+/// A temporary file that has not changed for this long is left from a crash, whoever
+/// wrote it: a file being written changes at least every 64 KiB, and an upload that
+/// stalls is cut off after `http.body_idle_timeout_secs` (a minute by default).
+pub const STALE_TMP: Duration = Duration::from_secs(3600);
+
 /// The folder attachments live in; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AttachmentStore {
     dir: PathBuf,
+    /// The replica whose temporary files these are; by default the one this process
+    /// claims files as ([`crate::layout::claiming_replica`]), none when it is alone.
+    replica: Option<Arc<str>>,
 }
 
 impl AttachmentStore {
@@ -46,17 +62,62 @@ impl AttachmentStore {
     pub fn new(dir: &Path) -> AttachmentStore {
         AttachmentStore {
             dir: dir.to_path_buf(),
+            replica: None,
         }
     }
 
-    /// Opens (creating) the store at `dir`, and removes temporary files a crash left.
+    /// The store as replica `name` writes to it (tests run several in one process).
+    pub fn as_replica(mut self, name: &str) -> AttachmentStore {
+        self.replica = Some(name.into());
+        self
+    }
+
+    /// Opens (creating) the store at `dir`, and removes temporary files a crash left:
+    /// alone, all of them; as a replica, its own and stale ones (see [`STALE_TMP`]).
     pub fn open(dir: &Path) -> io::Result<AttachmentStore> {
-        let tmp = dir.join(".tmp");
-        std::fs::create_dir_all(&tmp)?;
-        for entry in std::fs::read_dir(&tmp)? {
-            let _ = std::fs::remove_file(entry?.path());
+        let store = AttachmentStore::new(dir);
+        store.clear_temporary(true, STALE_TMP)?;
+        Ok(store)
+    }
+
+    /// The replica this store's temporary files are named after, if any.
+    fn replica(&self) -> Option<&str> {
+        match &self.replica {
+            Some(replica) => Some(replica),
+            None => crate::layout::claiming_replica(),
         }
-        Ok(AttachmentStore::new(dir))
+    }
+
+    /// Removes the temporary files a crash left (creating the folder): any that has not
+    /// changed for `stale` and, at the start (`own`), this process's own: alone every
+    /// one, as a replica those named after it (from before its restart). Returns how
+    /// many went.
+    pub fn clear_temporary(&self, own: bool, stale: Duration) -> io::Result<usize> {
+        let tmp = self.dir.join(".tmp");
+        std::fs::create_dir_all(&tmp)?;
+        let me = self.replica();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&tmp)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let mine = own
+                && match me {
+                    None => true,
+                    Some(me) => tmp_replica(&name) == Some(me),
+                };
+            let old = || {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| SystemTime::now().duration_since(m).ok())
+                    .is_some_and(|age| age >= stale)
+            };
+            if (mine || old()) && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     pub fn dir(&self) -> &Path {
@@ -75,10 +136,12 @@ impl AttachmentStore {
 
     /// Starts a file that is written chunk by chunk; at most `limit` bytes are taken.
     pub async fn begin(&self, limit: u64) -> io::Result<PendingAttachment> {
-        let tmp = self
-            .dir
-            .join(".tmp")
-            .join(format!("{}.part", uuid::Uuid::new_v4()));
+        let id = uuid::Uuid::new_v4();
+        let name = match self.replica() {
+            Some(replica) => format!("{id}@{replica}.part"),
+            None => format!("{id}.part"),
+        };
+        let tmp = self.dir.join(".tmp").join(name);
         let file = match tokio::fs::File::create(&tmp).await {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 tokio::fs::create_dir_all(tmp.parent().expect("a folder")).await?;
@@ -113,6 +176,12 @@ impl AttachmentStore {
         }
         Ok(pending.finish().await?)
     }
+}
+
+/// The replica a temporary file `<uuid>@<replica>.part` belongs to.
+fn tmp_replica(name: &str) -> Option<&str> {
+    let (_, replica) = name.strip_suffix(".part")?.split_once('@')?;
+    Some(replica)
 }
 
 /// A file being written; dropped unfinished, its temporary file is removed.
@@ -211,5 +280,70 @@ mod tests {
         );
         assert!(store.path("../../etc/passwd").is_none());
         assert!(store.path(&a.sha256.to_uppercase()).is_none());
+    }
+
+    fn temporary(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(".tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_replica_starting_leaves_the_others_files_in_flight_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let r1 = AttachmentStore::new(dir.path()).as_replica("r1");
+        let r2 = AttachmentStore::new(dir.path()).as_replica("r2");
+        r1.clear_temporary(true, STALE_TMP).unwrap();
+        // r1 is receiving a file; r2 crashed while receiving one.
+        let mut pending = r1.begin(1 << 20).await.unwrap();
+        pending.write(b"half of a photo").await.unwrap();
+        let crashed = dir
+            .path()
+            .join(".tmp")
+            .join(format!("{}@r2.part", uuid::Uuid::new_v4()));
+        std::fs::write(&crashed, b"cut off").unwrap();
+        // A replica that crashed and never came back, long ago; and one before replicas.
+        let gone = dir.path().join(".tmp").join("0000@r3.part");
+        let untagged = dir.path().join(".tmp").join("1111.part");
+        for old in [&gone, &untagged] {
+            std::fs::write(old, b"old").unwrap();
+            let past = SystemTime::now() - STALE_TMP - Duration::from_secs(60);
+            std::fs::File::options()
+                .write(true)
+                .open(old)
+                .unwrap()
+                .set_modified(past)
+                .unwrap();
+        }
+        let ones = temporary(dir.path());
+        assert_eq!(ones.len(), 4, "{ones:?}");
+        assert_eq!(ones.iter().filter(|n| n.ends_with("@r1.part")).count(), 1);
+
+        // r2 starts again: its own file and the stale ones go, r1's stays.
+        assert_eq!(r2.clear_temporary(true, STALE_TMP).unwrap(), 3);
+        let left = temporary(dir.path());
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].ends_with("@r1.part"), "{left:?}");
+        // The periodic sweep removes nothing fresh, not even its own.
+        let _own = r2.begin(1 << 20).await.unwrap();
+        assert_eq!(r2.clear_temporary(false, STALE_TMP).unwrap(), 0);
+        drop(_own);
+
+        pending.write(b" and the rest").await.unwrap();
+        let stored = pending.finish().await.unwrap();
+        assert_eq!(
+            std::fs::read(r2.path(&stored.sha256).unwrap()).unwrap(),
+            b"half of a photo and the rest"
+        );
+        assert!(temporary(dir.path()).is_empty());
+
+        // Alone, a server owns every temporary file there is.
+        std::fs::write(dir.path().join(".tmp").join("2222@r1.part"), b"x").unwrap();
+        std::fs::write(dir.path().join(".tmp").join("3333.part"), b"x").unwrap();
+        AttachmentStore::open(dir.path()).unwrap();
+        assert!(temporary(dir.path()).is_empty());
     }
 }

@@ -53,6 +53,65 @@ struct Seen {
     since: Instant,
     /// Arrived by rename: complete the moment it appeared.
     renamed: bool,
+    /// Settled, but in another live replica's share since then: left to it for
+    /// [`LEFTOVER_GRACE`].
+    others_since: Option<Instant>,
+}
+
+/// How long a settled file in another live replica's share is left to that replica
+/// before this one takes it: the owner may be busy with a burst of its own, or
+/// stalled without having lost its lease yet.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(3);
+/// Other replicas' leftovers this one takes in one pass at least (see
+/// [`DropDir::settled_files`]).
+const LEFTOVERS_MIN: usize = 64;
+/// How long the replicas' leases read for a pass may serve the next passes too.
+const LIVE_FRESH: Duration = Duration::from_secs(1);
+
+/// How the settled files of the shared drop directory are spread over the live
+/// replicas, so they claim side by side rather than race for the same files: each
+/// file belongs to one of them by rendezvous hashing of its path (relative to the
+/// drop directory, which replicas may mount at different places). A replica that
+/// joins or leaves moves only its own share. Claims stay atomic renames: the share
+/// only says who tries first.
+#[derive(Debug, Clone)]
+struct Share {
+    me: String,
+    /// The live replicas, this one among them.
+    live: Vec<String>,
+    read: Instant,
+}
+
+impl Share {
+    /// Whether `rel` is this replica's to claim first.
+    fn is_mine(&self, rel: &Path) -> bool {
+        let owner = self
+            .live
+            .iter()
+            .max_by_key(|r| (rank(r, rel), std::cmp::Reverse(r.as_str())));
+        owner.is_none_or(|r| *r == self.me)
+    }
+}
+
+/// A stable, well-spread 64-bit score of a replica for a path (FNV-1a and a final
+/// mix): the same on every replica, machine and build.
+fn rank(replica: &str, rel: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = replica
+        .as_bytes()
+        .iter()
+        .chain(&[0xff])
+        .chain(rel.as_os_str().as_bytes());
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// A share file that was cut short when taken, put back to be finished.
@@ -175,6 +234,8 @@ pub struct DropDir {
     replica: Option<String>,
     /// Replicas whose claims were last found taken over, so it is said once.
     taken_over: HashSet<String>,
+    /// The live replicas as last read, spreading the claims over them.
+    share: Option<Share>,
 }
 
 impl DropDir {
@@ -196,6 +257,7 @@ impl DropDir {
             resumes_told: false,
             replica: None,
             taken_over: HashSet::new(),
+            share: None,
         })
     }
 
@@ -245,11 +307,15 @@ impl DropDir {
         }
     }
 
-    /// How long until a waiting file settles, if any is waiting.
+    /// How long until a waiting file settles (or another replica's leftover is due),
+    /// if any is waiting.
     pub fn next_settle(&self) -> Option<Duration> {
         self.seen
             .values()
-            .map(|s| self.settle.saturating_sub(s.since.elapsed()))
+            .map(|s| match s.others_since {
+                Some(since) => LEFTOVER_GRACE.saturating_sub(since.elapsed()),
+                None => self.settle.saturating_sub(s.since.elapsed()),
+            })
             .min()
     }
 
@@ -267,6 +333,7 @@ impl DropDir {
             self.tell_resumed();
         }
         let mut takes = HashMap::new();
+        self.read_share().await;
         // Files claimed earlier are ingested even when the delivery area cannot be read.
         let walked = Instant::now();
         let settled = self.settled_files(&mut report);
@@ -298,12 +365,6 @@ impl DropDir {
                 report.errors += 1;
             }
         }
-        // Many small files are in flight at once, as many HTTP uploads are: each waits
-        // on its own commit while the others are read and sent. Large files take one of
-        // fewer places, so the rows read ahead for them stay few.
-        let db = &self.deliverer.ingestor.db;
-        let workers = db.concurrent_small_loads();
-        let large = tokio::sync::Semaphore::new(db.concurrent_loads());
         let claimed = match self.claimed_files() {
             Ok(claimed) => claimed,
             Err(_) if !self.check_available() => {
@@ -323,6 +384,49 @@ impl DropDir {
                 PROGRESS_EVERY.as_secs()
             );
         }
+        // Of several claims of one sender's file (a name sent again before the first
+        // was filed), one per round, oldest first: the later is decided only once the
+        // earlier is filed away with its receipt, whichever filing group or path each
+        // takes, so the receipt that stays is the later claim's.
+        let mut queue = claimed;
+        while !queue.is_empty() && !stop.is_cancelled() {
+            let (now, later) = one_per_name(queue);
+            let failed = self
+                .round(now, &takes, burst, &mut progress, &mut report, stop)
+                .await?;
+            // Claims behind one that failed wait for it (the next pass tries it first).
+            let blocked: HashSet<(String, String)> = failed.iter().map(|p| name_key(p)).collect();
+            queue = later
+                .into_iter()
+                .filter(|p| !blocked.contains(&name_key(p)))
+                .collect();
+        }
+        if let Some(p) = &mut progress {
+            p.log("burst of files done");
+            profile::report(p.done, p.started.elapsed().as_secs_f64());
+        }
+        Ok(report)
+    }
+
+    /// One round of [`DropDir::ingest_once`]: decides `claimed` many at a time and files
+    /// the decided files away in groups. Returns the claims that could not be decided
+    /// or filed away: they stay claimed, for the next pass.
+    async fn round(
+        &mut self,
+        claimed: Vec<PathBuf>,
+        takes: &HashMap<PathBuf, Take>,
+        burst: bool,
+        progress: &mut Option<Progress>,
+        report: &mut StepReport,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Vec<PathBuf>> {
+        // Many small files are in flight at once, as many HTTP uploads are: each waits
+        // on its own commit while the others are read and sent. Large files take one of
+        // fewer places, so the rows read ahead for them stay few.
+        let db = &self.deliverer.ingestor.db;
+        let workers = db.concurrent_small_loads();
+        let large = tokio::sync::Semaphore::new(db.concurrent_loads());
+        let mut failed = Vec::new();
         let this = &*self;
         let large = &large;
         let mut results = futures::stream::iter(claimed)
@@ -366,6 +470,7 @@ impl DropDir {
                         Err(e) => {
                             tracing::error!(files = group.len(), "filing stored files away failed, will retry: {e:#}");
                             report.errors += group.len();
+                            failed.extend(group.into_iter().map(|u| u.file));
                         }
                     }
                 }
@@ -374,7 +479,7 @@ impl DropDir {
                         finished = true;
                         continue;
                     };
-                    if let Some(p) = &mut progress {
+                    if let Some(p) = progress.as_mut() {
                         p.count(&result);
                         if p.logged.elapsed() >= PROGRESS_EVERY {
                             p.log("ingesting a burst of files");
@@ -394,19 +499,16 @@ impl DropDir {
                         Err(e) => {
                             tracing::error!(file = %claimed.display(), "ingest failed, will retry: {e:#}");
                             report.errors += 1;
+                            failed.push(claimed);
                         }
                     }
                 }
             }
         }
         drop(results);
-        if let Some(p) = &mut progress {
-            p.log("burst of files done");
-            profile::report(p.done, p.started.elapsed().as_secs_f64());
-        }
         self.held.extend(held);
         self.rejected_incomplete.extend(watch);
-        Ok(report)
+        Ok(failed)
     }
 
     /// Names the files a crash left claimed in `.processing/`: they are ingested now,
@@ -532,6 +634,7 @@ impl DropDir {
         self.held.retain(|p, _| present.contains(p));
         self.writing.retain(|p, _| present.contains(p));
         let mut ready = Vec::new();
+        let mut leftovers = Vec::new();
         let mut still = HashMap::with_capacity(found.len());
         for (path, meta) in found {
             let mut entry = self
@@ -571,10 +674,38 @@ impl DropDir {
                 original: path.clone(),
                 changed: entry.since,
             });
-            ready.push((path, take));
+            let rel = path.strip_prefix(&self.root).unwrap_or(&path);
+            match &self.share {
+                Some(share) if !share.is_mine(rel) => {
+                    let since = *entry.others_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < LEFTOVER_GRACE {
+                        still.insert(path, entry);
+                        continue;
+                    }
+                    // Its owner has not taken it in time: this replica may.
+                    let order = rank(&share.me, rel);
+                    leftovers.push((order, path, take, entry));
+                }
+                _ => ready.push((path, take)),
+            }
+        }
+        ready.sort_by(|a, b| a.0.cmp(&b.0));
+        // Others' leftovers after its own, in an order of this replica's (not by name,
+        // in which every replica taking leftovers would go for the same files first),
+        // and only its part of them in one pass: their owners, done with what they
+        // have in hand, take the rest rather than stand idle while this one works.
+        leftovers.sort_by_key(|a| a.0);
+        let live = self.share.as_ref().map_or(1, |s| s.live.len());
+        let part = leftovers.len().div_ceil(live).max(LEFTOVERS_MIN);
+        for (k, (_, path, take, entry)) in leftovers.into_iter().enumerate() {
+            match k < part {
+                true => ready.push((path, take)),
+                false => {
+                    still.insert(path, entry);
+                }
+            }
         }
         self.seen = still;
-        ready.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(ready)
     }
 
@@ -626,6 +757,39 @@ impl DropDir {
         .map_err(io::Error::other)?
     }
 
+    /// Reads which replicas are live (at most every [`LIVE_FRESH`]), for a replica;
+    /// while the database cannot say, the last answer stands, or this one alone.
+    async fn read_share(&mut self) {
+        let Some(me) = self.replica.clone() else {
+            return;
+        };
+        if self
+            .share
+            .as_ref()
+            .is_some_and(|s| s.read.elapsed() < LIVE_FRESH)
+        {
+            return;
+        }
+        let live = match crate::replica::Replica::live(&self.deliverer.ingestor.db).await {
+            Ok(live) => live.into_iter().collect(),
+            Err(e) => {
+                tracing::debug!("cannot read the replicas' leases to share new files: {e:#}");
+                self.share.take().map(|s| s.live).unwrap_or_default()
+            }
+        };
+        let mut live: Vec<String> = live;
+        // Itself, even with its lease run out (its heartbeat failing): it still claims.
+        if !live.contains(&me) {
+            live.push(me.clone());
+        }
+        live.sort();
+        self.share = Some(Share {
+            me,
+            live,
+            read: Instant::now(),
+        });
+    }
+
     /// Of the claimed files, those this server decides: all of them for a lone server;
     /// for a replica its own, those of no replica, and those of replicas whose lease
     /// has run out (taken over). While the database cannot say which leases run, only
@@ -641,6 +805,8 @@ impl DropDir {
         if !others {
             return claimed;
         }
+        // Read now, after the claims were listed, never from an earlier read: a
+        // replica that started since has claims here and a lease that runs.
         let live = match crate::replica::Replica::live(&self.deliverer.ingestor.db).await {
             Ok(live) => Some(live),
             Err(e) => {
@@ -793,6 +959,36 @@ impl Held {
     }
 }
 
+/// Which sender file a claim is of, for keeping several claims of one in claim
+/// order: its device folder and the name it was sent as (cut, for a cut name).
+fn name_key(claimed: &Path) -> (String, String) {
+    let claim = claimed.file_name().unwrap_or_default().to_string_lossy();
+    let (_, name, _) = parse_claim_name(&claim);
+    (layout::parent_name(claimed), name.to_string())
+}
+
+/// Splits claims (oldest first) into those to decide now, at most one per sender
+/// file, and the later claims of the same files. A file at the top level (no device
+/// folder) may be filed under any device, so it goes alone among those of its name.
+fn one_per_name(claimed: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut devices: HashMap<String, HashSet<String>> = HashMap::new();
+    let (mut now, mut later) = (Vec::with_capacity(claimed.len()), Vec::new());
+    for path in claimed {
+        let (device, name) = name_key(&path);
+        let taken = devices.entry(name).or_default();
+        let clash = taken.contains(&device)
+            || taken.contains(NO_DEVICE)
+            || (device == NO_DEVICE && !taken.is_empty());
+        if clash {
+            later.push(path);
+        } else {
+            taken.insert(device);
+            now.push(path);
+        }
+    }
+    (now, later)
+}
+
 /// Moves `from` back to `to` unless something else now has that name (a writer that
 /// reopened it by name): a hard link cannot replace a file, a plain rename could.
 fn put_back(from: &Path, to: &Path) -> io::Result<()> {
@@ -821,6 +1017,7 @@ impl Seen {
             mtime: meta.modified().ok(),
             since: Instant::now(),
             renamed,
+            others_since: None,
         }
     }
 }
@@ -905,4 +1102,130 @@ fn walk(dir: &Path, top: bool, out: &mut Vec<(PathBuf, fs::Metadata)>) -> io::Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(me: &str, live: &[&str]) -> Share {
+        Share {
+            me: me.into(),
+            live: live.iter().map(|r| r.to_string()).collect(),
+            read: Instant::now(),
+        }
+    }
+
+    fn paths() -> Vec<PathBuf> {
+        (0..3000)
+            .map(|i| PathBuf::from(format!("ranger-{:02}/batch-{i:05}.json", i % 7)))
+            .collect()
+    }
+
+    #[test]
+    fn every_file_has_one_owner_and_a_leaving_replica_moves_only_its_share() {
+        let all = ["r0", "r1", "r2"];
+        let owner = |live: &[&str], p: &Path| -> Vec<String> {
+            live.iter()
+                .filter(|me| share(me, live).is_mine(p))
+                .map(|me| me.to_string())
+                .collect()
+        };
+        let mut counts = HashMap::new();
+        for p in paths() {
+            let three = owner(&all, &p);
+            assert_eq!(three.len(), 1, "{} is owned by {three:?}", p.display());
+            *counts.entry(three[0].clone()).or_insert(0) += 1;
+            // r1 gone: its files spread over the others, the others' stay put.
+            let two = owner(&["r0", "r2"], &p);
+            assert_eq!(two.len(), 1);
+            if three[0] != "r1" {
+                assert_eq!(two, three, "{} moved", p.display());
+            }
+            // Alone, everything is its own.
+            assert!(share("r1", &["r1"]).is_mine(&p));
+        }
+        // About a third each (3000 files: far from the bounds by chance).
+        for r in all {
+            let n = counts[r];
+            assert!(
+                (800..=1200).contains(&n),
+                "{r} owns {n} of 3000: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn claims_of_one_sender_file_go_one_per_round_in_claim_order() {
+        let p = |s: &str| PathBuf::from(format!("/d/.processing/{s}"));
+        let claimed = vec![
+            p("ranger-01/20261203T010101000000001000001-a.json"),
+            p("ranger-02/20261203T010101000000002000002-a.json"),
+            p("ranger-01/20261203T010101000000003000003.ftp-a.json"),
+            p("ranger-01/20261203T010101000000004000004-b.json"),
+            p("_/20261203T010101000000005000005-b.json"),
+            p("_/20261203T010101000000006000006-c.json"),
+            p("ranger-03/20261203T010101000000007000007-c.json"),
+        ];
+        let (now, later) = one_per_name(claimed.clone());
+        let pick =
+            |ks: &[usize]| -> Vec<PathBuf> { ks.iter().map(|&k| claimed[k].clone()).collect() };
+        assert_eq!(now, pick(&[0, 1, 3, 5]));
+        assert_eq!(later, pick(&[2, 4, 6]));
+        let (now, later) = one_per_name(later);
+        assert_eq!(now, pick(&[2, 4, 6]));
+        assert!(later.is_empty());
+    }
+
+    /// One name sent again and again, each copy claimed before any is decided, the
+    /// earliest the largest (the slowest to decide): the receipt that stays is the last
+    /// claim's, whichever filing group each copy fell into.
+    async fn the_last_claim_of_a_name_keeps_its_receipt(db: ctdata_tests::TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("CTData");
+        let mut settings = crate::config::Settings::default();
+        settings.database.url = crate::config::SecretUrl::new(&db.url);
+        settings.ingest.drop_dir = root.clone();
+        let ingestor = crate::serve::open(&settings).await.unwrap();
+        let mut drop_dir = DropDir::new(&root, ingestor, Duration::ZERO).unwrap();
+        const COPIES: usize = 6;
+        let mut ids = Vec::new();
+        for copy in 0..COPIES {
+            let rows = 40 * (COPIES - copy) * (COPIES - copy);
+            let sightings: Vec<uuid::Uuid> = (0..rows).map(|_| uuid::Uuid::new_v4()).collect();
+            let batch = ctdata_tests::Batch::with_ids("ranger-01", &sightings);
+            let at = root.join("ranger-01").join("patrol.json");
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            ids.push(batch.write(&at));
+            claim_into(&root, &at, "ranger-01", "patrol.json", Channel::Share).unwrap();
+            // Another device's file of the same name is not held back.
+            let other = root.join("ranger-02").join("patrol.json");
+            std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+            ctdata_tests::Batch::with_ids("ranger-02", &[uuid::Uuid::new_v4()]).write(&other);
+            claim_into(&root, &other, "ranger-02", "patrol.json", Channel::Share).unwrap();
+        }
+        let report = drop_dir
+            .ingest_once(&CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(report.errors, 0);
+        assert_eq!(report.count(Status::Ingested), 2 * COPIES, "{report:?}");
+        let receipt = root
+            .join("receipts")
+            .join("ranger-01")
+            .join(layout::receipt_file_name("patrol.json"));
+        let receipt: Receipt = serde_json::from_slice(&fs::read(&receipt).unwrap()).unwrap();
+        assert_eq!(receipt.batch_id, ids.last().copied(), "{ids:?}");
+        // In the report too, the copies of the one file come in claim order.
+        let order: Vec<_> = report
+            .receipts
+            .iter()
+            .filter(|r| r.device.as_deref() == Some("ranger-01"))
+            .map(|r| r.batch_id.unwrap())
+            .collect();
+        assert_eq!(order, ids);
+        assert!(drop_dir.claimed_files().unwrap().is_empty());
+    }
+
+    ctdata_tests::both_backends!(the_last_claim_of_a_name_keeps_its_receipt);
 }

@@ -270,6 +270,11 @@ pub fn claim_as_replica(replica: &str) {
     let _ = CLAIMING_REPLICA.set(replica.to_string());
 }
 
+/// The replica this process claims files as, when it is one of several.
+pub fn claiming_replica() -> Option<&'static str> {
+    CLAIMING_REPLICA.get().map(String::as_str)
+}
+
 /// The replica named in a claim name, if any.
 pub fn claim_replica(claim_name: &str) -> Option<&str> {
     let (head, _) = claim_name.split_once('-')?;

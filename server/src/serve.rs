@@ -338,13 +338,14 @@ async fn start_http(
     let drop_dir = settings.ingest.drop_dir.clone();
     crate::layout::clear_spools(&drop_dir);
     let attachments_dir = settings.storage.attachments_dir(&drop_dir);
-    crate::attachments::AttachmentStore::open(&attachments_dir).map_err(|e| {
+    let store = crate::attachments::AttachmentStore::open(&attachments_dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot use storage.attachments_dir {}: {e}",
             attachments_dir.display()
         )
     })?;
-    // Resumable uploads survive a restart; expired ones are swept now and every minute.
+    // Resumable uploads survive a restart; expired ones are swept now and every minute,
+    // with the attachments' temporary files a crashed replica left for good.
     let swept = drop_dir.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -355,6 +356,13 @@ async fn start_http(
                 tokio::task::spawn_blocking(move || crate::http::resumable::sweep(&dir)).await
             {
                 tracing::info!("deleted {n} expired resumable uploads");
+            }
+            let store = store.clone();
+            let stale = crate::attachments::STALE_TMP;
+            if let Ok(Ok(n @ 1..)) =
+                tokio::task::spawn_blocking(move || store.clear_temporary(false, stale)).await
+            {
+                tracing::info!("deleted {n} attachment temporary files left by a crash");
             }
         }
     });
