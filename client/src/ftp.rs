@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use reqwest::Url;
@@ -22,6 +22,11 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const STALL: Duration = crate::resume::STALL;
 /// Connections in a row that gain nothing before a batch is left for a later try.
 const FRUITLESS_TRIES: u32 = 4;
+/// Pieces per `STOR` (at the offset, `REST`): they grow while they go through quickly
+/// and shrink after a cut, so a piece fits the link's few seconds.
+const FIRST_PIECE: u64 = 64 * 1024;
+const MIN_PIECE: u64 = 16 * 1024;
+const MAX_PIECE: u64 = 1024 * 1024;
 
 /// What went wrong talking to an FTP server, by what the caller can do about it; each
 /// carries the explanation for the user.
@@ -239,8 +244,8 @@ pub fn open(config: &Config) -> Result<Session, Error> {
 /// Uploads one file on an open session: `NAME.part` from where the server's copy of it
 /// ends (a copy left by a cut is resumed with `REST` + `STOR`), size check, rename.
 pub fn put(session: &mut Session, path: &Path, name: &str) -> Outcome {
-    let mut wire = 0;
-    match attempt(session, path, name, &ProgressBar::hidden(), &mut wire, false) {
+    let (mut sent, mut piece) = (Sent::default(), MAX_PIECE);
+    match attempt(session, path, name, &ProgressBar::hidden(), &mut sent, &mut piece, false) {
         Attempt::Done(outcome) => outcome,
         Attempt::Lost { why, .. } => Outcome::Retry(why),
     }
@@ -251,7 +256,9 @@ pub fn put(session: &mut Session, path: &Path, name: &str) -> Outcome {
 /// cut costs only the bytes in flight. `slot` holds the send's session: opened here
 /// when missing, emptied after a failure (the next batch then starts afresh). Gives up
 /// (for a later try) after [`FRUITLESS_TRIES`] connections in a row that did not move
-/// the server's copy on. Returns the outcome and the bytes put on the wire.
+/// the server's copy on. Returns the outcome and the bytes put on the wire: of a cut
+/// connection, those the server's copy shows it took (bytes handed to the socket but
+/// lost in the cut do not count), of the last one all it sent.
 pub fn deliver(
     slot: &mut Option<Session>,
     config: &Config,
@@ -261,13 +268,17 @@ pub fn deliver(
 ) -> (Outcome, u64) {
     let url = &config.upload.url;
     let mut wire = 0u64;
+    // A cut connection's bytes, until the next connection sees what the server kept.
+    let mut unsettled: Option<Sent> = None;
     let mut fruitless = 0u32;
+    let mut piece = FIRST_PIECE;
     let mut renaming = false;
     // The most the server's copy held at the start of a connection.
     let mut best: Option<u64> = None;
     let mut last_error = String::new();
     loop {
         if fruitless >= FRUITLESS_TRIES {
+            wire += unsettled.map_or(0, |u| u.written);
             return (Outcome::Retry(last_error), wire);
         }
         let session = match slot {
@@ -287,8 +298,21 @@ pub fn deliver(
                 }
             },
         };
-        match attempt(session, path, name, progress, &mut wire, renaming) {
+        let mut sent = Sent::default();
+        let result = attempt(session, path, name, progress, &mut sent, &mut piece, renaming);
+        if let Some(u) = unsettled.take() {
+            wire += match sent.server_had {
+                Some(now) => u.written.min(now.saturating_sub(u.from)),
+                None => {
+                    // Not settled yet: the next connection may tell.
+                    unsettled = Some(u);
+                    0
+                }
+            };
+        }
+        match result {
             Attempt::Done(outcome) => {
+                wire += sent.confirmed + sent.written + unsettled.map_or(0, |u| u.written);
                 if !matches!(outcome, Outcome::Delivered { .. }) {
                     // The session may be in any state after a refusal.
                     *slot = None;
@@ -302,6 +326,12 @@ pub fn deliver(
             } => {
                 *slot = None;
                 renaming = r;
+                wire += sent.confirmed;
+                if sent.written > 0 {
+                    let earlier = unsettled.map_or(0, |u| u.written);
+                    wire += earlier;
+                    unsettled = Some(sent);
+                }
                 let gained = match (server_had, best) {
                     (Some(now), Some(before)) => now > before,
                     (Some(_), None) => true,
@@ -325,6 +355,19 @@ pub fn deliver(
     }
 }
 
+/// What one connection put on its data connection.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sent {
+    /// The size of the server's `.part` when the connection asked.
+    server_had: Option<u64>,
+    /// Bytes of pieces the server's size confirmed.
+    confirmed: u64,
+    /// The offset the piece in flight started from.
+    from: u64,
+    /// Bytes of the piece in flight handed to the data connection.
+    written: u64,
+}
+
 /// What one connection's try at an upload came to.
 enum Attempt {
     /// Decided on this connection (delivered, refused, or not worth another connection now).
@@ -344,12 +387,13 @@ fn attempt(
     path: &Path,
     name: &str,
     progress: &ProgressBar,
-    wire: &mut u64,
+    sent: &mut Sent,
+    piece: &mut u64,
     renaming: bool,
 ) -> Attempt {
     match session {
-        Session::Plain(s) => attempt_on(s, path, name, progress, wire, renaming),
-        Session::Tls(s) => attempt_on(s, path, name, progress, wire, renaming),
+        Session::Plain(s) => attempt_on(s, path, name, progress, sent, piece, renaming),
+        Session::Tls(s) => attempt_on(s, path, name, progress, sent, piece, renaming),
     }
 }
 
@@ -358,7 +402,8 @@ fn attempt_on<T: TlsStream>(
     path: &Path,
     name: &str,
     progress: &ProgressBar,
-    wire: &mut u64,
+    sent: &mut Sent,
+    piece: &mut u64,
     renaming: bool,
 ) -> Attempt {
     let part = format!("{name}.part");
@@ -394,20 +439,31 @@ fn attempt_on<T: TlsStream>(
         Err(FtpError::UnexpectedResponse(_)) => 0,
         Err(e) => return lost(format!("asking for the size of {part} failed: {}", explain(e)), None),
     };
+    sent.server_had = Some(server_had);
     let mut offset = if server_had <= len { server_had } else { 0 };
     progress.set_position(offset);
     if offset > 0 {
         progress.set_message(format!("resuming at {offset} of {len} bytes"));
     }
-    if offset < len {
+    // In pieces, each confirmed by the size the server then reports: the bar shows what
+    // the server holds, not what the local socket took, and a cut loses at most the
+    // piece in flight.
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = (*piece).min(len - offset);
+        if n == 0 && offset > 0 {
+            break;
+        }
+        let started = Instant::now();
         let resumed = s
             .resume_transfer(offset as usize)
             .and_then(|_| s.put_with_stream(&part));
         let upload = match resumed {
             Ok(u) => Ok(u),
-            // A server that does not resume uploads (REST refused): from the start.
+            // A server that does not resume uploads (REST refused): from the start, whole.
             Err(FtpError::UnexpectedResponse(_)) if offset > 0 => {
                 offset = 0;
+                *piece = MAX_PIECE.max(len);
                 progress.set_position(0);
                 s.put_with_stream(&part)
             }
@@ -428,17 +484,20 @@ fn attempt_on<T: TlsStream>(
                 )
             }
         };
+        let n = (*piece).min(len - offset);
+        sent.from = offset;
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {
             return Attempt::Done(Outcome::Stop(format!(
                 "cannot read {}: {e}",
                 path.display()
             )));
         }
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match file.read(&mut buf) {
+        let mut left = n;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let k = match file.read(&mut buf[..want]) {
                 Ok(0) => break,
-                Ok(n) => n,
+                Ok(k) => k,
                 Err(e) => {
                     return Attempt::Done(Outcome::Stop(format!(
                         "cannot read {}: {e}",
@@ -446,14 +505,15 @@ fn attempt_on<T: TlsStream>(
                     )))
                 }
             };
-            if let Err(e) = upload.write_all(&buf[..n]) {
+            if let Err(e) = upload.write_all(&buf[..k]) {
+                *piece = (*piece / 2).max(MIN_PIECE);
                 return lost(
                     format!("the connection broke while uploading {part}: {e}"),
                     Some(server_had),
                 );
             }
-            *wire += n as u64;
-            progress.inc(n as u64);
+            sent.written += k as u64;
+            left -= k as u64;
         }
         match upload.finish() {
             Ok(()) => {}
@@ -464,33 +524,44 @@ fn attempt_on<T: TlsStream>(
                 )))
             }
             Err(e) => {
+                *piece = (*piece / 2).max(MIN_PIECE);
                 return lost(
                     format!("uploading {part} failed: {}", explain(e)),
                     Some(server_had),
-                )
+                );
             }
         }
-    }
-    // "226 transfer complete" also ends a cut upload: only the size tells.
-    match s.size(&part) {
-        Ok(n) if n as u64 == len => {}
-        Ok(n) if (n as u64) < len => {
-            return lost(
-                format!("{part} holds {n} of {len} bytes after the upload"),
-                Some(server_had),
-            )
-        }
-        Ok(n) => {
+        // "226 transfer complete" also ends a cut upload: only the size tells.
+        let now = match s.size(&part) {
+            Ok(now) => now as u64,
+            Err(e) => {
+                return lost(
+                    format!("asking for the size of {part} failed: {}", explain(e)),
+                    Some(server_had),
+                )
+            }
+        };
+        if now > len {
             let _ = s.rm(&part);
             return Attempt::Done(Outcome::Retry(format!(
-                "{part} arrived with {n} of {len} bytes"
+                "{part} arrived with {now} of {len} bytes"
             )));
         }
-        Err(e) => {
+        if now < offset + n {
             return lost(
-                format!("asking for the size of {part} failed: {}", explain(e)),
+                format!("{part} holds {now} of {len} bytes after the upload"),
                 Some(server_had),
-            )
+            );
+        }
+        offset = now;
+        sent.confirmed += sent.written;
+        sent.written = 0;
+        progress.set_position(offset);
+        if started.elapsed() < Duration::from_secs(2) {
+            *piece = (*piece * 2).min(MAX_PIECE);
+        }
+        if offset >= len {
+            break;
         }
     }
     progress.set_position(len);
