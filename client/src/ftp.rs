@@ -245,7 +245,15 @@ pub fn open(config: &Config) -> Result<Session, Error> {
 /// ends (a copy left by a cut is resumed with `REST` + `STOR`), size check, rename.
 pub fn put(session: &mut Session, path: &Path, name: &str) -> Outcome {
     let (mut sent, mut piece) = (Sent::default(), MAX_PIECE);
-    match attempt(session, path, name, &ProgressBar::hidden(), &mut sent, &mut piece, false) {
+    match attempt(
+        session,
+        path,
+        name,
+        &ProgressBar::hidden(),
+        &mut sent,
+        &mut piece,
+        false,
+    ) {
         Attempt::Done(outcome) => outcome,
         Attempt::Lost { why, .. } => Outcome::Retry(why),
     }
@@ -299,7 +307,9 @@ pub fn deliver(
             },
         };
         let mut sent = Sent::default();
-        let result = attempt(session, path, name, progress, &mut sent, &mut piece, renaming);
+        let result = attempt(
+            session, path, name, progress, &mut sent, &mut piece, renaming,
+        );
         if let Some(u) = unsettled.take() {
             wire += match sent.server_had {
                 Some(now) => u.written.min(now.saturating_sub(u.from)),
@@ -437,7 +447,12 @@ fn attempt_on<T: TlsStream>(
         // the rename happened, the server has the file.
         Err(FtpError::UnexpectedResponse(_)) if renaming => return delivered(),
         Err(FtpError::UnexpectedResponse(_)) => 0,
-        Err(e) => return lost(format!("asking for the size of {part} failed: {}", explain(e)), None),
+        Err(e) => {
+            return lost(
+                format!("asking for the size of {part} failed: {}", explain(e)),
+                None,
+            )
+        }
     };
     sent.server_had = Some(server_had);
     let mut offset = if server_had <= len { server_had } else { 0 };

@@ -328,12 +328,7 @@ async fn deliver(
             let (path, name, progress) = (path.to_path_buf(), name.to_string(), progress.clone());
             tokio::task::spawn_blocking(move || ftp_put(&session, &config, &path, &name, &progress))
                 .await
-                .unwrap_or_else(|e| {
-                    (
-                        Outcome::Retry(format!("the FTP uploader failed: {e}")),
-                        0,
-                    )
-                })
+                .unwrap_or_else(|e| (Outcome::Retry(format!("the FTP uploader failed: {e}")), 0))
         }
         Transport::Share => {
             let (up, device) = (config.upload.clone(), config.device.clone());

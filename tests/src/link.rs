@@ -250,7 +250,9 @@ impl Passive {
     fn data_port(&self, target: SocketAddr) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a data port");
         let port = listener.local_addr().expect("data port").port();
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let (shared, opened) = (self.shared.clone(), self.opened);
         std::thread::spawn(move || {
             let until = Instant::now() + Duration::from_secs(30);

@@ -115,8 +115,9 @@ async fn large_import_arrives_once_over_ftp_through_a_cutting_link(db: TestDb) {
         link.connections(),
         link.cuts()
     );
+    // About 1.2 MB gzipped at 200 kB/s: six seconds, so several connections.
     assert!(
-        link.cuts() >= 5,
+        link.cuts() >= 3,
         "only {} cuts: no resumes needed",
         link.cuts()
     );
@@ -148,8 +149,10 @@ async fn large_import_arrives_once_over_ftp_through_a_cutting_link(db: TestDb) {
     // A batch handed over again would be recorded as a further delivery.
     assert_eq!(db.scalar("SELECT COUNT(*) FROM deliveries").await, 0);
     assert_eq!(
-        db.scalar("SELECT COUNT(*) FROM batches WHERE channel = 'ftp' AND file_name LIKE '%.ndjson.gz'")
-            .await,
+        db.scalar(
+            "SELECT COUNT(*) FROM batches WHERE channel = 'ftp' AND file_name LIKE '%.ndjson.gz'"
+        )
+        .await,
         batches as i64
     );
     // Nothing is left of the uploads on either side.
@@ -226,7 +229,10 @@ async fn a_killed_ftp_send_resumes_from_the_part(db: TestDb) {
         .expect("the compressed batch is kept beside it")
         .len();
 
-    assert!(kept < length, "the whole batch arrived before the kill: nothing to resume");
+    assert!(
+        kept < length,
+        "the whole batch arrived before the kill: nothing to resume"
+    );
     // After the restart the upload goes on where the server's copy ends.
     let out = client.run(&["send"]);
     let summary = String::from_utf8_lossy(&out.stdout).to_string();
