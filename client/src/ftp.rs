@@ -281,7 +281,7 @@ pub fn deliver(
     let mut fruitless = 0u32;
     let mut piece = FIRST_PIECE;
     let mut renaming = false;
-    // The most the server's copy held at the start of a connection.
+    // The most the server's copy was known to hold.
     let mut best: Option<u64> = None;
     let mut last_error = String::new();
     loop {
@@ -342,13 +342,20 @@ pub fn deliver(
                     wire += earlier;
                     unsettled = Some(sent);
                 }
-                let gained = match (server_had, best) {
-                    (Some(now), Some(before)) => now > before,
-                    (Some(_), None) => true,
-                    (None, _) => false,
+                // What the server holds now, as far as this connection knows.
+                let held = if sent.confirmed > 0 || sent.written > 0 {
+                    Some(sent.from)
+                } else {
+                    server_had
                 };
+                let gained = sent.confirmed > 0
+                    || match (held, best) {
+                        (Some(now), Some(before)) => now > before,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    };
                 if gained {
-                    best = server_had;
+                    best = held.max(best);
                     fruitless = 0;
                 } else {
                     fruitless += 1;
