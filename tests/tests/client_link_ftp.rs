@@ -299,12 +299,12 @@ async fn ftps_resumes_a_part_left_on_the_server() {
             cert.to_str().unwrap(),
         ]);
     };
+    // A send to a port nobody listens on leaves the compressed batch beside it.
+    init(ctdata_tests::free_port());
     let dir = tempfile::tempdir().unwrap();
     let (file, _) = import_file(dir.path(), 5_000);
     client.ok(&["import", file.to_str().unwrap()]);
     let name = client.batches_in("outbox").pop().expect("one batch");
-    // A send to a port nobody listens on leaves the compressed batch beside it.
-    init(ctdata_tests::free_port());
     let out = client.run(&["send", "--retries", "0"]);
     assert_eq!(out.status.code(), Some(1));
     let gz = std::fs::read(client.path("outbox").join(format!(".{name}.gz"))).unwrap();
