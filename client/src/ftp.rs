@@ -2,11 +2,13 @@
 //! the server reports, rename to `NAME`. FTP servers answer "226 transfer complete"
 //! even for a client that died mid-upload, so only a renamed file counts as sent.
 
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use indicatif::ProgressBar;
 use reqwest::Url;
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, FtpStream, ImplFtpStream, RustlsConnector, RustlsFtpStream, TlsStream};
@@ -16,6 +18,15 @@ use crate::config::{Config, Endpoint, Protocol};
 use crate::send::{Outcome, Proof};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// A data connection that moves no byte for this long is given up (a silent link).
+const STALL: Duration = crate::resume::STALL;
+/// Connections in a row that gain nothing before a batch is left for a later try.
+const FRUITLESS_TRIES: u32 = 4;
+/// Pieces per `STOR` (at the offset, `REST`): they grow while they go through quickly
+/// and shrink after a cut, so a piece fits the link's few seconds.
+const FIRST_PIECE: u64 = 64 * 1024;
+const MIN_PIECE: u64 = 16 * 1024;
+const MAX_PIECE: u64 = 1024 * 1024;
 
 /// What went wrong talking to an FTP server, by what the caller can do about it; each
 /// carries the explanation for the user.
@@ -136,12 +147,13 @@ pub fn greet(t: &Target, up: &Endpoint, tcp: TcpStream) -> Result<Session, Error
     let not_ftp = |e| Error::Connection(format!("no FTP server greeting: {}", explain(e)));
     if !t.secure {
         return FtpStream::connect_with_stream(tcp)
-            .map(Session::Plain)
+            .map(|s| Session::Plain(s.passive_stream_builder(data_connection)))
             .map_err(not_ftp);
     }
     let connector = RustlsConnector::from(tls_config(up)?);
     RustlsFtpStream::connect_with_stream(tcp)
         .map_err(not_ftp)?
+        .passive_stream_builder(data_connection)
         .into_secure(connector, &t.host)
         .map(|s| Session::Tls(Box::new(s)))
         .map_err(|e| {
@@ -150,6 +162,15 @@ pub fn greet(t: &Target, up: &Endpoint, tcp: TcpStream) -> Result<Session, Error
                 crate::pinned::explain(&explain(e))
             ))
         })
+}
+
+/// A passive data connection that gives up on a silent link within [`STALL`] instead of
+/// waiting for the system's TCP timeouts (minutes).
+fn data_connection(addr: SocketAddr) -> Result<TcpStream, FtpError> {
+    let tcp = TcpStream::connect_timeout(&addr, STALL).map_err(FtpError::ConnectionError)?;
+    let _ = tcp.set_read_timeout(Some(STALL));
+    let _ = tcp.set_write_timeout(Some(STALL));
+    Ok(tcp)
 }
 
 /// Logs in and switches to binary transfers.
@@ -220,39 +241,363 @@ pub fn open(config: &Config) -> Result<Session, Error> {
     Ok(session)
 }
 
-/// Uploads one batch: `NAME.part`, size check, rename.
+/// Uploads one file on an open session: `NAME.part` from where the server's copy of it
+/// ends (a copy left by a cut is resumed with `REST` + `STOR`), size check, rename.
 pub fn put(session: &mut Session, path: &Path, name: &str) -> Outcome {
-    match session {
-        Session::Plain(s) => put_on(s, path, name),
-        Session::Tls(s) => put_on(s, path, name),
+    let (mut sent, mut piece) = (Sent::default(), MAX_PIECE);
+    match attempt(
+        session,
+        path,
+        name,
+        &ProgressBar::hidden(),
+        &mut sent,
+        &mut piece,
+        false,
+    ) {
+        Attempt::Done(outcome) => outcome,
+        Attempt::Lost { why, .. } => Outcome::Retry(why),
     }
 }
 
-fn put_on<T: TlsStream>(s: &mut ImplFtpStream<T>, path: &Path, name: &str) -> Outcome {
+/// Delivers one file over as many connections as it takes on a link that cuts every
+/// few seconds: each connection resumes `NAME.part` where the server's copy ends, so a
+/// cut costs only the bytes in flight. `slot` holds the send's session: opened here
+/// when missing, emptied after a failure (the next batch then starts afresh). Gives up
+/// (for a later try) after [`FRUITLESS_TRIES`] connections in a row that did not move
+/// the server's copy on. Returns the outcome and the bytes put on the wire: of a cut
+/// connection, those the server's copy shows it took (bytes handed to the socket but
+/// lost in the cut do not count), of the last one all it sent.
+pub fn deliver(
+    slot: &mut Option<Session>,
+    config: &Config,
+    path: &Path,
+    name: &str,
+    progress: &ProgressBar,
+) -> (Outcome, u64) {
+    let url = &config.upload.url;
+    let mut wire = 0u64;
+    // A cut connection's bytes, until the next connection sees what the server kept.
+    let mut unsettled: Option<Sent> = None;
+    let mut fruitless = 0u32;
+    let mut piece = FIRST_PIECE;
+    let mut renaming = false;
+    // The most the server's copy was known to hold.
+    let mut best: Option<u64> = None;
+    let mut last_error = String::new();
+    loop {
+        if fruitless >= FRUITLESS_TRIES {
+            wire += unsettled.map_or(0, |u| u.written);
+            return (Outcome::Retry(last_error), wire);
+        }
+        let session = match slot {
+            Some(s) => s,
+            None => match open(config) {
+                Ok(s) => slot.insert(s),
+                // As over HTTP, credentials or settings the server refuses stop the run:
+                // no other batch would go either.
+                Err(e @ (Error::Login(_) | Error::Settings(_))) => {
+                    return (Outcome::Stop(format!("{url}: {e}")), wire)
+                }
+                Err(e) => {
+                    last_error = format!("{url}: {e}");
+                    fruitless += 1;
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            },
+        };
+        let mut sent = Sent::default();
+        let result = attempt(
+            session, path, name, progress, &mut sent, &mut piece, renaming,
+        );
+        if let Some(u) = unsettled.take() {
+            wire += match sent.server_had {
+                Some(now) => u.written.min(now.saturating_sub(u.from)),
+                None => {
+                    // Not settled yet: the next connection may tell.
+                    unsettled = Some(u);
+                    0
+                }
+            };
+        }
+        match result {
+            Attempt::Done(outcome) => {
+                wire += sent.confirmed + sent.written + unsettled.map_or(0, |u| u.written);
+                if !matches!(outcome, Outcome::Delivered { .. }) {
+                    // The session may be in any state after a refusal.
+                    *slot = None;
+                }
+                return (outcome, wire);
+            }
+            Attempt::Lost {
+                why,
+                renaming: r,
+                server_had,
+            } => {
+                *slot = None;
+                renaming = r;
+                wire += sent.confirmed;
+                if sent.written > 0 {
+                    let earlier = unsettled.map_or(0, |u| u.written);
+                    wire += earlier;
+                    unsettled = Some(sent);
+                }
+                // What the server holds now, as far as this connection knows.
+                let held = if sent.confirmed > 0 || sent.written > 0 {
+                    Some(sent.from)
+                } else {
+                    server_had
+                };
+                let gained = sent.confirmed > 0
+                    || match (held, best) {
+                        (Some(now), Some(before)) => now > before,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    };
+                if gained {
+                    best = held.max(best);
+                    fruitless = 0;
+                } else {
+                    fruitless += 1;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                last_error = match best {
+                    Some(at) => format!(
+                        "{why} (the server holds {at} bytes of {name}.part; the upload resumes there)"
+                    ),
+                    None => why,
+                };
+            }
+        }
+    }
+}
+
+/// What one connection put on its data connection.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sent {
+    /// The size of the server's `.part` when the connection asked.
+    server_had: Option<u64>,
+    /// Bytes of pieces the server's size confirmed.
+    confirmed: u64,
+    /// The offset the piece in flight started from.
+    from: u64,
+    /// Bytes of the piece in flight handed to the data connection.
+    written: u64,
+}
+
+/// What one connection's try at an upload came to.
+enum Attempt {
+    /// Decided on this connection (delivered, refused, or not worth another connection now).
+    Done(Outcome),
+    /// The connection failed: worth another one. `renaming`: it failed while the rename
+    /// was asked for, which may have happened; `server_had`: the size of the server's
+    /// `.part` when the connection started, if it got that far.
+    Lost {
+        why: String,
+        renaming: bool,
+        server_had: Option<u64>,
+    },
+}
+
+fn attempt(
+    session: &mut Session,
+    path: &Path,
+    name: &str,
+    progress: &ProgressBar,
+    sent: &mut Sent,
+    piece: &mut u64,
+    renaming: bool,
+) -> Attempt {
+    match session {
+        Session::Plain(s) => attempt_on(s, path, name, progress, sent, piece, renaming),
+        Session::Tls(s) => attempt_on(s, path, name, progress, sent, piece, renaming),
+    }
+}
+
+fn attempt_on<T: TlsStream>(
+    s: &mut ImplFtpStream<T>,
+    path: &Path,
+    name: &str,
+    progress: &ProgressBar,
+    sent: &mut Sent,
+    piece: &mut u64,
+    renaming: bool,
+) -> Attempt {
     let part = format!("{name}.part");
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) => return Outcome::Stop(format!("cannot read {}: {e}", path.display())),
+        Err(e) => {
+            return Attempt::Done(Outcome::Stop(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let sent = s
-        .put_file(&part, &mut file)
-        .and_then(|_| s.size(&part))
-        .map_err(explain);
-    match sent {
-        Ok(n) if n as u64 == len => {}
-        Ok(n) => {
-            let _ = s.rm(&part);
-            return Outcome::Retry(format!("{part} arrived with {n} of {len} bytes"));
-        }
-        Err(e) => return Outcome::Retry(format!("uploading {part} failed: {e}")),
-    }
-    match s.rename(part.as_str(), name) {
-        Ok(()) => Outcome::Delivered {
+    let delivered = || {
+        Attempt::Done(Outcome::Delivered {
             duplicate: false,
             receipt: Proof::handed_over(name, "ftp", Some(len)),
+        })
+    };
+    let lost = |why: String, server_had: Option<u64>| Attempt::Lost {
+        why,
+        renaming: false,
+        server_had,
+    };
+    progress.set_length(len);
+    // Where the server's copy ends. No copy, or one longer than the file (not this
+    // upload's), starts at 0.
+    let server_had = match s.size(&part) {
+        Ok(n) => n as u64,
+        // The connection broke while the rename was asked for and the `.part` is gone:
+        // the rename happened, the server has the file.
+        Err(FtpError::UnexpectedResponse(_)) if renaming => return delivered(),
+        Err(FtpError::UnexpectedResponse(_)) => 0,
+        Err(e) => {
+            return lost(
+                format!("asking for the size of {part} failed: {}", explain(e)),
+                None,
+            )
+        }
+    };
+    sent.server_had = Some(server_had);
+    let mut offset = if server_had <= len { server_had } else { 0 };
+    progress.set_position(offset);
+    if offset > 0 {
+        progress.set_message(format!("resuming at {offset} of {len} bytes"));
+    }
+    // In pieces, each confirmed by the size the server then reports: the bar shows what
+    // the server holds, not what the local socket took, and a cut loses at most the
+    // piece in flight.
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = (*piece).min(len - offset);
+        if n == 0 && offset > 0 {
+            break;
+        }
+        let started = Instant::now();
+        let resumed = s
+            .resume_transfer(offset as usize)
+            .and_then(|_| s.put_with_stream(&part));
+        let upload = match resumed {
+            Ok(u) => Ok(u),
+            // A server that does not resume uploads (REST refused): from the start, whole.
+            Err(FtpError::UnexpectedResponse(_)) if offset > 0 => {
+                offset = 0;
+                *piece = MAX_PIECE.max(len);
+                progress.set_position(0);
+                s.put_with_stream(&part)
+            }
+            Err(e) => Err(e),
+        };
+        let mut upload = match upload {
+            Ok(u) => u,
+            Err(e @ FtpError::UnexpectedResponse(_)) => {
+                return Attempt::Done(Outcome::Retry(format!(
+                    "uploading {part} failed: {}",
+                    explain(e)
+                )))
+            }
+            Err(e) => {
+                return lost(
+                    format!("uploading {part} failed: {}", explain(e)),
+                    Some(server_had),
+                )
+            }
+        };
+        let n = (*piece).min(len - offset);
+        sent.from = offset;
+        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+            return Attempt::Done(Outcome::Stop(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+        let mut left = n;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let k = match file.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) => {
+                    return Attempt::Done(Outcome::Stop(format!(
+                        "cannot read {}: {e}",
+                        path.display()
+                    )))
+                }
+            };
+            if let Err(e) = upload.write_all(&buf[..k]) {
+                *piece = (*piece / 2).max(MIN_PIECE);
+                return lost(
+                    format!("the connection broke while uploading {part}: {e}"),
+                    Some(server_had),
+                );
+            }
+            sent.written += k as u64;
+            left -= k as u64;
+        }
+        match upload.finish() {
+            Ok(()) => {}
+            Err(e @ FtpError::UnexpectedResponse(_)) => {
+                return Attempt::Done(Outcome::Retry(format!(
+                    "uploading {part} failed: {}",
+                    explain(e)
+                )))
+            }
+            Err(e) => {
+                *piece = (*piece / 2).max(MIN_PIECE);
+                return lost(
+                    format!("uploading {part} failed: {}", explain(e)),
+                    Some(server_had),
+                );
+            }
+        }
+        // "226 transfer complete" also ends a cut upload: only the size tells.
+        let now = match s.size(&part) {
+            Ok(now) => now as u64,
+            Err(e) => {
+                return lost(
+                    format!("asking for the size of {part} failed: {}", explain(e)),
+                    Some(server_had),
+                )
+            }
+        };
+        if now > len {
+            let _ = s.rm(&part);
+            return Attempt::Done(Outcome::Retry(format!(
+                "{part} arrived with {now} of {len} bytes"
+            )));
+        }
+        if now < offset + n {
+            return lost(
+                format!("{part} holds {now} of {len} bytes after the upload"),
+                Some(server_had),
+            );
+        }
+        offset = now;
+        sent.confirmed += sent.written;
+        sent.written = 0;
+        progress.set_position(offset);
+        if started.elapsed() < Duration::from_secs(2) {
+            *piece = (*piece * 2).min(MAX_PIECE);
+        }
+        if offset >= len {
+            break;
+        }
+    }
+    progress.set_position(len);
+    match s.rename(part.as_str(), name) {
+        Ok(()) => delivered(),
+        Err(e @ FtpError::UnexpectedResponse(_)) => Attempt::Done(Outcome::Retry(format!(
+            "renaming {part} to {name} failed: {}",
+            explain(e)
+        ))),
+        Err(e) => Attempt::Lost {
+            why: format!("renaming {part} to {name} failed: {}", explain(e)),
+            renaming: true,
+            server_had: Some(len),
         },
-        Err(e) => Outcome::Retry(format!("renaming {part} to {name} failed: {}", explain(e))),
     }
 }
 

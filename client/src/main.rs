@@ -86,6 +86,8 @@ enum Command {
     /// the batch stays in the outbox and the others still go (smallest first). Over
     /// HTTP(S) bodies above 4 KB go gzipped, and batches above 256 KB go up resumably
     /// (tus): a cut link resumes where the server's offset says, also after a restart.
+    /// Over FTP(S) batches above 4 KB go gzipped as NAME.gz, and NAME.part resumes at
+    /// the size the server reports (REST + STOR), over new connections as a cut needs.
     /// Prints one summary line with the bytes on the wire; exits 1 when anything is
     /// left pending.
     Send(SendArgs),

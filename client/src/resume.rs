@@ -86,22 +86,17 @@ pub fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
-/// Writes `.NAME.gz` once (through a temporary name); returns its length and SHA-256.
-fn is_gzip(file: &Path) -> std::io::Result<bool> {
+/// Whether `file` starts with gzip's magic bytes.
+pub fn is_gzip(file: &Path) -> std::io::Result<bool> {
     let mut magic = [0u8; 2];
     let n = std::fs::File::open(file)?.read(&mut magic)?;
     Ok(n == 2 && magic == [0x1f, 0x8b])
 }
 
-fn compressed(batch: &Path) -> std::io::Result<(u64, String)> {
+/// Writes `.NAME.gz` once (through a temporary name; fast level, no timestamp, so the
+/// same batch always gives the same bytes); returns its path.
+pub fn write_gz(batch: &Path) -> std::io::Result<PathBuf> {
     let gz = gz_path(batch);
-    if !gz.exists() && is_gzip(batch)? {
-        // A docked handheld's `.ndjson.gz`: the server inflates one layer only.
-        let tmp = side(batch, ".gz.tmp");
-        std::fs::copy(batch, &tmp)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &gz)?;
-    }
     if !gz.exists() {
         let tmp = side(batch, ".gz.tmp");
         let mut input = std::io::BufReader::new(std::fs::File::open(batch)?);
@@ -112,6 +107,21 @@ fn compressed(batch: &Path) -> std::io::Result<(u64, String)> {
         file.sync_all()?;
         std::fs::rename(&tmp, &gz)?;
     }
+    Ok(gz)
+}
+
+/// Writes `.NAME.gz` once (a copy of a batch that is gzip already); returns its length
+/// and SHA-256.
+fn compressed(batch: &Path) -> std::io::Result<(u64, String)> {
+    let gz = gz_path(batch);
+    if !gz.exists() && is_gzip(batch)? {
+        // A docked handheld's `.ndjson.gz`: the server inflates one layer only.
+        let tmp = side(batch, ".gz.tmp");
+        std::fs::copy(batch, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &gz)?;
+    }
+    write_gz(batch)?;
     let mut f = std::fs::File::open(&gz)?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];

@@ -325,12 +325,10 @@ async fn deliver(
         }
         Transport::Ftp(session) => {
             let (session, config) = (session.clone(), config.clone());
-            let (path, name) = (path.to_path_buf(), name.to_string());
-            handed(
-                tokio::task::spawn_blocking(move || ftp_put(&session, &config, &path, &name))
-                    .await
-                    .unwrap_or_else(|e| Outcome::Retry(format!("the FTP uploader failed: {e}"))),
-            )
+            let (path, name, progress) = (path.to_path_buf(), name.to_string(), progress.clone());
+            tokio::task::spawn_blocking(move || ftp_put(&session, &config, &path, &name, &progress))
+                .await
+                .unwrap_or_else(|e| (Outcome::Retry(format!("the FTP uploader failed: {e}")), 0))
         }
         Transport::Share => {
             let (up, device) = (config.upload.clone(), config.device.clone());
@@ -344,36 +342,48 @@ async fn deliver(
     }
 }
 
+/// One batch over FTP: batches above 4 KB go gzipped as `NAME.gz` (written once beside
+/// the batch as `outbox/.NAME.gz`, so a resume after a restart sends the same bytes);
+/// the server recognises the compression by its content and the batch by its id.
 fn ftp_put(
     session: &std::sync::Mutex<Option<ftp::Session>>,
     config: &Config,
     path: &Path,
     name: &str,
-) -> Outcome {
+    progress: &ProgressBar,
+) -> (Outcome, u64) {
     let mut guard = match session.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     };
-    if guard.is_none() {
-        match ftp::open(config) {
-            Ok(s) => *guard = Some(s),
-            // As over HTTP, credentials or settings the server refuses stop the run:
-            // no other batch would go either.
-            Err(e @ (ftp::Error::Login(_) | ftp::Error::Settings(_))) => {
-                return Outcome::Stop(format!("{}: {e}", config.upload.url))
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let gzipped = if size > crate::resume::COMPRESS_ABOVE {
+        match crate::resume::is_gzip(path) {
+            // A docked handheld's `.ndjson.gz` goes as it is.
+            Ok(true) => None,
+            Ok(false) => match crate::resume::write_gz(path) {
+                Ok(gz) => Some(gz),
+                Err(e) => {
+                    return (
+                        Outcome::Stop(format!("cannot compress {}: {e}", path.display())),
+                        0,
+                    )
+                }
+            },
+            Err(e) => {
+                return (
+                    Outcome::Stop(format!("cannot read {}: {e}", path.display())),
+                    0,
+                )
             }
-            Err(e) => return Outcome::Retry(format!("{}: {e}", config.upload.url)),
         }
-    }
-    let Some(s) = guard.as_mut() else {
-        return Outcome::Retry("no FTP session".into());
+    } else {
+        None
     };
-    let outcome = ftp::put(s, path, name);
-    if !matches!(outcome, Outcome::Delivered { .. }) {
-        // Start afresh next time: the session may be in any state after an error.
-        *guard = None;
+    match gzipped {
+        Some(gz) => ftp::deliver(&mut guard, config, &gz, &format!("{name}.gz"), progress),
+        None => ftp::deliver(&mut guard, config, path, name, progress),
     }
-    outcome
 }
 
 /// Deletes delivered batches (and their receipts) delivered more than `days` ago, by

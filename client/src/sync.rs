@@ -334,7 +334,13 @@ pub fn purge(home: &Home, remote: bool, yes: bool) -> anyhow::Result<ExitCode> {
 fn own_remote_files(home: &Home) -> anyhow::Result<BTreeSet<String>> {
     let mut mine = state::read(home)?.pushed;
     for dir in [OUTBOX, SENT, REJECTED] {
-        mine.extend(list_files(&home.dir(dir))?);
+        for name in list_files(&home.dir(dir))? {
+            // A batch goes over FTP as NAME or gzipped as NAME.gz, through NAME(.gz).part
+            // (kept after a cut, for the next send to resume).
+            for suffix in ["", ".part", ".gz", ".gz.part"] {
+                mine.insert(format!("{name}{suffix}"));
+            }
+        }
     }
     Ok(mine)
 }

@@ -37,6 +37,9 @@ struct Shared {
     connections: AtomicU64,
     cuts: AtomicU64,
     stop: AtomicBool,
+    /// An FTP control connection: passive-mode answers are rewritten to data ports of
+    /// the link's own (see [`Link::ftp`]).
+    ftp: bool,
 }
 
 /// The proxy; it stops when dropped.
@@ -48,6 +51,19 @@ pub struct Link {
 impl Link {
     /// A proxy on a free loopback port that forwards to `target`.
     pub fn new(target: SocketAddr, conditions: Conditions) -> Link {
+        Link::start(target, conditions, false)
+    }
+
+    /// A proxy in front of an FTP server (plain FTP, passive mode) that carries the data
+    /// connections too, under the same conditions: the server's `227` and `229` answers
+    /// are rewritten to a port of the link's own that forwards one data connection to
+    /// the port the server named. A data connection is cut with its control connection
+    /// (the link drops as a whole). FTPS hides those answers from the link: plain only.
+    pub fn ftp(target: SocketAddr, conditions: Conditions) -> Link {
+        Link::start(target, conditions, true)
+    }
+
+    fn start(target: SocketAddr, conditions: Conditions, ftp: bool) -> Link {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the link");
         let addr = listener.local_addr().expect("link address");
         listener
@@ -60,6 +76,7 @@ impl Link {
             connections: AtomicU64::new(0),
             cuts: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            ftp,
         });
         let s = shared.clone();
         std::thread::spawn(move || accept(listener, target, s));
@@ -118,24 +135,44 @@ fn accept(listener: TcpListener, target: SocketAddr, shared: Arc<Shared>) {
 }
 
 fn connect(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, n: u64) {
+    forward(client, target, shared, n, None);
+}
+
+/// Carries one connection; `data_of`: a data connection, cut when its control
+/// connection (opened then) is.
+fn forward(
+    client: TcpStream,
+    target: SocketAddr,
+    shared: Arc<Shared>,
+    n: u64,
+    data_of: Option<Instant>,
+) {
     let _ = client.set_nonblocking(false);
     let Ok(server) = TcpStream::connect(target) else {
         return;
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let opened = Instant::now();
+    let opened = data_of.unwrap_or_else(Instant::now);
     let conditions = shared.conditions.lock().unwrap().clone();
-    let lose_answer = conditions
-        .drop_answer_every
-        .is_some_and(|k| k > 0 && n.is_multiple_of(k));
+    let lose_answer = data_of.is_none()
+        && conditions
+            .drop_answer_every
+            .is_some_and(|k| k > 0 && n.is_multiple_of(k));
+    // The FTP control connection's answers name data ports: rewritten to the link's.
+    let rewrite = (shared.ftp && data_of.is_none()).then(|| Passive {
+        server_ip: target.ip(),
+        shared: shared.clone(),
+        opened,
+        pending: Vec::new(),
+    });
     let closed = Arc::new(AtomicBool::new(false));
     let (c2, s2) = (
         client.try_clone().expect("clone"),
         server.try_clone().expect("clone"),
     );
     let (sh, cl) = (shared.clone(), closed.clone());
-    let up = std::thread::spawn(move || pump(c2, s2, &sh, &cl, opened, Dir::Up, false));
+    let up = std::thread::spawn(move || pump(c2, s2, &sh, &cl, opened, Dir::Up, false, None));
     pump(
         server,
         client,
@@ -144,8 +181,93 @@ fn connect(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, n: u64) {
         opened,
         Dir::Down,
         lose_answer,
+        rewrite,
     );
     let _ = up.join();
+}
+
+/// Rewrites an FTP control connection's passive-mode answers (`227 … (h1,h2,h3,h4,p1,p2)`,
+/// `229 … (|||port|)`) to ports of the link's own that forward to the server's.
+struct Passive {
+    server_ip: std::net::IpAddr,
+    shared: Arc<Shared>,
+    /// When the control connection opened: its data connections are cut with it.
+    opened: Instant,
+    /// The start of a line not yet complete.
+    pending: Vec<u8>,
+}
+
+impl Passive {
+    /// The complete lines of what has come so far, rewritten; the rest waits.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(bytes);
+        let Some(end) = self.pending.iter().rposition(|&b| b == b'\n') else {
+            return Vec::new();
+        };
+        let lines: Vec<u8> = self.pending.drain(..=end).collect();
+        let mut out = Vec::with_capacity(lines.len());
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            out.extend_from_slice(&self.line(line));
+        }
+        out
+    }
+
+    fn line(&self, line: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(line);
+        let (Some(open), Some(close)) = (text.find('('), text.rfind(')')) else {
+            return line.to_vec();
+        };
+        let inner = &text[open + 1..close];
+        let target = if text.starts_with("227 ") {
+            let n: Vec<u16> = inner
+                .split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect();
+            if n.len() != 6 {
+                return line.to_vec();
+            }
+            let ip = std::net::Ipv4Addr::new(n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8);
+            SocketAddr::from((ip, n[4] * 256 + n[5]))
+        } else if text.starts_with("229 ") {
+            match inner.trim_matches('|').parse::<u16>() {
+                Ok(port) => SocketAddr::new(self.server_ip, port),
+                Err(_) => return line.to_vec(),
+            }
+        } else {
+            return line.to_vec();
+        };
+        let port = self.data_port(target);
+        let inner = if text.starts_with("227 ") {
+            format!("127,0,0,1,{},{}", port / 256, port % 256)
+        } else {
+            format!("|||{port}|")
+        };
+        format!("{}({inner}){}", &text[..open], &text[close + 1..]).into_bytes()
+    }
+
+    /// A port on the link that forwards the next connection to `target` (one data
+    /// connection; given up after 30 s without one).
+    fn data_port(&self, target: SocketAddr) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a data port");
+        let port = listener.local_addr().expect("data port").port();
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let (shared, opened) = (self.shared.clone(), self.opened);
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until && !shared.stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        forward(client, target, shared, 0, Some(opened));
+                        return;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        port
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -155,7 +277,9 @@ enum Dir {
 }
 
 /// Copies `from` to `to` under the link's conditions until either side closes, the
-/// connection's time is up or the link stops.
+/// connection's time is up or the link stops; `rewrite` (an FTP control connection's
+/// answers) passes what it carries through [`Passive`].
+#[allow(clippy::too_many_arguments)]
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
@@ -164,6 +288,7 @@ fn pump(
     opened: Instant,
     dir: Dir,
     swallow: bool,
+    mut rewrite: Option<Passive>,
 ) {
     let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
     let mut buf = vec![0u8; 16 * 1024];
@@ -231,7 +356,11 @@ fn pump(
                     close(&from, &to);
                     return;
                 }
-                if to.write_all(&buf[..k]).is_err() {
+                let out = match rewrite.as_mut() {
+                    Some(r) => r.feed(&buf[..k]),
+                    None => buf[..k].to_vec(),
+                };
+                if to.write_all(&out).is_err() {
                     close(&from, &to);
                     return;
                 }
