@@ -10,6 +10,7 @@ mod export;
 mod ftp;
 mod ftp_client;
 mod http;
+mod link;
 mod openrosa;
 mod pg;
 mod run;
@@ -54,6 +55,9 @@ enum Scenario {
     /// Many small files dropped into the `CTData` folder at once, against the HTTP
     /// upload of the same batches.
     Burst(burst::BurstArgs),
+    /// One large import sent with the `ctdata` client through a link that cuts every
+    /// few seconds, against the same link without cuts.
+    Link(link::LinkArgs),
 }
 
 #[derive(Args)]
@@ -149,6 +153,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Ftp(args) => ftp::run(args),
         Scenario::Openrosa(args) => openrosa::run(args),
         Scenario::Burst(args) => burst::run(args),
+        Scenario::Link(args) => link::run(args),
     }
 }
 
