@@ -176,7 +176,9 @@ fn phase(
 }
 
 fn ok(mut cmd: Command, what: &str) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("running ctdata {what}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running ctdata {what}"))?;
     ensure!(
         out.status.success(),
         "ctdata {what} failed ({}): {}",
@@ -201,7 +203,10 @@ fn report(args: &LinkArgs, raw: u64, uncut: &Phase, cut: &Phase) -> String {
         "| measure                                  |              value |".into(),
         "| ---------------------------------------- | -----------------: |".into(),
         row2("time to deliver, cut link, s", format!("{:.1}", cut.secs)),
-        row2("time to deliver, uncut link, s", format!("{:.1}", uncut.secs)),
+        row2(
+            "time to deliver, uncut link, s",
+            format!("{:.1}", uncut.secs),
+        ),
         row2(
             "ratio uncut / cut time (target ≥ 0.8)",
             format!("{ratio:.2} {}", verdict(ratio >= 0.8)),
