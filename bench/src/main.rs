@@ -10,6 +10,7 @@ mod export;
 mod ftp;
 mod ftp_client;
 mod http;
+mod link;
 mod openrosa;
 mod pg;
 mod run;
@@ -59,6 +60,9 @@ enum Scenario {
     /// dashboard's one-week and bounding-box queries, and HTTP ingest into that
     /// database against an empty one.
     Scale(scale::ScaleArgs),
+    /// One large import sent with the `ctdata` client through a link that cuts every
+    /// few seconds, against the same link without cuts.
+    Link(link::LinkArgs),
 }
 
 #[derive(Args)]
@@ -155,6 +159,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Openrosa(args) => openrosa::run(args),
         Scenario::Burst(args) => burst::run(args),
         Scenario::Scale(args) => scale::run(args),
+        Scenario::Link(args) => link::run(args),
     }
 }
 

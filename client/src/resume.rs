@@ -3,9 +3,15 @@
 //! offset says.
 //!
 //! Beside `outbox/NAME` the upload keeps `outbox/.NAME.gz` (the compressed batch,
-//! written once) and `outbox/.NAME.upload.json` (its URL on the server, length and
-//! SHA-256), so a client killed mid-upload resumes after a restart instead of starting
-//! again. Both go once the batch is delivered or refused.
+//! written once; `.NAME.gz.src` names the size and modification time of the batch it
+//! was made from, so a batch replaced since, by a re-dock, is compressed again) and
+//! `outbox/.NAME.upload.json` (its URL on the server, length and SHA-256), so a client
+//! killed mid-upload resumes after a restart instead of starting again. They go once
+//! the batch is delivered or refused.
+//!
+//! A `PATCH` answered 409, 412, 423 or 460 (offset moved, busy, checksum mismatch)
+//! resumes from the offset a `HEAD` gives; 404 or 410 (the upload expired or was lost)
+//! starts a new upload, at most [`RESTARTS`] times per send.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -33,6 +39,12 @@ const MAX_PIECE: usize = 1024 * 1024;
 pub const STALL: Duration = Duration::from_secs(15);
 /// Resumes in a row that gain nothing before the batch is left for a later try.
 const FRUITLESS_TRIES: u32 = 4;
+/// New uploads after the server lost one (404, 410: expired, swept) before the batch is
+/// left for a later try: a server that keeps losing uploads is not fed forever.
+const RESTARTS: u32 = 3;
+/// Whole uploads the server found damaged (460: it starts them again from 0) before the
+/// batch is left for a later try.
+const DAMAGED: u32 = 3;
 
 /// What is remembered of an upload in progress.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +89,18 @@ fn remember(batch: &Path, r: &Resume) {
 pub fn forget(batch: &Path) {
     let _ = std::fs::remove_file(resume_path(batch));
     let _ = std::fs::remove_file(gz_path(batch));
+    let _ = std::fs::remove_file(side(batch, ".gz.src"));
+}
+
+/// What identifies the batch a `.gz` was made from: its size and modification time.
+fn source_key(batch: &Path) -> std::io::Result<String> {
+    let m = std::fs::metadata(batch)?;
+    let mtime = m
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok(format!("{} {mtime}", m.len()))
 }
 
 /// gzip (fast level) of `bytes`.
@@ -97,6 +121,23 @@ pub fn is_gzip(file: &Path) -> std::io::Result<bool> {
 /// same batch always gives the same bytes); returns its path.
 pub fn write_gz(batch: &Path) -> std::io::Result<PathBuf> {
     let gz = gz_path(batch);
+    let key = source_key(batch)?;
+    let src = side(batch, ".gz.src");
+    if gz.exists() && std::fs::read_to_string(&src).ok().as_deref() != Some(key.as_str()) {
+        // Made from another batch of this name (re-docked since): never sent for it.
+        std::fs::remove_file(&gz)?;
+    }
+    if !gz.exists() {
+        // Before the `.gz` appears: a crash in between leaves no `.gz` to trust.
+        crate::home::write_atomic(&src, key.as_bytes())?;
+    }
+    if !gz.exists() && is_gzip(batch)? {
+        // A docked handheld's `.ndjson.gz`: the server inflates one layer only.
+        let tmp = side(batch, ".gz.tmp");
+        std::fs::copy(batch, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &gz)?;
+    }
     if !gz.exists() {
         let tmp = side(batch, ".gz.tmp");
         let mut input = std::io::BufReader::new(std::fs::File::open(batch)?);
@@ -113,15 +154,7 @@ pub fn write_gz(batch: &Path) -> std::io::Result<PathBuf> {
 /// Writes `.NAME.gz` once (a copy of a batch that is gzip already); returns its length
 /// and SHA-256.
 fn compressed(batch: &Path) -> std::io::Result<(u64, String)> {
-    let gz = gz_path(batch);
-    if !gz.exists() && is_gzip(batch)? {
-        // A docked handheld's `.ndjson.gz`: the server inflates one layer only.
-        let tmp = side(batch, ".gz.tmp");
-        std::fs::copy(batch, &tmp)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &gz)?;
-    }
-    write_gz(batch)?;
+    let gz = write_gz(batch)?;
     let mut f = std::fs::File::open(&gz)?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -178,6 +211,7 @@ pub async fn upload(
     let mut resume = remembered(batch).filter(|r| r.sha256 == sha256 && r.length == length);
     let mut piece = FIRST_PIECE;
     let mut fruitless = 0u32;
+    let (mut restarts, mut damaged) = (0u32, 0u32);
     // Asks for the receipt of a complete upload whose answer was lost.
     let mut waits = 0u32;
     let mut last_error = String::new();
@@ -196,7 +230,7 @@ pub async fn upload(
                 }
                 Ok(None) => return None,
                 Err(Step::Answer(o)) => return done(o, wire),
-                Err(Step::Net(why)) => {
+                Err(Step::Net(why) | Step::Lost(why)) => {
                     last_error = why;
                     fruitless += 1;
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -206,9 +240,13 @@ pub async fn upload(
         };
         let offset = match head(client, &r.url, token).await {
             Ok(Some(o)) => o,
-            // Gone on the server (expired, swept): start a new one.
+            // Gone on the server (expired, swept): start a new one, a few times.
             Ok(None) => {
                 forget_url(batch);
+                restarts += 1;
+                if restarts > RESTARTS {
+                    return done(Outcome::Retry(lost(&endpoint.url, restarts)), wire);
+                }
                 continue;
             }
             Err(why) => {
@@ -276,8 +314,32 @@ pub async fn upload(
                         piece = (piece * 2).min(MAX_PIECE);
                     }
                 }
-                Ok(resp) if resp.status() == StatusCode::CONFLICT => {
-                    break Err(Step::Net("the server's offset moved: resuming".into()));
+                // Offset moved, busy (another request, another replica), version:
+                // where it stands is for a HEAD to say.
+                Ok(resp) if matches!(resp.status().as_u16(), 409 | 412 | 423) => {
+                    let status = resp.status();
+                    let body = resp.bytes().await.unwrap_or_default();
+                    break Err(Step::Net(format!(
+                        "the server answered {status} ({}): resuming from its offset",
+                        error_text(&body)
+                    )));
+                }
+                Ok(resp) if resp.status().as_u16() == 460 => {
+                    damaged += 1;
+                    let body = resp.bytes().await.unwrap_or_default();
+                    let why = format!("checksum mismatch: {}", error_text(&body));
+                    if damaged > DAMAGED {
+                        break Err(Step::Answer(Outcome::Retry(format!(
+                            "{} found the upload damaged {damaged} times ({why}); it is \
+                             tried again later",
+                            endpoint.url
+                        ))));
+                    }
+                    break Err(Step::Net(why));
+                }
+                // The upload expired or was lost there: a new one.
+                Ok(resp) if matches!(resp.status().as_u16(), 404 | 410) => {
+                    break Err(Step::Lost(resp.status().to_string()));
                 }
                 Ok(resp) => {
                     let status = resp.status();
@@ -302,6 +364,15 @@ pub async fn upload(
                 return done(outcome, wire);
             }
             Err(Step::Answer(o)) => return done(o, wire),
+            Err(Step::Lost(status)) => {
+                forget_url(batch);
+                restarts += 1;
+                if restarts > RESTARTS {
+                    return done(Outcome::Retry(lost(&endpoint.url, restarts)), wire);
+                }
+                last_error = format!("the server answered {status}: the upload was lost there");
+                progress.set_position(0);
+            }
             Err(Step::Net(why)) => {
                 // Gaining ground: go on at once; otherwise count it.
                 if r.offset > before || at > before || at >= length {
@@ -325,6 +396,23 @@ enum Step {
     Answer(Outcome),
     /// The link failed: resume.
     Net(String),
+    /// The server no longer has the upload (404, 410): start a new one.
+    Lost(String),
+}
+
+fn lost(server: &str, restarts: u32) -> String {
+    format!(
+        "{server} lost the upload {restarts} times in a row (expired or removed there): \
+         the batch is tried again later"
+    )
+}
+
+/// The message of an error body, or its text.
+fn error_text(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect())
 }
 
 fn forget_url(batch: &Path) {
@@ -451,4 +539,63 @@ async fn finish(
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
     Ok(classify_answer(status, &body, server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gunzip(path: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_batch_replaced_since_is_compressed_again() {
+        let dir = std::env::temp_dir().join(format!(
+            "ctdata-resume-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let batch = dir.join("ranger-07-b.ndjson");
+        std::fs::write(&batch, b"{\"first\":1}\n").unwrap();
+        let (_, first) = compressed(&batch).unwrap();
+        assert_eq!(gunzip(&gz_path(&batch)), b"{\"first\":1}\n");
+        // Unchanged: the same .gz again.
+        assert_eq!(compressed(&batch).unwrap().1, first);
+
+        // Re-docked: other content, another size.
+        std::fs::write(&batch, b"{\"second\":22}\n").unwrap();
+        let (_, second) = compressed(&batch).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(gunzip(&gz_path(&batch)), b"{\"second\":22}\n");
+
+        // Same size, other content: the modification time tells.
+        std::fs::write(&batch, b"{\"second\":33}\n").unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&batch)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        compressed(&batch).unwrap();
+        assert_eq!(gunzip(&gz_path(&batch)), b"{\"second\":33}\n");
+
+        forget(&batch);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("ranger-07-b.ndjson")]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -17,7 +17,8 @@ pub mod client;
 pub mod ctx;
 pub mod ftp;
 pub mod httpz;
-pub mod link;
+/// The loopback link simulator, shared with the bench (`link/`).
+pub use ctdata_link as link;
 pub mod openrosa;
 pub mod smart;
 pub mod vsftpd;

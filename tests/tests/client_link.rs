@@ -18,6 +18,8 @@ both_backends! {
     large_import_arrives_once_through_a_cutting_link,
     small_batches_go_first_and_a_killed_send_resumes,
     import_and_seal_cut_large_batches,
+    a_damaged_upload_starts_again_and_arrives,
+    a_server_that_keeps_losing_uploads_is_not_fed_forever,
 }
 
 fn poor_link(cut_secs: f64) -> Conditions {
@@ -365,4 +367,158 @@ async fn a_silent_link_is_given_up_in_seconds() {
     assert!(out.contains("1 batch pending"), "{out}");
     assert!(out.contains("timed out"), "{out}");
     assert_eq!(db.scalar("SELECT COUNT(*) FROM sightings").await, 3);
+}
+
+/// The parts of `device`'s resumable uploads on the server.
+fn parts(env: &ServerEnv, device: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(env.drop_dir().join(".uploads").join(device))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "part"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A byte of the server's part is damaged while the client uploads: the server answers
+/// the last PATCH 460 and starts the upload again from 0; the client asks where it
+/// stands and sends it again, instead of taking the 460 for a final refusal.
+async fn a_damaged_upload_starts_again_and_arrives(db: TestDb) {
+    let mut env = ServerEnv::new(&db);
+    let cert = env.enable_https();
+    let token = env.device_token("ranger-07");
+    let server = env.serve().await;
+    let target = server
+        .http_base()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    // Slow enough (200 kB/s) that the damage lands before the last byte.
+    let link = Link::new(
+        target,
+        Conditions {
+            bytes_per_sec: Some(200_000),
+            ..Default::default()
+        },
+    );
+    let client = client_through(&link, &cert, &token);
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = import_file(dir.path(), 20_000);
+    client.ok(&["import", file.to_str().unwrap()]);
+    let send = tokio::task::spawn_blocking(move || {
+        let out = client.run(&["send"]);
+        (client, out)
+    });
+    let part = eventually("the upload under way", Duration::from_secs(60), || {
+        let part = parts(&env, "ranger-07")
+            .into_iter()
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| (50_000..400_000).contains(&m.len())));
+        std::future::ready(part)
+    })
+    .await;
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&part)
+            .unwrap();
+        let mut byte = [0u8];
+        f.seek(SeekFrom::Start(1000)).unwrap();
+        f.read_exact(&mut byte).unwrap();
+        f.seek(SeekFrom::Start(1000)).unwrap();
+        f.write_all(&[!byte[0]]).unwrap();
+    }
+    let (client, out) = tokio::time::timeout(Duration::from_secs(300), send)
+        .await
+        .expect("send to end")
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(summary.contains("sent 1 batch"), "{summary}");
+    assert!(
+        server.log_text().contains("460"),
+        "the server never found the damage"
+    );
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM sightings").await, 20_000);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+    drop(client);
+}
+
+/// A server that loses every upload (its records deleted as soon as they appear, as an
+/// expiry or a lost disk would): the client starts a new upload a bounded number of
+/// times, then leaves the batch for a later send, instead of looping.
+async fn a_server_that_keeps_losing_uploads_is_not_fed_forever(db: TestDb) {
+    let mut env = ServerEnv::new(&db);
+    let cert = env.enable_https();
+    let token = env.device_token("ranger-07");
+    let server = env.serve().await;
+    let target = server
+        .http_base()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let link = Link::new(
+        target,
+        Conditions {
+            bytes_per_sec: Some(200_000),
+            ..Default::default()
+        },
+    );
+    let client = client_through(&link, &cert, &token);
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = import_file(dir.path(), 20_000);
+    client.ok(&["import", file.to_str().unwrap()]);
+    let uploads = env.drop_dir().join(".uploads").join("ranger-07");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let losing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut lost = 0;
+            // Bounded: the send below ends within its timeout.
+            for _ in 0..60_000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                for e in std::fs::read_dir(&uploads).into_iter().flatten().flatten() {
+                    if e.path().extension().is_some_and(|x| x == "json")
+                        && std::fs::remove_file(e.path()).is_ok()
+                    {
+                        lost += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            lost
+        })
+    };
+    // One try of the batch (no retries of the send's own): its upload's restarts only.
+    let send = tokio::task::spawn_blocking(move || client.run(&["send", "--retries", "0"]));
+    let out = tokio::time::timeout(Duration::from_secs(240), send)
+        .await
+        .expect("the send to give up within 4 minutes")
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let lost = losing.join().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("lost the upload"), "{text}");
+    let created = server
+        .log_text()
+        .matches("resumable upload created")
+        .count();
+    // The first upload and three new ones (RESTARTS), then the batch waits.
+    assert!(
+        (2..=4).contains(&created),
+        "{created} uploads created, {lost} lost:\n{text}"
+    );
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM batches").await, 0);
 }

@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use ctdata_tests::link::{Conditions, Link};
-use ctdata_tests::{both_backends, eventually, Batch, ServerEnv, TestDb};
+use ctdata_tests::{both_backends, eventually, pg, Backend, Batch, ServerEnv, TestDb};
+use sqlx::Connection as _;
+use tokio::io::AsyncWriteExt as _;
 
 both_backends! {
     tus_upload_resumes_and_lands_on_one_receipt,
     uploads_cut_while_stored_leave_no_spool,
     spool_space_per_device_is_capped,
+    a_crash_mid_store_leaves_no_orphan,
 }
 
 /// Runs curl with `args`; returns the status, the response headers (lowercase names)
@@ -415,4 +418,273 @@ async fn spool_space_per_device_is_capped(db: TestDb) {
         0,
         "nothing left spooled"
     );
+}
+
+/// A connection that keeps the database from storing anything until dropped: on
+/// PostgreSQL an exclusive lock on `batches`, on SQLite the write lock.
+async fn block_stores(db: &TestDb) -> Box<dyn std::any::Any + Send> {
+    match db.backend {
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+            sqlx::query("LOCK TABLE batches IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            Box::new(c)
+        }
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            Box::new(c)
+        }
+    }
+}
+
+/// Names of the files in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// kill -9 while a finished resumable upload and a POST body are being stored (the
+/// database held, so the kill lands mid-store whatever the machine's speed): the store's
+/// hard link in `.uploads/` and the body in `.incoming/` are orphans, swept at the
+/// restart; the retries then get their receipts, each batch stored exactly once.
+async fn a_crash_mid_store_leaves_no_orphan(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    let token = env.device_token("ranger-07");
+    let server = env.serve().await;
+    let base = server.http_base();
+    let http = reqwest::Client::new();
+    let big = Batch::new("ranger-07", 3000);
+    let bytes = big.ndjson();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b.ndjson"), &bytes).unwrap();
+    let sha = sha256_hex(&dir.path().join("b.ndjson"));
+    let r = http
+        .post(format!("{base}/api/v1/uploads"))
+        .bearer_auth(&token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", bytes.len())
+        .header(
+            "Upload-Metadata",
+            format!(
+                "filename {},sha256 {}",
+                b64(b"b.ndjson"),
+                b64(sha.as_bytes())
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let url = format!("{base}{}", r.headers()["location"].to_str().unwrap());
+    let id = url.rsplit('/').next().unwrap().to_string();
+    let posted = Batch::new("ranger-07", 1000).ndjson();
+
+    let blocker = block_stores(&db).await;
+    // The PATCH that completes the upload, and a POST: both stuck in their store.
+    let patch = tokio::spawn(
+        http.patch(&url)
+            .bearer_auth(&token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", 0)
+            .body(bytes.clone())
+            .send(),
+    );
+    let post = tokio::spawn(
+        http.post(format!("{base}/api/v1/batches"))
+            .bearer_auth(&token)
+            .body(posted.clone())
+            .send(),
+    );
+    let uploads = env.drop_dir().join(".uploads").join("ranger-07");
+    let incoming = env.drop_dir().join(".incoming").join("ranger-07");
+    let handed = format!("-upload-{id}");
+    eventually("both stores under way", Duration::from_secs(60), || {
+        let linked = names(&uploads).iter().any(|n| n.ends_with(&handed));
+        let spooled = !names(&incoming).is_empty();
+        std::future::ready((linked && spooled).then_some(()))
+    })
+    .await;
+    server.crash();
+    drop(blocker);
+    assert!(patch.await.unwrap().is_err(), "the killed server answered");
+    assert!(post.await.unwrap().is_err(), "the killed server answered");
+    // What the kill left: the upload, its store's hard link, the POST's body.
+    let left = names(&uploads);
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(names(&incoming).len(), 1);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM batches").await, 0);
+
+    let server = env.serve().await;
+    let base = server.http_base();
+    let url = format!("{base}/api/v1/uploads/{id}");
+    let want = vec![format!("{id}.json"), format!("{id}.part")];
+    eventually("the orphans swept", Duration::from_secs(60), || {
+        std::future::ready((names(&uploads) == want && names(&incoming).is_empty()).then_some(()))
+    })
+    .await;
+    // The retries: the upload is complete (HEAD says so), its receipt comes once.
+    let h = http
+        .head(&url)
+        .bearer_auth(&token)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.status().as_u16(), 200);
+    assert_eq!(
+        h.headers()["upload-offset"].to_str().unwrap(),
+        bytes.len().to_string()
+    );
+    let mut receipts = Vec::new();
+    for _ in 0..2 {
+        let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        receipts.push(r.json::<serde_json::Value>().await.unwrap());
+    }
+    assert_eq!(receipts[0]["status"], "ingested", "{}", receipts[0]);
+    assert_eq!(receipts[0], receipts[1], "one receipt, however often asked");
+    assert_eq!(receipts[0]["inserted"], 3000);
+    let r = http
+        .post(format!("{base}/api/v1/batches"))
+        .bearer_auth(&token)
+        .body(posted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        201,
+        "the POST's batch was never stored"
+    );
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM batches").await, 2);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM sightings").await, 4000);
+    // Stored: only the upload's record (with its receipt) stays, nothing spooled.
+    assert_eq!(names(&uploads), vec![format!("{id}.json")]);
+    assert!(names(&incoming).is_empty());
+    drop(server);
+}
+
+/// Two servers on one PostgreSQL database and one `CTData` folder (replicas): while one
+/// receives a PATCH of an upload, a PATCH of the same upload to the other gets 409
+/// `upload_locked` and appends nothing; once the first ends, the upload resumes on the
+/// second from the offset the first left, and lands on one receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_never_append_to_one_upload_at_once() {
+    let Some(db) = pg().await else { return };
+    let root = tempfile::tempdir().unwrap();
+    let shared = root.path().join("CTData");
+    let envs: Vec<ServerEnv> = ["r0", "r1"]
+        .iter()
+        .map(|name| {
+            let mut env = ServerEnv::new(&db);
+            env.set("CTDATA__INGEST__DROP_DIR", &shared.display().to_string());
+            env.set("CTDATA__REPLICA__NAME", name);
+            env
+        })
+        .collect();
+    let token = envs[0].device_token("ranger-07");
+    let a = envs[0].serve().await;
+    let b = envs[1].serve().await;
+    let http = reqwest::Client::new();
+    let bytes = Batch::new("ranger-07", 2000).ndjson();
+    let len = bytes.len();
+    let r = http
+        .post(format!("{}/api/v1/uploads", a.http_base()))
+        .bearer_auth(&token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", len)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let path = r.headers()["location"].to_str().unwrap().to_string();
+
+    // A PATCH to the first whose body stops after 100,000 bytes, its connection open.
+    let first = 100_000;
+    let addr = a.http_base().trim_start_matches("http://").to_string();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Tus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n\
+         Upload-Offset: 0\r\nContent-Length: {len}\r\n\r\n"
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(&bytes[..first]).await.unwrap();
+    stalled.flush().await.unwrap();
+    let url_b = format!("{}{path}", b.http_base());
+    let offset_b = || async {
+        let h = http
+            .head(&url_b)
+            .bearer_auth(&token)
+            .header("Tus-Resumable", "1.0.0")
+            .send()
+            .await
+            .unwrap();
+        let o: usize = h.headers()["upload-offset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        o
+    };
+    eventually(
+        "the first server to hold the bytes",
+        Duration::from_secs(30),
+        || async { (offset_b().await == first).then_some(()) },
+    )
+    .await;
+    let patch_b = |at: usize| {
+        http.patch(&url_b)
+            .bearer_auth(&token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", at)
+            .body(bytes[at..].to_vec())
+            .send()
+    };
+    let r = patch_b(first).await.unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "upload_locked", "{body}");
+    assert_eq!(
+        offset_b().await,
+        first,
+        "the refused PATCH appended nothing"
+    );
+
+    // The first PATCH's client goes away: the second server takes the upload on.
+    drop(stalled);
+    let receipt = eventually(
+        "the upload finished on the second",
+        Duration::from_secs(60),
+        || async {
+            let at = offset_b().await;
+            let r = patch_b(at).await.unwrap();
+            match r.status().as_u16() {
+                409 => None,
+                201 => Some(r.json::<serde_json::Value>().await.unwrap()),
+                other => panic!("PATCH answered {other}: {}", r.text().await.unwrap()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(receipt["status"], "ingested", "{receipt}");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM sightings").await, 2000);
+    drop((a, b));
 }

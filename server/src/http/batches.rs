@@ -57,7 +57,8 @@ async fn post_batch(
     // Removed if this request ends before the body is handed over (an error, or the
     // client gone and this future dropped with its connection).
     let guard = SpoolGuard(Some(spool.clone()));
-    spool_body(&state, &device, &headers, body, &spool).await?;
+    // Locked from its creation to the end of its store: the sweep leaves it alone.
+    let held = spool_body(&state, &device, &headers, body, &spool).await?;
     // The store runs in a task of its own: a client that goes away while a received
     // body is being stored does not stop it (its retry is then a duplicate and gets the
     // same receipt), and nothing is left behind in `.incoming/` either way.
@@ -67,6 +68,7 @@ async fn post_batch(
     // of one device on disk.
     let store = tokio::spawn(async move {
         let _slot = slot;
+        let _held = held;
         deliver_upload(
             &state,
             &device,
@@ -215,19 +217,28 @@ fn check_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
 /// Bodies up to this size are gathered in memory before they are written.
 const HELD_BODY_BYTES: usize = 256 * 1024;
 
-async fn create_spool(spool: &std::path::Path) -> std::io::Result<tokio::fs::File> {
-    tokio::fs::create_dir_all(spool.parent().expect("spool has a folder")).await?;
-    tokio::fs::File::create(spool).await
+/// Creates `spool` and takes its lock (`flock`): while the lock is held, the sweep of
+/// orphans (what a crash left, see `resumable::sweep`) does not take it for one, on any
+/// server sharing the folder. Returns the file and a handle that holds the lock.
+fn create_spool(spool: &std::path::Path) -> std::io::Result<(std::fs::File, std::fs::File)> {
+    std::fs::create_dir_all(spool.parent().expect("spool has a folder"))?;
+    let file = std::fs::File::create(spool)?;
+    let lock = file.try_clone()?;
+    // Just created: nobody else holds it; should it fail, the sweep's grace still
+    // spares a file being written.
+    let _ = lock.try_lock();
+    Ok((file, lock))
 }
 
-/// Streams the body to `spool`, refusing it as soon as it passes the limit.
+/// Streams the body to `spool`, refusing it as soon as it passes the limit. Returns the
+/// handle that holds the spool's lock.
 async fn spool_body(
     state: &AppState,
     device: &str,
     headers: &HeaderMap,
     body: Body,
     spool: &std::path::Path,
-) -> Result<(), ApiError> {
+) -> Result<std::fs::File, ApiError> {
     let limit = state.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -252,6 +263,7 @@ async fn spool_body(
     // one blocking call; a large one goes to the file as it arrives.
     let mut held: Vec<u8> = Vec::new();
     let mut file: Option<tokio::io::BufWriter<tokio::fs::File>> = None;
+    let mut lock = None;
     let mut written = 0u64;
     let mut stream = body.into_data_stream();
     let idle = state.body_idle_timeout;
@@ -275,7 +287,12 @@ async fn spool_body(
             Some(f) => f.write_all(&chunk).await?,
             None if written as usize <= HELD_BODY_BYTES => held.extend_from_slice(&chunk),
             None => {
-                let mut f = tokio::io::BufWriter::new(create_spool(spool).await?);
+                let path = spool.to_path_buf();
+                let (created, locked) = tokio::task::spawn_blocking(move || create_spool(&path))
+                    .await
+                    .map_err(anyhow::Error::from)??;
+                lock = Some(locked);
+                let mut f = tokio::io::BufWriter::new(tokio::fs::File::from_std(created));
                 f.write_all(&held).await?;
                 f.write_all(&chunk).await?;
                 held = Vec::new();
@@ -283,17 +300,22 @@ async fn spool_body(
             }
         }
     }
-    match file {
-        Some(mut f) => f.flush().await?,
-        None => {
+    match (file, lock) {
+        (Some(mut f), Some(lock)) => {
+            f.flush().await?;
+            Ok(lock)
+        }
+        _ => {
             let spool = spool.to_path_buf();
-            tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(spool.parent().expect("spool has a folder"))?;
-                std::fs::write(&spool, held)
+            let lock = tokio::task::spawn_blocking(move || {
+                use std::io::Write as _;
+                let (mut f, lock) = create_spool(&spool)?;
+                f.write_all(&held)?;
+                std::io::Result::Ok(lock)
             })
             .await
             .map_err(anyhow::Error::from)??;
+            Ok(lock)
         }
     }
-    Ok(())
 }

@@ -21,6 +21,11 @@
 //!
 //! Files: `.uploads/<device>/<id>.part` (the bytes so far), `<id>.json` (its length,
 //! metadata, expiry and, once stored, the receipt). They survive a restart.
+//!
+//! The part's lock (`flock`) is held by the `PATCH` writing it and by the store of a
+//! complete upload, so servers sharing one folder (replicas) never append to one part
+//! at once (the second `PATCH` gets 409 `upload_locked`) nor store it twice; and the
+//! sweep (at start, every minute) removes what a crash left that no live request owns.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -180,34 +185,92 @@ pub(crate) fn spool_in_use(layout: &Layout, device: &str) -> u64 {
     total
 }
 
+/// A file younger than this is never taken for an orphan: a spool or part is locked by
+/// its owner a moment after its name appears, and a `.tmp` is renamed within
+/// milliseconds.
+const ORPHAN_GRACE: Duration = Duration::from_secs(60);
+
+/// Opens `path` and takes its lock (`flock`, shared by every server on the folder)
+/// without waiting: `None` while another request, or another server sharing the
+/// folder, holds it.
+fn try_lock(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new().read(true).open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Removes `path` if no live request of any server owns it: its owner holds its lock
+/// (a crashed server's locks went with it). With `grace`, a file changed within
+/// [`ORPHAN_GRACE`] stays too (its owner may be about to lock it). Returns whether it
+/// went.
+fn remove_if_orphan(path: &Path, grace: bool) -> bool {
+    if grace {
+        let young = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().map_or(true, |age| age < ORPHAN_GRACE))
+            .unwrap_or(true);
+        if young {
+            return false;
+        }
+    }
+    match try_lock(path) {
+        // Removed while locked: nobody can take it over in between.
+        Ok(Some(_held)) => std::fs::remove_file(path).is_ok(),
+        _ => false,
+    }
+}
+
 /// Deletes expired uploads of every device (finished ones too: their receipt has been
-/// kept long enough for a client to come back for it). Returns how many went.
+/// kept long enough for a client to come back for it), and what a crash (kill -9 while
+/// a finished upload or a POST body was being stored) left behind that no live upload
+/// owns: the stores' hard links beside the uploads, parts without their `.json`,
+/// temporary files, and bodies in `.incoming/` no request of any server holds.
+/// Returns how many uploads and orphans went.
 pub fn sweep(drop_dir: &Path) -> usize {
     let layout = Layout::new(drop_dir);
     let now = Utc::now();
     let mut swept = 0;
+    if let Ok(devices) = std::fs::read_dir(layout.folder(layout::INCOMING)) {
+        for device in devices.flatten() {
+            let Ok(files) = std::fs::read_dir(device.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                swept += usize::from(remove_if_orphan(&file.path(), true));
+            }
+        }
+    }
     let Ok(devices) = std::fs::read_dir(layout.folder(layout::UPLOADS)) else {
-        return 0;
+        return swept;
     };
     for device in devices.flatten() {
         let Ok(files) = std::fs::read_dir(device.path()) else {
             continue;
         };
+        let name = device.file_name().to_string_lossy().to_string();
         for file in files.flatten() {
             let path = file.path();
-            let (Some(stem), Some("json")) = (
-                path.file_stem().and_then(|s| s.to_str()),
-                path.extension().and_then(|s| s.to_str()),
-            ) else {
-                continue;
-            };
-            let meta = std::fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Meta>(&b).ok());
-            if meta.is_none_or(|m| m.expires_at < now) {
-                let name = device.file_name().to_string_lossy().to_string();
-                remove_upload(&layout, &name, stem);
-                swept += 1;
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            match path.extension().and_then(|s| s.to_str()) {
+                Some("json") => {
+                    let meta = std::fs::read(&path)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<Meta>(&b).ok());
+                    if meta.is_none_or(|m| m.expires_at < now) {
+                        remove_upload(&layout, &name, stem);
+                        swept += 1;
+                    }
+                }
+                // A part whose upload is gone (or not yet written: the grace).
+                Some("part") if meta_path(&layout, &name, stem).exists() => {}
+                Some("part") => swept += usize::from(remove_if_orphan(&path, true)),
+                Some("tmp") => swept += usize::from(remove_if_orphan(&path, true)),
+                // A store's hard link (`<stamp>-upload-<id>`): it shares the part's
+                // lock, which the store holds from before the link was made.
+                _ => swept += usize::from(remove_if_orphan(&path, false)),
             }
         }
     }
@@ -494,6 +557,32 @@ async fn append(
     };
     let _slot = state.uploads.acquire(&device).await?;
     let mut meta = read_meta(&layout, &device, &id)?;
+    // Across servers sharing the folder (replicas), the part's lock: a PATCH another
+    // server is still receiving keeps this one off (its client resumes after a HEAD).
+    let mut _locked = None;
+    if !meta.complete {
+        match try_lock(&part_path(&layout, &device, &id)) {
+            Ok(Some(lock)) => _locked = Some(lock),
+            Ok(None) => {
+                let current = held(&layout, &id, &meta)?;
+                let mut out = offset_headers(&meta, current);
+                out.remove(header::CONTENT_LENGTH);
+                let body = Json(ErrorBody {
+                    error: "upload_locked".into(),
+                    message: format!(
+                        "upload {id} is being written by another request (on another server \
+                         sharing this folder): HEAD, then resume from its offset"
+                    ),
+                });
+                return Ok((StatusCode::CONFLICT, out, body).into_response());
+            }
+            // Completed and stored by another server meanwhile: its meta says so.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        // What it holds now, the lock ours.
+        meta = read_meta(&layout, &device, &id)?;
+    }
     let current = held(&layout, &id, &meta)?;
     if offset != current {
         let mut out = offset_headers(&meta, current);
@@ -614,6 +703,7 @@ async fn append(
             .await
             .map_err(anyhow::Error::from)??;
     }
+    drop(_locked);
     drop(_writer);
     let receipt = stored(&state, &active, &id, meta.clone()).await?;
     let mut out = offset_headers(&meta, meta.length);
@@ -692,11 +782,29 @@ async fn stored(
     let task = tokio::spawn(async move {
         let _one = active.delivering.lock().await;
         let layout = Layout::new(&state.drop_dir);
+        let part = part_path(&layout, &meta.device, &id);
+        // One store at a time across servers sharing the folder too: the part's lock,
+        // held until the receipt is written. The hard link below shares it, so the
+        // sweep knows a link of a live store from one a crash left.
+        let p = part.clone();
+        let _lock = tokio::task::spawn_blocking(move || {
+            match std::fs::OpenOptions::new().read(true).open(&p) {
+                Ok(f) => f.lock().map(|()| Some(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(anyhow::Error::from)??;
         let meta = read_meta(&layout, &meta.device, &id).unwrap_or(meta);
         if let Some(receipt) = meta.receipt {
             return Ok(receipt);
         }
-        let part = part_path(&layout, &meta.device, &id);
+        if _lock.is_none() {
+            return Err(ApiError::Gone(format!(
+                "the bytes of upload {id} are gone from the server: create a new upload"
+            )));
+        }
         // The pipeline moves the file it files away: hand it a copy's name of its own
         // (a hard link), so the part stays until the receipt is written.
         let handed = layout
