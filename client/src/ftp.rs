@@ -228,6 +228,44 @@ pub fn put(session: &mut Session, path: &Path, name: &str) -> Outcome {
     }
 }
 
+/// Uploads a batch relayed for `handheld` (send on sync) into `relay/HANDHELD/`,
+/// which the server takes as the handheld's when `station` may relay for it.
+pub fn put_relayed(
+    session: &mut Session,
+    path: &Path,
+    name: &str,
+    station: &str,
+    handheld: &str,
+) -> Outcome {
+    let folder = format!("{}/{handheld}", crate::share::RELAY_FOLDER);
+    let remote = format!("{folder}/{name}");
+    let outcome = match session {
+        Session::Plain(s) => {
+            let _ = s.mkdir(crate::share::RELAY_FOLDER);
+            let _ = s.mkdir(&folder);
+            put_on(s, path, &remote)
+        }
+        Session::Tls(s) => {
+            let _ = s.mkdir(crate::share::RELAY_FOLDER);
+            let _ = s.mkdir(&folder);
+            put_on(s, path, &remote)
+        }
+    };
+    match outcome {
+        // 550 on the rename into place: the server does not let this station relay
+        // for the handheld (it says why in its log). This batch is refused; the
+        // others still go.
+        Outcome::Retry(why) if why.starts_with("renaming") && why.contains("550") => {
+            Outcome::Refused(format!(
+                "{why}: the server refuses batches of {handheld} from {station}; may \
+                 {station} relay for {handheld}? The administrator can allow it with \
+                 `ctdata-server device relay {station} --for {handheld}`"
+            ))
+        }
+        other => other,
+    }
+}
+
 fn put_on<T: TlsStream>(s: &mut ImplFtpStream<T>, path: &Path, name: &str) -> Outcome {
     let part = format!("{name}.part");
     let mut file = match std::fs::File::open(path) {

@@ -108,6 +108,9 @@ enum Command {
     ///
     /// Files are remembered by content hash, so the same file is never taken twice.
     /// Source files are left alone unless --move (they then go to docked/ in the home).
+    /// A handheld's files keep its name: a CTData batch by the device it names, a CSV
+    /// or GeoJSON by --device or its subfolder DIR/NAME/; they are relayed as they are,
+    /// so the same file docked at two PCs is stored once.
     Dock(DockArgs),
     /// Download the consolidated sightings added since the last pull: a file in inbox/,
     /// or into a local SQLite copy with --into (the "master database" of a secondary).
@@ -377,6 +380,12 @@ pub struct DockArgs {
     /// How often --watch looks
     #[arg(long, default_value = "2s")]
     pub interval: Dur,
+    /// The handheld that recorded the CSV and GeoJSON files in DIR (they name no device
+    /// themselves); without it, a file in a subfolder DIR/NAME/ is NAME's. Such files
+    /// are sent as they are, for that handheld: the server must let this station relay
+    /// for it (`ctdata-server device relay STATION --for NAME`)
+    #[arg(long, value_name = "NAME")]
+    pub device: Option<String>,
 }
 
 fn main() -> ExitCode {

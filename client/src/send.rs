@@ -215,6 +215,8 @@ async fn send_outbox(
         None => progress_bar(names.len()),
     };
     let mut report = Report::default();
+    // The handheld each docked batch is relayed for.
+    let relayed = state::read(home)?.relayed;
     for (i, name) in names.iter().enumerate() {
         if opts.stop.load(Ordering::SeqCst) {
             break;
@@ -233,7 +235,9 @@ async fn send_outbox(
             .with_max_times(opts.retries as usize)
             .build();
         let outcome = loop {
-            let (outcome, wire) = deliver(&transport, config, &path, name, &progress).await;
+            let relay = relayed.get(name).map(String::as_str);
+            let (outcome, wire) =
+                deliver(&transport, config, &path, name, relay, &progress).await;
             report.wire_bytes += wire;
             match outcome {
                 Outcome::Retry(ref why) => {
@@ -304,41 +308,50 @@ async fn send_outbox(
     Ok(report)
 }
 
+/// Delivers one batch; `relay`: the handheld it is relayed for (send on sync).
 async fn deliver(
     transport: &Transport,
     config: &Config,
     path: &Path,
     name: &str,
+    relay: Option<&str>,
     progress: &ProgressBar,
 ) -> (Outcome, u64) {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let handed = |o: Outcome| (o, size);
     match transport {
         Transport::Http { client, token } => {
-            if size > crate::resume::RESUMABLE_ABOVE {
+            // A resumable upload has no relay header: a docked file goes whole.
+            if size > crate::resume::RESUMABLE_ABOVE && relay.is_none() {
                 let up = &config.upload;
                 if let Some(sent) = crate::resume::upload(client, up, token, path, progress).await {
                     return (sent.outcome, sent.wire);
                 }
             }
-            http::post_batch(client, &config.upload, token, path, progress).await
+            http::post_batch(client, &config.upload, token, path, relay, progress).await
         }
         Transport::Ftp(session) => {
             let (session, config) = (session.clone(), config.clone());
             let (path, name) = (path.to_path_buf(), name.to_string());
+            let relay = relay.map(str::to_string);
             handed(
-                tokio::task::spawn_blocking(move || ftp_put(&session, &config, &path, &name))
-                    .await
-                    .unwrap_or_else(|e| Outcome::Retry(format!("the FTP uploader failed: {e}"))),
+                tokio::task::spawn_blocking(move || {
+                    ftp_put(&session, &config, &path, &name, relay.as_deref())
+                })
+                .await
+                .unwrap_or_else(|e| Outcome::Retry(format!("the FTP uploader failed: {e}"))),
             )
         }
         Transport::Share => {
             let (up, device) = (config.upload.clone(), config.device.clone());
             let (path, name) = (path.to_path_buf(), name.to_string());
+            let relay = relay.map(str::to_string);
             handed(
-                tokio::task::spawn_blocking(move || share::put(&up, &device, &path, &name))
-                    .await
-                    .unwrap_or_else(|e| Outcome::Retry(format!("the share writer failed: {e}"))),
+                tokio::task::spawn_blocking(move || {
+                    share::put(&up, &device, &path, &name, relay.as_deref())
+                })
+                .await
+                .unwrap_or_else(|e| Outcome::Retry(format!("the share writer failed: {e}"))),
             )
         }
     }
@@ -349,6 +362,7 @@ fn ftp_put(
     config: &Config,
     path: &Path,
     name: &str,
+    relay: Option<&str>,
 ) -> Outcome {
     let mut guard = match session.lock() {
         Ok(g) => g,
@@ -368,7 +382,10 @@ fn ftp_put(
     let Some(s) = guard.as_mut() else {
         return Outcome::Retry("no FTP session".into());
     };
-    let outcome = ftp::put(s, path, name);
+    let outcome = match relay {
+        Some(device) => ftp::put_relayed(s, path, name, &config.device, device),
+        None => ftp::put(s, path, name),
+    };
     if !matches!(outcome, Outcome::Delivered { .. }) {
         // Start afresh next time: the session may be in any state after an error.
         *guard = None;

@@ -41,6 +41,10 @@ pub struct State {
     pub pushed: std::collections::BTreeSet<String>,
     /// `sync off`: autosend waits, `send` wants `--force`.
     pub sync_off: bool,
+    /// Send on sync: outbox batches a handheld recorded → that handheld. They go as
+    /// it is, for it (`X-CTData-Relay-For` over HTTP, `relay/<device>/` over FTP and
+    /// the share).
+    pub relayed: BTreeMap<String, String>,
 }
 
 impl Default for State {
@@ -56,6 +60,7 @@ impl Default for State {
             dock_bad: BTreeMap::new(),
             pushed: Default::default(),
             sync_off: false,
+            relayed: BTreeMap::new(),
         }
     }
 }

@@ -84,6 +84,7 @@ pub async fn ingest(
                 device: device.map(str::to_string),
                 claim: None,
                 filing: Filing::InPlace,
+                relayed_by: None,
             };
             receipts.push(deliverer.deliver(&file, &origin).await?);
         }

@@ -712,6 +712,7 @@ async fn stored(
             &handed,
             meta.file_name.clone(),
             format!("http/upload-{id}"),
+            None,
         )
         .await?;
         let mut done = meta;
