@@ -223,7 +223,7 @@ async fn send_outbox(
         }
         progress.set_prefix(format!("batch {}/{}", i + 1, names.len()));
         let path = dir.join(name);
-        let rows = outbox::batch_rows(&path).unwrap_or(0);
+        let rows = outbox::rows_in(&path);
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         progress.set_length(size);
         progress.set_position(0);
@@ -236,8 +236,7 @@ async fn send_outbox(
             .build();
         let outcome = loop {
             let relay = relayed.get(name).map(String::as_str);
-            let (outcome, wire) =
-                deliver(&transport, config, &path, name, relay, &progress).await;
+            let (outcome, wire) = deliver(&transport, config, &path, name, relay, &progress).await;
             report.wire_bytes += wire;
             match outcome {
                 Outcome::Retry(ref why) => {

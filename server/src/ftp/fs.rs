@@ -106,8 +106,8 @@ impl DeviceFs {
     /// device's own, or for `relay/<device>/…` a relay claim folder, when this device
     /// may relay for that one (refused with 550 otherwise, the reason in the log).
     async fn claim_dir(&self, device: &str, rel: &Rel) -> Result<String> {
-        let Some(handheld) = crate::layout::relayed_device(rel.path())
-            .filter(|h| !h.eq_ignore_ascii_case(device))
+        let Some(handheld) =
+            crate::layout::relayed_device(rel.path()).filter(|h| !h.eq_ignore_ascii_case(device))
         else {
             return Ok(device.to_string());
         };
