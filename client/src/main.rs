@@ -119,7 +119,7 @@ enum Command {
     /// never makes another miss rows. Uses the download settings (by default the upload
     /// ones); needs a token the server lets read sightings: an administrator's API
     /// token, or the device's own token when the server lists the device in
-    /// http.read_devices.
+    /// http.read_devices. On a terminal it shows the bytes received and the rate.
     Pull(PullArgs),
     /// Assisted sync: list files only here (outbox/, inbox/), only on the remote, and on
     /// both, saying whether their content is the same (size and SHA-256 on a share; size

@@ -2,7 +2,9 @@
 //! and file names built from them. No other module names a folder.
 //!
 //! Top level (the names are reserved, in any letter case, and never become devices):
-//! - `.processing/<device>/<stamp>[.<channel>][.cut]-<name>`: claimed share and FTP files;
+//! - `.processing/<device>/<stamp>[.<channel>][.cut]-<name>`: claimed share and FTP files
+//!   (`.processing/<device>+<station>/` for files a station relays from its
+//!   `relay/<device>/` folder);
 //! - `.incoming/<device>/<stamp>-upload`: HTTP request bodies being spooled;
 //! - `.uploads/<device>/<id>.part` and `<id>.json`: resumable HTTP uploads (tus);
 //! - `.pulling/<source>/<device>/<stamp>-<name>`: files fetched from remote sources;
