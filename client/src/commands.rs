@@ -293,7 +293,7 @@ pub fn status(home: &Home) -> anyhow::Result<ExitCode> {
     let queued = list_files(&home.dir(OUTBOX))?;
     let rows: u64 = queued
         .iter()
-        .filter_map(|f| outbox::batch_rows(&home.dir(OUTBOX).join(f)).ok())
+        .map(|f| outbox::rows_in(&home.dir(OUTBOX).join(f)))
         .sum();
     println!("open batch: {open} sightings (sealed by `ctdata seal` or `ctdata send`)");
     let batches = if queued.len() == 1 {
@@ -308,7 +308,7 @@ pub fn status(home: &Home) -> anyhow::Result<ExitCode> {
     for f in &queued {
         let path = home.dir(OUTBOX).join(f);
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let rows = outbox::batch_rows(&path).unwrap_or(0);
+        let rows = outbox::rows_in(&path);
         match crate::resume::remembered(&path) {
             Some(r) => println!(
                 "  {f}: {rows} sightings, {size} bytes; resumable at {} of {} bytes (gzip)",

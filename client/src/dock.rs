@@ -166,7 +166,8 @@ fn remember_bad(home: &Home, hash: String, why: &str) -> anyhow::Result<()> {
 
 fn take(home: &Home, config: &Config, a: &DockArgs, path: &Path) -> anyhow::Result<()> {
     let mut locked = outbox::lock(home, &config.device)?;
-    let imported = match relay(home, config, &mut locked, path)? {
+    let handheld = handheld_of(a, path)?;
+    let imported = match relay(home, config, &mut locked, path, handheld.as_deref())? {
         Some(done) => done,
         None => outbox::import(home, &config.device, &mut locked, path)?,
     };
@@ -191,16 +192,38 @@ fn take(home: &Home, config: &Config, a: &DockArgs, path: &Path) -> anyhow::Resu
     Ok(())
 }
 
-/// A CTData batch file that a handheld recorded under its own name is sent as it is:
-/// its device and batch id stay, so the server files it as the handheld's (when this
-/// station may relay for it) and the same batch docked at two PCs is stored once.
-/// Returns None for anything else (the station's own batches, CSV, GeoJSON), which is
-/// imported as before.
+/// The handheld a docked file that names no device belongs to: `--device`, else the
+/// subfolder of the dock folder it is in (`DIR/ranger-09/…`) when that is a device name.
+fn handheld_of(a: &DockArgs, path: &Path) -> anyhow::Result<Option<String>> {
+    if let Some(name) = &a.device {
+        if let Err(e) = name.parse::<ctdata_batch::DeviceName>() {
+            bail!("--device: {e}");
+        }
+        return Ok(Some(name.clone()));
+    }
+    let Ok(rel) = path.strip_prefix(&a.dir) else {
+        return Ok(None);
+    };
+    let mut parts = rel.iter();
+    let (Some(folder), Some(_file)) = (parts.next(), parts.next()) else {
+        return Ok(None);
+    };
+    let folder = folder.to_string_lossy();
+    Ok(ctdata_batch::DeviceName::is_valid(&folder).then(|| folder.into_owned()))
+}
+
+/// A file that a handheld recorded is sent as it is, for the handheld: a CTData batch
+/// that names it (its device and batch id stay), or a CSV or GeoJSON that names no
+/// device, from `handheld` (its batch id is then the server's, from the content). The
+/// server files it as the handheld's (when this station may relay for it) and the
+/// same file docked at two PCs is stored once. Returns None for anything else (the
+/// station's own batches and files), which is imported as before.
 fn relay(
     home: &Home,
     config: &Config,
     locked: &mut state::Locked,
     path: &Path,
+    handheld: Option<&str>,
 ) -> anyhow::Result<Option<Imported>> {
     let limits = ctdata_batch::Limits::default();
     let Ok(scan) = ctdata_batch::scan(path, &limits) else {
@@ -209,6 +232,7 @@ fn relay(
     let Some(device) = scan
         .device_id
         .clone()
+        .or_else(|| handheld.map(str::to_string))
         .filter(|d| !d.eq_ignore_ascii_case(&config.device))
     else {
         return Ok(None);
@@ -230,6 +254,7 @@ fn relay(
     let bytes = std::fs::read(path)?;
     crate::home::write_atomic(&home.dir(crate::home::OUTBOX).join(&file), &bytes)?;
     locked.state.imported.insert(scan.sha256, file.clone());
+    locked.state.relayed.insert(file.clone(), device.clone());
     locked.save()?;
     home.log(&format!(
         "dock: {} is {device}'s batch {}: sent as it is, for {device}",

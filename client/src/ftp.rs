@@ -259,6 +259,40 @@ pub fn put(session: &mut Session, path: &Path, name: &str) -> Outcome {
     }
 }
 
+/// Makes `relay/HANDHELD/` on the server (send on sync: a batch relayed for the
+/// handheld goes there, and the server takes it as the handheld's when this station may
+/// relay for it); returns the remote name for `name` in it.
+pub fn relay_name(session: &mut Session, handheld: &str, name: &str) -> String {
+    let folder = format!("{}/{handheld}", crate::share::RELAY_FOLDER);
+    match session {
+        Session::Plain(s) => {
+            let _ = s.mkdir(crate::share::RELAY_FOLDER);
+            let _ = s.mkdir(&folder);
+        }
+        Session::Tls(s) => {
+            let _ = s.mkdir(crate::share::RELAY_FOLDER);
+            let _ = s.mkdir(&folder);
+        }
+    }
+    format!("{folder}/{name}")
+}
+
+/// A relayed batch's outcome in words: 550 on the rename into place means the server
+/// does not let `station` relay for `handheld` (it says why in its log). This batch is
+/// refused; the others still go.
+pub fn relay_outcome(outcome: Outcome, station: &str, handheld: &str) -> Outcome {
+    match outcome {
+        Outcome::Retry(why) if why.starts_with("renaming") && why.contains("550") => {
+            Outcome::Refused(format!(
+                "{why}: the server refuses batches of {handheld} from {station}; may \
+                 {station} relay for {handheld}? The administrator can allow it with \
+                 `ctdata-server device relay {station} --for {handheld}`"
+            ))
+        }
+        other => other,
+    }
+}
+
 /// Delivers one file over as many connections as it takes on a link that cuts every
 /// few seconds: each connection resumes `NAME.part` where the server's copy ends, so a
 /// cut costs only the bytes in flight. `slot` holds the send's session: opened here

@@ -12,6 +12,9 @@ use reqwest::StatusCode;
 use crate::config::Endpoint;
 use crate::send::{Outcome, Proof};
 
+/// Names the handheld a relayed batch was recorded by (send on sync).
+pub const RELAY_HEADER: &str = "X-CTData-Relay-For";
+
 /// A client for `endpoint`: rustls with the public roots plus the endpoint's own
 /// `ca_file` (pinned), bounded connect and read times.
 pub fn client(endpoint: &Endpoint) -> anyhow::Result<reqwest::Client> {
@@ -34,6 +37,7 @@ pub async fn post_batch(
     endpoint: &Endpoint,
     token: &str,
     path: &Path,
+    relay: Option<&str>,
     progress: &ProgressBar,
 ) -> (Outcome, u64) {
     let url = format!("{}/api/v1/batches", endpoint.base());
@@ -67,6 +71,10 @@ pub async fn post_batch(
         .timeout(crate::resume::STALL + Duration::from_secs(wire / 8192));
     if gzipped {
         request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+    }
+    if let Some(device) = relay {
+        // The handheld that recorded it: a docked CSV or GeoJSON names no device.
+        request = request.header(RELAY_HEADER, device);
     }
     let sent = request.body(body).send().await;
     let response = match sent {
@@ -135,7 +143,9 @@ fn classify(status: StatusCode, answer: &Answer, url: &str) -> Outcome {
         }
         // A docked handheld's batch this station may not relay: that batch is refused,
         // the station's other batches still go.
-        403 if why.contains("may relay only for") => Outcome::Refused(format!("{status}: {why}")),
+        403 if why.contains("may relay only for") || why.contains("may not relay for") => {
+            Outcome::Refused(format!("{status}: {why}"))
+        }
         401 => Outcome::Stop(format!(
             "{url} does not accept this device's token ({why}): check the token \
              (`ctdata init`) or ask the administrator for a new one"

@@ -94,6 +94,7 @@ impl LocalDb {
         response: reqwest::Response,
         server: &str,
         next: i64,
+        progress: &indicatif::ProgressBar,
     ) -> anyhow::Result<u64> {
         let mut tx = self.conn.begin().await?;
         let mut body = response.bytes_stream();
@@ -102,11 +103,13 @@ impl LocalDb {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.context("the download broke off; the local copy is unchanged")?;
             pending.extend_from_slice(&chunk);
+            progress.inc(chunk.len() as u64);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
                 rows += 1;
                 upsert(&mut tx, &line, rows).await?;
             }
+            progress.set_message(format!("{rows} sightings"));
         }
         if pending.iter().any(|b| !b.is_ascii_whitespace()) {
             bail!("the download ended in the middle of a row; the local copy is unchanged");

@@ -112,6 +112,9 @@ enum Command {
     /// Source files are left alone unless --move (they then go to docked/ in the home).
     /// A file refused for its content is reported once and skipped until it changes; a
     /// file that could not be read or stored (I/O error, full disk) is tried again.
+    /// A handheld's files keep its name: a CTData batch by the device it names, a CSV
+    /// or GeoJSON by --device or its subfolder DIR/NAME/; they are relayed as they are,
+    /// so the same file docked at two PCs is stored once.
     Dock(DockArgs),
     /// Download the consolidated sightings added since the last pull: a file in inbox/,
     /// or into a local SQLite copy with --into (the "master database" of a secondary).
@@ -120,7 +123,7 @@ enum Command {
     /// never makes another miss rows. Uses the download settings (by default the upload
     /// ones); needs a token the server lets read sightings: an administrator's API
     /// token, or the device's own token when the server lists the device in
-    /// http.read_devices.
+    /// http.read_devices. On a terminal it shows the bytes received and the rate.
     Pull(PullArgs),
     /// Assisted sync: list files only here (outbox/, inbox/), only on the remote, and on
     /// both, saying whether their content is the same (size and SHA-256 on a share; size
@@ -381,6 +384,12 @@ pub struct DockArgs {
     /// How often --watch looks
     #[arg(long, default_value = "2s")]
     pub interval: Dur,
+    /// The handheld that recorded the CSV and GeoJSON files in DIR (they name no device
+    /// themselves); without it, a file in a subfolder DIR/NAME/ is NAME's. Such files
+    /// are sent as they are, for that handheld: the server must let this station relay
+    /// for it (`ctdata-server device relay STATION --for NAME`)
+    #[arg(long, value_name = "NAME")]
+    pub device: Option<String>,
 }
 
 fn main() -> ExitCode {

@@ -502,6 +502,20 @@ fn recover(home: &Home, device: &str, locked: &mut Locked) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Sightings in an outbox file: a sealed batch's trailer, or for a file relayed as it
+/// is (a handheld's CSV or GeoJSON) its rows, counted.
+pub fn rows_in(path: &Path) -> u64 {
+    batch_rows(path).unwrap_or_else(|_| {
+        let limits = Limits::default();
+        ctdata_batch::scan(path, &limits)
+            .ok()
+            .and_then(|scan| {
+                ctdata_batch::read(path, &scan, &limits, |_| ControlFlow::Continue(())).ok()
+            })
+            .map_or(0, |summary| summary.rows)
+    })
+}
+
 /// Sightings in a sealed batch, from its trailer (the last line).
 pub fn batch_rows(path: &Path) -> anyhow::Result<u64> {
     let mut file = File::open(path)?;

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use ctdata_api::{ErrorBody, NEXT_CURSOR};
 use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{Config, Endpoint, Protocol};
@@ -124,9 +126,12 @@ pub async fn pull(
     }
     // A pull from an earlier point never moves the saved cursor back.
     let keep = next.max(saved.unwrap_or(0));
+    let progress = progress_bar();
     match (target, db) {
         (Target::Db(path), Some(mut db)) => {
-            let rows = db.load(response, down.base(), keep).await?;
+            let rows = db.load(response, down.base(), keep, &progress).await;
+            progress.finish_and_clear();
+            let rows = rows?;
             Ok(format!(
                 "pulled {rows} sightings into {} (cursor {since} → {next})",
                 path.display()
@@ -135,7 +140,9 @@ pub async fn pull(
         _ => {
             let dir = home.dir(INBOX);
             let name = format!("sightings-{since}-{next}.{format}");
-            let bytes = to_file(response, &dir, &name, &down.url).await?;
+            let bytes = to_file(response, &dir, &name, &down.url, &progress).await;
+            progress.finish_and_clear();
+            let bytes = bytes?;
             let mut locked = state::lock(home)?;
             locked.state.pull_cursors.insert(format.to_string(), keep);
             locked.save()?;
@@ -182,6 +189,7 @@ async fn to_file(
     dir: &Path,
     name: &str,
     url: &str,
+    progress: &ProgressBar,
 ) -> anyhow::Result<u64> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = tokio::fs::File::create(&tmp).await?;
@@ -190,6 +198,7 @@ async fn to_file(
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| anyhow::anyhow!(http::describe(&e, url)))?;
         bytes += chunk.len() as u64;
+        progress.inc(chunk.len() as u64);
         file.write_all(&chunk).await?;
     }
     file.sync_all().await?;
@@ -197,4 +206,20 @@ async fn to_file(
     std::fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)?;
     Ok(bytes)
+}
+
+/// On a terminal: the bytes received so far and the rate (and the rows, into a local
+/// database); nothing when piped or logged. The server does not say the size ahead.
+fn progress_bar() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    if let Ok(style) =
+        ProgressStyle::with_template("pulling {spinner} {bytes} received, {bytes_per_sec} {msg}")
+    {
+        pb.set_style(style);
+    }
+    pb
 }

@@ -215,13 +215,15 @@ async fn send_outbox(
         None => progress_bar(names.len()),
     };
     let mut report = Report::default();
+    // The handheld each docked batch is relayed for.
+    let relayed = state::read(home)?.relayed;
     for (i, name) in names.iter().enumerate() {
         if opts.stop.load(Ordering::SeqCst) {
             break;
         }
         progress.set_prefix(format!("batch {}/{}", i + 1, names.len()));
         let path = dir.join(name);
-        let rows = outbox::batch_rows(&path).unwrap_or(0);
+        let rows = outbox::rows_in(&path);
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         progress.set_length(size);
         progress.set_position(0);
@@ -233,7 +235,8 @@ async fn send_outbox(
             .with_max_times(opts.retries as usize)
             .build();
         let outcome = loop {
-            let (outcome, wire) = deliver(&transport, config, &path, name, &progress).await;
+            let relay = relayed.get(name).map(String::as_str);
+            let (outcome, wire) = deliver(&transport, config, &path, name, relay, &progress).await;
             report.wire_bytes += wire;
             match outcome {
                 Outcome::Retry(ref why) => {
@@ -304,39 +307,48 @@ async fn send_outbox(
     Ok(report)
 }
 
+/// Delivers one batch; `relay`: the handheld it is relayed for (send on sync).
 async fn deliver(
     transport: &Transport,
     config: &Config,
     path: &Path,
     name: &str,
+    relay: Option<&str>,
     progress: &ProgressBar,
 ) -> (Outcome, u64) {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let handed = |o: Outcome| (o, size);
     match transport {
         Transport::Http { client, token } => {
-            if size > crate::resume::RESUMABLE_ABOVE {
+            // A resumable upload has no relay header: a docked file goes whole.
+            if size > crate::resume::RESUMABLE_ABOVE && relay.is_none() {
                 let up = &config.upload;
                 if let Some(sent) = crate::resume::upload(client, up, token, path, progress).await {
                     return (sent.outcome, sent.wire);
                 }
             }
-            http::post_batch(client, &config.upload, token, path, progress).await
+            http::post_batch(client, &config.upload, token, path, relay, progress).await
         }
         Transport::Ftp(session) => {
             let (session, config) = (session.clone(), config.clone());
             let (path, name, progress) = (path.to_path_buf(), name.to_string(), progress.clone());
-            tokio::task::spawn_blocking(move || ftp_put(&session, &config, &path, &name, &progress))
-                .await
-                .unwrap_or_else(|e| (Outcome::Retry(format!("the FTP uploader failed: {e}")), 0))
+            let relay = relay.map(str::to_string);
+            tokio::task::spawn_blocking(move || {
+                ftp_put(&session, &config, &path, &name, &progress, relay.as_deref())
+            })
+            .await
+            .unwrap_or_else(|e| (Outcome::Retry(format!("the FTP uploader failed: {e}")), 0))
         }
         Transport::Share => {
             let (up, device) = (config.upload.clone(), config.device.clone());
             let (path, name) = (path.to_path_buf(), name.to_string());
+            let relay = relay.map(str::to_string);
             handed(
-                tokio::task::spawn_blocking(move || share::put(&up, &device, &path, &name))
-                    .await
-                    .unwrap_or_else(|e| Outcome::Retry(format!("the share writer failed: {e}"))),
+                tokio::task::spawn_blocking(move || {
+                    share::put(&up, &device, &path, &name, relay.as_deref())
+                })
+                .await
+                .unwrap_or_else(|e| Outcome::Retry(format!("the share writer failed: {e}"))),
             )
         }
     }
@@ -351,6 +363,7 @@ fn ftp_put(
     path: &Path,
     name: &str,
     progress: &ProgressBar,
+    relay: Option<&str>,
 ) -> (Outcome, u64) {
     let mut guard = match session.lock() {
         Ok(g) => g,
@@ -380,10 +393,25 @@ fn ftp_put(
     } else {
         None
     };
-    match gzipped {
-        Some(gz) => ftp::deliver(&mut guard, config, &gz, &format!("{name}.gz"), progress),
-        None => ftp::deliver(&mut guard, config, path, name, progress),
+    let (file, mut remote) = match gzipped {
+        Some(gz) => (gz, format!("{name}.gz")),
+        None => (path.to_path_buf(), name.to_string()),
+    };
+    let Some(handheld) = relay else {
+        return ftp::deliver(&mut guard, config, &file, &remote, progress);
+    };
+    // Relayed for a handheld: into `relay/HANDHELD/`, made on a session of its own.
+    if guard.is_none() {
+        match ftp::open(config) {
+            Ok(s) => *guard = Some(s),
+            Err(e) => return (Outcome::Retry(format!("{}: {e}", config.upload.url)), 0),
+        }
     }
+    if let Some(s) = guard.as_mut() {
+        remote = ftp::relay_name(s, handheld, &remote);
+    }
+    let (outcome, wire) = ftp::deliver(&mut guard, config, &file, &remote, progress);
+    (ftp::relay_outcome(outcome, &config.device, handheld), wire)
 }
 
 /// Deletes delivered batches (and their receipts) delivered more than `days` ago, by

@@ -25,12 +25,27 @@ pub fn device_dir(endpoint: &Endpoint, device: &str) -> Result<PathBuf, String> 
     Ok(root.join(device))
 }
 
-pub fn put(endpoint: &Endpoint, device: &str, path: &Path, name: &str) -> Outcome {
+/// Copies a batch into this device's folder; a batch relayed for a handheld (send on
+/// sync) into its `relay/<handheld>/` folder, which the server takes as the
+/// handheld's when this device may relay for it.
+pub fn put(
+    endpoint: &Endpoint,
+    device: &str,
+    path: &Path,
+    name: &str,
+    relay: Option<&str>,
+) -> Outcome {
     match device_dir(endpoint, device) {
-        Ok(dir) => put_into(&dir, path, name),
+        Ok(dir) => match relay {
+            Some(handheld) => put_into(&dir.join(RELAY_FOLDER).join(handheld), path, name),
+            None => put_into(&dir, path, name),
+        },
         Err(why) => Outcome::Retry(why),
     }
 }
+
+/// The folder in a device's folder (over FTP: its root) that relayed batches go to.
+pub const RELAY_FOLDER: &str = "relay";
 
 /// Copies `path` into `dir` as `name` through `name.part`.
 pub fn put_into(dir: &Path, path: &Path, name: &str) -> Outcome {

@@ -45,6 +45,10 @@ pub struct State {
     /// to fill `pull_cursors` (see [`migrate_pull_cursor`]), never written.
     #[serde(skip_serializing)]
     pub(crate) pull_cursor: Option<i64>,
+    /// Send on sync: outbox batches a handheld recorded → that handheld. They go as
+    /// it is, for it (`X-CTData-Relay-For` over HTTP, `relay/<device>/` over FTP and
+    /// the share).
+    pub relayed: BTreeMap<String, String>,
 }
 
 impl Default for State {
@@ -61,6 +65,7 @@ impl Default for State {
             pushed: Default::default(),
             sync_off: false,
             pull_cursor: None,
+            relayed: BTreeMap::new(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The one-shot commands behind the CLI: ingest for a scheduled task, and export.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -11,7 +12,7 @@ use crate::db::{BBox, ExportFilter};
 use crate::deliver::{Deliverer, Filing, Origin};
 use crate::dropdir::{DropDir, StepReport};
 use crate::dwca::Publisher;
-use crate::export::{write_export, ExportFormat, ExportSummary};
+use crate::export::{write_export_with, ExportFormat, ExportSummary};
 use crate::ingest::{Receipt, Status};
 use crate::layout::write_atomic;
 use crate::serve::open;
@@ -84,6 +85,7 @@ pub async fn ingest(
                 device: device.map(str::to_string),
                 claim: None,
                 filing: Filing::InPlace,
+                relayed_by: None,
             };
             receipts.push(deliverer.deliver(&file, &origin).await?);
         }
@@ -307,7 +309,13 @@ pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exp
         (None, Some(path)) => {
             let tmp = path.with_extension(format!("{}.part", args.format.extension()));
             let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(&tmp).await?);
-            let summary = write_export(&ingestor.db, filter, args.format, &mut file).await?;
+            let mut progress = Progress::on_terminal(true);
+            let summary = write_export_with(&ingestor.db, filter, args.format, &mut file, |_| {
+                progress.row();
+                Ok(())
+            })
+            .await?;
+            progress.done(summary.rows, summary.bytes);
             file.flush().await?;
             file.into_inner().sync_all().await?;
             tokio::fs::rename(&tmp, path).await?;
@@ -315,7 +323,15 @@ pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exp
         }
         (None, None) => {
             let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
-            write_export(&ingestor.db, filter, args.format, &mut out).await?
+            // Not over the rows themselves when they go to the same terminal.
+            let mut progress = Progress::on_terminal(!std::io::stdout().is_terminal());
+            let summary = write_export_with(&ingestor.db, filter, args.format, &mut out, |_| {
+                progress.row();
+                Ok(())
+            })
+            .await?;
+            progress.done(summary.rows, summary.bytes);
+            summary
         }
     };
     if let Some(file) = &args.cursor_file {
@@ -343,6 +359,58 @@ pub async fn export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exp
     );
     ingestor.db.close().await;
     Ok(summary)
+}
+
+/// An export's progress on a terminal (standard error): the rows written so far and
+/// the rate, redrawn a few times a second; nothing when standard error is not a
+/// terminal (piped, logged, run by a timer).
+struct Progress {
+    shown: bool,
+    rows: u64,
+    started: std::time::Instant,
+    drawn: std::time::Instant,
+}
+
+impl Progress {
+    /// How often the line is redrawn.
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+    fn on_terminal(wanted: bool) -> Progress {
+        let now = std::time::Instant::now();
+        Progress {
+            shown: wanted && std::io::stderr().is_terminal(),
+            rows: 0,
+            started: now,
+            drawn: now,
+        }
+    }
+
+    fn rate(&self, n: u64) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        format!("{:.0}", n as f64 / secs)
+    }
+
+    fn row(&mut self) {
+        self.rows += 1;
+        if self.shown && (self.rows == 1 || self.drawn.elapsed() >= Self::EVERY) {
+            self.drawn = std::time::Instant::now();
+            eprint!(
+                "\r\x1b[2Kexporting: {} rows, {} rows/s",
+                self.rows,
+                self.rate(self.rows)
+            );
+        }
+    }
+
+    fn done(&self, rows: u64, bytes: u64) {
+        if self.shown {
+            eprintln!(
+                "\r\x1b[2Kexported {rows} rows ({bytes} bytes) in {:.1} s, {} rows/s",
+                self.started.elapsed().as_secs_f64(),
+                self.rate(rows)
+            );
+        }
+    }
 }
 
 fn read_cursor(file: &Path) -> anyhow::Result<i64> {

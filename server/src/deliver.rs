@@ -30,6 +30,11 @@ pub struct Origin {
     /// Identifies this delivery across a crash and restart.
     pub claim: Option<String>,
     pub filing: Filing,
+    /// Send on sync over FTP or the share: the station that delivered this file of
+    /// `device` (from its `relay/<device>/` folder). The delivery is refused unless
+    /// the station may relay for `device`; stored, the batch records it, and the
+    /// receipt goes to the station's `receipts/` folder.
+    pub relayed_by: Option<String>,
 }
 
 /// What happens to a file once it is decided.
@@ -141,7 +146,18 @@ impl Deliverer {
             return Ok(Delivered::Filed(self.discard_send_data(file, origin)));
         }
         let delivery = self.delivery(file, origin);
-        let receipt = if origin.filing == Filing::DropDirWithReceipt
+        let refused_relay = match (&origin.relayed_by, &origin.device) {
+            (Some(by), Some(device)) => match self.ingestor.db.relay_for(by).await? {
+                Some(rule) if crate::relay::covers(&rule, device) => None,
+                rule => Some(crate::relay::refusal(by, rule.as_deref(), device)),
+            },
+            _ => None,
+        };
+        let mut receipt = if let Some(why) = refused_relay {
+            self.ingestor
+                .refuse(&delivery, RejectionKind::DeviceMismatch, why)
+                .await?
+        } else if origin.filing == Filing::DropDirWithReceipt
             && origin.file_name.len() > MAX_NAME_BYTES
         {
             let why = format!(
@@ -162,6 +178,16 @@ impl Deliverer {
                 Outcome::Incomplete(cut) => return Ok(Delivered::Incomplete(cut)),
             }
         };
+        if let (Some(by), Some(batch_id), false) = (
+            &origin.relayed_by,
+            receipt.batch_id,
+            receipt.status == Status::Rejected,
+        ) {
+            // After the commit, before the receipt: a crash in between leaves the file
+            // claimed, and its next attempt (a duplicate) records the relay then.
+            self.ingestor.db.mark_relayed(batch_id, by).await?;
+            receipt.relayed_by = self.ingestor.db.relayed_by(batch_id).await?;
+        }
         if file_away {
             self.file_away(file, origin, &receipt)?;
         }
@@ -215,7 +241,8 @@ impl Deliverer {
         if origin.filing != Filing::DropDirWithReceipt || origin.file_name.len() > MAX_NAME_BYTES {
             return None;
         }
-        let device = receipt.device.as_ref()?;
+        // A relayed file's receipt goes to the station that delivered it.
+        let device = origin.relayed_by.as_ref().or(receipt.device.as_ref())?;
         Some((
             self.layout.receipts(device),
             layout::receipt_file_name(&origin.file_name),

@@ -724,7 +724,7 @@ impl DropDir {
     /// Atomically takes a file out of the delivery area into `.processing/`.
     fn claim(&self, path: &Path) -> io::Result<PathBuf> {
         let rel = path.strip_prefix(&self.root).map_err(io::Error::other)?;
-        let device = match rel.components().count() {
+        let mut device = match rel.components().count() {
             1 => NO_DEVICE.to_string(),
             _ => rel
                 .iter()
@@ -733,6 +733,11 @@ impl DropDir {
                 .to_string_lossy()
                 .into_owned(),
         };
+        // `<station>/relay/<device>/…`: the station delivers files a handheld recorded.
+        let below = rel.iter().skip(1).collect::<PathBuf>();
+        if let Some(handheld) = layout::relayed_device(&below).filter(|_| device != NO_DEVICE) {
+            device = layout::relay_claim_dir(&handheld, &device);
+        }
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         claim_into(&self.root, path, &device, &name, Channel::Share)
     }
@@ -880,6 +885,7 @@ impl DropDir {
             device: layout::device_of_dir(&device_dir).map(str::to_string),
             claim: Some(format!("{device_dir}/{claim_name}")),
             filing: Filing::DropDirWithReceipt,
+            relayed_by: layout::relayer_of_dir(&device_dir).map(str::to_string),
         };
         // What the decision is based on: a writer may go on after it.
         let judged = Held::new(claimed, Instant::now());
@@ -936,9 +942,10 @@ impl DropDir {
         if cut {
             let _ = fs::remove_file(sidecar(claimed));
         }
+        let filed_under = layout::device_dir(origin.device.as_deref());
         let at = self
             .root
-            .join(layout::rejected_relative(&device_dir, &claim_name));
+            .join(layout::rejected_relative(filed_under, &claim_name));
         Ok(Processed::RejectedIncomplete(
             receipt,
             at,

@@ -2,7 +2,9 @@
 //! and file names built from them. No other module names a folder.
 //!
 //! Top level (the names are reserved, in any letter case, and never become devices):
-//! - `.processing/<device>/<stamp>[.<channel>][.cut]-<name>`: claimed share and FTP files;
+//! - `.processing/<device>/<stamp>[.<channel>][.cut]-<name>`: claimed share and FTP files
+//!   (`.processing/<device>+<station>/` for files a station relays from its
+//!   `relay/<device>/` folder);
 //! - `.incoming/<device>/<stamp>-upload`: HTTP request bodies being spooled;
 //! - `.uploads/<device>/<id>.part` and `<id>.json`: resumable HTTP uploads (tus);
 //! - `.pulling/<source>/<device>/<stamp>-<name>`: files fetched from remote sources;
@@ -167,9 +169,36 @@ pub fn device_dir(device: Option<&str>) -> &str {
     device.unwrap_or(NO_DEVICE)
 }
 
-/// The device a folder name stands for (none for [`NO_DEVICE`]).
+/// The device a folder name stands for (none for [`NO_DEVICE`]); for a relay claim
+/// folder (see [`relay_claim_dir`]) the device that recorded the files.
 pub fn device_of_dir(dir: &str) -> Option<&str> {
-    (dir != NO_DEVICE).then_some(dir)
+    let device = dir.split_once(RELAY_MARK).map_or(dir, |(device, _)| device);
+    (device != NO_DEVICE).then_some(device)
+}
+
+/// Separates the two names of a relay claim folder: never part of a device name.
+const RELAY_MARK: char = '+';
+
+/// The `.processing/` folder of files that `station` relays for `device` (from its
+/// `relay/<device>/` folder over FTP or the share): `<device>+<station>`.
+pub fn relay_claim_dir(device: &str, station: &str) -> String {
+    format!("{device}{RELAY_MARK}{station}")
+}
+
+/// The station that relayed the files of a `.processing/` folder, if it is a relay
+/// claim folder.
+pub fn relayer_of_dir(dir: &str) -> Option<&str> {
+    dir.split_once(RELAY_MARK).map(|(_, station)| station)
+}
+
+/// The device a file at `rel` (a path below a device's folder, without the device's
+/// folder itself) is relayed for: `relay/<device>/…` with a valid device name.
+pub fn relayed_device(rel: &Path) -> Option<String> {
+    let mut parts = rel.iter().map(|p| p.to_string_lossy());
+    let (folder, device, _file) = (parts.next()?, parts.next()?, parts.next()?);
+    (folder.eq_ignore_ascii_case(crate::relay::FOLDER)
+        && ctdata_batch::DeviceName::is_valid(&device))
+    .then(|| device.into_owned())
 }
 
 /// The name of the folder `path` is in.
@@ -360,6 +389,17 @@ mod tests {
             "rejected/_/x.json".to_string()
         );
         assert_eq!(device_of_dir(device_dir(None)), None);
+        let relay = relay_claim_dir("ranger-09", "station-pc");
+        assert_eq!(device_of_dir(&relay), Some("ranger-09"));
+        assert_eq!(relayer_of_dir(&relay), Some("station-pc"));
+        assert_eq!(relayer_of_dir("ranger-09"), None);
+        assert_eq!(
+            relayed_device(Path::new("Relay/ranger-09/a.csv")),
+            Some("ranger-09".into())
+        );
+        assert_eq!(relayed_device(Path::new("relay/ranger-09")), None);
+        assert_eq!(relayed_device(Path::new("relay/bad name/a.csv")), None);
+        assert_eq!(relayed_device(Path::new("2024/ranger-09/a.csv")), None);
     }
 
     #[test]

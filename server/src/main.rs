@@ -64,6 +64,7 @@ enum Command {
     },
     /// Export sightings in cursor order. The next cursor is printed on stderr (and
     /// written to --cursor-file); pass it as --since to get only what arrived later.
+    /// On a terminal, the rows written so far and the rate are shown on stderr.
     Export(ExportArgs),
     /// Export the track points of CyberTracker and SMART devices: a GeoJSON LineString
     /// per device and UTC day, or CSV with one row per point.

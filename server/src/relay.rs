@@ -30,6 +30,31 @@ pub fn covers(rule: &str, device: &str) -> bool {
     rule == "*" || rule.split(',').any(|n| n.eq_ignore_ascii_case(device))
 }
 
+/// The HTTP request header that names the device a file was recorded by when the file
+/// itself names none (a handheld's CSV or GeoJSON docked at a station PC).
+pub const HEADER: &str = "x-ctdata-relay-for";
+
+/// The folder, inside a station's own folder of the drop directory (over FTP: its
+/// root), that relayed files go to: `relay/<device>/<file>` is `<device>`'s file,
+/// delivered by the station.
+pub const FOLDER: &str = "relay";
+
+/// Why `sender` may not deliver a file recorded by `device`; `rule` is its relay right.
+pub fn refusal(sender: &str, rule: Option<&str>, device: &str) -> String {
+    match rule {
+        Some(rule) => format!(
+            "device {sender} may relay only for {rule}, and this batch was recorded by \
+             {device}: the administrator can allow it with `ctdata-server device relay \
+             {sender} --for {rule},{device}`"
+        ),
+        None => format!(
+            "device {sender} may not relay for other devices, and this batch was recorded \
+             by {device}: the administrator can allow it with `ctdata-server device relay \
+             {sender} --for {device}`"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,8 @@ both_backends! {
     a_bad_file_on_the_handheld_is_reported_once,
     docked_batches_keep_the_handhelds_name_and_are_stored_once,
     reference_files_in_the_live_share_are_never_ingested,
+    a_handhelds_csv_docked_at_two_stations_is_stored_once,
+    stations_relay_over_ftp_and_the_share,
 }
 
 fn csv(rows: usize, tag: &str) -> String {
@@ -273,5 +275,254 @@ async fn reference_files_in_the_live_share_are_never_ingested(db: TestDb) {
     .await;
     assert_eq!(db.scalar("SELECT count(*) FROM batches").await, 2);
     assert!(share.join("reference").join("keyset.csv").is_file());
+    assert!(server.terminate().success());
+}
+
+/// `(device, relayed_by, channel)` of every batch, in a stable order.
+async fn relays(db: &TestDb) -> Vec<(String, String, String)> {
+    let mut rows: Vec<(String, String, String)> = db
+        .texts(
+            "SELECT d.name, b.relayed_by, b.channel FROM batches b \
+             JOIN devices d ON d.id = b.device_id",
+        )
+        .await
+        .into_iter()
+        .map(|r| {
+            let v = |i: usize| r[i].clone().unwrap_or_else(|| "-".into());
+            (v(0), v(1), v(2))
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The reason of the one batch `client` moved to its `rejected/`.
+fn client_rejection(client: &Client) -> String {
+    let reasons: Vec<_> = std::fs::read_dir(client.path("rejected"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".reason.txt"))
+        .collect();
+    assert_eq!(reasons.len(), 1, "one batch refused");
+    std::fs::read_to_string(reasons[0].path()).unwrap()
+}
+
+/// A handheld's CSV names no device: docked under its folder (`DIR/ranger-09/`) or with
+/// `--device`, it is relayed as the handheld's, and its batch id comes from its content,
+/// so the same file docked at two station PCs is stored once.
+async fn a_handhelds_csv_docked_at_two_stations_is_stored_once(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    let station = env.device_token("station-pc");
+    server_cmd(
+        &env,
+        &["device", "relay", "station-pc", "--for", "ranger-09"],
+    );
+    let second = server_cmd(&env, &["device", "add", "station-b", "--relay-for", "*"]);
+    let lacking = env.device_token("station-c");
+    let server = env.serve().await;
+    let base = server.http_base();
+    let (a, b, c) = (Client::new(), Client::new(), Client::new());
+    a.init_https(&base, "station-pc", &station);
+    b.init_https(&base, "station-b", &second);
+    c.init_https(&base, "station-c", &lacking);
+
+    let synced = tempfile::tempdir().unwrap();
+    let handheld = synced.path().join("ranger-09");
+    std::fs::create_dir_all(&handheld).unwrap();
+    std::fs::write(handheld.join("day1.csv"), csv(3, "nine")).unwrap();
+    let shown = synced.path().display().to_string();
+
+    let stdout = a.ok(&["dock", &shown]);
+    assert!(stdout.contains("as batch relay-ranger-09-"), "{stdout}");
+    assert!(stdout.contains("sent 1 batch (3 sightings"), "{stdout}");
+    let once = vec![(
+        "ranger-09".to_string(),
+        "station-pc".to_string(),
+        "http".to_string(),
+    )];
+    assert_eq!(relays(&db).await, once);
+    let receipt = std::fs::read_dir(a.path("sent"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.ends_with(".csv"))
+        .expect("the relayed CSV in sent/");
+    let receipt =
+        std::fs::read_to_string(a.path("sent").join(format!("{receipt}.receipt.json"))).unwrap();
+    assert!(
+        receipt.contains("\"relayed_by\": \"station-pc\""),
+        "{receipt}"
+    );
+
+    // The same file at a second station: already there, nothing added.
+    let stdout = b.ok(&["dock", &shown]);
+    assert!(stdout.contains("1 already there"), "{stdout}");
+    assert_eq!(relays(&db).await, once);
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 3);
+
+    // A station that may not relay: 403, the batch set aside with the reason, nothing
+    // stored. Here the handheld is named with --device (a flat dock folder).
+    let flat = tempfile::tempdir().unwrap();
+    std::fs::write(flat.path().join("day2.csv"), csv(2, "nine-2")).unwrap();
+    let flat_shown = flat.path().display().to_string();
+    let out = c.run(&["dock", &flat_shown, "--device", "ranger-09"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 rejected"), "{stdout}");
+    let reason = client_rejection(&c);
+    assert!(
+        reason.starts_with("403")
+            && reason.contains("station-c may not relay for other devices")
+            && reason.contains("ranger-09")
+            && reason.contains("ctdata-server device relay station-c --for ranger-09"),
+        "{reason}"
+    );
+    assert_eq!(relays(&db).await, once);
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 3);
+
+    // A station's own CSV (no handheld named) is still its own.
+    let own = tempfile::tempdir().unwrap();
+    std::fs::write(own.path().join("mine.csv"), csv(1, "own")).unwrap();
+    a.ok(&["dock", &own.path().display().to_string()]);
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 4);
+    assert!(relays(&db)
+        .await
+        .contains(&("station-pc".into(), "-".into(), "http".into())));
+    assert!(server.terminate().success());
+}
+
+/// Relayed over the server's FTP server and over the share: the station puts the
+/// handheld's file into `relay/ranger-09/` of its own folder; stored as ranger-09's
+/// with the station recorded, and refused (550 over FTP, a rejection with its reason
+/// on the share) when the station may not relay for it.
+async fn stations_relay_over_ftp_and_the_share(db: TestDb) {
+    let mut env = ServerEnv::new(&db);
+    env.enable_ftp();
+    let station = env.device_token("station-pc");
+    server_cmd(
+        &env,
+        &["device", "relay", "station-pc", "--for", "ranger-09"],
+    );
+    let lacking = env.device_token("station-c");
+    server_cmd(
+        &env,
+        &["device", "add", "station-s", "--relay-for", "ranger-09"],
+    );
+    let server = env.serve().await;
+    let url = format!("ftp://127.0.0.1:{}/", server.ftp_port());
+    let ftp = |device: &str, token: &str| {
+        let client = Client::new();
+        client.ok(&[
+            "init",
+            "--protocol",
+            "ftp",
+            "--url",
+            &url,
+            "--device",
+            device,
+            "--user",
+            device,
+            "--token",
+            token,
+        ]);
+        client
+    };
+    let (a, c) = (ftp("station-pc", &station), ftp("station-c", &lacking));
+    let share = env.drop_dir();
+    let (s, t) = (Client::new(), Client::new());
+    s.init_share(&share, "station-s", &[]);
+    t.init_share(&share, "station-t", &[]);
+
+    let synced = tempfile::tempdir().unwrap();
+    let handheld = synced.path().join("ranger-09");
+    std::fs::create_dir_all(&handheld).unwrap();
+    std::fs::write(handheld.join("day1.csv"), csv(3, "nine")).unwrap();
+    let shown = synced.path().display().to_string();
+
+    // Over FTP.
+    let stdout = a.ok(&["dock", &shown]);
+    assert!(stdout.contains("sent 1 batch (3 sightings"), "{stdout}");
+    let by_ftp = (
+        "ranger-09".to_string(),
+        "station-pc".to_string(),
+        "ftp".to_string(),
+    );
+    eventually(
+        "the FTP relay to be stored",
+        Duration::from_secs(30),
+        || async { (relays(&db).await == vec![by_ftp.clone()]).then_some(()) },
+    )
+    .await;
+
+    // Over the share: the same file is stored once; another is stored, relayed by
+    // station-s, and its receipt is in station-s's receipts folder.
+    s.ok(&["dock", &shown]);
+    std::fs::write(handheld.join("day2.csv"), csv(2, "nine-2")).unwrap();
+    let stdout = s.ok(&["dock", &shown]);
+    assert!(stdout.contains("sent 1 batch (2 sightings"), "{stdout}");
+    let by_share = (
+        "ranger-09".to_string(),
+        "station-s".to_string(),
+        "share".to_string(),
+    );
+    eventually(
+        "the share relay to be stored",
+        Duration::from_secs(30),
+        || async { (db.scalar("SELECT count(*) FROM sightings").await == 5).then_some(()) },
+    )
+    .await;
+    assert_eq!(relays(&db).await, vec![by_ftp.clone(), by_share.clone()]);
+    let receipts = share.join("receipts").join("station-s");
+    eventually("station-s's receipts", Duration::from_secs(30), || async {
+        (ctdata_tests::count_files(&receipts) == 2).then_some(())
+    })
+    .await;
+
+    // Without the right: 550 over FTP, the batch set aside with the reason.
+    let out = c.run(&["dock", &shown]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("2 rejected"), "{stdout}");
+    let reasons: Vec<String> = std::fs::read_dir(c.path("rejected"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".reason.txt"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2);
+    for reason in reasons {
+        assert!(
+            reason.contains("550")
+                && reason.contains("ctdata-server device relay station-c --for ranger-09"),
+            "{reason}"
+        );
+    }
+    assert!(
+        server
+            .log_text()
+            .contains("station-c may not relay for other devices"),
+        "the server's log says why"
+    );
+    // On the share: rejected, with the reason beside the file and in the receipt.
+    std::fs::write(handheld.join("day3.csv"), csv(1, "nine-3")).unwrap();
+    t.ok(&[
+        "dock",
+        &handheld.display().to_string(),
+        "--device",
+        "ranger-09",
+    ]);
+    let reason = eventually("the share refusal", Duration::from_secs(30), || async {
+        ctdata_tests::rejected_reasons(&share)
+            .into_iter()
+            .map(|(_, r)| r)
+            .find(|r| r.contains("station-t"))
+    })
+    .await;
+    assert!(
+        reason.contains("station-t may not relay for other devices")
+            && reason.contains("ranger-09"),
+        "{reason}"
+    );
+    assert!(ctdata_tests::count_files(&share.join("receipts").join("station-t")) >= 1);
+    assert_eq!(relays(&db).await, vec![by_ftp, by_share]);
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 5);
     assert!(server.terminate().success());
 }

@@ -11,6 +11,7 @@ use ctdata_tests::{both_backends, eventually, ServerEnv, TestDb};
 
 both_backends! {
     a_secondary_keeps_a_local_copy_current,
+    pull_and_export_show_progress_on_a_terminal,
 }
 
 /// One value from the local copy, read with the sqlite3 command-line tool.
@@ -193,5 +194,101 @@ async fn a_secondary_keeps_a_local_copy_current(db: TestDb) {
     let (status, output) = autosend.terminate().await;
     assert!(status.success(), "{output}");
     assert!(output.contains("pulled 2 sightings"), "{output}");
+    assert!(server.terminate().success());
+}
+
+/// Runs `program ARGS` under `script` (util-linux), which gives it a pseudo-terminal,
+/// with the environment and folder of `like`; returns what the terminal showed.
+fn on_terminal(like: &std::process::Command, program: &Path, args: &[&str]) -> String {
+    let line = std::iter::once(program.display().to_string())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null());
+    for (k, v) in like.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    if let Some(dir) = like.get_current_dir() {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().expect("run script (util-linux)");
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{line}:\n{screen}");
+    screen
+}
+
+/// `ctdata pull` (into a file and into a local database) and `ctdata-server export`
+/// show their progress on a terminal, and print nothing of it when piped.
+async fn pull_and_export_show_progress_on_a_terminal(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    let token = env.device_token("ranger-07");
+    let admin = env.admin_token();
+    let server = env.serve().await;
+    let client = Client::new();
+    client.ok(&[
+        "init",
+        "--protocol",
+        "https",
+        "--url",
+        &server.http_base(),
+        "--device",
+        "ranger-07",
+        "--token",
+        &token,
+        "--download-token",
+        &admin,
+    ]);
+    let mut csv = String::from("observed_at,latitude,longitude,species\n");
+    for i in 0..500 {
+        csv += &format!(
+            "2024-05-03T06:{:02}:{:02}+02:00,-24.4,31.8,Loxodonta africana\n",
+            i / 60,
+            i % 60
+        );
+    }
+    let file = client.path("day.csv");
+    std::fs::write(&file, csv).unwrap();
+    client.ok(&["import", &file.display().to_string()]);
+    client.ok(&["send"]);
+
+    let bin = ctdata_tests::client::client_bin();
+    let home = client.home.path().display().to_string();
+    let plain = std::process::Command::new("true");
+    let screen = on_terminal(&plain, &bin, &["--home", &home, "pull", "--format", "csv"]);
+    assert!(
+        screen.contains("pulling") && screen.contains("received") && screen.contains("pulled"),
+        "{screen}"
+    );
+    let local = client.path("local.db").display().to_string();
+    let screen = on_terminal(&plain, &bin, &["--home", &home, "pull", "--into", &local]);
+    assert!(screen.contains("500 sightings"), "{screen}");
+    assert!(screen.contains("pulled 500 sightings into"), "{screen}");
+    // Piped: the result line only.
+    let out = client.run(&["pull", "--format", "ndjson"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("pulling"), "{stderr}");
+
+    let export = env.command(&[]);
+    let screen = on_terminal(
+        &export,
+        &ctdata_tests::server_bin(),
+        &["export", "--format", "csv", "--output", "all.csv"],
+    );
+    assert!(
+        screen.contains("exporting: ") && screen.contains("rows/s"),
+        "{screen}"
+    );
+    assert!(screen.contains("exported 500 rows ("), "{screen}");
+    let out = env
+        .command(&["export", "--format", "csv", "--output", "again.csv"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("exporting:"));
     assert!(server.terminate().success());
 }

@@ -169,7 +169,7 @@ fn build(home: &Home, autosend_ours: bool) -> anyhow::Result<Overview> {
         (e, _) => e.as_ref().map(|e| e.message.clone()),
     };
     for (i, name) in list_files(&home.dir(OUTBOX))?.into_iter().enumerate() {
-        let rows = outbox::batch_rows(&home.dir(OUTBOX).join(&name)).ok();
+        let rows = Some(outbox::rows_in(&home.dir(OUTBOX).join(&name)));
         let (state, why) = match (&failing, i) {
             (Some(e), 0) => ("not sent: the last try failed".to_string(), Some(e.clone())),
             _ if st.sync_off => ("waiting: sync is off".to_string(), None),

@@ -51,6 +51,11 @@ impl Rel {
         self.0.as_os_str().is_empty()
     }
 
+    /// The names below the root, as a relative path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
     /// The last name, or an error for the root itself.
     pub fn name(&self) -> io::Result<&OsStr> {
         self.0.file_name().ok_or_else(|| denied("the root folder"))

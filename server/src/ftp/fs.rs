@@ -102,6 +102,33 @@ impl DeviceFs {
         Ok(total)
     }
 
+    /// The `.processing/` folder a complete upload at `rel` is claimed into: the
+    /// device's own, or for `relay/<device>/…` a relay claim folder, when this device
+    /// may relay for that one (refused with 550 otherwise, the reason in the log).
+    async fn claim_dir(&self, device: &str, rel: &Rel) -> Result<String> {
+        let Some(handheld) =
+            crate::layout::relayed_device(rel.path()).filter(|h| !h.eq_ignore_ascii_case(device))
+        else {
+            return Ok(device.to_string());
+        };
+        let rule = self
+            .handoff
+            .db
+            .relay_for(device)
+            .await
+            .map_err(|e| Error::new(ErrorKind::LocalError, e))?;
+        match rule {
+            Some(rule) if crate::relay::covers(&rule, &handheld) => {
+                Ok(crate::layout::relay_claim_dir(&handheld, device))
+            }
+            rule => {
+                let why = crate::relay::refusal(device, rule.as_deref(), &handheld);
+                tracing::warn!(device, relay_for = handheld, "FTP upload refused: {why}");
+                Err(Error::new(ErrorKind::PermissionDenied, why))
+            }
+        }
+    }
+
     /// Hands off the uploads whose 226 the client has heard: this call is for a
     /// later command, so it has.
     async fn release(&self) -> Result<()> {
@@ -330,6 +357,7 @@ impl StorageBackend<Device> for DeviceFs {
                 "resume only uploads to a temporary name (x.part)",
             ));
         }
+        let claim_dir = self.claim_dir(device, &rel).await?;
         let (parent, _) = rel.split().map_err(fs_error)?;
         let dir = root.dir(&parent).map_err(fs_error)?;
         let temp = format!("{UPLOAD_PREFIX}{}-{name}.part", crate::layout::stamp());
@@ -358,7 +386,7 @@ impl StorageBackend<Device> for DeviceFs {
                 return Err(e);
             }
         };
-        let held = Held::new(device, dir, temp, name, n);
+        let held = Held::new(&claim_dir, dir, temp, name, n);
         let Some(control) = &self.control else {
             control::hand_off(&self.handoff, vec![held]).await?;
             return Ok(n);
@@ -417,12 +445,14 @@ impl StorageBackend<Device> for DeviceFs {
         }
         if meta.is_file() && is_candidate_name(&to_name) && !onto_folder {
             // x.part → x.json: the upload is complete. Whichever folder it names, it
-            // is this device's delivery: ingest it now.
+            // is this device's delivery (or, into `relay/<device>/`, one it relays):
+            // ingest it now.
+            let claim_dir = self.claim_dir(device, &to).await?;
             let (parent, from_name) = from.split().map_err(fs_error)?;
             let dir = root.dir(&parent).map_err(fs_error)?;
             return Ok(self
                 .handoff
-                .complete(device, dir, from_name, &to_name)
+                .complete(&claim_dir, dir, from_name, &to_name)
                 .await?);
         }
         Ok(root.rename(&from, &to).map_err(fs_error)?)

@@ -39,6 +39,8 @@ pub struct Handoff {
     pub drop_dir: PathBuf,
     pub wake: Arc<Notify>,
     pub fsync_before_reply: bool,
+    /// For the relay rights of stations uploading into `relay/<device>/`.
+    pub db: crate::db::Db,
 }
 
 impl Handoff {
@@ -64,7 +66,8 @@ impl Handoff {
     }
 
     /// `temp` in the opened folder `dir` (a complete upload) is `device`'s delivery
-    /// `name`: claim it and wake the ingest loop. Acting on the opened folder, not a
+    /// `name` (`device` is a relay claim folder for a relayed file): claim it and wake
+    /// the ingest loop. Acting on the opened folder, not a
     /// path, so a symlink swapped in above it cannot redirect the claim.
     pub async fn complete(
         &self,

@@ -105,7 +105,7 @@ pub async fn start(
     );
     let setup = Arc::new(Setup {
         auth: Arc::new(auth::DeviceAuth {
-            db,
+            db: db.clone(),
             require_tls: settings.require_tls,
             lockout: auth::Lockout::new(settings.max_login_failures, settings.lockout_secs),
         }),
@@ -113,6 +113,7 @@ pub async fn start(
             drop_dir: drop_dir.clone(),
             wake,
             fsync_before_reply: settings.fsync_before_reply,
+            db,
         }),
         settings: settings.clone(),
         passive,

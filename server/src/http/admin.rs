@@ -175,6 +175,7 @@ pub(super) async fn reprocess_rejection(state: &AppState, id: i64) -> Result<Rec
         device: layout::device_of_dir(&device_dir).map(str::to_string),
         claim: r.claim_name.clone(),
         filing: Filing::DropDir,
+        relayed_by: None,
     };
     let receipt = deliverer.deliver(&path, &origin).await?;
     if receipt.status != crate::ingest::Status::Rejected {

@@ -28,6 +28,9 @@ pub fn router() -> OpenApiRouter<AppState> {
     path = "/api/v1/batches",
     tag = "devices",
     request_body(content = String, description = "The batch file as it is", content_type = "application/octet-stream"),
+    params(
+        ("X-CTData-Relay-For" = Option<String>, Header, description = "Send on sync: the device that recorded a file that names no device itself (a handheld's CSV or GeoJSON docked at this station); the sending device must be allowed to relay for it"),
+    ),
     responses(
         (status = 201, description = "Stored", body = Receipt),
         (status = 200, description = "The identical batch was stored before: nothing added", body = Receipt),
@@ -50,6 +53,7 @@ async fn post_batch(
     body: Body,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
     check_encoding(&headers)?;
+    let relay_for = relay_header(&headers)?;
     let slot = state.uploads.acquire(&device).await?;
     let deliverer = state.deliverer();
     let claim = format!("{}-upload", replica_stamp());
@@ -75,6 +79,7 @@ async fn post_batch(
             &spool,
             "upload".into(),
             format!("http/{claim}"),
+            relay_for,
         )
         .await
     });
@@ -82,8 +87,25 @@ async fn post_batch(
     Ok((status_for(&receipt), Json(receipt)))
 }
 
+/// The device named by the relay header (a docked handheld's CSV or GeoJSON, which
+/// names no device itself), if given.
+fn relay_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(crate::relay::HEADER) else {
+        return Ok(None);
+    };
+    let name = value.to_str().unwrap_or("?").trim();
+    match name.parse::<ctdata_batch::DeviceName>() {
+        Ok(_) => Ok(Some(name.to_string())),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "{}: {e}",
+            crate::relay::HEADER
+        ))),
+    }
+}
+
 /// Delivers a fully received upload (a POST body or a finished resumable upload) as
-/// `sender`'s, or as the device it relays for, and records the relay after the commit.
+/// `sender`'s, or as the device it relays for (named by the file, or by `relay_for`
+/// for a file that names none), and records the relay after the commit.
 /// Undecided, the file is not kept: its sender gets no answer and sends it again.
 pub(super) async fn deliver_upload(
     state: &AppState,
@@ -91,8 +113,9 @@ pub(super) async fn deliver_upload(
     file: &std::path::Path,
     file_name: String,
     claim: String,
+    relay_for: Option<String>,
 ) -> Result<Receipt, ApiError> {
-    let relayed = match relayed_device(state, sender, file).await {
+    let relayed = match relayed_device(state, sender, file, relay_for).await {
         Ok(r) => r,
         Err(e) => {
             let _ = tokio::fs::remove_file(file).await;
@@ -105,6 +128,7 @@ pub(super) async fn deliver_upload(
         device: Some(relayed.clone().unwrap_or_else(|| sender.to_string())),
         claim: Some(claim),
         filing: Filing::DropDir,
+        relayed_by: None,
     };
     let mut receipt = match state.deliverer().deliver(file, &origin).await {
         Ok(receipt) => receipt,
@@ -131,12 +155,25 @@ pub(super) async fn deliver_upload(
 /// deliver a batch that names another device; it is then stored as that device's.
 /// Returns that device, or None for the sender's own batches (and for files whose
 /// device the ingest decides, such as CSV). A batch naming a device the sender may
-/// not relay for is refused here with 403.
+/// not relay for is refused here with 403. `named`: the device the relay header names
+/// (a file that names none itself); a file that names another is then refused by the
+/// ingest as a device mismatch.
 async fn relayed_device(
     state: &AppState,
     sender: &str,
     spool: &std::path::Path,
+    named: Option<String>,
 ) -> Result<Option<String>, ApiError> {
+    if let Some(named) = named.filter(|n| !n.eq_ignore_ascii_case(sender)) {
+        return match state.ingestor.db.relay_for(sender).await? {
+            Some(rule) if crate::relay::covers(&rule, &named) => Ok(Some(named)),
+            rule => Err(ApiError::Forbidden(crate::relay::refusal(
+                sender,
+                rule.as_deref(),
+                &named,
+            ))),
+        };
+    }
     let Some(rule) = state.ingestor.db.relay_for(sender).await? else {
         return Ok(None);
     };
@@ -154,10 +191,10 @@ async fn relayed_device(
     if crate::relay::covers(&rule, &claimed) {
         return Ok(Some(claimed));
     }
-    Err(ApiError::Forbidden(format!(
-        "device {sender} may relay only for {rule}, and this batch was recorded by \
-         {claimed}: the administrator can allow it with `ctdata-server device relay \
-         {sender} --for {rule},{claimed}`"
+    Err(ApiError::Forbidden(crate::relay::refusal(
+        sender,
+        Some(&rule),
+        &claimed,
     )))
 }
 

@@ -391,6 +391,7 @@ async fn store_batch(
         device: Some(device.to_string()),
         claim: Some(format!("openrosa/{claim}")),
         filing: Filing::DropDir,
+        relayed_by: None,
     };
     let receipt = match deliverer.deliver(&spool, &origin).await {
         Ok(receipt) => receipt,

@@ -820,6 +820,7 @@ async fn stored(
             &handed,
             meta.file_name.clone(),
             format!("http/upload-{id}"),
+            None,
         )
         .await?;
         let mut done = meta;

@@ -129,6 +129,7 @@ async fn receive(state: &AppState, device: String, body: Bytes) -> Result<Respon
         device: Some(device.clone()),
         claim: Some(format!("webhook/{claim}")),
         filing: Filing::DropDir,
+        relayed_by: None,
     };
     let receipt = match deliverer.deliver(&spool, &origin).await {
         Ok(r) => r,

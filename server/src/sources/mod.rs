@@ -315,6 +315,7 @@ impl Puller {
                 source.name, file.rel, file.size, file.modified
             )),
             filing: Filing::DropDir,
+            relayed_by: None,
         };
         let receipt =
             self.deliverer.deliver(&local, &origin).await.map_err(|e| {
