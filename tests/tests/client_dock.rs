@@ -464,13 +464,17 @@ async fn stations_relay_over_ftp_and_the_share(db: TestDb) {
         "station-s".to_string(),
         "share".to_string(),
     );
+    // The relay is recorded just after the batch commits: wait for both.
+    let both = vec![by_ftp.clone(), by_share.clone()];
     eventually(
         "the share relay to be stored",
         Duration::from_secs(30),
-        || async { (db.scalar("SELECT count(*) FROM sightings").await == 5).then_some(()) },
+        || async {
+            let stored = db.scalar("SELECT count(*) FROM sightings").await == 5;
+            (stored && relays(&db).await == both).then_some(())
+        },
     )
     .await;
-    assert_eq!(relays(&db).await, vec![by_ftp.clone(), by_share.clone()]);
     let receipts = share.join("receipts").join("station-s");
     eventually("station-s's receipts", Duration::from_secs(30), || async {
         (ctdata_tests::count_files(&receipts) == 2).then_some(())
