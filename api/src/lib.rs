@@ -110,6 +110,14 @@ impl Receipt {
 pub struct NotStored {
     /// Sightings the device marked deleted (CTX): read, counted, not stored.
     pub deleted: u64,
+    /// Sightings saved without a GPS fix (CTX records with no latitude and longitude):
+    /// read, counted, not stored as sightings; they stay in the archived original.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub no_position: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a receipt and the batch API say about the sightings a batch skipped.

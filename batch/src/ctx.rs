@@ -85,7 +85,16 @@ pub(crate) struct Counted {
     pub bytes: u64,
     pub sightings: u64,
     pub deleted: u64,
+    pub no_position: u64,
     pub waypoints: u64,
+}
+
+/// Whether a record carries a position: a sighting saved without a GPS fix has no
+/// latitude and longitude attributes. CTData stores only placed sightings, so such a
+/// record is counted and left in the archived original instead of refusing the CTX.
+fn has_position(attributes: &[(Uuid, Val)]) -> bool {
+    let has = |element: Uuid| attributes.iter().any(|(e, _)| *e == element);
+    has(LATITUDE) && has(LONGITUDE)
 }
 
 /// One member of the archive being read, and its unpacked size.
@@ -777,13 +786,15 @@ pub(crate) fn scan(path: &Path, limits: &Limits) -> Result<Counted, Rejection> {
         }
         None => None,
     };
-    let (mut sightings, mut deleted) = (0, 0);
+    let (mut sightings, mut deleted, mut no_position) = (0, 0, 0);
     match ctx.member("Sightings.dat")? {
         Some((r, len)) => {
             let mut dat = Dat { r, pos: 0, len };
-            walk_sightings(&mut dat, None, |_, h, _| {
+            walk_sightings(&mut dat, None, |_, h, attributes| {
                 if h.deleted {
                     deleted += 1;
+                } else if !has_position(&attributes) {
+                    no_position += 1;
                 } else {
                     sightings += 1;
                 }
@@ -804,6 +815,7 @@ pub(crate) fn scan(path: &Path, limits: &Limits) -> Result<Counted, Rejection> {
         bytes,
         sightings,
         deleted,
+        no_position,
         waypoints: waypoints.unwrap_or(0),
     })
 }
@@ -827,7 +839,7 @@ where
     };
     let mut dat = Dat { r, pos: 0, len };
     walk_sightings(&mut dat, None, |index, header, attributes| {
-        if header.deleted {
+        if header.deleted || !has_position(&attributes) {
             rows.skip();
             return Ok(());
         }

@@ -89,6 +89,7 @@ pub fn scan(path: &Path, limits: &Limits) -> Result<Scan, Rejection> {
         bytes,
         waypoints,
         deleted: 0,
+        no_position: 0,
     })
 }
 
@@ -110,6 +111,7 @@ fn scan_ctx(path: &Path, limits: &Limits) -> Result<Scan, Rejection> {
         sequence: None,
         waypoints: c.waypoints,
         deleted: c.deleted,
+        no_position: c.no_position,
     })
 }
 

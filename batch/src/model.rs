@@ -117,6 +117,10 @@ pub struct Scan {
     pub waypoints: u64,
     /// Records read but not stored because the device marked them deleted (CTX).
     pub deleted: u64,
+    /// Sighting records read but not stored because they have no position: saved
+    /// without a GPS fix, so with no latitude and longitude (CTX). They stay in the
+    /// archived original.
+    pub no_position: u64,
 }
 
 /// Guards against hostile input.

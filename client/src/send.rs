@@ -284,10 +284,24 @@ async fn send_outbox(
                 home.log(&format!("{name}: rejected, moved to rejected/: {reason}"));
                 report.rejected.push((name.clone(), reason));
             }
-            // The queue keeps moving: this batch waits for a later send, the others go.
+            // The queue keeps moving: this batch waits for a later send, the others go,
+            // unless the server cannot be reached at all (a link that is down or
+            // silent would make each of them wait out its own timeouts).
             Outcome::Retry(why) => {
                 home.log(&format!("{name}: not sent: {why}"));
                 report.error = Some(format!("{name}: {why}"));
+                let left = names.len() - i - 1;
+                if left > 0 && !opts.stop.load(Ordering::SeqCst) {
+                    if let Err(cause) = reachable(&transport, config).await {
+                        let why = format!(
+                            "{name}: {why}; then the server could not be reached ({cause}), so the \
+                             other {left} batch(es) wait for the next send"
+                        );
+                        home.log(&format!("stopping this send: {why}"));
+                        report.error = Some(why);
+                        break;
+                    }
+                }
             }
             Outcome::Stop(why) => {
                 home.log(&format!("{name}: not sent: {why}"));
@@ -305,6 +319,59 @@ async fn send_outbox(
     }
     report.pending = list_files(&dir)?.len();
     Ok(report)
+}
+
+/// How long the check that the server still answers may take after a batch failed.
+const REACHABLE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Whether the server still answers at all, asked after a batch failed: HTTP(S) any
+/// answer to `/healthz`, FTP(S) the server's greeting (after TLS for ftps), a share
+/// its folder. `Err` names why not.
+async fn reachable(transport: &Transport, config: &Config) -> Result<(), String> {
+    let up = &config.upload;
+    let probe = async {
+        match transport {
+            Transport::Http { client, .. } => {
+                let url = format!("{}/healthz", up.base());
+                client
+                    .get(&url)
+                    .timeout(REACHABLE_WITHIN)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| http::describe(&e, &up.url))
+            }
+            Transport::Ftp(_) => {
+                let config = config.clone();
+                tokio::task::spawn_blocking(move || {
+                    let t = ftp::Target::new(&config).map_err(|e| e.to_string())?;
+                    let addr = *t
+                        .addrs()
+                        .map_err(|e| e.to_string())?
+                        .first()
+                        .ok_or_else(|| format!("{} has no address", t.host))?;
+                    let tcp = ftp::connect(&t, addr).map_err(|e| e.to_string())?;
+                    let session = ftp::greet(&t, &config.upload, tcp).map_err(|e| e.to_string())?;
+                    ftp::quit(session);
+                    Ok(())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+            }
+            Transport::Share => {
+                let root = up.share_root();
+                tokio::task::spawn_blocking(move || match root.is_dir() {
+                    true => Ok(()),
+                    false => Err(format!("the share folder {} is not there", root.display())),
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+            }
+        }
+    };
+    tokio::time::timeout(REACHABLE_WITHIN, probe)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {REACHABLE_WITHIN:?}")))
 }
 
 /// Delivers one batch; `relay`: the handheld it is relayed for (send on sync).

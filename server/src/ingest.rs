@@ -306,15 +306,27 @@ impl Ingestor {
             LoadResult::Loaded(record) => {
                 let mut r = receipt(Status::Ingested, d, &record);
                 r.skipped = self.skipped(&record).await?;
-                if scan.deleted > 0 {
+                if scan.deleted > 0 || scan.no_position > 0 {
                     r.not_stored = Some(ctdata_api::NotStored {
                         deleted: scan.deleted,
+                        no_position: scan.no_position,
                     });
+                }
+                if scan.deleted > 0 {
                     per_file!(
                         device,
                         batch_id = %record.batch_id,
                         deleted = scan.deleted,
                         "records not stored as sightings: deleted on the device"
+                    );
+                }
+                if scan.no_position > 0 {
+                    tracing::warn!(
+                        device,
+                        batch_id = %record.batch_id,
+                        no_position = scan.no_position,
+                        "records not stored as sightings: saved without a GPS fix (no latitude and \
+                         longitude); they are kept in the archived original"
                     );
                 }
                 let conflicts = r.skipped.as_ref().map_or(0, |s| s.conflicts);

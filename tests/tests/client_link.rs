@@ -350,6 +350,12 @@ async fn a_silent_link_is_given_up_in_seconds() {
         silent: true,
         ..Default::default()
     });
+    // Three batches wait: after the first fails, the server does not answer its check
+    // either, so the other two are not each left to time out.
+    for _ in 0..2 {
+        client.record(2, "Panthera leo");
+        client.ok(&["seal"]);
+    }
     client.record(2, "Panthera leo");
     let mut child = client
         .command(&["send", "--retries", "0"])
@@ -364,8 +370,15 @@ async fn a_silent_link_is_given_up_in_seconds() {
     let mut out = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
     assert_eq!(status.code(), Some(1), "{out}");
-    assert!(out.contains("1 batch pending"), "{out}");
+    assert!(out.contains("3 batches pending"), "{out}");
     assert!(out.contains("timed out"), "{out}");
+    assert!(
+        out.contains("the server could not be reached")
+            && out.contains("other 2 batch(es) wait for the next send"),
+        "{out}"
+    );
+    let log = client.log_text();
+    assert_eq!(log.matches(": not sent: ").count(), 1, "{log}");
     assert_eq!(db.scalar("SELECT COUNT(*) FROM sightings").await, 3);
 }
 

@@ -176,6 +176,22 @@ fn writer_follows_the_packed_structures() {
 }
 
 #[test]
+fn a_sighting_without_a_fix_is_counted_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = upload();
+    let mut unplaced = up.sightings[1].clone();
+    unplaced.id = id(9);
+    unplaced.fix = Fix::None;
+    up.sightings.push(unplaced);
+    let path = write(dir.path(), "Kruger_0.CTX", &up.single());
+    let (scan, rows) = read_all(&path).expect("a CTX with an unplaced sighting");
+    assert_eq!(scan.declared_count, Some(3));
+    assert_eq!((scan.deleted, scan.no_position), (1, 1));
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.id != id(9)));
+}
+
+#[test]
 fn reads_every_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "Kruger_0.CTX", &upload().single());
@@ -896,6 +912,48 @@ async fn ctx_element_mapping(db: TestDb) {
     assert_eq!(
         track_csv(&base, &admin),
         "device,time,latitude,longitude,altitude,accuracy\n"
+    );
+
+    // A sighting saved without a GPS fix has no latitude and longitude: it is counted
+    // in the receipt and left in the archived original; the others in the CTX are
+    // stored (refusing the whole file would refuse it again at every resend).
+    let mut unplaced = up.sightings[0].clone();
+    unplaced.id = id(50);
+    unplaced.fix = Fix::None;
+    let mut placed = up.sightings[1].clone();
+    placed.id = id(51);
+    up.sightings = vec![unplaced, placed];
+    let file = env.dir.path().join("nofix_0.CTX");
+    std::fs::write(&file, up.single()).unwrap();
+    let r = curl(&[
+        "-u",
+        &format!("{NAME}:{token}"),
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{base}/api/v1/batches"),
+    ]);
+    let receipt: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(
+        (
+            &receipt["status"],
+            &receipt["sightings"],
+            &receipt["inserted"]
+        ),
+        (&json!("ingested"), &json!(1), &json!(1)),
+        "{receipt}"
+    );
+    assert_eq!(
+        receipt["not_stored"],
+        json!({"deleted": 0, "no_position": 1}),
+        "{receipt}"
+    );
+    let stored = sightings(&base, &admin).await;
+    let ids: Vec<&Value> = stored.iter().map(|s| &s["id"]).collect();
+    assert!(ids.contains(&&json!(id(51).to_string())), "{ids:?}");
+    assert!(!ids.contains(&&json!(id(50).to_string())), "{ids:?}");
+    assert!(
+        server.log_text().contains("saved without a GPS fix"),
+        "the server's log says why a record was not stored"
     );
 }
 

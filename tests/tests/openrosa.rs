@@ -428,6 +428,36 @@ async fn edits_conflicts_and_refusals_say_what_is_wrong(db: TestDb) {
     assert_eq!(statuses(&sent), [Some(201)], "{sent}");
     assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 1);
 
+    // A second edit retakes the photo (same name, new content) and adds another, in
+    // two POSTs: the first carries the old photo over, the retaken one in the second
+    // takes its place.
+    let retaken_dir = tempfile::tempdir().unwrap();
+    let (p1b, sha1b) = photo(retaken_dir.path(), "p1.jpg", 50_000, 7);
+    let (p2, sha2) = photo(env.dir.path(), "p2.jpg", 40_000, 8);
+    let mut again = edited.clone();
+    again.push("photo2=p2.jpg");
+    let edit3 = form.instance(
+        "edit3.xml",
+        "uuid:edit-0003",
+        &again,
+        &["--deprecated-id", "uuid:edit-0002"],
+    );
+    let sent = collect(&["submit", &url, &edit3, &p2, &p1b, "--accept", "60000"]);
+    assert_eq!(statuses(&sent), [Some(201), Some(201)], "{sent}");
+    seen.extend(statuses(&sent));
+    let linked = |name: &str| {
+        format!(
+            "SELECT l.sha256 FROM attachment_links l JOIN openrosa_submissions s ON s.batch = l.batch \
+             WHERE s.instance_id = 'uuid:edit-0003' AND l.name = '{name}'"
+        )
+    };
+    assert_eq!(db.texts(&linked("p1.jpg")).await, [[Some(sha1b.clone())]]);
+    assert_eq!(db.texts(&linked("p2.jpg")).await, [[Some(sha2)]]);
+    // The edit it replaced keeps its own photo.
+    assert_eq!(db.scalar(&carried).await, 1);
+    assert_ne!(sha1, sha1b);
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 1);
+
     // Another device can neither add to this submission nor retire it by an "edit".
     let other_token = env.device_token("collect-03");
     let other_url = format!("{}/openrosa/key/{other_token}", server.http_base());

@@ -76,15 +76,33 @@ impl Db {
     }
 
     /// Links recorded files to batch `batch` (its `pk`) in one transaction. A name that
-    /// is linked already keeps its first file, so linking again changes nothing.
+    /// is linked already keeps its first file, so linking again changes nothing; except
+    /// that a file carried over from `carried_from` (the batch of the submission an edit
+    /// replaces, see [`Db::record_openrosa_submission`]) gives way to the edit's own
+    /// file of that name, which may come in a later POST than the carrying one.
     #[tracing::instrument(skip_all, err)]
-    pub async fn link_attachments(&self, batch: i64, links: &[NewLink<'_>]) -> sqlx::Result<()> {
+    pub async fn link_attachments(
+        &self,
+        batch: i64,
+        links: &[NewLink<'_>],
+        carried_from: Option<i64>,
+    ) -> sqlx::Result<()> {
         const SQL: &str = "INSERT INTO attachment_links (batch, sighting_id, name, sha256) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (batch, sighting_id, name) DO NOTHING";
+        // The link is the carried one when the replaced batch has that very file under
+        // that name; the edit's own file of that name then takes its place.
+        const RETAKEN: &str = "UPDATE attachment_links SET sha256 = $4 \
+             WHERE batch = $1 AND sighting_id = $2 AND name = $3 AND sha256 <> $4 \
+             AND EXISTS (SELECT 1 FROM attachment_links o WHERE o.batch = $5 \
+               AND o.sighting_id = $2 AND o.name = $3 AND o.sha256 = attachment_links.sha256)";
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             for l in links {
                 let sighting = l.sighting_id.map(|s| s.to_string()).unwrap_or_default();
+                if let Some(old) = carried_from.filter(|old| *old != batch) {
+                    sqlx::query(RETAKEN).bind(batch).bind(&sighting).bind(l.name).bind(l.sha256)
+                        .bind(old).execute(&mut *tx).await?;
+                }
                 sqlx::query(SQL).bind(batch).bind(sighting).bind(l.name).bind(l.sha256)
                     .execute(&mut *tx).await?;
             }

@@ -326,7 +326,16 @@ async fn submit(
             sha256: &stored.sha256,
         });
     }
-    db.link_attachments(batch, &links).await?;
+    // An edit's file replaces the one carried over from the submission it edits.
+    let carried_from = match sub.deprecated_id.as_deref() {
+        Some(old) => db
+            .openrosa_submission(old)
+            .await?
+            .filter(|known| known.device == device)
+            .map(|known| known.batch),
+        None => None,
+    };
+    db.link_attachments(batch, &links, carried_from).await?;
     db.record_openrosa_submission(&NewSubmission {
         instance_id: &sub.instance_id,
         device,
