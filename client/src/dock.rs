@@ -192,14 +192,19 @@ fn take(home: &Home, config: &Config, a: &DockArgs, path: &Path) -> anyhow::Resu
     Ok(())
 }
 
-/// The handheld a docked file that names no device belongs to: `--device`, else the
-/// subfolder of the dock folder it is in (`DIR/ranger-09/…`) when that is a device name.
+/// The handheld a docked file that names no device belongs to: `--device`, or with
+/// `--by-folder` the subfolder of the dock folder it is in (`DIR/ranger-09/…`) when
+/// that is a device name. Otherwise none: the file is the station's own (a synced
+/// folder's own subfolders, such as dates, name no device).
 fn handheld_of(a: &DockArgs, path: &Path) -> anyhow::Result<Option<String>> {
     if let Some(name) = &a.device {
         if let Err(e) = name.parse::<ctdata_batch::DeviceName>() {
             bail!("--device: {e}");
         }
         return Ok(Some(name.clone()));
+    }
+    if !a.by_folder {
+        return Ok(None);
     }
     let Ok(rel) = path.strip_prefix(&a.dir) else {
         return Ok(None);

@@ -113,8 +113,8 @@ enum Command {
     /// A file refused for its content is reported once and skipped until it changes; a
     /// file that could not be read or stored (I/O error, full disk) is tried again.
     /// A handheld's files keep its name: a CTData batch by the device it names, a CSV
-    /// or GeoJSON by --device or its subfolder DIR/NAME/; they are relayed as they are,
-    /// so the same file docked at two PCs is stored once.
+    /// or GeoJSON by --device or, with --by-folder, its subfolder DIR/NAME/; they are
+    /// relayed as they are, so the same file docked at two PCs is stored once.
     Dock(DockArgs),
     /// Download the consolidated sightings added since the last pull: a file in inbox/,
     /// or into a local SQLite copy with --into (the "master database" of a secondary).
@@ -385,11 +385,15 @@ pub struct DockArgs {
     #[arg(long, default_value = "2s")]
     pub interval: Dur,
     /// The handheld that recorded the CSV and GeoJSON files in DIR (they name no device
-    /// themselves); without it, a file in a subfolder DIR/NAME/ is NAME's. Such files
-    /// are sent as they are, for that handheld: the server must let this station relay
-    /// for it (`ctdata-server device relay STATION --for NAME`)
+    /// themselves). Such files are sent as they are, for that handheld: the server must
+    /// let this station relay for it (`ctdata-server device relay STATION --for NAME`)
     #[arg(long, value_name = "NAME")]
     pub device: Option<String>,
+    /// Each subfolder of DIR is a handheld's: a CSV or GeoJSON file in DIR/NAME/ is
+    /// NAME's, relayed as with --device (without it, CSV and GeoJSON files are this
+    /// station's own wherever they are below DIR)
+    #[arg(long, conflicts_with = "device")]
+    pub by_folder: bool,
 }
 
 fn main() -> ExitCode {

@@ -332,7 +332,7 @@ async fn a_handhelds_csv_docked_at_two_stations_is_stored_once(db: TestDb) {
     std::fs::write(handheld.join("day1.csv"), csv(3, "nine")).unwrap();
     let shown = synced.path().display().to_string();
 
-    let stdout = a.ok(&["dock", &shown]);
+    let stdout = a.ok(&["dock", &shown, "--by-folder"]);
     assert!(stdout.contains("as batch relay-ranger-09-"), "{stdout}");
     assert!(stdout.contains("sent 1 batch (3 sightings"), "{stdout}");
     let once = vec![(
@@ -355,7 +355,7 @@ async fn a_handhelds_csv_docked_at_two_stations_is_stored_once(db: TestDb) {
     );
 
     // The same file at a second station: already there, nothing added.
-    let stdout = b.ok(&["dock", &shown]);
+    let stdout = b.ok(&["dock", &shown, "--by-folder"]);
     assert!(stdout.contains("1 already there"), "{stdout}");
     assert_eq!(relays(&db).await, once);
     assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, 3);
@@ -439,7 +439,7 @@ async fn stations_relay_over_ftp_and_the_share(db: TestDb) {
     let shown = synced.path().display().to_string();
 
     // Over FTP.
-    let stdout = a.ok(&["dock", &shown]);
+    let stdout = a.ok(&["dock", &shown, "--by-folder"]);
     assert!(stdout.contains("sent 1 batch (3 sightings"), "{stdout}");
     let by_ftp = (
         "ranger-09".to_string(),
@@ -455,9 +455,9 @@ async fn stations_relay_over_ftp_and_the_share(db: TestDb) {
 
     // Over the share: the same file is stored once; another is stored, relayed by
     // station-s, and its receipt is in station-s's receipts folder.
-    s.ok(&["dock", &shown]);
+    s.ok(&["dock", &shown, "--by-folder"]);
     std::fs::write(handheld.join("day2.csv"), csv(2, "nine-2")).unwrap();
-    let stdout = s.ok(&["dock", &shown]);
+    let stdout = s.ok(&["dock", &shown, "--by-folder"]);
     assert!(stdout.contains("sent 1 batch (2 sightings"), "{stdout}");
     let by_share = (
         "ranger-09".to_string(),
@@ -482,7 +482,7 @@ async fn stations_relay_over_ftp_and_the_share(db: TestDb) {
     .await;
 
     // Without the right: 550 over FTP, the batch set aside with the reason.
-    let out = c.run(&["dock", &shown]);
+    let out = c.run(&["dock", &shown, "--by-folder"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("2 rejected"), "{stdout}");
     let reasons: Vec<String> = std::fs::read_dir(c.path("rejected"))
