@@ -103,9 +103,15 @@ fn source_key(batch: &Path) -> std::io::Result<String> {
     Ok(format!("{} {mtime}", m.len()))
 }
 
-/// gzip (fast level) of `bytes`.
+/// The gzip level of what goes up: the default (6), not the fastest. Each batch is
+/// compressed once (a staged `.gz` is kept for its resumes), and on a poor link the
+/// bytes saved (generated sightings: 0.265 of the raw size at level 1) are worth far
+/// more than the second of CPU a 50 MB batch costs.
+const LEVEL: flate2::Compression = flate2::Compression::new(6);
+
+/// gzip of `bytes`.
 pub fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), LEVEL);
     enc.write_all(bytes)?;
     enc.finish()
 }
@@ -142,7 +148,7 @@ pub fn write_gz(batch: &Path) -> std::io::Result<PathBuf> {
         let tmp = side(batch, ".gz.tmp");
         let mut input = std::io::BufReader::new(std::fs::File::open(batch)?);
         let out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+        let mut enc = flate2::write::GzEncoder::new(out, LEVEL);
         std::io::copy(&mut input, &mut enc)?;
         let file = enc.finish()?.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;

@@ -215,14 +215,74 @@ impl Db {
                 }
             };
             let select = db.export_select(&attachments);
-            on_pool!(&db, p => {
-                let mut qb = QueryBuilder::new(select);
-                filter.push_conditions(&mut qb);
-                qb.push(" ORDER BY s.cursor");
-                forward(qb.build_query_as::<Stored>().fetch(p), tx).await
-            })
+            match &db {
+                Db::Postgres(p) => {
+                    let Some((mut conn, pid)) = cancellable(p, &tx).await else {
+                        return;
+                    };
+                    let mut qb = QueryBuilder::new(select);
+                    filter.push_conditions(&mut qb);
+                    qb.push(" ORDER BY s.cursor");
+                    let whole = forward(qb.build_query_as::<Stored>().fetch(&mut *conn), tx).await;
+                    if !whole {
+                        cancel(p, conn, pid).await;
+                    }
+                }
+                Db::Sqlite(p) => {
+                    let mut qb = QueryBuilder::new(select);
+                    filter.push_conditions(&mut qb);
+                    qb.push(" ORDER BY s.cursor");
+                    forward(qb.build_query_as::<Stored>().fetch(p), tx).await;
+                }
+            }
         })
     }
+}
+
+/// A PostgreSQL connection of the pool for one streamed query, and its backend's pid,
+/// so that the query can be cancelled when its reader goes away (see [`cancel`]).
+/// `None` once the error is sent to `tx`.
+pub(super) async fn cancellable<T>(
+    pool: &sqlx::PgPool,
+    tx: &mpsc::Sender<sqlx::Result<Vec<T>>>,
+) -> Option<(sqlx::pool::PoolConnection<sqlx::Postgres>, i32)> {
+    let got = async {
+        let mut conn = pool.acquire().await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok::<_, sqlx::Error>((conn, pid))
+    }
+    .await;
+    match got {
+        Ok(got) => Some(got),
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            None
+        }
+    }
+}
+
+/// Stops a streamed query whose reader went away (a download given up, a client cut
+/// off): without this PostgreSQL runs it to the end and the connection reads every
+/// remaining row before it can serve again (seconds at millions of rows, on a
+/// connection the pool lacks meanwhile). The connection is closed, not reused.
+pub(super) async fn cancel(
+    pool: &sqlx::PgPool,
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    pid: i32,
+) {
+    let cancelled = sqlx::query_scalar::<_, bool>("SELECT pg_cancel_backend($1)")
+        .bind(pid)
+        .fetch_one(pool)
+        .await;
+    tracing::info!(
+        backend = pid,
+        cancelled = ?cancelled,
+        "the reader of a streamed query went away: query cancelled"
+    );
+    use sqlx::Connection;
+    let _ = conn.detach().close().await;
 }
 
 impl Db {
@@ -282,11 +342,11 @@ impl Db {
 }
 
 /// Hands decoded rows to the queue, in chunks, until the query ends or the reader goes
-/// away.
+/// away; false when the reader went away before the query ended.
 pub(super) async fn forward<S, T: From<S>>(
     mut rows: impl futures::Stream<Item = sqlx::Result<S>> + Unpin,
     tx: mpsc::Sender<sqlx::Result<Vec<T>>>,
-) {
+) -> bool {
     use futures::StreamExt;
     let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
     while let Some(row) = rows.next().await {
@@ -295,16 +355,17 @@ pub(super) async fn forward<S, T: From<S>>(
             Err(e) => {
                 let _ = tx.send(Ok(std::mem::take(&mut chunk))).await;
                 let _ = tx.send(Err(e)).await;
-                return;
+                return true;
             }
         }
         if chunk.len() == EXPORT_CHUNK && tx.send(Ok(std::mem::take(&mut chunk))).await.is_err() {
-            return;
+            return false;
         }
     }
     if !chunk.is_empty() {
         let _ = tx.send(Ok(chunk)).await;
     }
+    true
 }
 
 /// Runs a query on its own task and hands its rows over a short queue, so the stream

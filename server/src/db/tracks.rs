@@ -105,10 +105,23 @@ impl Db {
              WHERE ($1 IS NULL OR d.name = $1) ORDER BY d.name, t.recorded_at";
         let db = self.clone();
         super::export::spawn_rows(move |tx| async move {
-            on_pool!(&db, p => {
-                let rows = sqlx::query_as::<_, TrackRow>(SQL).bind(device).fetch(p);
-                super::export::forward(rows, tx).await
-            })
+            match &db {
+                Db::Postgres(p) => {
+                    let Some((mut conn, pid)) = super::export::cancellable(p, &tx).await else {
+                        return;
+                    };
+                    let rows = sqlx::query_as::<_, TrackRow>(SQL)
+                        .bind(device)
+                        .fetch(&mut *conn);
+                    if !super::export::forward(rows, tx).await {
+                        super::export::cancel(p, conn, pid).await;
+                    }
+                }
+                Db::Sqlite(p) => {
+                    let rows = sqlx::query_as::<_, TrackRow>(SQL).bind(device).fetch(p);
+                    super::export::forward(rows, tx).await;
+                }
+            }
         })
     }
 
