@@ -318,3 +318,37 @@ async fn stalled_uploads_and_idle_sessions_time_out() {
     assert_eq!(left, 0);
     assert!(stored(&db).await.is_empty());
 }
+
+/// Behind a load balancer or NAT the passive replies must name the address clients
+/// reach (`ftp.passive_host`), not the replica's own; without it, the address the
+/// client connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_replies_announce_the_configured_host() {
+    let Some(db) = pg().await else { return };
+    let rounds = [
+        (None, "(127,0,0,1,", "ranger-07"),
+        (Some("127.0.0.2"), "(127,0,0,2,", "ranger-08"),
+    ];
+    for (setting, announced, device) in rounds {
+        let mut env = ServerEnv::new(&db);
+        env.enable_ftp();
+        if let Some(host) = setting {
+            env.extra_env
+                .push(("CTDATA__FTP__PASSIVE_HOST".to_string(), host.to_string()));
+        }
+        let token = env.device_token(device);
+        let server = env.serve().await;
+        let r = ftplib(
+            server.ftp_port(),
+            false,
+            serde_json::json!([["login", device, token], ["cmd", "PASV"]]),
+        );
+        assert!(ok(&r[0]), "{r:?}");
+        let reply = r[1]["ok"].as_str().unwrap_or_default();
+        assert!(
+            reply.starts_with("227") && reply.contains(announced),
+            "{setting:?}: {r:?}"
+        );
+        assert!(server.terminate().success());
+    }
+}

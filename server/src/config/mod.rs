@@ -357,6 +357,10 @@ pub struct FtpSettings {
     pub bind: String,
     /// Passive data ports, `FIRST-LAST`.
     pub passive_ports: PortRange,
+    /// The address passive replies (227) announce: an IPv4 address or a DNS name. Empty:
+    /// the address the client connected to, which is wrong behind a load balancer or
+    /// NAT (clients would be sent to the replica's own address).
+    pub passive_host: String,
     /// PEM certificate chain for explicit FTPS (AUTH TLS); with `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
@@ -451,6 +455,7 @@ impl Default for FtpSettings {
             enabled: false,
             bind: "127.0.0.1:2121".into(),
             passive_ports: PortRange::try_from("50000-50100".to_string()).expect("a valid range"),
+            passive_host: String::new(),
             tls_cert: None,
             tls_key: None,
             require_tls: false,

@@ -28,6 +28,19 @@ use crate::config::FtpSettings;
 use crate::db::Db;
 pub use handoff::remove_stale_parts;
 
+/// What passive replies announce (`ftp.passive_host`): an IPv4 address as it is, a
+/// name resolved by libunftp at each reply, nothing for the control connection's own.
+fn passive_host(setting: &str) -> libunftp::options::PassiveHost {
+    use libunftp::options::PassiveHost;
+    match setting.trim() {
+        "" => PassiveHost::FromConnection,
+        s => match s.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) => PassiveHost::Ip(ip),
+            Err(_) => PassiveHost::Dns(s.to_string()),
+        },
+    }
+}
+
 /// How long open sessions get to finish after the shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -67,6 +80,7 @@ impl Setup {
         .authenticator(authenticator)
         .greeting("CTData FTP server")
         .passive_ports(self.passive.clone())
+        .passive_host(passive_host(&self.settings.passive_host))
         .idle_session_timeout(self.settings.idle_timeout_secs.as_secs().max(1))
         .active_passive_mode(ActivePassiveMode::PassiveOnly);
         if let Some(events) = events {
