@@ -246,3 +246,83 @@ async fn another_devices_sighting_is_not_replaced(db: TestDb) {
 }
 
 both_backends!(another_devices_sighting_is_not_replaced);
+
+/// A photo `seed` as CyberTracker inlines it (a data URI), and its SHA-256.
+fn photo(seed: u8) -> (String, String) {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    bytes.extend((0..3000u32).map(|i| (i.wrapping_mul(2654435761) >> 8) as u8 ^ seed));
+    let uri = format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&bytes)
+    );
+    (uri, hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+/// The (name, sha256) of the files the export links to the one sighting.
+fn linked(base: &str, admin: &str) -> Vec<(String, String)> {
+    let rows = sightings(base, admin);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows[0]["attachments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// An edit (a newer updateTime) keeps the sighting's photos: those the edit does not
+/// send again follow the sighting to its new version, and a photo the edit sends under
+/// the same element replaces the earlier one.
+async fn an_edit_keeps_the_sightings_photos(db: TestDb) {
+    let env = ServerEnv::new(&db);
+    let token = env.device_token(DEVICE);
+    let admin = env.admin_token();
+    let server = env.serve().await;
+    let base = server.http_base();
+    let url = format!("{base}/api/v1/webhooks/cybertracker/{token}");
+    let with_photos = |time: &str, photos: &[(&str, &str)]| {
+        let mut o = observation(time, "3", "Loxodonta africana");
+        let values = o["records"][0]["values"].as_array_mut().unwrap();
+        for (name, uri) in photos {
+            values.push(json!({"id": name.to_lowercase(), "name": name, "value": uri}));
+        }
+        o
+    };
+    let (first, sha_first) = photo(1);
+    let (track, sha_track) = photo(2);
+    let v1 = with_photos(
+        "2024-07-01T06:15:00Z",
+        &[("Photo", &first), ("Track", &track)],
+    );
+    let (code, r) = post(&url, None, &v1);
+    assert_eq!((code, &r["status"]), (200, &json!("stored")), "{r}");
+    let mut want = vec![
+        ("Photo".to_string(), sha_first.clone()),
+        ("Track".to_string(), sha_track.clone()),
+    ];
+    assert_eq!(linked(&base, &admin), want);
+
+    // An edit without the photos: both follow the sighting.
+    let v2 = with_photos("2024-07-02T06:15:00Z", &[]);
+    let (code, r) = post(&url, None, &v2);
+    assert_eq!((code, &r["status"]), (200, &json!("updated")), "{r}");
+    assert_eq!(linked(&base, &admin), want);
+
+    // An edit with a retaken photo: it replaces the earlier one; the track stays.
+    let (retaken, sha_retaken) = photo(3);
+    let v3 = with_photos("2024-07-03T06:15:00Z", &[("Photo", &retaken)]);
+    let (code, r) = post(&url, None, &v3);
+    assert_eq!((code, &r["status"]), (200, &json!("updated")), "{r}");
+    want[0].1 = sha_retaken;
+    assert_eq!(linked(&base, &admin), want);
+    assert_ne!(sha_first, want[0].1);
+}
+
+both_backends!(an_edit_keeps_the_sightings_photos);

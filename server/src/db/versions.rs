@@ -194,6 +194,17 @@ impl Db {
             let content = stored_json(s.id, &old, old_attributes);
             retire_sighting!(tx, s.id, old.0, &old_version, &content);
             insert_sighting!(tx, batch, s);
+            // The sighting now lives in `batch`, where its files must be linked too:
+            // the new version's own (put in the store when its batch was read, but not
+            // linked then, the sighting being stored already), then the earlier
+            // version's under names the new one does not use.
+            let id = s.id.to_string();
+            for (name, sha256) in listed_media(&s.attributes) {
+                sqlx::query(LINK_OWN_MEDIA).bind(batch).bind(&id).bind(name).bind(sha256)
+                    .execute(&mut *tx).await?;
+            }
+            sqlx::query(CARRY_MEDIA).bind(batch).bind(old.0).bind(&id)
+                .execute(&mut *tx).await?;
             sqlx::query("DELETE FROM sighting_conflicts WHERE sighting_id = $1 AND new_batch = $2")
                 .bind(DbUuid(s.id))
                 .bind(batch)
@@ -211,6 +222,26 @@ impl Db {
             "SELECT count(*) FROM sighting_versions WHERE sighting_id = $1")
             .bind(DbUuid(id)).fetch_one(p).await)
     }
+}
+
+/// A file the new version of a sighting lists, if it is in the store: linked under its
+/// name, in place of an earlier version's file of that name.
+const LINK_OWN_MEDIA: &str = "INSERT INTO attachment_links (batch, sighting_id, name, sha256) \
+     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM attachments WHERE sha256 = $4) \
+     ON CONFLICT (batch, sighting_id, name) DO UPDATE SET sha256 = excluded.sha256";
+/// The earlier version's files (linked in its batch) follow the sighting to `$1`.
+const CARRY_MEDIA: &str = "INSERT INTO attachment_links (batch, sighting_id, name, sha256) \
+     SELECT $1, sighting_id, name, sha256 FROM attachment_links WHERE batch = $2 \
+     AND sighting_id = $3 ON CONFLICT (batch, sighting_id, name) DO NOTHING";
+
+/// The (name, sha256) of each inline file a sighting's attributes list (CyberTracker
+/// media: an object with `name`, `sha256` and `kept`).
+fn listed_media(attributes: &serde_json::Map<String, Value>) -> Vec<(&str, &str)> {
+    attributes
+        .values()
+        .filter(|v| v.get("kept").is_some())
+        .filter_map(|v| Some((v.get("name")?.as_str()?, v.get("sha256")?.as_str()?)))
+        .collect()
 }
 
 fn stored_json(id: Uuid, r: &StoredRow, attributes: serde_json::Map<String, Value>) -> Value {
