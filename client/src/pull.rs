@@ -215,11 +215,13 @@ fn progress_bar() -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new_spinner();
-    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    // The style first: the steady tick draws at once, and a pull that ends within its
+    // first period would otherwise have shown only a bare spinner.
     if let Ok(style) =
         ProgressStyle::with_template("pulling {spinner} {bytes} received, {bytes_per_sec} {msg}")
     {
         pb.set_style(style);
     }
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
     pb
 }

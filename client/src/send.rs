@@ -535,11 +535,12 @@ fn progress_bar(batches: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(0);
-    pb.enable_steady_tick(Duration::from_millis(200));
     if let Ok(style) = ProgressStyle::with_template(
         "{prefix} {spinner} [{bar:30}] {bytes}/{total_bytes} acknowledged, {bytes_per_sec} {msg}",
     ) {
         pb.set_style(style.progress_chars("=> "));
     }
+    // After the style: the steady tick draws at once.
+    pb.enable_steady_tick(Duration::from_millis(200));
     pb
 }
