@@ -267,7 +267,10 @@ pub async fn upload(
         r.offset = offset;
         remember(batch, &r);
         progress.set_position(offset);
-        progress.set_message(format!("resuming at {offset} of {length} bytes"));
+        progress.set_message(match offset {
+            0 => format!("{length} bytes, gzipped, in pieces"),
+            _ => format!("resuming at {offset} of {length} bytes"),
+        });
         // Pieces until the end, or until the link fails.
         let before = offset;
         let mut at = offset;

@@ -200,7 +200,12 @@ fn words(r: &send::Report, config: &Config) -> SendResult {
             r.error.as_deref().unwrap_or("the send was stopped")
         )
     } else if r.delivered > 0 {
-        format!("{} went to {}.", size(r.bytes), config.upload.url)
+        format!(
+            "{} of sightings went to {} as {} on the wire.",
+            size(r.bytes),
+            config.upload.url,
+            size(r.wire_bytes)
+        )
     } else {
         String::new()
     };
