@@ -286,6 +286,20 @@ async fn collect_sends_a_split_submission_once_through_a_cut_and_a_retry(db: Tes
         assert!(page.body.contains(&img), "{}", page.body);
     }
     assert!(page.body.contains("xml_submission_file"), "{}", page.body);
+    // The Sightings page shows each sighting's photos in its row (not the XML).
+    let table = api.page("/sightings", &cookie).await;
+    assert_eq!(table.status, 200, "{}", table.body);
+    let row = table
+        .body
+        .split("<tr id=\"s")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_default();
+    for sha in [&sha1, &sha2] {
+        let img = format!("<img class=\"thumb small\" src=\"/api/v1/attachments/{sha}\"");
+        assert!(row.contains(&img), "{row}");
+    }
+    assert!(!table.body.contains("xml_submission_file"), "{row}");
     let thumb = api
         .page(&format!("/api/v1/attachments/{sha1}"), &cookie)
         .await;

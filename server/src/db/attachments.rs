@@ -35,6 +35,25 @@ pub struct LinkedAttachment {
     pub content_type: String,
 }
 
+/// The name an OpenRosa submission's own XML is linked under in its batch.
+pub const OPENROSA_XML: &str = "xml_submission_file";
+
+/// A file of the sighting at `cursor`, for a dashboard table.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CursorFile {
+    pub cursor: i64,
+    pub name: String,
+    pub sha256: String,
+    pub content_type: String,
+}
+
+impl CursorFile {
+    /// Whether the browser may show it as a thumbnail.
+    pub fn is_image(&self) -> bool {
+        self.content_type.starts_with("image/") && self.content_type != "image/svg+xml"
+    }
+}
+
 /// A stored OpenRosa submission.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SubmissionRow {
@@ -149,6 +168,32 @@ impl Db {
             let mut q = sqlx::query_as(&sql);
             for s in sightings {
                 q = q.bind(super::dialect::DbUuid(*s));
+            }
+            q.fetch_all(p).await
+        })
+    }
+
+    /// The files of the sightings at `cursors` (linked to each, or to its batch), for
+    /// the dashboard's tables; an OpenRosa submission's own XML is left out.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn files_by_cursor(&self, cursors: &[i64]) -> sqlx::Result<Vec<CursorFile>> {
+        if cursors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id = self.uuid_text("s.id");
+        let marks: Vec<String> = (2..=cursors.len() + 1).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT s.cursor, l.name, a.sha256, a.content_type \
+             FROM sightings s JOIN attachment_links l ON l.batch = s.batch \
+               AND (l.sighting_id = '' OR l.sighting_id = {id}) \
+             JOIN attachments a ON a.sha256 = l.sha256 \
+             WHERE l.name <> $1 AND s.cursor IN ({}) ORDER BY s.cursor, l.name",
+            marks.join(", ")
+        );
+        on_pool!(self, p => {
+            let mut q = sqlx::query_as(&sql).bind(OPENROSA_XML);
+            for c in cursors {
+                q = q.bind(*c);
             }
             q.fetch_all(p).await
         })

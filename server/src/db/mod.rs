@@ -36,7 +36,8 @@ mod versions;
 pub use admin::{BatchListFilter, BatchSummary, RejectionInfo, MAX_PAGE};
 pub use admins::{AdminInfo, AdminTokenInfo, Revoked, TokenChoice};
 pub use attachments::{
-    AttachmentInfo, LinkedAttachment, NewLink, NewSubmission, StoredMedia, SubmissionRow,
+    AttachmentInfo, CursorFile, LinkedAttachment, NewLink, NewSubmission, StoredMedia,
+    SubmissionRow, OPENROSA_XML,
 };
 pub use conflicts::{ConflictInfo, SightingVersion, Skipped, SkippedId, SKIPPED_LISTED};
 pub use credentials::{Change, DeviceInfo};

@@ -36,7 +36,7 @@ use crate::types::{Channel, RejectionKind};
 /// The part that holds the submission XML.
 const XML_PART: &str = "xml_submission_file";
 /// The link name of the raw XML among a submission's attachments.
-pub const XML_LINK: &str = "xml_submission_file";
+pub const XML_LINK: &str = crate::db::OPENROSA_XML;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::session::{NoFields, Signed, SignedForm};
 use super::view::{filters, given, message, render, Frame, Notice, PageResult, Pager, Select};
-use crate::db::{BatchListFilter, BatchSummary, RejectionInfo, SightingQuery, SightingRow};
+use crate::db::{BatchListFilter, BatchSummary, RejectionInfo, SightingQuery};
 use crate::http::AppState;
 
 const CHANNELS: [&str; crate::types::Channel::ALL.len()] = crate::types::Channel::ALL_NAMES;
@@ -75,7 +75,7 @@ fn full<T>(rows: &[T]) -> bool {
 struct BatchPage<'a> {
     frame: Frame<'a>,
     b: BatchSummary,
-    rows: Vec<SightingRow>,
+    rows: Vec<super::view::TableRow>,
     pager: Pager,
     /// Photos and other files that came with the batch.
     files: Vec<crate::db::LinkedAttachment>,
@@ -107,12 +107,14 @@ pub async fn batch(
         })
         .await?;
     let files = db.batch_attachments(id).await?;
+    let pager =
+        Pager::new(format!("/batches/{id}"), &[]).after(rows.last().map(|r| r.cursor), full(&rows));
+    let rows = super::view::table_rows(db, rows).await?;
     let page = BatchPage {
         frame: signed.frame("/batches", format!("Batch {id}")),
         files,
         b,
-        pager: Pager::new(format!("/batches/{id}"), &[])
-            .after(rows.last().map(|r| r.cursor), full(&rows)),
+        pager,
         rows,
     };
     Ok(render(StatusCode::OK, page))

@@ -53,7 +53,7 @@ struct SightingsPage<'a> {
     filters: Vec<(&'static str, String)>,
     map_title: String,
     map: Map,
-    rows: Vec<SightingRow>,
+    rows: Vec<super::view::TableRow>,
     pager: Pager,
 }
 
@@ -130,6 +130,9 @@ pub async fn list(
     } else {
         (Vec::new(), Vec::new())
     };
+    let pager = Pager::new("/sightings", &keep)
+        .after(rows.last().map(|r| r.cursor), rows.len() as i64 == PAGE);
+    let rows = super::view::table_rows(&state.ingestor.db, rows).await?;
     let page = SightingsPage {
         frame: signed.frame("/sightings", "Sightings"),
         fields,
@@ -141,8 +144,7 @@ pub async fn list(
             format!("{} point(s)", points.len())
         },
         map: map(&points, q.bbox, state.dashboard.map_tiles.as_ref()),
-        pager: Pager::new("/sightings", &keep)
-            .after(rows.last().map(|r| r.cursor), rows.len() as i64 == PAGE),
+        pager,
         rows,
     };
     Ok(render(StatusCode::OK, page))

@@ -202,3 +202,36 @@ pub fn given(v: &Option<String>) -> Option<String> {
         .filter(|v| !v.is_empty())
         .map(str::to_string)
 }
+
+/// A row of a sightings table with the sighting's files (thumbnails for images).
+pub struct TableRow {
+    pub row: crate::db::SightingRow,
+    pub files: Vec<crate::db::CursorFile>,
+}
+
+impl std::ops::Deref for TableRow {
+    type Target = crate::db::SightingRow;
+    fn deref(&self) -> &Self::Target {
+        &self.row
+    }
+}
+
+/// The rows of a sightings table, each with its files, looked up in one query.
+pub async fn table_rows(
+    db: &crate::db::Db,
+    rows: Vec<crate::db::SightingRow>,
+) -> sqlx::Result<Vec<TableRow>> {
+    let cursors: Vec<i64> = rows.iter().map(|r| r.cursor).collect();
+    let mut files: std::collections::HashMap<i64, Vec<crate::db::CursorFile>> =
+        std::collections::HashMap::new();
+    for f in db.files_by_cursor(&cursors).await? {
+        files.entry(f.cursor).or_default().push(f);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| TableRow {
+            files: files.remove(&row.cursor).unwrap_or_default(),
+            row,
+        })
+        .collect())
+}
