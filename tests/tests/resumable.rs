@@ -345,9 +345,12 @@ async fn uploads_cut_while_stored_leave_no_spool(db: TestDb) {
         "the link cut only {} uploads",
         link.cuts()
     );
+    // How many cuts came after the whole body was in depends on the machine's speed
+    // (CI saw 5 and more, a loaded machine 3); each such store must finish.
+    eprintln!("{stored_in_background} of 10 cut sends were stored all the same");
     assert!(
-        stored_in_background >= 5,
-        "only {stored_in_background} of 10 cut sends were stored all the same"
+        stored_in_background >= 1,
+        "no cut send was stored all the same: a store must outlive its connection"
     );
     eventually(".incoming to empty", Duration::from_secs(60), || {
         std::future::ready((disk_use(&incoming) == 0).then_some(()))
