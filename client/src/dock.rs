@@ -259,6 +259,10 @@ fn relay(
     let bytes = std::fs::read(path)?;
     crate::home::write_atomic(&home.dir(crate::home::OUTBOX).join(&file), &bytes)?;
     locked.state.imported.insert(scan.sha256, file.clone());
+    // Only batches still waiting in outbox/ need their handheld remembered: the
+    // others were sent or refused, so the record does not grow with every dock.
+    let outbox = home.dir(crate::home::OUTBOX);
+    locked.state.relayed.retain(|name, _| outbox.join(name).exists());
     locked.state.relayed.insert(file.clone(), device.clone());
     locked.save()?;
     home.log(&format!(
