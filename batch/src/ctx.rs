@@ -93,7 +93,11 @@ pub(crate) struct Counted {
 /// latitude and longitude attributes. CTData stores only placed sightings, so such a
 /// record is counted and left in the archived original instead of refusing the CTX.
 fn has_position(attributes: &[(Uuid, Val)]) -> bool {
-    let has = |element: Uuid| attributes.iter().any(|(e, _)| *e == element);
+    let has = |element: Uuid| {
+        attributes
+            .iter()
+            .any(|(e, v)| *e == element && matches!(v, Val::Number(_)))
+    };
     has(LATITUDE) && has(LONGITUDE)
 }
 

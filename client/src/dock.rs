@@ -262,7 +262,10 @@ fn relay(
     // Only batches still waiting in outbox/ need their handheld remembered: the
     // others were sent or refused, so the record does not grow with every dock.
     let outbox = home.dir(crate::home::OUTBOX);
-    locked.state.relayed.retain(|name, _| outbox.join(name).exists());
+    locked
+        .state
+        .relayed
+        .retain(|name, _| outbox.join(name).exists());
     locked.state.relayed.insert(file.clone(), device.clone());
     locked.save()?;
     home.log(&format!(

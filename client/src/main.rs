@@ -83,7 +83,10 @@ enum Command {
     ///
     /// Delivered batches move to sent/, batches the server refuses for good to
     /// rejected/ with the reason; network errors and server trouble are retried, then
-    /// the batch stays in the outbox and the others still go (smallest first). Over
+    /// the batch stays in the outbox and the others still go (smallest first), unless
+    /// the server then does not answer at all (its health check over HTTP(S), its
+    /// greeting over FTP(S)): the rest wait for the next send instead of each waiting
+    /// out its own timeouts. Over
     /// HTTP(S) bodies above 4 KB go gzipped, and batches above 256 KB go up resumably
     /// (tus): a cut link resumes where the server's offset says, also after a restart.
     /// Over FTP(S) batches above 4 KB go gzipped as NAME.gz, and NAME.part resumes at

@@ -123,7 +123,7 @@ pub fn is_gzip(file: &Path) -> std::io::Result<bool> {
     Ok(n == 2 && magic == [0x1f, 0x8b])
 }
 
-/// Writes `.NAME.gz` once (through a temporary name; fast level, no timestamp, so the
+/// Writes `.NAME.gz` once (through a temporary name; level 6, no timestamp, so the
 /// same batch always gives the same bytes); returns its path.
 pub fn write_gz(batch: &Path) -> std::io::Result<PathBuf> {
     let gz = gz_path(batch);

@@ -321,12 +321,14 @@ async fn send_outbox(
     Ok(report)
 }
 
-/// How long the check that the server still answers may take after a batch failed.
-const REACHABLE_WITHIN: Duration = Duration::from_secs(10);
+/// How long the check that the server still answers may take after a batch failed:
+/// as long as a link may stay silent before a send gives it up.
+const REACHABLE_WITHIN: Duration = crate::resume::STALL;
 
 /// Whether the server still answers at all, asked after a batch failed: HTTP(S) any
-/// answer to `/healthz`, FTP(S) the server's greeting (after TLS for ftps), a share
-/// its folder. `Err` names why not.
+/// answer to `/healthz`, FTP(S) the server's greeting line. All of it async and within
+/// [`REACHABLE_WITHIN`], so nothing is left waiting behind. A share is not asked: a
+/// missing folder fails each batch at once anyway. `Err` names why not.
 async fn reachable(transport: &Transport, config: &Config) -> Result<(), String> {
     let up = &config.upload;
     let probe = async {
@@ -341,37 +343,39 @@ async fn reachable(transport: &Transport, config: &Config) -> Result<(), String>
                     .map(drop)
                     .map_err(|e| http::describe(&e, &up.url))
             }
-            Transport::Ftp(_) => {
-                let config = config.clone();
-                tokio::task::spawn_blocking(move || {
-                    let t = ftp::Target::new(&config).map_err(|e| e.to_string())?;
-                    let addr = *t
-                        .addrs()
-                        .map_err(|e| e.to_string())?
-                        .first()
-                        .ok_or_else(|| format!("{} has no address", t.host))?;
-                    let tcp = ftp::connect(&t, addr).map_err(|e| e.to_string())?;
-                    let session = ftp::greet(&t, &config.upload, tcp).map_err(|e| e.to_string())?;
-                    ftp::quit(session);
-                    Ok(())
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
-            }
-            Transport::Share => {
-                let root = up.share_root();
-                tokio::task::spawn_blocking(move || match root.is_dir() {
-                    true => Ok(()),
-                    false => Err(format!("the share folder {} is not there", root.display())),
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
-            }
+            Transport::Ftp(_) => ftp_greets(config).await,
+            Transport::Share => Ok(()),
         }
     };
     tokio::time::timeout(REACHABLE_WITHIN, probe)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {REACHABLE_WITHIN:?}")))
+}
+
+/// The FTP server's greeting (`220 …`, before any TLS), read without blocking a thread.
+async fn ftp_greets(config: &Config) -> Result<(), String> {
+    use tokio::io::AsyncBufReadExt;
+    let t = ftp::Target::new(config).map_err(|e| e.to_string())?;
+    let addr = tokio::net::lookup_host((t.host.as_str(), t.port))
+        .await
+        .map_err(|e| format!("cannot find host {:?}: {e}", t.host))?
+        .next()
+        .ok_or_else(|| format!("{} has no address", t.host))?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(tcp)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    match line.starts_with('2') {
+        true => Ok(()),
+        false => Err(format!(
+            "{addr} did not greet as an FTP server: {:?}",
+            line.trim()
+        )),
+    }
 }
 
 /// Delivers one batch; `relay`: the handheld it is relayed for (send on sync).

@@ -276,11 +276,20 @@ pub(super) async fn cancel(
         .bind(pid)
         .fetch_one(pool)
         .await;
-    tracing::info!(
-        backend = pid,
-        cancelled = ?cancelled,
-        "the reader of a streamed query went away: query cancelled"
-    );
+    match cancelled {
+        Ok(true) => tracing::info!(
+            backend = pid,
+            "the reader of a streamed query went away: query cancelled"
+        ),
+        Ok(false) => tracing::info!(
+            backend = pid,
+            "the reader of a streamed query went away; the query had ended"
+        ),
+        Err(e) => tracing::warn!(
+            backend = pid,
+            "the reader of a streamed query went away; cancelling it failed, closing its connection: {e}"
+        ),
+    }
     use sqlx::Connection;
     let _ = conn.detach().close().await;
 }
@@ -349,7 +358,14 @@ pub(super) async fn forward<S, T: From<S>>(
 ) -> bool {
     use futures::StreamExt;
     let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
-    while let Some(row) = rows.next().await {
+    loop {
+        // A reader that goes away is noticed at once, also while a selective query
+        // scans many rows between two matches.
+        let row = tokio::select! {
+            row = rows.next() => row,
+            _ = tx.closed() => return false,
+        };
+        let Some(row) = row else { break };
         match row {
             Ok(row) => chunk.push(T::from(row)),
             Err(e) => {

@@ -41,6 +41,35 @@ fn passive_host(setting: &str) -> libunftp::options::PassiveHost {
     }
 }
 
+/// `ftp.passive_host` at start-up: an IPv4 address, or a name that has one (passive
+/// replies carry IPv4 only). A malformed value stops the start; a name that does not
+/// resolve now is only warned about (the DNS may not be up yet at boot).
+async fn check_passive_host(setting: &str) -> anyhow::Result<()> {
+    let s = setting.trim();
+    if s.is_empty() || s.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    if s.contains(':') || s.contains('/') || s.contains(' ') {
+        anyhow::bail!(
+            "ftp.passive_host {s:?} is neither an IPv4 address nor a DNS name: passive replies \
+             carry an IPv4 address only, without a port"
+        );
+    }
+    match tokio::net::lookup_host((s, 0))
+        .await
+        .map(|mut addrs| addrs.any(|a| a.is_ipv4()))
+    {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "ftp.passive_host {s:?} has no IPv4 address: passive replies will fail until it has one"
+        ),
+        Err(e) => tracing::warn!(
+            "ftp.passive_host {s:?} does not resolve now ({e}): passive replies will fail until it does"
+        ),
+    }
+    Ok(())
+}
+
 /// How long open sessions get to finish after the shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -107,6 +136,7 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let passive = settings.passive_ports.range();
+    check_passive_host(&settings.passive_host).await?;
     // libunftp loads the files itself: load them here first so a problem is a start-up
     // error that names the setting and the file.
     let tls = crate::tls::pair("ftp", "FTPS", &settings.tls_cert, &settings.tls_key)?;
