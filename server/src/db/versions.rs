@@ -126,11 +126,14 @@ impl Db {
     /// Replaces sighting `s.id` by `s` when `s`'s version (`attributes[envelope][key]`,
     /// an RFC 3339 time) is newer than the stored one's, in one transaction; `batch` is
     /// the batch that brought `s`. The conflict the load recorded for this arrival is
-    /// resolved by it and removed.
+    /// resolved by it and removed. `files`: the (name, sha256) of each file `s` brought
+    /// itself (hashed from its bytes), which replace the earlier version's of that name;
+    /// the earlier version's other files follow the sighting.
     #[tracing::instrument(skip_all, err, fields(id = %s.id))]
     pub async fn supersede(
         &self,
         s: &Sighting,
+        files: &[(String, String)],
         envelope: &str,
         key: &str,
         batch: i64,
@@ -199,12 +202,18 @@ impl Db {
             // linked then, the sighting being stored already), then the earlier
             // version's under names the new one does not use.
             let id = s.id.to_string();
-            for (name, sha256) in listed_media(&s.attributes) {
+            for (name, sha256) in files {
                 sqlx::query(LINK_OWN_MEDIA).bind(batch).bind(&id).bind(name).bind(sha256)
                     .execute(&mut *tx).await?;
             }
-            sqlx::query(CARRY_MEDIA).bind(batch).bind(old.0).bind(&id)
-                .execute(&mut *tx).await?;
+            // A name the edit sent is its own even when the store did not take the file
+            // (over storage.max_attachment_bytes): the earlier file is not shown as it.
+            let earlier: Vec<(String, String)> = sqlx::query_as(EARLIER_MEDIA)
+                .bind(old.0).bind(&id).fetch_all(&mut *tx).await?;
+            for (name, sha256) in earlier.iter().filter(|(n, _)| !files.iter().any(|(f, _)| f == n)) {
+                sqlx::query(CARRY_MEDIA).bind(batch).bind(&id).bind(name).bind(sha256)
+                    .execute(&mut *tx).await?;
+            }
             sqlx::query("DELETE FROM sighting_conflicts WHERE sighting_id = $1 AND new_batch = $2")
                 .bind(DbUuid(s.id))
                 .bind(batch)
@@ -229,20 +238,12 @@ impl Db {
 const LINK_OWN_MEDIA: &str = "INSERT INTO attachment_links (batch, sighting_id, name, sha256) \
      SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM attachments WHERE sha256 = $4) \
      ON CONFLICT (batch, sighting_id, name) DO UPDATE SET sha256 = excluded.sha256";
-/// The earlier version's files (linked in its batch) follow the sighting to `$1`.
+/// The earlier version's files, linked in its batch (`$1`) to the sighting (`$2`).
+const EARLIER_MEDIA: &str =
+    "SELECT name, sha256 FROM attachment_links WHERE batch = $1 AND sighting_id = $2";
+/// One of them, following the sighting to `$1`.
 const CARRY_MEDIA: &str = "INSERT INTO attachment_links (batch, sighting_id, name, sha256) \
-     SELECT $1, sighting_id, name, sha256 FROM attachment_links WHERE batch = $2 \
-     AND sighting_id = $3 ON CONFLICT (batch, sighting_id, name) DO NOTHING";
-
-/// The (name, sha256) of each inline file a sighting's attributes list (CyberTracker
-/// media: an object with `name`, `sha256` and `kept`).
-fn listed_media(attributes: &serde_json::Map<String, Value>) -> Vec<(&str, &str)> {
-    attributes
-        .values()
-        .filter(|v| v.get("kept").is_some())
-        .filter_map(|v| Some((v.get("name")?.as_str()?, v.get("sha256")?.as_str()?)))
-        .collect()
-}
+     VALUES ($1, $2, $3, $4) ON CONFLICT (batch, sighting_id, name) DO NOTHING";
 
 fn stored_json(id: Uuid, r: &StoredRow, attributes: serde_json::Map<String, Value>) -> Value {
     json!({

@@ -152,14 +152,15 @@ async fn receive(state: &AppState, device: String, body: Bytes) -> Result<Respon
     Ok((StatusCode::OK, Json(answer)).into_response())
 }
 
-async fn read_back(
-    state: &AppState,
-    path: &std::path::Path,
-) -> Result<Option<ctdata_batch::Sighting>, ApiError> {
+/// The observation's sighting as the pipeline reads it, and the (name, sha256) of each
+/// file inlined in it, hashed from its bytes (what the store holds, if it took it).
+type ReadBack = (ctdata_batch::Sighting, Vec<(String, String)>);
+
+async fn read_back(state: &AppState, path: &std::path::Path) -> Result<Option<ReadBack>, ApiError> {
     let path = path.to_path_buf();
     let limits = ctdata_batch::Limits::default();
     let mapping = state.ingestor.cybertracker_mapping().clone();
-    let read = move || -> Option<ctdata_batch::Sighting> {
+    let read = move || -> Option<ReadBack> {
         let scan = ctdata_batch::scan(&path, &limits).ok()?;
         let mut first = None;
         ctdata_batch::read(&path, &scan, &limits, |s| {
@@ -167,9 +168,17 @@ async fn read_back(
             std::ops::ControlFlow::Break(())
         })
         .ok()?;
+        let mut files = Hashed::default();
+        ctdata_batch::inline_media::media(&path, &scan, &limits, &mut files).ok()?;
         first.map(|mut s| {
             mapping.apply(&mut s);
-            s
+            let own = files
+                .done
+                .into_iter()
+                .filter(|(id, _, _)| *id == s.id)
+                .map(|(_, name, sha)| (name, sha))
+                .collect();
+            (s, own)
         })
     };
     tokio::task::spawn_blocking(read)
@@ -177,17 +186,40 @@ async fn read_back(
         .map_err(|e| ApiError::Internal(e.into()))
 }
 
+/// Hashes each inlined file as the pipeline hands it out.
+#[derive(Default)]
+struct Hashed {
+    current: sha2::Sha256,
+    done: Vec<(Uuid, String, String)>,
+}
+
+impl ctdata_batch::inline_media::MediaSink for Hashed {
+    fn begin(&mut self) -> std::io::Result<()> {
+        self.current = sha2::Sha256::default();
+        Ok(())
+    }
+    fn chunk(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        sha2::Digest::update(&mut self.current, bytes);
+        Ok(())
+    }
+    fn end(&mut self, item: ctdata_batch::inline_media::MediaItem) -> std::io::Result<()> {
+        let sha = hex::encode(sha2::Digest::finalize(std::mem::take(&mut self.current)));
+        self.done.push((item.sighting_id, item.name, sha));
+        Ok(())
+    }
+}
+
 /// After the batch is filed: a new sighting, or a version of one stored before.
 async fn settle(
     state: &AppState,
     device: &str,
     r: &Receipt,
-    sighting: Option<ctdata_batch::Sighting>,
+    sighting: Option<ReadBack>,
 ) -> Result<&'static str, ApiError> {
     if r.status == Status::Ingested && r.inserted == 1 {
         return Ok("stored");
     }
-    let (Some(s), Some(batch_id)) = (sighting, r.batch_id) else {
+    let (Some((s, files)), Some(batch_id)) = (sighting, r.batch_id) else {
         return Ok("duplicate");
     };
     let db = &state.ingestor.db;
@@ -197,7 +229,13 @@ async fn settle(
     // Also on a duplicate: a crash after the batch committed and before the
     // replacement leaves it to the sender's retry.
     let done = db
-        .supersede(&s, ctdata_batch::CYBERTRACKER_ENVELOPE, VERSION, batch.pk)
+        .supersede(
+            &s,
+            &files,
+            ctdata_batch::CYBERTRACKER_ENVELOPE,
+            VERSION,
+            batch.pk,
+        )
         .await
         .map_err(ApiError::storing)?;
     Ok(match done {
