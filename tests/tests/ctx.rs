@@ -854,16 +854,7 @@ async fn ctx_element_mapping(db: TestDb) {
     named.attributes = vec![Attr::int32(COUNT, 3), Attr::double(HERD, 12.0)];
     up.elements.push((COUNT, "Count".into()));
     up.sightings = vec![s, named];
-    let file = env.dir.path().join("mapped_0.CTX");
-    std::fs::write(&file, up.single()).unwrap();
-    let r = curl(&[
-        "-u",
-        &format!("{NAME}:{token}"),
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &format!("{base}/api/v1/batches"),
-    ]);
-    let receipt: Value = serde_json::from_slice(&r.stdout).unwrap();
+    let receipt = post_upload(&env, &base, &token, "mapped_0.CTX", &up);
     assert_eq!(
         (&receipt["status"], &receipt["inserted"]),
         (&json!("ingested"), &json!(2)),
@@ -923,16 +914,7 @@ async fn ctx_element_mapping(db: TestDb) {
     let mut placed = up.sightings[1].clone();
     placed.id = id(51);
     up.sightings = vec![unplaced, placed];
-    let file = env.dir.path().join("nofix_0.CTX");
-    std::fs::write(&file, up.single()).unwrap();
-    let r = curl(&[
-        "-u",
-        &format!("{NAME}:{token}"),
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &format!("{base}/api/v1/batches"),
-    ]);
-    let receipt: Value = serde_json::from_slice(&r.stdout).unwrap();
+    let receipt = post_upload(&env, &base, &token, "nofix_0.CTX", &up);
     assert_eq!(
         (
             &receipt["status"],
@@ -958,6 +940,20 @@ async fn ctx_element_mapping(db: TestDb) {
 }
 
 both_backends!(ctx_element_mapping);
+
+/// POSTs `up` as one CTX file named `name` (HTTP Basic as NAME); the receipt.
+fn post_upload(env: &ServerEnv, base: &str, token: &str, name: &str, up: &Upload) -> Value {
+    let file = env.dir.path().join(name);
+    std::fs::write(&file, up.single()).unwrap();
+    let r = curl(&[
+        "-u",
+        &format!("{NAME}:{token}"),
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{base}/api/v1/batches"),
+    ]);
+    serde_json::from_slice(&r.stdout).unwrap()
+}
 
 /// Sighting `id` lists exactly one file in the export, `bytes`, which the attachment
 /// store gives back byte for byte.
