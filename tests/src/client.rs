@@ -199,3 +199,20 @@ impl Drop for Running {
         let _ = std::fs::remove_file(&self.output);
     }
 }
+
+/// An NDJSON import of `rows` sightings of ranger-07 in `dir`: its path and size.
+pub fn import_file(dir: &Path, rows: usize) -> (PathBuf, u64) {
+    let path = dir.join(format!("patrol-{rows}.ndjson"));
+    crate::Batch::new("ranger-07", rows).write(&path);
+    let len = std::fs::metadata(&path).unwrap().len();
+    (path, len)
+}
+
+/// The bytes on the wire a `send` summary reports.
+pub fn wire_bytes(summary: &str) -> u64 {
+    let before = summary
+        .split(" bytes on the wire")
+        .next()
+        .unwrap_or_else(|| panic!("no wire bytes in {summary}"));
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}

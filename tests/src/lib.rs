@@ -21,6 +21,7 @@ pub mod httpz;
 pub use ctdata_link as link;
 pub mod openrosa;
 pub mod smart;
+pub mod tmpfs;
 pub mod vsftpd;
 pub mod web;
 

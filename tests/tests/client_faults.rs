@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use ctdata_tests::client::Client;
+use ctdata_tests::tmpfs::Tmpfs;
 use ctdata_tests::{both_backends, eventually, ServerEnv, TestDb};
 
 both_backends! {
@@ -19,41 +20,13 @@ both_backends! {
     a_pull_after_an_upgrade_goes_on_from_the_old_cursor,
 }
 
-/// A tmpfs mounted on a temporary folder, unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
+/// The client's disk, on a tmpfs of its own.
+trait ClientDisk {
+    fn client(&self) -> Client;
+    fn fill_leaving(&self, room: u64) -> PathBuf;
 }
 
-impl Tmpfs {
-    /// `None` (with a visible SKIPPED) where mounting is not possible.
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let uid = Command::new("id").arg("-u").output().expect("run id");
-        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            eprintln!("SKIPPED: needs root to mount a tmpfs");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("run mount");
-        if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but mounting a tmpfs failed: {why}"
-            );
-            eprintln!("SKIPPED: cannot mount a tmpfs: {why}");
-            return None;
-        }
-        Some(Tmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
+impl ClientDisk for Tmpfs {
     /// A client whose home is on this filesystem.
     fn client(&self) -> Client {
         Client {
@@ -70,12 +43,6 @@ impl Tmpfs {
         write_zeros(&filler, u64::MAX);
         std::fs::remove_file(&spare).expect("free the room");
         filler
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
 

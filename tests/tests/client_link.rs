@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ctdata_tests::client::Client;
+use ctdata_tests::client::{import_file, wire_bytes, Client};
 use ctdata_tests::link::{Conditions, Link};
-use ctdata_tests::{both_backends, eventually, Batch, ServerEnv, TestDb};
+use ctdata_tests::{both_backends, eventually, ServerEnv, TestDb};
 
 both_backends! {
     large_import_arrives_once_through_a_cutting_link,
@@ -47,21 +47,6 @@ fn client_through(link: &Link, cert: &Path, token: &str) -> Client {
         cert.to_str().unwrap(),
     ]);
     client
-}
-
-fn import_file(dir: &Path, rows: usize) -> (PathBuf, u64) {
-    let path = dir.join(format!("patrol-{rows}.ndjson"));
-    Batch::new("ranger-07", rows).write(&path);
-    let len = std::fs::metadata(&path).unwrap().len();
-    (path, len)
-}
-
-fn wire_bytes(summary: &str) -> u64 {
-    let before = summary
-        .split(" bytes on the wire")
-        .next()
-        .unwrap_or_else(|| panic!("no wire bytes in {summary}"));
-    before.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 async fn large_import_arrives_once_through_a_cutting_link(db: TestDb) {

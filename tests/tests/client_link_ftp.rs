@@ -8,13 +8,12 @@
 //! of NDJSON, gzipped on the way) through cuts every second at 200 kB/s. The issue's
 //! size runs with `CTDATA_LINK_ROWS=200000 CTDATA_LINK_CUT_SECS=3`.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ctdata_tests::client::Client;
+use ctdata_tests::client::{import_file, wire_bytes, Client};
 use ctdata_tests::ftp::wait_for_batches;
 use ctdata_tests::link::{Conditions, Link};
-use ctdata_tests::{both_backends, eventually, Batch, ServerEnv, TestDb};
+use ctdata_tests::{both_backends, eventually, ServerEnv, TestDb};
 
 both_backends! {
     large_import_arrives_once_over_ftp_through_a_cutting_link,
@@ -43,21 +42,6 @@ fn client_through(link: &Link, token: &str) -> Client {
         token,
     ]);
     client
-}
-
-fn import_file(dir: &Path, rows: usize) -> (PathBuf, u64) {
-    let path = dir.join(format!("patrol-{rows}.ndjson"));
-    Batch::new("ranger-07", rows).write(&path);
-    let len = std::fs::metadata(&path).unwrap().len();
-    (path, len)
-}
-
-fn wire_bytes(summary: &str) -> u64 {
-    let before = summary
-        .split(" bytes on the wire")
-        .next()
-        .unwrap_or_else(|| panic!("no wire bytes in {summary}"));
-    before.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 /// The names in the device's folder on the server (what is left of uploads).

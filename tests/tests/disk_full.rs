@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ctdata_tests::api::Api;
+use ctdata_tests::tmpfs::Tmpfs;
 use ctdata_tests::{eventually, pg_admin_url, write_batch, ServerEnv};
 use sqlx::Connection;
 use uuid::Uuid;
@@ -19,52 +20,6 @@ const DEVICE: &str = "ranger-01";
 const ROWS: usize = 200;
 /// Free space left in the tablespace's filesystem before the first batch.
 const PG_ROOM: u64 = 768 * 1024;
-
-/// A tmpfs mounted on a temporary folder, unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// `None` (with a visible SKIPPED) where mounting is not possible.
-    fn mount(size: &str) -> Option<Tmpfs> {
-        Self::mount_with(&format!("size={size}"))
-    }
-
-    fn mount_with(options: &str) -> Option<Tmpfs> {
-        let uid = Command::new("id").arg("-u").output().expect("run id");
-        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            eprintln!("SKIPPED: needs root to mount a tmpfs");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("run mount");
-        if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but mounting a tmpfs failed: {why}"
-            );
-            eprintln!("SKIPPED: cannot mount a tmpfs: {why}");
-            return None;
-        }
-        Some(Tmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
 
 /// Writes zeros to `path` until the filesystem is full (or `limit` bytes).
 fn fill(path: &Path, limit: usize) {
