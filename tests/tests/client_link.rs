@@ -30,6 +30,36 @@ fn poor_link(cut_secs: f64) -> Conditions {
     }
 }
 
+/// ranger-07's HTTPS client reaching a fresh server through a link with `conditions`.
+struct Through {
+    env: ServerEnv,
+    server: ctdata_tests::Server,
+    link: Link,
+    client: Client,
+    token: String,
+}
+
+async fn through(db: &TestDb, conditions: Conditions) -> Through {
+    let mut env = ServerEnv::new(db);
+    let cert = env.enable_https();
+    let token = env.device_token("ranger-07");
+    let server = env.serve().await;
+    let target = server
+        .http_base()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let link = Link::new(target, conditions);
+    let client = client_through(&link, &cert, &token);
+    Through {
+        env,
+        server,
+        link,
+        client,
+        token,
+    }
+}
+
 /// An HTTPS client through `link`, trusting the server's certificate.
 fn client_through(link: &Link, cert: &Path, token: &str) -> Client {
     let client = Client::new();
@@ -50,17 +80,13 @@ fn client_through(link: &Link, cert: &Path, token: &str) -> Client {
 }
 
 async fn large_import_arrives_once_through_a_cutting_link(db: TestDb) {
-    let mut env = ServerEnv::new(&db);
-    let cert = env.enable_https();
-    let token = env.device_token("ranger-07");
-    let server = env.serve().await;
-    let target = server
-        .http_base()
-        .trim_start_matches("https://")
-        .parse()
-        .unwrap();
-    let link = Link::new(target, poor_link(1.0));
-    let client = client_through(&link, &cert, &token);
+    let Through {
+        env,
+        server: _server,
+        link,
+        client,
+        token: _token,
+    } = through(&db, poor_link(1.0)).await;
     let dir = tempfile::tempdir().unwrap();
     let (file, raw) = import_file(dir.path(), 40_000);
     client.ok(&["import", file.to_str().unwrap()]);
@@ -117,23 +143,20 @@ async fn large_import_arrives_once_through_a_cutting_link(db: TestDb) {
 }
 
 async fn small_batches_go_first_and_a_killed_send_resumes(db: TestDb) {
-    let mut env = ServerEnv::new(&db);
-    let cert = env.enable_https();
-    let token = env.device_token("ranger-07");
-    let server = env.serve().await;
-    let target = server
-        .http_base()
-        .trim_start_matches("https://")
-        .parse()
-        .unwrap();
-    let link = Link::new(
-        target,
+    let Through {
+        env: _env,
+        server: _server,
+        link: _link,
+        client,
+        token: _token,
+    } = through(
+        &db,
         Conditions {
             bytes_per_sec: Some(200_000),
             ..Default::default()
         },
-    );
-    let client = client_through(&link, &cert, &token);
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (large, _) = import_file(dir.path(), 40_000);
     client.ok(&["import", large.to_str().unwrap()]);
@@ -274,21 +297,17 @@ async fn measure_link() {
     let mut times = Vec::new();
     for cuts in [true, false] {
         let db = TestDb::new(ctdata_tests::Backend::Sqlite).await.unwrap();
-        let mut env = ServerEnv::new(&db);
-        let cert = env.enable_https();
-        let token = env.device_token("ranger-07");
-        let server = env.serve().await;
-        let target = server
-            .http_base()
-            .trim_start_matches("https://")
-            .parse()
-            .unwrap();
         let mut conditions = poor_link(cut);
         if !cuts {
             conditions.cut_after = None;
         }
-        let link = Link::new(target, conditions);
-        let client = client_through(&link, &cert, &token);
+        let Through {
+            env: _env,
+            server: _server,
+            link,
+            client,
+            token: _token,
+        } = through(&db, conditions).await;
         let dir = tempfile::tempdir().unwrap();
         let (file, raw) = import_file(dir.path(), rows);
         client.ok(&["import", file.to_str().unwrap()]);
@@ -318,17 +337,13 @@ async fn measure_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_link_is_given_up_in_seconds() {
     let db = TestDb::new(ctdata_tests::Backend::Sqlite).await.unwrap();
-    let mut env = ServerEnv::new(&db);
-    let cert = env.enable_https();
-    let token = env.device_token("ranger-07");
-    let server = env.serve().await;
-    let target = server
-        .http_base()
-        .trim_start_matches("https://")
-        .parse()
-        .unwrap();
-    let link = Link::new(target, Conditions::default());
-    let client = client_through(&link, &cert, &token);
+    let Through {
+        env: _env,
+        server: _server,
+        link,
+        client,
+        token: _token,
+    } = through(&db, Conditions::default()).await;
     client.record(3, "Panthera leo");
     client.ok(&["send"]);
     link.set(Conditions {
@@ -383,24 +398,21 @@ fn parts(env: &ServerEnv, device: &str) -> Vec<PathBuf> {
 /// the last PATCH 460 and starts the upload again from 0; the client asks where it
 /// stands and sends it again, instead of taking the 460 for a final refusal.
 async fn a_damaged_upload_starts_again_and_arrives(db: TestDb) {
-    let mut env = ServerEnv::new(&db);
-    let cert = env.enable_https();
-    let token = env.device_token("ranger-07");
-    let server = env.serve().await;
-    let target = server
-        .http_base()
-        .trim_start_matches("https://")
-        .parse()
-        .unwrap();
     // Slow enough (200 kB/s) that the damage lands before the last byte.
-    let link = Link::new(
-        target,
+    let Through {
+        env,
+        server,
+        link: _link,
+        client,
+        token: _token,
+    } = through(
+        &db,
         Conditions {
             bytes_per_sec: Some(200_000),
             ..Default::default()
         },
-    );
-    let client = client_through(&link, &cert, &token);
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (file, _) = import_file(dir.path(), 20_000);
     client.ok(&["import", file.to_str().unwrap()]);
@@ -452,23 +464,20 @@ async fn a_damaged_upload_starts_again_and_arrives(db: TestDb) {
 /// expiry or a lost disk would): the client starts a new upload a bounded number of
 /// times, then leaves the batch for a later send, instead of looping.
 async fn a_server_that_keeps_losing_uploads_is_not_fed_forever(db: TestDb) {
-    let mut env = ServerEnv::new(&db);
-    let cert = env.enable_https();
-    let token = env.device_token("ranger-07");
-    let server = env.serve().await;
-    let target = server
-        .http_base()
-        .trim_start_matches("https://")
-        .parse()
-        .unwrap();
-    let link = Link::new(
-        target,
+    let Through {
+        env,
+        server,
+        link: _link,
+        client,
+        token: _token,
+    } = through(
+        &db,
         Conditions {
             bytes_per_sec: Some(200_000),
             ..Default::default()
         },
-    );
-    let client = client_through(&link, &cert, &token);
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (file, _) = import_file(dir.path(), 20_000);
     client.ok(&["import", file.to_str().unwrap()]);
