@@ -525,20 +525,20 @@ fn attempt_on<T: TlsStream>(
             }
             Err(e) => Err(e),
         };
+        // The server's refusal is its answer; anything else is the link.
+        let failed = |e: FtpError| match e {
+            FtpError::UnexpectedResponse(_) => Attempt::Done(Outcome::Retry(format!(
+                "uploading {part} failed: {}",
+                explain(e)
+            ))),
+            e => lost(
+                format!("uploading {part} failed: {}", explain(e)),
+                Some(server_had),
+            ),
+        };
         let mut upload = match upload {
             Ok(u) => u,
-            Err(e @ FtpError::UnexpectedResponse(_)) => {
-                return Attempt::Done(Outcome::Retry(format!(
-                    "uploading {part} failed: {}",
-                    explain(e)
-                )))
-            }
-            Err(e) => {
-                return lost(
-                    format!("uploading {part} failed: {}", explain(e)),
-                    Some(server_had),
-                )
-            }
+            Err(e) => return failed(e),
         };
         let n = (*piece).min(len - offset);
         sent.from = offset;
@@ -573,18 +573,11 @@ fn attempt_on<T: TlsStream>(
         }
         match upload.finish() {
             Ok(()) => {}
-            Err(e @ FtpError::UnexpectedResponse(_)) => {
-                return Attempt::Done(Outcome::Retry(format!(
-                    "uploading {part} failed: {}",
-                    explain(e)
-                )))
-            }
             Err(e) => {
-                *piece = (*piece / 2).max(MIN_PIECE);
-                return lost(
-                    format!("uploading {part} failed: {}", explain(e)),
-                    Some(server_had),
-                );
+                if !matches!(e, FtpError::UnexpectedResponse(_)) {
+                    *piece = (*piece / 2).max(MIN_PIECE);
+                }
+                return failed(e);
             }
         }
         // "226 transfer complete" also ends a cut upload: only the size tells.
