@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::data;
 use crate::pg::TempDb;
+use crate::server::{cpu_of, peak_of};
 use crate::upload::{self, Plan};
 use crate::{finish, row2, server_config, workspace, Common};
 
@@ -22,33 +23,60 @@ pub struct BurstArgs {
     /// Devices the files are spread over; the HTTP phase runs one client per device.
     #[arg(long, default_value_t = 64)]
     devices: usize,
-    /// Servers (replicas on the one database) draining the shared folder at once; the
-    /// HTTP phase always runs one.
+    /// Replicas on one database: above 1, each size also runs with this many servers
+    /// (draining the one folder; taking the HTTP clients spread over them), and the
+    /// report gives the ratio to one server in the same run.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// Rounds of every measurement, interleaved (1 server, the replicas, 1 server, …);
+    /// the report takes the median of each, as a shared machine drifts by a fifth
+    /// between runs.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Each replica's `database.max_connections` (default: the server's own default,
+    /// as one server has).
+    #[arg(long)]
+    replica_connections: Option<u32>,
 }
 
-/// One burst size through both channels.
+/// One channel's timed phase.
+#[derive(Clone, Copy)]
+struct Timed {
+    secs: f64,
+    rss_kib: u64,
+    cpu: f64,
+}
+
+/// One burst size through both channels, with one server and (`--replicas` > 1) with
+/// that many replicas on one database.
 struct Measured {
     files: usize,
     rows: u64,
-    drop_secs: f64,
-    drop_rss_kib: u64,
-    drop_cpu: f64,
-    http_secs: f64,
-    http_rss_kib: u64,
-    http_cpu: f64,
-    /// The server's per-phase lines for the drop phase.
-    phases: Vec<String>,
+    /// Per server count and round: (servers, drop, HTTP, the drop's per-phase profile
+    /// lines).
+    runs: Vec<(usize, Timed, Timed, Vec<String>)>,
 }
 
 impl Measured {
-    fn drop_rate(&self) -> f64 {
-        self.files as f64 / self.drop_secs
+    fn rate(&self, t: &Timed) -> f64 {
+        self.files as f64 / t.secs
     }
 
-    fn http_rate(&self) -> f64 {
-        self.files as f64 / self.http_secs
+    /// The median drop and HTTP phases with `servers` servers (each by time on its own).
+    fn median(&self, servers: usize) -> Option<(Timed, Timed)> {
+        let mut drops: Vec<Timed> = Vec::new();
+        let mut https: Vec<Timed> = Vec::new();
+        for (n, drop, http, _) in &self.runs {
+            if *n == servers {
+                drops.push(*drop);
+                https.push(*http);
+            }
+        }
+        let mid = |mut v: Vec<Timed>| {
+            v.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+            v.get(v.len() / 2).copied()
+        };
+        Some((mid(drops)?, mid(https)?))
     }
 }
 
@@ -56,7 +84,12 @@ pub fn run(args: BurstArgs) -> anyhow::Result<()> {
     let sizes = parse_sizes(&args.sizes)?;
     ensure!(args.devices > 0, "--devices must be positive");
     ensure!(args.replicas > 0, "--replicas must be positive");
+    ensure!(args.rounds > 0, "--rounds must be positive");
     let (dir, run) = workspace(&args.common, "burst")?;
+    let counts = match args.replicas {
+        1 => vec![1],
+        n => vec![1, n],
+    };
     let mut measured = Vec::new();
     for (files, rows) in sizes {
         let plan = Plan {
@@ -75,30 +108,34 @@ pub fn run(args: BurstArgs) -> anyhow::Result<()> {
             "generated {files} batches of {rows} sightings in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        let tag = format!("{files}x{rows}");
-        let (drop_secs, drop_rss_kib, drop_cpu, phases) =
-            through_drop_dir(&args, &dir, run.path(), &tag, &plan, &bodies)?;
-        eprintln!(
-            "drop directory: {files} files in {drop_secs:.2} s ({:.0}/s)",
-            files as f64 / drop_secs
-        );
-        let (http_secs, http_rss_kib, http_cpu) =
-            through_http(&args.common, &dir, run.path(), &tag, &plan, bodies)?;
-        eprintln!(
-            "HTTP: {files} uploads in {http_secs:.2} s ({:.0}/s)",
-            files as f64 / http_secs
-        );
-        measured.push(Measured {
-            files,
-            rows,
-            drop_secs,
-            drop_rss_kib,
-            drop_cpu,
-            http_secs,
-            http_rss_kib,
-            http_cpu,
-            phases,
-        });
+        let mut runs = Vec::new();
+        let each = (0..args.rounds).flat_map(|r| counts.iter().map(move |&n| (r, n)));
+        for (round, servers) in each {
+            let tag = format!("{files}x{rows}-s{servers}-{round}");
+            let (drop, phases) =
+                through_drop_dir(&args, servers, &dir, run.path(), &tag, &plan, &bodies)?;
+            eprintln!(
+                "drop directory, {servers} server(s): {files} files in {:.2} s ({:.0}/s)",
+                drop.secs,
+                files as f64 / drop.secs
+            );
+            let http = through_http(
+                &args,
+                servers,
+                &dir,
+                run.path(),
+                &tag,
+                &plan,
+                bodies.clone(),
+            )?;
+            eprintln!(
+                "HTTP, {servers} server(s): {files} uploads in {:.2} s ({:.0}/s)",
+                http.secs,
+                files as f64 / http.secs
+            );
+            runs.push((servers, drop, http, phases));
+        }
+        measured.push(Measured { files, rows, runs });
     }
     finish(&dir, &report(&args, &measured))
 }
@@ -118,17 +155,17 @@ fn parse_sizes(s: &str) -> anyhow::Result<Vec<(usize, u64)>> {
 }
 
 /// The timed drop: every file staged under a temporary name in its device's folder
-/// before the server starts, then all renamed at once; done when every row is stored.
+/// before the servers start, then all renamed at once; done when every row is stored.
 fn through_drop_dir(
     args: &BurstArgs,
+    servers: usize,
     dir: &Path,
     run: &Path,
     tag: &str,
     plan: &Plan,
     bodies: &[Vec<Vec<u8>>],
-) -> anyhow::Result<(f64, u64, f64, Vec<String>)> {
-    let common = &args.common;
-    let db = TempDb::create(&common.pg)?;
+) -> anyhow::Result<(Timed, Vec<String>)> {
+    let db = TempDb::create(&args.common.pg)?;
     let here = run.join(format!("drop-{tag}"));
     std::fs::create_dir_all(&here)?;
     let mut cfg = server_config(&db, &here)?;
@@ -148,38 +185,23 @@ fn through_drop_dir(
         }
     }
     quiet_start(&db.db)?;
-    let mut servers = Vec::new();
-    let mut logs = Vec::new();
-    for r in 0..args.replicas {
-        let mut cfg = cfg.clone();
-        cfg.env
-            .push(("CTDATA__REPLICA__NAME".to_string(), format!("bench{r}")));
-        let log = dir.join(format!("server-drop-{tag}-r{r}.log"));
-        servers.push(cfg.serve(&log, Duration::from_secs(30))?);
-        logs.push(log);
-    }
+    let connections = args.replica_connections;
+    let (mut servers, logs) = cfg.serve_all(servers, connections, dir, &format!("drop-{tag}"))?;
     let mut session = db.db.session()?;
     let rows = staged.len() as u64 * plan.rows_per_batch;
     crate::run::poll(&mut session)?; // connect before the clock starts
-    let mut cpu_before = 0.0;
-    for s in &servers {
-        cpu_before += s.cpu_secs()?;
-    }
+    let cpu_before = cpu_of(&servers)?;
 
     let start = Instant::now();
     for (part, name) in &staged {
         std::fs::rename(part, name)?;
     }
-    let timeout = Duration::from_secs(common.timeout_secs);
+    let timeout = Duration::from_secs(args.common.timeout_secs);
     crate::run::wait_for_rows(&mut session, &mut servers[0], &db.db, rows, timeout)?;
     let secs = start.elapsed().as_secs_f64();
 
-    let mut peak = 0;
-    let mut cpu = -cpu_before;
-    for s in &servers {
-        peak = peak.max(s.peak_rss_kib()?);
-        cpu += s.cpu_secs()?;
-    }
+    let rss_kib = peak_of(&servers)?;
+    let cpu = cpu_of(&servers)? - cpu_before;
     for s in servers {
         s.stop(Duration::from_secs(60))?;
     }
@@ -198,37 +220,43 @@ fn through_drop_dir(
                 .map(str::to_string),
         );
     }
-    Ok((secs, peak, cpu, phases))
+    Ok((Timed { secs, rss_kib, cpu }, phases))
 }
 
-/// The same batches POSTed by one keep-alive client per device, into a fresh database.
+/// The same batches POSTed by one keep-alive client per device, into a fresh
+/// database; with several servers the clients are spread over them.
 fn through_http(
-    common: &Common,
+    args: &BurstArgs,
+    servers: usize,
     dir: &Path,
     run: &Path,
     tag: &str,
     plan: &Plan,
     bodies: Vec<Vec<Vec<u8>>>,
-) -> anyhow::Result<(f64, u64, f64)> {
-    let db = TempDb::create(&common.pg)?;
+) -> anyhow::Result<Timed> {
+    let db = TempDb::create(&args.common.pg)?;
     let here = run.join(format!("http-{tag}"));
     std::fs::create_dir_all(&here)?;
     let cfg = server_config(&db, &here)?;
     cfg.migrate()?;
     let tokens = upload::register_devices(&cfg, plan.clients)?;
     quiet_start(&db.db)?;
-    let server = cfg.serve(
-        &dir.join(format!("server-http-{tag}.log")),
-        Duration::from_secs(30),
-    )?;
-    let http = upload::through_http(&server, &db.db, plan, &tokens, bodies)?;
+    let connections = args.replica_connections;
+    let (servers, _) = cfg.serve_all(servers, connections, dir, &format!("http-{tag}"))?;
+    let http = upload::through_http(&servers, &db.db, plan, &tokens, bodies)?;
     ensure!(
         !http.stopped_by_time_limit,
         "the HTTP phase stopped at the time limit"
     );
-    let peak = server.peak_rss_kib()?;
-    server.stop(Duration::from_secs(60))?;
-    Ok((http.secs, peak, http.server_cpu))
+    let rss_kib = peak_of(&servers)?;
+    for s in servers {
+        s.stop(Duration::from_secs(60))?;
+    }
+    Ok(Timed {
+        secs: http.secs,
+        rss_kib,
+        cpu: http.server_cpu,
+    })
 }
 
 /// A checkpoint (when the role may) and `sync`, so neither phase writes back what the
@@ -243,63 +271,118 @@ fn quiet_start(db: &crate::pg::Psql) -> anyhow::Result<()> {
 }
 
 fn report(args: &BurstArgs, all: &[Measured]) -> String {
+    let counts = match args.replicas {
+        1 => vec![1],
+        n => vec![1, n],
+    };
     let mut lines = vec![
         format!(
-            "burst: files dropped at once ({} server(s) draining) vs. the same batches over HTTP \
-             (one server; {} devices)",
-            args.replicas, args.devices
+            "burst: files dropped at once vs. the same batches over HTTP ({} devices){}{}",
+            args.devices,
+            match args.replicas {
+                1 => String::new(),
+                n => format!(", each with 1 server and with {n} replicas on one database"),
+            },
+            match args.rounds {
+                1 => String::new(),
+                n => format!("; {n} rounds, interleaved: medians"),
+            }
         ),
         String::new(),
         "| measure                                  |              value |".into(),
         "| ---------------------------------------- | -----------------: |".into(),
     ];
+    let ok = |b: bool| if b { "(met)" } else { "(NOT met)" };
     for m in all {
-        let ratio = m.drop_rate() / m.http_rate();
-        let ok = |b: bool| if b { "(met)" } else { "(NOT met)" };
         let size = format!("{} x {}", m.files, m.rows);
-        lines.extend([
-            row2(&format!("{size}: drop, s"), format!("{:.2}", m.drop_secs)),
-            row2(
-                &format!("{size}: drop, files/s"),
-                format!("{:.0}", m.drop_rate()),
-            ),
-            row2(&format!("{size}: HTTP, s"), format!("{:.2}", m.http_secs)),
-            row2(
-                &format!("{size}: HTTP, batches/s"),
-                format!("{:.0}", m.http_rate()),
-            ),
-            row2(
-                &format!("{size}: ratio drop/HTTP (>= 0.90)"),
-                format!("{ratio:.2} {}", ok(ratio >= 0.9)),
-            ),
-            row2(
-                &format!("{size}: drop peak RSS, MB (< 100)"),
-                format!(
-                    "{:.1} {}",
-                    m.drop_rss_kib as f64 / 1024.0,
-                    ok(m.drop_rss_kib < 100 * 1024)
+        for &servers in &counts {
+            let Some((drop, http)) = m.median(servers) else {
+                continue;
+            };
+            let at = format!("{size}, {servers} server(s)");
+            let ratio = m.rate(&drop) / m.rate(&http);
+            lines.extend([
+                row2(&format!("{at}: drop, s"), format!("{:.2}", drop.secs)),
+                row2(
+                    &format!("{at}: drop, files/s"),
+                    format!("{:.0}", m.rate(&drop)),
                 ),
-            ),
-            row2(
-                &format!("{size}: HTTP peak RSS, MB"),
-                format!("{:.1}", m.http_rss_kib as f64 / 1024.0),
-            ),
-            row2(
-                &format!("{size}: server CPU drop / HTTP, s"),
-                format!("{:.2} / {:.2}", m.drop_cpu, m.http_cpu),
-            ),
-        ]);
+                row2(&format!("{at}: HTTP, s"), format!("{:.2}", http.secs)),
+                row2(
+                    &format!("{at}: HTTP, batches/s"),
+                    format!("{:.0}", m.rate(&http)),
+                ),
+                row2(
+                    &format!("{at}: drop/HTTP (>= 0.90)"),
+                    format!("{ratio:.2} {}", ok(ratio >= 0.9)),
+                ),
+                row2(
+                    &format!("{at}: drop peak RSS, MB (< 100)"),
+                    format!(
+                        "{:.1} {}",
+                        drop.rss_kib as f64 / 1024.0,
+                        ok(drop.rss_kib < 100 * 1024)
+                    ),
+                ),
+                row2(
+                    &format!("{at}: HTTP peak RSS, MB"),
+                    format!("{:.1}", http.rss_kib as f64 / 1024.0),
+                ),
+                row2(
+                    &format!("{at}: server CPU drop / HTTP, s"),
+                    format!("{:.2} / {:.2}", drop.cpu, http.cpu),
+                ),
+            ]);
+        }
+        if let (Some((drop1, http1)), Some((drop_n, http_n)), Some(&n)) =
+            (m.median(1), m.median(args.replicas), counts.get(1))
+        {
+            let d = m.rate(&drop_n) / m.rate(&drop1);
+            let h = m.rate(&http_n) / m.rate(&http1);
+            lines.extend([
+                row2(
+                    &format!("{size}: drop, {n} / 1 server (>= 1)"),
+                    format!("{d:.2} {}", ok(d >= 1.0)),
+                ),
+                row2(
+                    &format!("{size}: HTTP, {n} / 1 server (>= 1)"),
+                    format!("{h:.2} {}", ok(h >= 1.0)),
+                ),
+            ]);
+        }
+    }
+    if args.rounds > 1 {
+        lines.push(String::new());
+        lines.push("Every round (files/s dropped, batches/s over HTTP):".into());
+        lines.push(String::new());
+        for m in all {
+            for (n, drop, http, _) in &m.runs {
+                lines.push(format!(
+                    "- {} x {}, {n} server(s): drop {:.0}/s, HTTP {:.0}/s",
+                    m.files,
+                    m.rows,
+                    m.rate(drop),
+                    m.rate(http)
+                ));
+            }
+        }
     }
     for m in all {
-        lines.push(String::new());
-        lines.push(format!(
-            "{} x {}: per-phase profile of the drop (server log, one block per pass):",
-            m.files, m.rows
-        ));
-        lines.extend(m.phases.iter().map(|l| match l.find("phase=") {
-            Some(at) => format!("  {}", &l[at..]),
-            None => format!("  {l}"),
-        }));
+        // The profile of each server count's first round.
+        for &servers in &counts {
+            let Some((_, _, _, phases)) = m.runs.iter().find(|r| r.0 == servers) else {
+                continue;
+            };
+            lines.push(String::new());
+            lines.push(format!(
+                "{} x {}, {servers} server(s), first round: per-phase profile of the drop (server log, one block per pass):",
+                m.files, m.rows
+            ));
+            lines.extend(phases.iter().map(|l| match l.find("phase=") {
+                Some(at) => format!("  {}", &l[at..]),
+                None => format!("  {l}"),
+            }));
+        }
     }
     lines.join("\n")
 }

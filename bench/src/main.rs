@@ -129,6 +129,15 @@ struct UploadArgs {
     /// The pgbench binary (default: on the PATH, else /usr/lib/postgresql/*/bin).
     #[arg(long, env = "PGBENCH")]
     pgbench: Option<PathBuf>,
+    /// Above 1: the uploads also go to this many replicas on one database (clients
+    /// spread over them as a load balancer without sticky sessions would), and the
+    /// report gives their rate against one server's in the same run.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Each replica's `database.max_connections` (default: the server's own default,
+    /// as one server has).
+    #[arg(long)]
+    replica_connections: Option<u32>,
 }
 
 #[derive(Args)]
@@ -271,7 +280,7 @@ fn big(args: BigArgs) -> anyhow::Result<()> {
 
 fn upload(args: UploadArgs) -> anyhow::Result<()> {
     ensure!(
-        args.requests > 0 && args.clients > 0 && args.batch_rows > 0,
+        args.requests > 0 && args.clients > 0 && args.batch_rows > 0 && args.replicas > 0,
         "sizes must be positive"
     );
     let common = &args.common;
@@ -307,7 +316,13 @@ fn upload(args: UploadArgs) -> anyhow::Result<()> {
 
     upload::settle_fresh(&db.db)?;
     let server = cfg.serve(&dir.join("server.log"), Duration::from_secs(30))?;
-    let http = upload::through_http(&server, &db.db, &plan, &tokens, bodies)?;
+    let http = upload::through_http(
+        std::slice::from_ref(&server),
+        &db.db,
+        &plan,
+        &tokens,
+        bodies.clone(),
+    )?;
     let peak_rss_kib = server.peak_rss_kib()?;
     server.stop(Duration::from_secs(60))?;
     eprintln!(
@@ -316,8 +331,33 @@ fn upload(args: UploadArgs) -> anyhow::Result<()> {
         http.secs,
         http.per_sec()
     );
-
     drop(db);
+
+    // The same uploads spread over replicas, into a fresh database of their own.
+    let replicated = match args.replicas {
+        1 => None,
+        n => {
+            let db = TempDb::create(&common.pg)?;
+            let cfg = server_config(&db, run.path())?;
+            cfg.migrate()?;
+            let tokens = upload::register_devices(&cfg, plan.clients)?;
+            upload::settle_fresh(&db.db)?;
+            let (servers, _) = cfg.serve_all(n, args.replica_connections, &dir, "replicas")?;
+            let run = upload::through_http(&servers, &db.db, &plan, &tokens, bodies)?;
+            let peak = server::peak_of(&servers)?;
+            for s in servers {
+                s.stop(Duration::from_secs(60))?;
+            }
+            eprintln!(
+                "HTTP, {n} replicas: {} uploads in {:.2} s ({:.0}/s)",
+                run.requests,
+                run.secs,
+                run.per_sec()
+            );
+            Some((n, run, peak))
+        }
+    };
+
     // pgbench on a fresh database of its own, migrated by the server, with the same
     // devices: the same starting point as the HTTP phase had.
     let db = TempDb::create(&common.pg)?;
@@ -349,6 +389,7 @@ fn upload(args: UploadArgs) -> anyhow::Result<()> {
         &http,
         peak_rss_kib,
         &pgb,
+        replicated.as_ref(),
     );
     finish(&dir, &report)
 }
@@ -359,6 +400,7 @@ fn upload_report(
     http: &upload::HttpRun,
     peak_rss_kib: u64,
     pgbench: &upload::PgbenchRun,
+    replicated: Option<&(usize, upload::HttpRun, u64)>,
 ) -> String {
     let ratio = http.per_sec() / pgbench.tps;
     let verdict = if ratio >= 0.7 { "ok" } else { "BELOW TARGET" };
@@ -438,6 +480,51 @@ fn upload_report(
         "server peak RSS during the uploads: {:.1} MB",
         mb(peak_rss_kib * 1024)
     ));
+    if let Some((n, run, peak)) = replicated {
+        let ratio = run.per_sec() / http.per_sec();
+        lines.extend([
+            String::new(),
+            format!(
+                "The same uploads to {n} replicas on one database (client i to replica i mod {n}){}:",
+                if run.stopped_by_time_limit {
+                    " (stopped by the time limit)"
+                } else {
+                    ""
+                }
+            ),
+            String::new(),
+            "| measure                                  |              value |".into(),
+            "| ---------------------------------------- | -----------------: |".into(),
+            row2(&format!("{n} replicas, s"), format!("{:.2}", run.secs)),
+            row2(
+                &format!("{n} replicas, batches/s"),
+                format!("{:.0}", run.per_sec()),
+            ),
+            row2(
+                &format!("{n} replicas / 1 server (>= 1)"),
+                format!(
+                    "{ratio:.2} {}",
+                    if ratio >= 1.0 { "(met)" } else { "(NOT met)" }
+                ),
+            ),
+            row2(
+                &format!("{n} replicas: server CPU ms per batch"),
+                format!("{:.2}", run.server_cpu * 1e3 / run.requests as f64),
+            ),
+            row2(
+                &format!("{n} replicas: latency p50 / p99, ms"),
+                format!(
+                    "{:.1} / {:.1}",
+                    run.percentile_ms(0.5),
+                    run.percentile_ms(0.99)
+                ),
+            ),
+            row2(
+                &format!("{n} replicas: highest peak RSS, MB"),
+                format!("{:.1}", mb(peak * 1024)),
+            ),
+        ]);
+    }
     lines.join("\n")
 }
 

@@ -72,7 +72,13 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
     let bodies = upload::bodies(&at_zero_plan)?;
     upload::settle_fresh(&empty.db)?;
     let server = cfg.serve(&dir.join("server-empty.log"), Duration::from_secs(30))?;
-    let at_zero = upload::through_http(&server, &empty.db, &at_zero_plan, &tokens, bodies)?;
+    let at_zero = upload::through_http(
+        std::slice::from_ref(&server),
+        &empty.db,
+        &at_zero_plan,
+        &tokens,
+        bodies,
+    )?;
     server.stop(Duration::from_secs(60))?;
     drop(empty);
     eprintln!(
@@ -131,7 +137,13 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
 
     let at_n_plan = plan(common.seed + 1);
     let bodies = upload::bodies(&at_n_plan)?;
-    let at_n = upload::through_http(&server, &db.db, &at_n_plan, &tokens, bodies)?;
+    let at_n = upload::through_http(
+        std::slice::from_ref(&server),
+        &db.db,
+        &at_n_plan,
+        &tokens,
+        bodies,
+    )?;
     server.stop(Duration::from_secs(60))?;
 
     let rate = |r: &upload::HttpRun| r.per_sec() * args.batch_rows as f64;

@@ -100,6 +100,50 @@ impl ServerConfig {
         server.ready = server.wait_for_ready(&out, ready_within)?;
         Ok(server)
     }
+
+    /// Starts `n` servers on this database: a lone server for 1, else replicas
+    /// `bench0..` (with `connections` as each one's `database.max_connections`, when
+    /// given), each logging to `<dir>/server-<tag>-r<i>.log`.
+    pub fn serve_all(
+        &self,
+        n: usize,
+        connections: Option<u32>,
+        dir: &Path,
+        tag: &str,
+    ) -> anyhow::Result<(Vec<Server>, Vec<PathBuf>)> {
+        let mut servers = Vec::new();
+        let mut logs = Vec::new();
+        for r in 0..n {
+            let mut cfg = self.clone();
+            if n > 1 {
+                cfg.env
+                    .push(("CTDATA__REPLICA__NAME".to_string(), format!("bench{r}")));
+                if let Some(c) = connections {
+                    cfg.env.push((
+                        "CTDATA__DATABASE__MAX_CONNECTIONS".to_string(),
+                        c.to_string(),
+                    ));
+                }
+            }
+            let log = dir.join(format!("server-{tag}-r{r}.log"));
+            servers.push(cfg.serve(&log, Duration::from_secs(30))?);
+            logs.push(log);
+        }
+        Ok((servers, logs))
+    }
+}
+
+/// The CPU time of `servers` together.
+pub fn cpu_of(servers: &[Server]) -> anyhow::Result<f64> {
+    servers.iter().map(Server::cpu_secs).sum()
+}
+
+/// The highest peak RSS of `servers`.
+pub fn peak_of(servers: &[Server]) -> anyhow::Result<u64> {
+    servers
+        .iter()
+        .map(Server::peak_rss_kib)
+        .try_fold(0, |m, p| p.map(|p| m.max(p)))
 }
 
 pub struct Server {

@@ -95,29 +95,35 @@ pub fn bodies(plan: &Plan) -> anyhow::Result<Vec<Vec<Vec<u8>>>> {
 }
 
 /// The timed HTTP phase: every client on its own keep-alive connection (opened before
-/// the clock starts) sends its batches one after the other.
+/// the clock starts) sends its batches one after the other. With several servers
+/// (replicas on one database) client `i` talks to server `i % n`, as a load balancer
+/// without sticky sessions would spread them; the server CPU is their sum.
 pub fn through_http(
-    server: &Server,
+    servers: &[Server],
     db: &Psql,
     plan: &Plan,
     tokens: &[String],
     bodies: Vec<Vec<Vec<u8>>>,
 ) -> anyhow::Result<HttpRun> {
-    let addr = server.http_addr()?;
+    ensure!(!servers.is_empty(), "no server to upload to");
+    let addrs = servers
+        .iter()
+        .map(Server::http_addr)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // One thread for all clients: the load generator shares two cores with the server
     // and PostgreSQL, so it should cost as little as it can.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut conns = Vec::with_capacity(plan.clients);
-    for _ in 0..plan.clients {
-        conns.push(rt.block_on(Conn::connect(addr))?);
+    for i in 0..plan.clients {
+        conns.push(rt.block_on(Conn::connect(addrs[i % addrs.len()]))?);
     }
     // What the database held before: the scale scenario uploads into a full one.
     let batches_before: usize = db.scalar("SELECT count(*) FROM batches")?;
     let rows_before: u64 = db.scalar("SELECT count(*) FROM sightings")?;
     let cpu_before = CpuSample::now()?;
-    let server_before = server.cpu_secs()?;
+    let server_before = crate::server::cpu_of(servers)?;
     let client_before = own_cpu_secs()?;
 
     let start = Instant::now();
@@ -128,7 +134,9 @@ pub fn through_http(
                 .into_iter()
                 .zip(bodies)
                 .zip(tokens.iter().cloned())
-                .map(|((conn, bodies), token)| {
+                .enumerate()
+                .map(|(i, ((conn, bodies), token))| {
+                    let addr = addrs[i % addrs.len()];
                     tokio::spawn(client(conn, addr, bodies, token, deadline))
                 })
                 .collect();
@@ -141,7 +149,7 @@ pub fn through_http(
     })?;
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_before.until(&CpuSample::now()?);
-    let server_cpu = server.cpu_secs()? - server_before;
+    let server_cpu = crate::server::cpu_of(servers)? - server_before;
     let client_cpu = own_cpu_secs()? - client_before;
 
     let mut latencies = Vec::new();
