@@ -19,12 +19,12 @@ const REPLICAS: usize = 3;
 /// Kills, one every `KILL_EVERY`: the test's chaos lasts about a minute.
 const KILLS: usize = 20;
 const KILL_EVERY: Duration = Duration::from_millis(2500);
-/// Scaled to fit the chaos minute on a shared two-core machine with debug builds
-/// (the 5,000 files would need several minutes here): files dropped, batches
-/// uploaded, rows in each.
-const DROPPED: usize = 600;
-const UPLOADED: usize = 150;
-const ROWS: usize = 20;
+/// Files dropped into the shared folder, batches uploaded over HTTP (every
+/// `UPLOAD_EVERY`-th batch), sightings in each.
+const DROPPED: usize = 5_000;
+const UPLOADED: usize = 500;
+const UPLOAD_EVERY: usize = (DROPPED + UPLOADED) / UPLOADED;
+const ROWS: usize = 5;
 const DEVICES: usize = 6;
 
 fn replica_env(db: &TestDb, shared: &Path, name: &str) -> ServerEnv {
@@ -194,7 +194,7 @@ async fn three_replicas_killed_in_turn_store_every_batch_once() {
             let dev = device(i);
             let path = source.join(format!("b{i:04}.ndjson"));
             Batch::new(&dev, ROWS).write(&path);
-            (path, dev, i % 5 == 4 && i / 5 < UPLOADED)
+            (path, dev, i % UPLOAD_EVERY == UPLOAD_EVERY - 1)
         })
         .collect();
     let uploaded = batches.iter().filter(|b| b.2).count();

@@ -62,3 +62,23 @@ struct Ids {
     batch: i64,
     device: i64,
 }
+
+#[cfg(test)]
+mod tests {
+    /// The server's sessions never JIT-compile a query (see [`super::connect`]), even
+    /// where the database's own setting says they may.
+    #[tokio::test]
+    async fn sessions_run_without_jit() {
+        let Some(db) = ctdata_tests::pg().await else {
+            return;
+        };
+        let pool = super::connect(&db.url, 2).await.unwrap();
+        for _ in 0..2 {
+            let jit: String = sqlx::query_scalar("SHOW jit")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(jit, "off");
+        }
+    }
+}
