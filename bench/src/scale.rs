@@ -484,7 +484,10 @@ fn dashboard_queries(db: &Psql, months: u32) -> anyhow::Result<Vec<Query>> {
     for (name, sql) in cases {
         let mut best: Option<Query> = None;
         for _ in 0..3 {
-            let plan = db.run(&format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}"))?;
+            // As the server's own sessions run (see `db::pg::connect`).
+            let plan = db.run(&format!(
+                "SET jit = off; EXPLAIN (ANALYZE, COSTS OFF) {sql}"
+            ))?;
             let ms: f64 = plan
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("Execution Time: "))
