@@ -39,6 +39,16 @@ pub struct BurstArgs {
     replica_connections: Option<u32>,
 }
 
+impl BurstArgs {
+    /// The server counts each size runs with: 1, and `--replicas` when above 1.
+    fn server_counts(&self) -> Vec<usize> {
+        match self.replicas {
+            1 => vec![1],
+            n => vec![1, n],
+        }
+    }
+}
+
 /// One channel's timed phase.
 #[derive(Clone, Copy)]
 struct Timed {
@@ -86,10 +96,7 @@ pub fn run(args: BurstArgs) -> anyhow::Result<()> {
     ensure!(args.replicas > 0, "--replicas must be positive");
     ensure!(args.rounds > 0, "--rounds must be positive");
     let (dir, run) = workspace(&args.common, "burst")?;
-    let counts = match args.replicas {
-        1 => vec![1],
-        n => vec![1, n],
-    };
+    let counts = args.server_counts();
     let mut measured = Vec::new();
     for (files, rows) in sizes {
         let plan = Plan {
@@ -271,10 +278,7 @@ fn quiet_start(db: &crate::pg::Psql) -> anyhow::Result<()> {
 }
 
 fn report(args: &BurstArgs, all: &[Measured]) -> String {
-    let counts = match args.replicas {
-        1 => vec![1],
-        n => vec![1, n],
-    };
+    let counts = args.server_counts();
     let mut lines = vec![
         format!(
             "burst: files dropped at once vs. the same batches over HTTP ({} devices){}{}",
