@@ -191,7 +191,7 @@ fn through_drop_dir(
             staged.push((part, name));
         }
     }
-    quiet_start(&db.db)?;
+    upload::quiet_start(&db.db)?;
     let connections = args.replica_connections;
     let (mut servers, logs) = cfg.serve_all(servers, connections, dir, &format!("drop-{tag}"))?;
     let mut session = db.db.session()?;
@@ -231,6 +231,7 @@ fn through_drop_dir(
 }
 
 /// The same batches POSTed by one keep-alive client per device, into a fresh
+/// The same batches POSTed by one keep-alive client per device, into a fresh
 /// database; with several servers the clients are spread over them.
 fn through_http(
     args: &BurstArgs,
@@ -241,40 +242,22 @@ fn through_http(
     plan: &Plan,
     bodies: Vec<Vec<Vec<u8>>>,
 ) -> anyhow::Result<Timed> {
-    let db = TempDb::create(&args.common.pg)?;
-    let here = run.join(format!("http-{tag}"));
-    std::fs::create_dir_all(&here)?;
-    let cfg = server_config(&db, &here)?;
-    cfg.migrate()?;
-    let tokens = upload::register_devices(&cfg, plan.clients)?;
-    quiet_start(&db.db)?;
-    let connections = args.replica_connections;
-    let (servers, _) = cfg.serve_all(servers, connections, dir, &format!("http-{tag}"))?;
-    let http = upload::through_http(&servers, &db.db, plan, &tokens, bodies)?;
+    let phase = upload::FreshPhase {
+        pg: &args.common.pg,
+        run,
+        logs: dir,
+        tag,
+    };
+    let (http, rss_kib) = phase.upload(servers, args.replica_connections, plan, bodies)?;
     ensure!(
         !http.stopped_by_time_limit,
         "the HTTP phase stopped at the time limit"
     );
-    let rss_kib = peak_of(&servers)?;
-    for s in servers {
-        s.stop(Duration::from_secs(60))?;
-    }
     Ok(Timed {
         secs: http.secs,
         rss_kib,
         cpu: http.server_cpu,
     })
-}
-
-/// A checkpoint (when the role may) and `sync`, so neither phase writes back what the
-/// one before it left dirty. Like `upload::settle_fresh`, no `VACUUM ANALYZE`.
-fn quiet_start(db: &crate::pg::Psql) -> anyhow::Result<()> {
-    if let Err(e) = db.run("CHECKPOINT") {
-        eprintln!("no CHECKPOINT before the phase ({e:#}); sync only");
-    }
-    let status = std::process::Command::new("sync").status()?;
-    ensure!(status.success(), "sync failed: {status}");
-    Ok(())
 }
 
 fn report(args: &BurstArgs, all: &[Measured]) -> String {

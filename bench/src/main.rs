@@ -337,17 +337,13 @@ fn upload(args: UploadArgs) -> anyhow::Result<()> {
     let replicated = match args.replicas {
         1 => None,
         n => {
-            let db = TempDb::create(&common.pg)?;
-            let cfg = server_config(&db, run.path())?;
-            cfg.migrate()?;
-            let tokens = upload::register_devices(&cfg, plan.clients)?;
-            upload::settle_fresh(&db.db)?;
-            let (servers, _) = cfg.serve_all(n, args.replica_connections, &dir, "replicas")?;
-            let run = upload::through_http(&servers, &db.db, &plan, &tokens, bodies)?;
-            let peak = server::peak_of(&servers)?;
-            for s in servers {
-                s.stop(Duration::from_secs(60))?;
-            }
+            let phase = upload::FreshPhase {
+                pg: &common.pg,
+                run: run.path(),
+                logs: &dir,
+                tag: "replicas",
+            };
+            let (run, peak) = phase.upload(n, args.replica_connections, &plan, bodies)?;
             eprintln!(
                 "HTTP, {n} replicas: {} uploads in {:.2} s ({:.0}/s)",
                 run.requests,

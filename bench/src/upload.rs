@@ -181,6 +181,57 @@ pub fn through_http(
     })
 }
 
+/// Where an HTTP phase on a fresh database of its own runs: the bench's PostgreSQL,
+/// the run's folder (the servers' working folders go below it), the folder for their
+/// logs, and the phase's name.
+pub struct FreshPhase<'a> {
+    pub pg: &'a str,
+    pub run: &'a Path,
+    pub logs: &'a Path,
+    pub tag: &'a str,
+}
+
+impl FreshPhase<'_> {
+    /// The uploads of `plan` to `servers` server(s) (replicas above 1, each with
+    /// `connections` database connections when given) on a fresh migrated database
+    /// with the devices registered, after a quiet start: the run and the servers'
+    /// highest peak RSS.
+    pub fn upload(
+        &self,
+        servers: usize,
+        connections: Option<u32>,
+        plan: &Plan,
+        bodies: Vec<Vec<Vec<u8>>>,
+    ) -> anyhow::Result<(HttpRun, u64)> {
+        let db = crate::pg::TempDb::create(self.pg)?;
+        let here = self.run.join(format!("http-{}", self.tag));
+        std::fs::create_dir_all(&here)?;
+        let cfg = crate::server_config(&db, &here)?;
+        cfg.migrate()?;
+        let tokens = register_devices(&cfg, plan.clients)?;
+        quiet_start(&db.db)?;
+        let tag = format!("http-{}", self.tag);
+        let (servers, _) = cfg.serve_all(servers, connections, self.logs, &tag)?;
+        let run = through_http(&servers, &db.db, plan, &tokens, bodies)?;
+        let peak = crate::server::peak_of(&servers)?;
+        for s in servers {
+            s.stop(Duration::from_secs(60))?;
+        }
+        Ok((run, peak))
+    }
+}
+
+/// A checkpoint (when the role may) and `sync`, so a phase does not write back what the
+/// one before it left dirty. Like [`settle_fresh`], no `VACUUM ANALYZE`.
+pub fn quiet_start(db: &Psql) -> anyhow::Result<()> {
+    if let Err(e) = db.run("CHECKPOINT") {
+        eprintln!("no CHECKPOINT before the phase ({e:#}); sync only");
+    }
+    let status = Command::new("sync").status()?;
+    ensure!(status.success(), "sync failed: {status}");
+    Ok(())
+}
+
 /// One device: sends its batches in turn until done or past `deadline`; returns each
 /// request's latency and the bytes sent. Anything but 201 fails the run.
 async fn client(
