@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs and starts what the tests drive when it is missing
 # (PostgreSQL, vsftpd, lftp, Chromium and chromedriver, util-linux's `script`,
-# xmllint, sqlite3, openssl, python-dwca-reader, dwcahandler, pyxform), then runs
+# xmllint, sqlite3, openssl, openssh-server and sshfs, python-dwca-reader, dwcahandler,
+# pyxform), then runs
 # every test suite, carrying on past a failing one so that each suite reports.
 # Installing needs root and Debian's apt-get; without them it says which tests will
 # print SKIPPED instead (outside CI; under CI, with `CI` set, those tests fail).
@@ -23,6 +24,9 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v xmllint >/dev/null 2>&1 || need+=(libxml2-utils)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# A network share for the replicas test: an SFTP server and sshfs mounts of it.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v sshfs >/dev/null 2>&1 || need+=(sshfs)
 
 is_root=false
 [ "$(id -u)" = 0 ] && is_root=true

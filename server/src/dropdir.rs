@@ -496,6 +496,9 @@ impl DropDir {
                             report.receipts.push(receipt);
                             watch.push((at, (judged.size, judged.mtime, original)));
                         }
+                        Err(e) if e.is::<crate::ingest::Gone>() => {
+                            tracing::info!(file = %claimed.display(), "a claimed file is gone: another replica took it over and filed it");
+                        }
                         Err(e) => {
                             tracing::error!(file = %claimed.display(), "ingest failed, will retry: {e:#}");
                             report.errors += 1;
@@ -848,16 +851,30 @@ impl DropDir {
     }
 
     fn claimed_files(&self) -> io::Result<Vec<PathBuf>> {
+        // An entry gone between the listing and its look (filed away by another
+        // replica; on a network share the listing may be seconds old) is skipped.
+        fn present<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+            match r {
+                Ok(t) => Ok(Some(t)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
         let mut out = Vec::new();
         for dev in fs::read_dir(self.root.join(PROCESSING))? {
             let dev = dev?;
-            if !dev.file_type()?.is_dir() {
+            if !present(dev.file_type())?.is_some_and(|t| t.is_dir()) {
                 continue;
             }
-            for f in fs::read_dir(dev.path())? {
-                let f = f?;
+            let Some(files) = present(fs::read_dir(dev.path()))? else {
+                continue;
+            };
+            for f in files {
+                let Some(f) = present(f)? else { continue };
                 // Dot names are the sidecars of cut claim names.
-                if f.file_type()?.is_file() && !f.file_name().to_string_lossy().starts_with('.') {
+                if present(f.file_type())?.is_some_and(|t| t.is_file())
+                    && !f.file_name().to_string_lossy().starts_with('.')
+                {
                     out.push(f.path());
                 }
             }
@@ -1235,4 +1252,36 @@ mod tests {
     }
 
     ctdata_tests::both_backends!(the_last_claim_of_a_name_keeps_its_receipt);
+
+    /// A claim that another replica filed away while this one was about to decide it
+    /// (it took the claim over from this one, stalled past its lease, or this one
+    /// listed the claims from a network share's stale cache): nothing is decided here,
+    /// no rejection is recorded and no receipt written.
+    async fn a_claim_filed_by_another_replica_is_not_rejected(db: ctdata_tests::TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("CTData");
+        let mut settings = crate::config::Settings::default();
+        settings.database.url = crate::config::SecretUrl::new(&db.url);
+        settings.ingest.drop_dir = root.clone();
+        let ingestor = crate::serve::open(&settings).await.unwrap();
+        let drop_dir = DropDir::new(&root, ingestor.clone(), Duration::ZERO).unwrap();
+        let at = root.join("ranger-01").join("patrol.json");
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        ctdata_tests::Batch::new("ranger-01", 3).write(&at);
+        let claimed = claim_into(&root, &at, "ranger-01", "patrol.json", Channel::Share).unwrap();
+        // The other replica's filing: the claim moves away before this one reads it.
+        let elsewhere = dir.path().join("filed.json");
+        fs::rename(&claimed, &elsewhere).unwrap();
+        let gone = drop_dir.process(&claimed, None).await;
+        assert!(
+            gone.as_ref().is_err_and(|e| e.is::<crate::ingest::Gone>()),
+            "{:?}",
+            gone.err()
+        );
+        assert_eq!(db.scalar("SELECT count(*) FROM rejections").await, 0);
+        assert!(!root.join("receipts").join("ranger-01").exists());
+        assert!(elsewhere.exists());
+    }
+
+    ctdata_tests::both_backends!(a_claim_filed_by_another_replica_is_not_rejected);
 }

@@ -73,6 +73,22 @@ pub struct Incomplete {
 }
 
 /// Shared, cheap to clone: one per server.
+/// The file to ingest is gone before it could be read: another replica that took over
+/// its claim has filed it away (a claim listed from a shared folder's stale listing,
+/// or a replica that stalled past its lease and went on). Nothing is decided: the
+/// file's own decision, receipt and filing are the other replica's; a rejection here
+/// would tell the sender a stored batch was refused.
+#[derive(Debug)]
+pub struct Gone(pub PathBuf);
+
+impl std::fmt::Display for Gone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is gone before it was read", self.0.display())
+    }
+}
+
+impl std::error::Error for Gone {}
+
 #[derive(Clone)]
 pub struct Ingestor {
     pub db: Db,
@@ -224,6 +240,17 @@ impl Ingestor {
         .await?;
         let scan = match scan {
             Ok(scan) => scan,
+            Err(rejection)
+                // Opened again, not looked up: a network mount may still list (and
+                // stat from its cache) a file the file server no longer has.
+                if rejection.kind == RejectKind::Io
+                    && matches!(
+                        std::fs::File::open(&d.path),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound
+                    ) =>
+            {
+                return Err(Gone(d.path.clone()).into())
+            }
             Err(rejection) if wait_if_incomplete && incomplete(&rejection, None, &d.path) => {
                 return Ok(Outcome::Incomplete(Incomplete {
                     rejection,

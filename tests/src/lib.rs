@@ -19,6 +19,7 @@ pub mod ftp;
 pub mod httpz;
 /// The loopback link simulator, shared with the bench (`link/`).
 pub use ctdata_link as link;
+pub mod netshare;
 pub mod openrosa;
 pub mod smart;
 pub mod tmpfs;

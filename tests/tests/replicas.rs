@@ -66,6 +66,30 @@ fn archived_drops(dir: &Path) -> usize {
         .sum()
 }
 
+/// The replicas named by the claims in `processing` (`<stamp>@<replica>-<name>`).
+fn claim_holders(processing: &Path) -> HashSet<String> {
+    let mut holders = HashSet::new();
+    for dev in std::fs::read_dir(processing)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in std::fs::read_dir(dev.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if let Some((_, rest)) = name.split_once('@') {
+                if let Some((replica, _)) = rest.split_once('-') {
+                    holders.insert(replica.to_string());
+                }
+            }
+        }
+    }
+    holders
+}
+
 /// The bases of the replicas running now.
 type Bases = Arc<std::sync::Mutex<Vec<Option<String>>>>;
 
@@ -373,6 +397,120 @@ async fn three_replicas_killed_in_turn_store_every_batch_once() {
             .await,
         0
     );
+}
+
+/// Two replicas on two network mounts of one share (sshfs, each mount with its own
+/// caches and no change notifications for the other's writes, as NFS and SMB clients
+/// have), files written through a third mount as a laptop on the share writes them, and
+/// the replicas killed with SIGKILL and restarted in turn: every file is stored once,
+/// filed away once, and nothing stays claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_network_mounts_of_one_share_store_every_file_once() {
+    const FILES: usize = 400;
+    const KILLS: usize = 6;
+    let Some(db) = pg().await else { return };
+    let Some(share) = ctdata_tests::netshare::NetShare::new(3) else {
+        return;
+    };
+    let envs: Vec<ServerEnv> = (0..2)
+        .map(|i| replica_env(&db, share.mount(i), &format!("n{i}")))
+        .collect();
+    for i in 0..DEVICES {
+        envs[0].device_token(&device(i));
+    }
+    let mut servers: Vec<Option<Server>> = Vec::new();
+    for env in &envs {
+        servers.push(Some(env.serve().await));
+    }
+    let source = tempfile::tempdir().unwrap();
+    let batches: Vec<(PathBuf, String)> = (0..FILES)
+        .map(|i| {
+            let path = source.path().join(format!("n{i:04}.ndjson"));
+            Batch::new(&device(i), ROWS).write(&path);
+            (path, device(i))
+        })
+        .collect();
+    let laptop = share.mount(2).to_path_buf();
+    let writer = tokio::task::spawn_blocking(move || {
+        for (path, dev) in &batches {
+            drop_file(path, &laptop, dev);
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    });
+    // Each kill lands while the victim holds claims: the file server's side of
+    // `.processing` is watched for a claim naming it. After every other kill the
+    // victim stays down past its lease, so the other replica takes its claims over;
+    // otherwise it comes back at once and resumes them itself.
+    let export = share.export();
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while kills < KILLS && Instant::now() < deadline {
+        let holders = claim_holders(&export.join(".processing"));
+        let Some(victim) = (0..servers.len()).find(|i| holders.contains(&format!("n{i}"))) else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        servers[victim].take().unwrap().crash();
+        let claimed = count_files(&export.join(".processing"));
+        let away = kills % 2 == 1;
+        eprintln!(
+            "kill {kills}: replica n{victim} killed holding claims ({claimed} file(s) claimed now){}",
+            if away { ", back after its lease" } else { "" }
+        );
+        if away {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        servers[victim] = Some(envs[victim].serve().await);
+        kills += 1;
+    }
+    assert_eq!(kills, KILLS, "kills that found the victim holding claims");
+    writer.await.unwrap();
+
+    // Checked on the file server's side of the share, past every client's cache.
+    let logs = || {
+        servers
+            .iter()
+            .flatten()
+            .map(Server::log_text)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let stored = eventually(
+        "every file stored and filed away",
+        Duration::from_secs(180),
+        || {
+            let (db, export) = (&db, &export);
+            async move {
+                let batches = db.scalar("SELECT count(*) FROM batches").await;
+                let archived = archived_drops(&export.join("archive"));
+                let claimed = count_files(&export.join(".processing"));
+                (batches == FILES as i64 && archived >= FILES && claimed == 0).then_some(batches)
+            }
+        },
+    )
+    .await;
+    assert_eq!(stored, FILES as i64, "{}", logs());
+    let rejections = db
+        .texts("SELECT claim_name, kind, reason FROM rejections ORDER BY id")
+        .await;
+    assert!(rejections.is_empty(), "{rejections:?}\n{}", logs());
+    let rows = (FILES * ROWS) as i64;
+    assert_eq!(db.scalar("SELECT count(*) FROM sightings").await, rows);
+    assert_eq!(
+        db.scalar("SELECT count(DISTINCT id) FROM sightings").await,
+        rows
+    );
+    assert_eq!(
+        archived_drops(&export.join("archive")),
+        FILES,
+        "each file filed once"
+    );
+    assert_eq!(count_files(&export.join("rejected")), 0);
+    let took_over = logs().matches("taking over the files replica").count();
+    eprintln!("claims of a killed replica taken over {took_over} time(s)");
+    for s in servers.into_iter().flatten() {
+        assert!(s.terminate().success());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
