@@ -1204,14 +1204,20 @@ mod tests {
     /// One name sent again and again, each copy claimed before any is decided, the
     /// earliest the largest (the slowest to decide): the receipt that stays is the last
     /// claim's, whichever filing group each copy fell into.
-    async fn the_last_claim_of_a_name_keeps_its_receipt(db: ctdata_tests::TestDb) {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("CTData");
+    /// A drop directory `<dir>/CTData` on `db`, settling at once.
+    async fn drop_dir_in(db: &ctdata_tests::TestDb, dir: &Path) -> DropDir {
+        let root = dir.join("CTData");
         let mut settings = crate::config::Settings::default();
         settings.database.url = crate::config::SecretUrl::new(&db.url);
         settings.ingest.drop_dir = root.clone();
         let ingestor = crate::serve::open(&settings).await.unwrap();
-        let mut drop_dir = DropDir::new(&root, ingestor, Duration::ZERO).unwrap();
+        DropDir::new(&root, ingestor, Duration::ZERO).unwrap()
+    }
+
+    async fn the_last_claim_of_a_name_keeps_its_receipt(db: ctdata_tests::TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut drop_dir = drop_dir_in(&db, dir.path()).await;
+        let root = drop_dir.root().to_path_buf();
         const COPIES: usize = 6;
         let mut ids = Vec::new();
         for copy in 0..COPIES {
@@ -1259,12 +1265,8 @@ mod tests {
     /// no rejection is recorded and no receipt written.
     async fn a_claim_filed_by_another_replica_is_not_rejected(db: ctdata_tests::TestDb) {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("CTData");
-        let mut settings = crate::config::Settings::default();
-        settings.database.url = crate::config::SecretUrl::new(&db.url);
-        settings.ingest.drop_dir = root.clone();
-        let ingestor = crate::serve::open(&settings).await.unwrap();
-        let drop_dir = DropDir::new(&root, ingestor.clone(), Duration::ZERO).unwrap();
+        let drop_dir = drop_dir_in(&db, dir.path()).await;
+        let root = drop_dir.root().to_path_buf();
         let at = root.join("ranger-01").join("patrol.json");
         std::fs::create_dir_all(at.parent().unwrap()).unwrap();
         ctdata_tests::Batch::new("ranger-01", 3).write(&at);
