@@ -171,6 +171,8 @@ impl Progress {
             Ok(Processed::Decided(r)) | Ok(Processed::RejectedIncomplete(r, ..)) => r.status,
             Ok(Processed::Unfiled(u)) => u.receipt.status,
             Ok(Processed::PutBack(..)) => return,
+            // Filed by another replica, which counts it.
+            Err(e) if e.is::<crate::ingest::Gone>() => return,
             Err(_) => {
                 self.errors += 1;
                 return;
